@@ -1,0 +1,101 @@
+"""Make MMSeg 1.2.2 importable with ``mmcv-lite`` and MMEngine resumable on torch >= 2.6.
+
+Two compatibility fixes, applied once when :mod:`vpt_seg` is imported:
+
+1. **mmcv-lite.** MMSeg imports a few compiled ops at import time
+   (``mmcv.ops.point_sample``, ``sigmoid_focal_loss``, ...). ``mmcv-lite`` ships the
+   Python files of ``mmcv.ops`` but not the compiled ``mmcv._ext``, so ``import mmcv.ops``
+   fails. When (and only when) that happens, we register a stand-in ``mmcv.ops`` package
+   whose ``__path__`` is the real one: pure-Python ops (``point_sample``) load from
+   mmcv's own files, and every compiled op becomes a placeholder that raises a clear
+   error if it is ever *called*. Nothing in vpt-seg calls them. With a full mmcv install
+   ``import mmcv.ops`` succeeds and this module changes nothing.
+
+2. **torch.load(weights_only=True).** MMEngine 0.10.7 calls ``torch.load`` without
+   ``weights_only``; torch >= 2.6 then refuses the non-tensor objects a training
+   checkpoint holds (message-hub buffers, numpy scalars), so ``--resume`` breaks. We keep
+   torch's safe loader and allow-list exactly those types with
+   ``torch.serialization.add_safe_globals``.
+"""
+import importlib
+import importlib.util
+import sys
+import types
+
+import numpy as np
+import torch
+
+__all__ = ['MMCV_FULL', 'apply']
+
+MMCV_FULL = None  # set by apply(): True with compiled mmcv ops, False with mmcv-lite
+
+
+def _compiled_op_placeholder(name):
+    def _missing(*args, **kwargs):
+        raise RuntimeError(
+            f'mmcv.ops.{name} needs the compiled mmcv ops, but this environment has '
+            'mmcv-lite. Install the full mmcv 2.1.0 (see README, "Full mmcv") to use it.')
+
+    _missing.__name__ = name
+    return _missing
+
+
+def _install_mmcv_ops_shim():
+    spec = importlib.util.find_spec('mmcv')
+    ops_dir = [p + '/ops' for p in spec.submodule_search_locations]
+    shim = types.ModuleType('mmcv.ops')
+    shim.__path__ = ops_dir  # submodules such as mmcv.ops.point_sample load from disk
+    shim.__file__ = None
+    shim.__vpt_seg_shim__ = True
+
+    def __getattr__(name):
+        if name.startswith('__'):
+            raise AttributeError(name)
+        placeholder = _compiled_op_placeholder(name)
+        setattr(shim, name, placeholder)
+        return placeholder
+
+    shim.__getattr__ = __getattr__
+    sys.modules['mmcv.ops'] = shim
+    import mmcv
+    mmcv.ops = shim
+    # Pure-Python ops come from mmcv's own file. Importing the submodule binds its name
+    # on the package, so the functions are bound after the import.
+    pure = importlib.import_module('mmcv.ops.point_sample')
+    for name in ('point_sample', 'bilinear_grid_sample', 'rel_roi_point_to_rel_img_point'):
+        setattr(shim, name, getattr(pure, name))
+
+
+def _allow_mmengine_checkpoint_types():
+    from mmengine.logging.history_buffer import HistoryBuffer
+    safe = [HistoryBuffer, np.dtype, np.ndarray]
+    safe += [type(np.dtype(t)) for t in ('float64', 'float32', 'int64', 'int32', 'bool')]
+    safe += [np.float64, np.float32, np.int64, np.int32, np.bool_]
+    try:  # numpy >= 2 keeps _reconstruct in numpy._core
+        from numpy._core.multiarray import _reconstruct, scalar
+        safe += [_reconstruct, scalar]
+    except ImportError:  # pragma: no cover - numpy 1.x
+        from numpy.core.multiarray import _reconstruct, scalar
+        safe += [_reconstruct, scalar]
+    torch.serialization.add_safe_globals(safe)
+
+
+def apply():
+    """Apply both fixes; idempotent."""
+    global MMCV_FULL
+    if MMCV_FULL is not None:
+        return
+    try:
+        importlib.import_module('mmcv.ops')
+        MMCV_FULL = not getattr(sys.modules['mmcv.ops'], '__vpt_seg_shim__', False)
+    except ModuleNotFoundError as err:
+        if err.name != 'mmcv._ext':
+            raise
+        for name in [m for m in sys.modules if m.startswith('mmcv.ops')]:
+            del sys.modules[name]  # drop the half-imported real package
+        _install_mmcv_ops_shim()
+        MMCV_FULL = False
+    _allow_mmengine_checkpoint_types()
+
+
+apply()

@@ -1,0 +1,3 @@
+from .optim import TunedOptimWrapperConstructor
+
+__all__ = ['TunedOptimWrapperConstructor']

@@ -1,0 +1,60 @@
+"""An optimizer constructor that sees only tuned parameters, with a prompt policy."""
+import copy
+
+from mmengine.logging import print_log
+from mmengine.optim import DefaultOptimWrapperConstructor
+from mmseg.registry import OPTIM_WRAPPER_CONSTRUCTORS
+
+from ..prompt import VisualPrompt
+from ..tuning import count_parameters, format_count, is_tuned
+
+
+@OPTIM_WRAPPER_CONSTRUCTORS.register_module()
+class TunedOptimWrapperConstructor(DefaultOptimWrapperConstructor):
+    """:class:`~mmengine.optim.DefaultOptimWrapperConstructor` over tuned parameters only.
+
+    Frozen parameters (``requires_grad=False``, see :mod:`vpt_seg.tuning`) never reach the
+    optimizer, silently and without per-parameter warnings. Every other ``paramwise_cfg``
+    option keeps MMEngine's meaning, and two more set the prompt policy:
+
+    Args (in ``paramwise_cfg``):
+        prompt_lr_mult (float): learning-rate multiplier for prompt tokens. Default 1.
+        prompt_decay_mult (float): weight-decay multiplier for prompt tokens. Default 0:
+            prompts are input tokens, like [CLS] and position embeddings, and are not
+            pulled towards zero.
+    """
+
+    def __init__(self, optim_wrapper_cfg: dict, paramwise_cfg: dict = None):
+        paramwise_cfg = dict(paramwise_cfg or {})
+        self.prompt_lr_mult = float(paramwise_cfg.pop('prompt_lr_mult', 1.0))
+        self.prompt_decay_mult = float(paramwise_cfg.pop('prompt_decay_mult', 0.0))
+        # A non-empty paramwise_cfg makes MMEngine group parameters through add_params.
+        paramwise_cfg.setdefault('custom_keys', {})
+        super().__init__(optim_wrapper_cfg, paramwise_cfg)
+
+    def add_params(self, params, module, prefix='', is_dcn_module=None):
+        if not any(is_tuned(p) for p in module.parameters()):
+            return  # a frozen subtree
+        if isinstance(module, VisualPrompt):
+            for name, param in module.named_parameters():
+                if is_tuned(param):
+                    group = dict(params=[param], lr=self.base_lr * self.prompt_lr_mult)
+                    if self.base_wd is not None:
+                        group['weight_decay'] = self.base_wd * self.prompt_decay_mult
+                    params.append(group)
+            return
+        # MMEngine's rules for this module's own tuned parameters; children recurse here.
+        view = copy.copy(module)
+        view.__dict__['_parameters'] = {k: p for k, p in module._parameters.items()
+                                        if p is not None and is_tuned(p)}
+        view.__dict__['_modules'] = {}
+        super().add_params(params, view, prefix, is_dcn_module)
+        for name, child in module.named_children():
+            self.add_params(params, child, f'{prefix}.{name}' if prefix else name, is_dcn_module)
+
+    def __call__(self, model):
+        wrapper = super().__call__(model)
+        inner = getattr(model, 'module', model)
+        print_log(f'Optimizer: {format_count(count_parameters(inner, tuned_only=True))} tuned '
+                  f'of {format_count(count_parameters(inner))} parameters', logger='current')
+        return wrapper

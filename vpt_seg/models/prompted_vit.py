@@ -1,0 +1,202 @@
+"""MMSeg's ``VisionTransformer`` with a frozen body and visual prompts (VPT)."""
+import os.path as osp
+from typing import Optional, Sequence
+
+import torch
+from mmengine.logging import print_log
+from mmseg.models.backbones import VisionTransformer
+from mmseg.registry import MODELS
+from torch import nn
+
+from ..prompt import VisualPrompt
+from ..tuning import freeze as freeze_module
+from ..tuning import frozen_state_keys
+
+
+def _no_attention_weights(module, args, kwargs):
+    """Forward pre-hook for ``nn.MultiheadAttention``: MMCV asks for the attention
+    weights it then throws away, which rules out torch's fused SDPA kernels."""
+    kwargs['need_weights'] = False
+    return args, kwargs
+
+
+@MODELS.register_module()
+class PromptedVisionTransformer(VisionTransformer):
+    """A frozen ViT with deep or shallow visual prompts and optional bias tuning.
+
+    Accepts every argument of MMSeg's :class:`~mmseg.models.backbones.VisionTransformer`
+    with the same meaning and parameter names (MMSeg ViT checkpoints load unchanged), and:
+
+    Args:
+        num_prompts: Prompt tokens per prompted layer; 0 = no prompts.
+        deep: VPT-deep (fresh prompts at every layer) if True, VPT-shallow if False.
+        prompt_layers: Indices of the layers that receive prompts (overrides ``deep``).
+        prompt_dropout: Dropout on prompt tokens.
+        prompt_init: ``'xavier_uniform'`` (the paper), ``'normal'`` or ``'zeros'``.
+        freeze: Freeze every pretrained weight (True for all VPT rows; False = full
+            fine-tuning, where the backbone is a plain ``VisionTransformer``).
+        tune_bias: With ``freeze``, keep the backbone's bias terms tuned (VPT+Bias,
+            or "Bias" alone with ``num_prompts=0``).
+        save_frozen: Put frozen weights into ``state_dict()`` too. Off by default: a task
+            checkpoint holds only what was tuned, and the frozen weights are reloaded
+            from ``init_cfg``'s pretrained file when such a checkpoint is loaded.
+
+    Shapes:
+        ``(B, in_channels, H, W)`` in; a tuple of ``(B, C, H / p, W / p)`` maps, one per
+        ``out_indices`` (with ``output_cls_token``, ``[map, (B, C)]`` pairs), exactly as
+        ``VisionTransformer``; prompt tokens never reach the outputs.
+    """
+
+    def __init__(self,
+                 num_prompts: int = 0,
+                 deep: bool = True,
+                 prompt_layers: Optional[Sequence[int]] = None,
+                 prompt_dropout: float = 0.0,
+                 prompt_init: str = 'xavier_uniform',
+                 freeze: bool = True,
+                 tune_bias: bool = False,
+                 save_frozen: bool = False,
+                 **kwargs):
+        frozen_exclude = kwargs.get('frozen_exclude', ['all'])
+        if freeze and list(frozen_exclude) != ['all']:
+            raise ValueError(
+                'frozen_exclude matches parameter names by substring and cannot be combined '
+                'with freeze=True; use tune_bias=True to tune biases, or freeze=False to '
+                f'use frozen_exclude as in VisionTransformer (got {frozen_exclude}).')
+        if tune_bias and not freeze:
+            raise ValueError('tune_bias=True tunes biases of a frozen backbone; with '
+                             'freeze=False every weight is tuned already.')
+        super().__init__(**kwargs)
+        embed_dims = self.cls_token.shape[-1]
+        self.in_channels = self.patch_embed.projection.in_channels
+        self.prompt = VisualPrompt(
+            num_tokens=num_prompts,
+            embed_dims=embed_dims,
+            num_layers=len(self.layers),
+            deep=deep,
+            layers=prompt_layers,
+            dropout=prompt_dropout,
+            num_prefix=1 if self.with_cls_token else 0,
+            init=prompt_init,
+            patch_size=self.patch_size,
+            in_channels=self.in_channels)
+        self.freeze = freeze
+        self.tune_bias = tune_bias
+        self.save_frozen = save_frozen
+        self._frozen_loaded = False  # set once init_weights has filled the frozen weights
+        if freeze:
+            for name, child in self.named_children():
+                if child is not self.prompt:
+                    freeze_module(child, tune_bias=tune_bias)
+            for param in self._parameters.values():  # cls_token, pos_embed
+                param.requires_grad_(False)
+        for layer in self.layers:
+            layer.attn.attn.register_forward_pre_hook(_no_attention_weights, with_kwargs=True)
+        self.register_state_dict_post_hook(PromptedVisionTransformer._drop_frozen_from_state_dict)
+        self.register_load_state_dict_pre_hook(PromptedVisionTransformer._check_and_complete)
+
+    # ------------------------------------------------------------------ forward
+    def _check_input(self, inputs: torch.Tensor):
+        if inputs.dim() != 4 or inputs.shape[1] != self.in_channels:
+            raise ValueError(f'{type(self).__name__} expects (B, {self.in_channels}, H, W) '
+                             f'images, got a tensor of shape {tuple(inputs.shape)}')
+        h, w = inputs.shape[-2:]
+        if self.patch_embed.adap_padding is None and (h % self.patch_size
+                                                          or w % self.patch_size):
+            raise ValueError(
+                f'image size {h}x{w} is not a multiple of the patch size {self.patch_size} '
+                "and patch_pad=None; resize or crop the input, or set patch_pad='corner' "
+                'to pad it as MMSeg does.')
+
+    def _to_map(self, x: torch.Tensor, hw_shape) -> torch.Tensor:
+        """``(B, K + HW, C) -> (B, C, H, W)`` (plus the [CLS] vector if asked for)."""
+        patches = x[:, 1:] if self.with_cls_token else x
+        B, _, C = patches.shape
+        out = patches.reshape(B, hw_shape[0], hw_shape[1], C).permute(0, 3, 1, 2).contiguous()
+        return [out, x[:, 0]] if self.output_cls_token else out
+
+    def forward(self, inputs: torch.Tensor):
+        self._check_input(inputs)
+        B = inputs.shape[0]
+        x, hw_shape = self.patch_embed(inputs)                           # (B, HW, C)
+        x = torch.cat((self.cls_token.expand(B, -1, -1), x), dim=1)      # (B, 1 + HW, C)
+        x = self._pos_embeding(x, hw_shape, self.pos_embed)
+        if not self.with_cls_token:
+            x = x[:, 1:]                                                 # (B, HW, C)
+        if self.pre_norm:
+            x = self.pre_ln(x)
+
+        outs = [self._to_map(x, hw_shape)] if self.out_origin else []
+        last = len(self.layers) - 1
+        for i, layer in enumerate(self.layers):
+            x = self.prompt(x, i)                                        # (B, K + P + HW, C)
+            x = layer(x)
+            if i == last and self.final_norm:
+                x = self.norm1(x)
+            if i in self.out_indices:
+                outs.append(self._to_map(self.prompt.strip(x, i), hw_shape))
+        return tuple(outs)
+
+    def train(self, mode: bool = True):
+        """Frozen parts stay in eval mode (no dropout, no drop-path): only the prompts'
+        dropout follows ``mode``, as in the paper's code."""
+        super().train(mode)
+        if self.freeze and mode:
+            for child in self.children():
+                if child is not self.prompt:
+                    child.train(False)
+        return self
+
+    # ------------------------------------------------------- weights and saving
+    def init_weights(self):
+        ckpt = self.init_cfg.get('checkpoint') if isinstance(self.init_cfg, dict) else None
+        if ckpt is not None and '://' not in ckpt and not osp.isfile(ckpt):
+            raise FileNotFoundError(
+                f'pretrained backbone weights not found: {ckpt!r} (from the backbone\'s '
+                'init_cfg). Put the file there, or point init_cfg.checkpoint at it, e.g. '
+                "--cfg-options model.backbone.init_cfg.checkpoint=/path/to/vit.pth")
+        super().init_weights()
+        self._frozen_loaded = True
+
+    @staticmethod
+    def _drop_frozen_from_state_dict(module, state_dict, prefix, local_metadata):
+        if module.save_frozen:
+            return
+        for key in frozen_state_keys(module):
+            state_dict.pop(prefix + key, None)
+
+    def _check_and_complete(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                            unexpected_keys, error_msgs):
+        """Before loading: refuse checkpoints of another backbone, and complete a task
+        checkpoint (tuned weights only) with the frozen weights from the pretrained file."""
+        own = {k: v for k, v in self.state_dict(keep_vars=True, prefix=prefix).items()}
+        own.update({prefix + k: p for k, p in self.named_parameters()})
+        mismatched = [
+            f'{k}: {tuple(state_dict[k].shape)} in the checkpoint, {tuple(v.shape)} here'
+            for k, v in own.items()
+            if k in state_dict and k != prefix + 'pos_embed' and state_dict[k].shape != v.shape]
+        if mismatched:
+            raise ValueError('checkpoint does not fit this backbone (was it made for another '
+                             'ViT or prompt setting?):\n  ' + '\n  '.join(mismatched))
+        bias_key = prefix + 'patch_embed.projection.bias'
+        if bias_key in state_dict and bias_key not in own:
+            raise ValueError(
+                f'checkpoint has a patch-embedding bias ({bias_key}) but this backbone was '
+                'built with patch_bias=False, so it would be dropped silently; set '
+                'patch_bias=True (timm and JAX ViTs have this bias).')
+        missing_frozen = [prefix + k for k in frozen_state_keys(self)
+                          if prefix + k not in state_dict]
+        if not missing_frozen:
+            return
+        if not self._frozen_loaded:
+            if self.init_cfg is None:
+                raise ValueError(
+                    'this checkpoint holds only tuned parameters (a task checkpoint); the '
+                    'frozen backbone must come from its pretrained file, but the backbone '
+                    "has no init_cfg=dict(type='Pretrained', checkpoint=...).")
+            print_log('Task checkpoint: loading the frozen backbone from '
+                      f"{self.init_cfg.get('checkpoint')}", logger='current')
+            self.init_weights()
+        params = dict(self.named_parameters(prefix=prefix[:-1] if prefix else ''))
+        for key in missing_frozen:
+            state_dict[key] = params[key].detach()

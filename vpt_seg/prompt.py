@@ -1,0 +1,154 @@
+"""Visual prompts (VPT, Jia et al., ECCV 2022), in plain torch.
+
+A :class:`VisualPrompt` holds ``P`` learnable tokens of width ``C`` for each layer that
+receives prompts. For a token sequence laid out as ``[prefix, patches]`` (the prefix is
+[CLS] when there is one), it inserts the prompts after the prefix at the first prompted
+layer and *replaces* them with that layer's fresh tokens at every later prompted layer:
+
+    VPT-shallow:  [x_1, Z_1, E_1] = L_1([x_0, P, E_0]);   [x_i, Z_i, E_i] = L_i([x_{i-1}, Z_{i-1}, E_{i-1}])
+    VPT-deep:     [x_i, _,   E_i] = L_i([x_{i-1}, P_{i-1}, E_{i-1}])   for every layer i
+
+Prompts get no position embedding. :meth:`VisualPrompt.strip` removes them before the
+tokens are reshaped to feature maps. The module knows nothing of MMSeg or of any ViT
+implementation: it sees ``(B, N, C)`` tensors and layer indices.
+"""
+import math
+from typing import Optional, Sequence
+
+import torch
+from torch import nn
+
+__all__ = ['VisualPrompt', 'insert_prompts', 'replace_prompts', 'remove_prompts', 'xavier_bound']
+
+PROMPT_INITS = ('xavier_uniform', 'normal', 'zeros')
+
+
+def insert_prompts(x: torch.Tensor, prompts: torch.Tensor, num_prefix: int) -> torch.Tensor:
+    """``(B, K + N, C), (B, P, C) -> (B, K + P + N, C)``: prompts go right after the prefix."""
+    return torch.cat((x[:, :num_prefix], prompts, x[:, num_prefix:]), dim=1)
+
+
+def replace_prompts(x: torch.Tensor, prompts: torch.Tensor, num_prefix: int) -> torch.Tensor:
+    """``(B, K + P + N, C), (B, P, C) -> (B, K + P + N, C)``: fresh prompts in place of old."""
+    return torch.cat((x[:, :num_prefix], prompts, x[:, num_prefix + prompts.shape[1]:]), dim=1)
+
+
+def remove_prompts(x: torch.Tensor, num_prompts: int, num_prefix: int) -> torch.Tensor:
+    """``(B, K + P + N, C) -> (B, K + N, C)``."""
+    if num_prompts == 0:
+        return x
+    return torch.cat((x[:, :num_prefix], x[:, num_prefix + num_prompts:]), dim=1)
+
+
+def xavier_bound(patch_size: int, in_channels: int, embed_dims: int) -> float:
+    """The paper's prompt init bound: Xavier-uniform with fan-in of one flattened patch."""
+    return math.sqrt(6.0 / (in_channels * patch_size * patch_size + embed_dims))
+
+
+class VisualPrompt(nn.Module):
+    """Learnable prompt tokens for the layers of a ViT.
+
+    Args:
+        num_tokens: Prompt length ``P`` per prompted layer. 0 disables prompting: the
+            module then holds no parameters and every call returns its input.
+        embed_dims: Token width ``C``.
+        num_layers: Depth of the ViT being prompted.
+        deep: True for VPT-deep (fresh prompts at every layer's input), False for
+            VPT-shallow (prompts inserted once, before the first layer).
+        layers: Explicit indices of the layers that receive fresh prompts; overrides
+            ``deep`` (the paper's prompt-depth ablation, e.g. ``range(6)``).
+        dropout: Dropout probability on the prompt tokens, applied wherever they are
+            inserted.
+        num_prefix: Tokens before the patches (1 for [CLS], 0 without it).
+        init: ``'xavier_uniform'`` (the paper: uniform with bound
+            ``sqrt(6 / (in_channels * patch_size**2 + C))``), ``'normal'`` (std 0.02) or
+            ``'zeros'``.
+        patch_size: Patch size, for the Xavier bound.
+        in_channels: Image channels, for the Xavier bound.
+
+    Shapes:
+        ``forward(x, layer)``: ``(B, K + N, C)`` or ``(B, K + P + N, C)`` in,
+        ``(B, K + P + N, C)`` out at prompted layers; unchanged elsewhere.
+    """
+
+    def __init__(self,
+                 num_tokens: int,
+                 embed_dims: int,
+                 num_layers: int,
+                 deep: bool = True,
+                 layers: Optional[Sequence[int]] = None,
+                 dropout: float = 0.0,
+                 num_prefix: int = 1,
+                 init: str = 'xavier_uniform',
+                 patch_size: int = 16,
+                 in_channels: int = 3):
+        super().__init__()
+        if num_tokens < 0:
+            raise ValueError(f'num_tokens must be >= 0, got {num_tokens}')
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f'prompt dropout must be in [0, 1), got {dropout}')
+        if init not in PROMPT_INITS:
+            raise ValueError(f'prompt init must be one of {PROMPT_INITS}, got {init!r}')
+        if layers is None:
+            layers = range(num_layers) if deep else [0]
+        layers = sorted(set(int(i) for i in layers)) if num_tokens else []
+        bad = [i for i in layers if not 0 <= i < num_layers]
+        if bad:
+            raise ValueError(f'prompt layers {bad} are outside the {num_layers} layers of the ViT')
+
+        self.num_tokens = num_tokens
+        self.embed_dims = embed_dims
+        self.num_layers = num_layers
+        self.num_prefix = num_prefix
+        self.layers = tuple(layers)
+        self._slot = {layer: slot for slot, layer in enumerate(self.layers)}
+        self.init = init
+        self.init_bound = xavier_bound(patch_size, in_channels, embed_dims)
+        if self.layers:
+            self.embeddings = nn.Parameter(torch.empty(len(self.layers), num_tokens, embed_dims))
+        else:  # disabled: no parameter, so state dicts match the un-prompted ViT's
+            self.register_parameter('embeddings', None)
+        self.dropout = nn.Dropout(dropout)
+        self.reset_parameters()
+
+    @property
+    def deep(self) -> bool:
+        return len(self.layers) > 1
+
+    def reset_parameters(self):
+        if self.embeddings is None:
+            return
+        if self.init == 'xavier_uniform':
+            nn.init.uniform_(self.embeddings, -self.init_bound, self.init_bound)
+        elif self.init == 'normal':
+            nn.init.normal_(self.embeddings, std=0.02)
+        else:
+            nn.init.zeros_(self.embeddings)
+
+    def carries_prompts(self, layer: int) -> bool:
+        """Whether the output of ``layer`` holds prompt tokens."""
+        return bool(self.layers) and layer >= self.layers[0]
+
+    def tokens(self, layer: int, batch_size: int) -> torch.Tensor:
+        """The prompts for ``layer``, after dropout: ``(B, P, C)``."""
+        prompts = self.embeddings[self._slot[layer]].expand(batch_size, -1, -1)
+        return self.dropout(prompts)
+
+    def forward(self, x: torch.Tensor, layer: int) -> torch.Tensor:
+        """Insert or replace the prompts at the input of ``layer``."""
+        if layer not in self._slot:
+            return x
+        prompts = self.tokens(layer, x.shape[0]).to(x.dtype)
+        if layer == self.layers[0]:
+            return insert_prompts(x, prompts, self.num_prefix)
+        return replace_prompts(x, prompts, self.num_prefix)
+
+    def strip(self, x: torch.Tensor, layer: int) -> torch.Tensor:
+        """Drop the prompt tokens from the output of ``layer``: ``(B, K + P + N, C) -> (B, K + N, C)``."""
+        if not self.carries_prompts(layer):
+            return x
+        return remove_prompts(x, self.num_tokens, self.num_prefix)
+
+    def extra_repr(self) -> str:
+        return (f'num_tokens={self.num_tokens}, embed_dims={self.embed_dims}, '
+                f'layers={list(self.layers)}, init={self.init}')
