@@ -1,0 +1,26 @@
+# The prompted ViT-L/16 and its optimizer policy, shared by every SETR head's config.
+# Configs merge these into MMSeg's own SETR configs:
+#   model = dict(backbone={{_base_.vpt_backbone}}); optim_wrapper = {{_base_.vpt_optim_wrapper}}
+custom_imports = dict(imports=['vpt_seg'], allow_failed_imports=False)
+
+# ImageNet-21k ViT-L/16 (the paper's backbone) in MMSeg format; docs/pretrained.md covers
+# timm (.safetensors/.pth) and JAX (.npz) files.
+pretrained = 'pretrain/vit_large_p16.pth'
+
+vpt_backbone = dict(
+    type='PromptedVisionTransformer',
+    # timm/JAX ViTs have a patch-embedding bias; MMSeg's ViT default drops it.
+    patch_bias=True,
+    num_prompts=10,
+    deep=True,
+    prompt_dropout=0.1,
+    freeze=True,
+    tune_bias=False,
+    init_cfg=dict(type='Pretrained', checkpoint=pretrained))
+
+# Only tuned parameters reach the optimizer. Prompts start from scratch like the heads,
+# so they share the heads' 10x learning rate, and get no weight decay.
+vpt_optim_wrapper = dict(
+    constructor='TunedOptimWrapperConstructor',
+    paramwise_cfg=dict(
+        custom_keys={'head': dict(lr_mult=10.)}, prompt_lr_mult=10., prompt_decay_mult=0.))

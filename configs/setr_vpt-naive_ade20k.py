@@ -1,0 +1,4 @@
+# VPT-deep (10 prompts) under MMSeg's SETR-Naive head (and its 3 auxiliary heads).
+_base_ = ['mmseg::setr/setr_vit-l_naive_8xb2-160k_ade20k-512x512.py', './_base_/vpt_backbone.py']
+model = dict(backbone={{_base_.vpt_backbone}})
+optim_wrapper = {{_base_.vpt_optim_wrapper}}

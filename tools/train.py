@@ -1,0 +1,59 @@
+"""Train a segmentor (or classifier) from a config: MMSeg's ``tools/train.py`` for vpt-seg.
+
+    python tools/train.py configs/setr_vpt_ade20k.py [--work-dir DIR] [--resume] [--amp]
+        [--cfg-options model.backbone.num_prompts=50 ...] [--launcher pytorch]
+"""
+import argparse
+import os
+import os.path as osp
+
+import vpt_seg  # noqa: F401  (compat fixes and registration before any mmseg import)
+from mmengine.config import Config, DictAction
+from mmengine.logging import print_log
+from mmengine.runner import Runner
+
+from vpt_seg.runner import prepare_cfg
+
+
+def parse_args():
+    parser = argparse.ArgumentParser(description='Train a segmentor with visual prompts')
+    parser.add_argument('config', help='train config file path')
+    parser.add_argument('--work-dir', help='the dir to save logs and task checkpoints')
+    parser.add_argument('--resume', action='store_true', default=False,
+                        help='resume from the latest checkpoint in the work_dir automatically')
+    parser.add_argument('--amp', action='store_true', default=False,
+                        help='enable automatic-mixed-precision training')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
+                        help='override settings in the config, e.g. key=value')
+    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
+                        default='none', help='job launcher')
+    # torch.distributed.launch passes --local-rank (torchrun sets LOCAL_RANK instead)
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+    args = parser.parse_args()
+    os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
+    return args
+
+
+def main():
+    args = parse_args()
+    cfg = Config.fromfile(args.config)
+    cfg.launcher = args.launcher
+    if args.cfg_options is not None:
+        cfg.merge_from_dict(args.cfg_options)
+    if args.work_dir is not None:
+        cfg.work_dir = args.work_dir
+    elif cfg.get('work_dir', None) is None:
+        cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(args.config))[0])
+    if args.amp:
+        cfg.optim_wrapper.type = 'AmpOptimWrapper'
+        cfg.optim_wrapper.loss_scale = 'dynamic'
+    cfg.resume = args.resume
+    prepare_cfg(cfg, training=True)
+
+    runner = Runner.from_cfg(cfg)
+    runner.train()
+    print_log(f'Task checkpoints and logs are in {cfg.work_dir}', logger='current')
+
+
+if __name__ == '__main__':
+    main()
