@@ -8,6 +8,7 @@ MMEngine's registries, so configs load it with
 from . import compat  # noqa: F401  (must precede every mmseg import)
 from .models import *  # noqa: F401,F403
 from .engine import *  # noqa: F401,F403
+from .datasets import *  # noqa: F401,F403
 from .prompt import VisualPrompt
 
 __version__ = '0.1.0'
