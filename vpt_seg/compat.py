@@ -13,9 +13,14 @@ Two compatibility fixes, applied once when :mod:`vpt_seg` is imported:
 
 2. **torch.load(weights_only=True).** MMEngine 0.10.7 calls ``torch.load`` without
    ``weights_only``; torch >= 2.6 then refuses the non-tensor objects a training
-   checkpoint holds (message-hub buffers, numpy scalars), so ``--resume`` breaks. We keep
-   torch's safe loader and allow-list exactly those types with
-   ``torch.serialization.add_safe_globals``.
+   checkpoint holds (message-hub ``HistoryBuffer``s, numpy arrays and scalars), so
+   ``--resume`` breaks. We keep torch's safe loader and allow-list exactly those types
+   with ``torch.serialization.add_safe_globals``. ``HistoryBuffer`` also pickles its
+   built-in statistics methods through ``getattr``, which no safe loader may allow; we
+   leave those out of its pickled state (``__setstate__`` restores them anyway), so
+   checkpoints written with vpt-seg imported resume safely. A checkpoint written by
+   stock MMEngine still holds them: torch then refuses it with its own message, and a
+   user who trusts the file can set ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1``.
 """
 import importlib
 import importlib.util
@@ -66,8 +71,18 @@ def _install_mmcv_ops_shim():
         setattr(shim, name, getattr(pure, name))
 
 
+def _history_buffer_getstate(self) -> dict:
+    """HistoryBuffer's state without its default statistics methods (restored on load)."""
+    state = dict(self.__dict__)
+    defaults = {name: getattr(type(self), name) for name in ('min', 'max', 'current', 'mean')}
+    state['statistics_methods'] = {name: method for name, method in self._statistics_methods.items()
+                                   if defaults.get(name) is not method}
+    return state
+
+
 def _allow_mmengine_checkpoint_types():
     from mmengine.logging.history_buffer import HistoryBuffer
+    HistoryBuffer.__getstate__ = _history_buffer_getstate
     safe = [HistoryBuffer, np.dtype, np.ndarray]
     safe += [type(np.dtype(t)) for t in ('float64', 'float32', 'int64', 'int32', 'bool')]
     safe += [np.float64, np.float32, np.int64, np.int32, np.bool_]

@@ -1,0 +1,62 @@
+# The main config (configs/setr_vpt_ade20k.py) shrunk to a tiny ViT and 32x32 crops, for
+# end-to-end tests on CPU. Data root and pretrained file come from --cfg-options.
+_base_ = ['../../configs/setr_vpt_ade20k.py']
+crop_size = (32, 32)
+norm_cfg = dict(type='BN', requires_grad=True)
+width = 32
+
+
+def _aux(in_index):
+    return dict(type='SETRUPHead', in_channels=width, channels=16, in_index=in_index,
+                num_classes=150, dropout_ratio=0, norm_cfg=norm_cfg, act_cfg=dict(type='ReLU'),
+                num_convs=2, kernel_size=3, align_corners=False,
+                loss_decode=dict(type='CrossEntropyLoss', use_sigmoid=False, loss_weight=0.4))
+
+
+model = dict(
+    data_preprocessor=dict(size=crop_size),
+    backbone=dict(img_size=crop_size, patch_size=8, embed_dims=width, num_layers=4,
+                  num_heads=4, out_indices=(0, 1, 2, 3), num_prompts=4,
+                  init_cfg=dict(checkpoint='pretrain/tiny_vit.pth')),
+    decode_head=dict(in_channels=width, channels=16, norm_cfg=norm_cfg, num_convs=2),
+    auxiliary_head=[_aux(0), _aux(1), _aux(2)],
+    test_cfg=dict(mode='slide', crop_size=crop_size, stride=(24, 24)))
+
+train_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='LoadAnnotations', reduce_zero_label=True),
+    dict(type='RandomResize', scale=(128, 32), ratio_range=(0.75, 1.5), keep_ratio=True),
+    dict(type='RandomCrop', crop_size=crop_size, cat_max_ratio=0.75),
+    dict(type='RandomFlip', prob=0.5),
+    dict(type='PackSegInputs')
+]
+test_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='Resize', scale=(128, 48), keep_ratio=True),
+    dict(type='LoadAnnotations', reduce_zero_label=True),
+    dict(type='PackSegInputs')
+]
+img_ratios = [0.75, 1.0, 1.25]
+tta_pipeline = [
+    dict(type='LoadImageFromFile', backend_args=None),
+    dict(type='TestTimeAug', transforms=[
+        [dict(type='Resize', scale_factor=r, keep_ratio=True) for r in img_ratios],
+        [dict(type='RandomFlip', prob=0., direction='horizontal'),
+         dict(type='RandomFlip', prob=1., direction='horizontal')],
+        [dict(type='LoadAnnotations')], [dict(type='PackSegInputs')]])
+]
+train_dataloader = dict(batch_size=4, num_workers=0, persistent_workers=False,
+                        dataset=dict(data_root='data/ade_tiny', pipeline=train_pipeline))
+val_dataloader = dict(batch_size=1, num_workers=0, persistent_workers=False,
+                      dataset=dict(data_root='data/ade_tiny', pipeline=test_pipeline))
+test_dataloader = val_dataloader
+
+optimizer = dict(type='SGD', lr=0.01, momentum=0.9, weight_decay=0.0)
+optim_wrapper = dict(optimizer=optimizer)
+param_scheduler = [dict(type='PolyLR', eta_min=1e-4, power=0.9, begin=0, end=40, by_epoch=False)]
+train_cfg = dict(type='IterBasedTrainLoop', max_iters=40, val_interval=20)
+default_hooks = dict(logger=dict(interval=10),
+                     checkpoint=dict(interval=20, max_keep_ckpts=2),
+                     visualization=dict(type='SegVisualizationHook'))
+randomness = dict(seed=0)
+env_cfg = dict(cudnn_benchmark=False, dist_cfg=dict(backend='gloo'))
