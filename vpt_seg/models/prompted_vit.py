@@ -84,6 +84,7 @@ class PromptedVisionTransformer(VisionTransformer):
         self.tune_bias = tune_bias
         self.save_frozen = save_frozen
         self._frozen_loaded = False  # set once init_weights has filled the frozen weights
+        self._loading_pretrained = False  # guards the load pre-hook against re-entry
         if freeze:
             for name, child in self.named_children():
                 if child is not self.prompt:
@@ -184,10 +185,10 @@ class PromptedVisionTransformer(VisionTransformer):
                 f'checkpoint has a patch-embedding bias ({bias_key}) but this backbone was '
                 'built with patch_bias=False, so it would be dropped silently; set '
                 'patch_bias=True (timm and JAX ViTs have this bias).')
-        missing_frozen = [prefix + k for k in frozen_state_keys(self)
-                          if prefix + k not in state_dict]
-        if not missing_frozen:
-            return
+        frozen = [prefix + k for k in frozen_state_keys(self)]
+        if not frozen or any(k in state_dict for k in frozen) or self._loading_pretrained:
+            return  # a full checkpoint (or the pretrained file itself): load as MMSeg does
+        # A task checkpoint: the frozen weights come from the pretrained file.
         if not self._frozen_loaded:
             if self.init_cfg is None:
                 raise ValueError(
@@ -196,7 +197,11 @@ class PromptedVisionTransformer(VisionTransformer):
                     "has no init_cfg=dict(type='Pretrained', checkpoint=...).")
             print_log('Task checkpoint: loading the frozen backbone from '
                       f"{self.init_cfg.get('checkpoint')}", logger='current')
-            self.init_weights()
+            self._loading_pretrained = True
+            try:
+                self.init_weights()
+            finally:
+                self._loading_pretrained = False
         params = dict(self.named_parameters(prefix=prefix[:-1] if prefix else ''))
-        for key in missing_frozen:
+        for key in frozen:
             state_dict[key] = params[key].detach()
