@@ -13,9 +13,9 @@ from vpt_seg.datasets import TASK_CLASSES, make_ade20k
 
 # As in MMSeg's ADE20k configs; reduce_zero_label comes from the dataset.
 PIPELINE = [
-    dict(type='mmseg.LoadImageFromFile'),
-    dict(type='mmseg.LoadAnnotations'),
-    dict(type='mmseg.PackSegInputs'),
+    dict(type='LoadImageFromFile'),
+    dict(type='LoadAnnotations'),
+    dict(type='PackSegInputs'),
 ]
 
 
