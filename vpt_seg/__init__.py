@@ -9,6 +9,7 @@ from . import compat  # noqa: F401  (must precede every mmseg import)
 from .models import *  # noqa: F401,F403
 from .engine import *  # noqa: F401,F403
 from .datasets import *  # noqa: F401,F403
+from .evaluation import *  # noqa: F401,F403
 from .prompt import VisualPrompt
 
 __version__ = '0.1.0'

@@ -2,3 +2,8 @@
 from .synthetic import TASK_CLASSES, make_ade20k, render_sample
 
 __all__ = ['TASK_CLASSES', 'make_ade20k', 'render_sample']
+from .image_folder import ImageFolderDataset, PackClsInputs  # noqa: E402
+from .synthetic_cls import CLS_CLASSES, make_cls_folder, render_cls_sample  # noqa: E402
+
+__all__ += ['ImageFolderDataset', 'PackClsInputs', 'CLS_CLASSES', 'make_cls_folder',
+            'render_cls_sample']

@@ -1,0 +1,157 @@
+"""MultiTaskViT: a mixed-task batch through one frozen ViT equals each task run alone."""
+import pytest
+import torch
+
+import vpt_seg  # noqa: F401  (before mmseg)
+from mmengine.config import Config
+from mmengine.registry import init_default_scope
+from mmseg.models.backbones import VisionTransformer
+from mmseg.registry import MODELS
+
+from vpt_seg.multitask import MultiTaskViT, build_shared_backbone, load_task_model
+
+init_default_scope('mmseg')
+ARCH = dict(img_size=(32, 32), patch_size=8, embed_dims=32, num_layers=4, num_heads=4,
+            patch_bias=True, norm_cfg=dict(type='LN', eps=1e-6))
+
+
+def backbone(pretrained, **kw):
+    return dict(type='PromptedVisionTransformer', **dict(ARCH, **kw),
+                init_cfg=dict(type='Pretrained', checkpoint=pretrained))
+
+
+def seg(pretrained, in_index=-1, **kw):
+    return dict(
+        type='EncoderDecoder',
+        data_preprocessor=dict(type='SegDataPreProcessor', mean=[100., 110., 120.],
+                               std=[50., 60., 70.], bgr_to_rgb=True),
+        backbone=backbone(pretrained, **kw),
+        decode_head=dict(type='SETRUPHead', in_channels=32, channels=8, in_index=in_index,
+                         num_classes=5, num_convs=2, up_scale=2, kernel_size=3,
+                         norm_cfg=dict(type='BN'), align_corners=False, dropout_ratio=0,
+                         loss_decode=dict(type='CrossEntropyLoss')))
+
+
+def cls(pretrained, head='LinearClsHead', **kw):
+    return dict(type='VPTClassifier', backbone=backbone(pretrained, **kw),
+                head=dict(type=head, in_channels=32, num_classes=7))
+
+
+# name -> config: prompt lengths 0..6, deep / shallow / layers 1-2, bias tuning on and
+# off, several outputs, another img_size (position embeddings resized), both kinds.
+TASKS = {
+    'seg_deep': lambda p: seg(p, in_index=0, num_prompts=4, deep=True, out_indices=(1, 3)),
+    'seg_shallow_bias': lambda p: seg(p, num_prompts=2, deep=False, tune_bias=True,
+                                      out_indices=3),
+    'seg_img48': lambda p: seg(p, num_prompts=3, deep=True, out_indices=2, img_size=(48, 48)),
+    'cls_deep_bias': lambda p: cls(p, num_prompts=6, deep=True, tune_bias=True),
+    'cls_shallow_mlp': lambda p: cls(p, 'MLPClsHead', num_prompts=3, deep=False),
+    'cls_layers12': lambda p: cls(p, num_prompts=5, prompt_layers=[1, 2]),
+    'cls_bias_only': lambda p: cls(p, num_prompts=0, tune_bias=True),
+}
+
+
+def _task_file(cfg, path, seed):
+    """Train-like task: random tuned weights, saved as a task checkpoint."""
+    torch.manual_seed(seed)
+    model = MODELS.build(cfg)
+    model.init_weights()
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(0.2 * torch.randn_like(p))
+        for m in model.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                m.running_mean.normal_()
+                m.running_var.uniform_(0.5, 2)
+    torch.save(dict(state_dict=model.state_dict()), path)  # tuned weights only
+
+
+@pytest.fixture(scope='module')
+def served(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp('mt')
+    torch.manual_seed(0)
+    vit = VisionTransformer(final_norm=True, **ARCH)
+    vit.init_weights()
+    pretrained = str(tmp / 'vit.pth')
+    torch.save(vit.state_dict(), pretrained)
+    mt = MultiTaskViT(build_shared_backbone(backbone(pretrained)))
+    for seed, (name, make) in enumerate(TASKS.items()):
+        cfg = Config(dict(model=make(pretrained)))
+        path = str(tmp / f'{name}.pth')
+        _task_file(cfg.model, path, seed)
+        mt.add_task(name, load_task_model(cfg, path))
+    return mt.eval(), pretrained, tmp
+
+
+def _check(outputs, reference, tasks, kinds):
+    for task, out, ref in zip(tasks, outputs, reference):
+        assert out.shape == ref.shape, task
+        assert out.shape[0] == (5 if kinds[task] == 'seg' else 7)
+        torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-4, msg=task)
+
+
+def test_mixed_batch_equals_each_task_alone(served):
+    mt, _, _ = served
+    names = list(TASKS)
+    tasks = [names[i % len(names)] for i in range(2 * len(names))][::-1]
+    torch.manual_seed(1)
+    images = [torch.randint(0, 256, (3, 32, 32), dtype=torch.uint8) for _ in tasks]
+    with torch.no_grad():
+        inputs = mt.preprocess(images, tasks)
+        mixed = mt(inputs, tasks)
+        alone = mt.run_alone(inputs, tasks)
+    _check(mixed, alone, tasks, mt.kinds)
+    # ... and equals one image at a time (no leakage between samples through padding)
+    with torch.no_grad():
+        single = [mt(inputs[i:i + 1], [t])[0] for i, t in enumerate(tasks)]
+    _check(mixed, single, tasks, mt.kinds)
+
+
+def test_mixed_batch_at_another_input_size(served):
+    """Inputs larger than every img_size: each task resizes its own position embeddings."""
+    mt, _, _ = served
+    tasks = ['seg_img48', 'cls_layers12', 'seg_shallow_bias', 'cls_deep_bias']
+    inputs = torch.randn(len(tasks), 3, 40, 56)
+    with torch.no_grad():
+        _check(mt(inputs, tasks), mt.run_alone(inputs, tasks), tasks, mt.kinds)
+
+
+def test_task_weights_are_shared_not_copied(served):
+    mt, _, _ = served
+    shared = mt.backbone.layers[0].attn.attn.in_proj_weight
+    for name, model in mt.tasks.items():
+        assert model.backbone.layers[0].attn.attn.in_proj_weight is shared, name
+    bias = mt.tasks['cls_deep_bias'].backbone.layers[0].attn.attn.in_proj_bias
+    assert bias is not mt.backbone.layers[0].attn.attn.in_proj_bias
+
+
+def test_incompatible_tasks_are_clear_errors(served):
+    mt, pretrained, tmp = served
+    # another width
+    other = str(tmp / 'vit48.pth')
+    torch.save(VisionTransformer(final_norm=True, **dict(ARCH, embed_dims=48)).state_dict(),
+               other)
+    cfg = cls(other, num_prompts=2)
+    cfg['backbone']['embed_dims'] = 48
+    cfg['head']['in_channels'] = 48
+    with pytest.raises(ValueError, match='another ViT'):
+        mt.add_task('wide', MODELS.build(cfg))
+    # same architecture, other frozen weights (another pretrained file)
+    torch.manual_seed(99)
+    vit = VisionTransformer(final_norm=True, **ARCH)
+    vit.init_weights()
+    other = str(tmp / 'vit_other.pth')
+    torch.save(vit.state_dict(), other)
+    model = MODELS.build(cls(other, num_prompts=2))
+    model.init_weights()
+    with pytest.raises(ValueError, match='another pretrained file'):
+        mt.add_task('other_weights', model)
+    # a fully fine-tuned backbone cannot be shared
+    with pytest.raises(ValueError, match='freeze=True'):
+        mt.add_task('full', MODELS.build(cls(pretrained, freeze=False)))
+    with pytest.raises(KeyError, match='unknown tasks'):
+        mt(torch.randn(1, 3, 32, 32), ['nope'])
+    with pytest.raises(RuntimeError, match='eval mode'):
+        mt.train()
+    assert 'wide' not in mt.tasks and 'other_weights' not in mt.tasks

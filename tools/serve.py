@@ -1,0 +1,176 @@
+"""Serve several VPT tasks (segmentation and classification) on one frozen ViT.
+
+    python tools/serve.py BACKBONE NAME=CONFIG:CHECKPOINT [NAME=CONFIG:CHECKPOINT ...] \\
+        --images DIR --out-dir OUT [--size H W] [--batch-size 8] [--device cpu] [--verify]
+
+BACKBONE is the shared frozen ViT: a config (its ``model.backbone`` and pretrained file)
+or a pretrained weights file (the architecture then comes from the first task's config).
+Every image of DIR goes through every task; batches mix tasks and run in one pass
+through the shared weights (see vpt_seg/multitask.py). Images are resized to ``--size``
+(default: the backbone's ``img_size``) for the pass; segmentation maps are resized back.
+
+Writes, under OUT:
+  <task>/<image>.png          label map (uint8, or uint16 above 255 classes)
+  <task>/<image>_overlay.png  the image blended with the class colours
+  predictions.json / .csv     class predictions (label, name, score, top-5)
+"""
+import argparse
+import csv
+import json
+import os
+import os.path as osp
+
+import vpt_seg  # noqa: F401  (compat fixes and registration before any mmseg import)
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+from mmengine.config import Config
+from mmengine.registry import init_default_scope
+from mmseg.registry import DATASETS
+
+from vpt_seg.datasets.image_folder import IMG_EXTENSIONS
+from vpt_seg.multitask import MultiTaskViT, build_shared_backbone, load_task_model
+
+
+def parse_args():
+    parser = argparse.ArgumentParser(description='Serve many VPT tasks on one frozen ViT')
+    parser.add_argument('backbone', help='shared backbone: a config, or a weights file')
+    parser.add_argument('tasks', nargs='+', metavar='NAME=CONFIG:CHECKPOINT',
+                        help='task name, its config and its task checkpoint')
+    parser.add_argument('--images', required=True, help='folder of images')
+    parser.add_argument('--out-dir', required=True, help='where results go')
+    parser.add_argument('--size', type=int, nargs=2, metavar=('H', 'W'),
+                        help='input size of the shared pass (default: backbone img_size)')
+    parser.add_argument('--batch-size', type=int, default=8, help='(image, task) pairs per pass')
+    parser.add_argument('--device', default='cpu')
+    parser.add_argument('--verify', action='store_true',
+                        help='also run each task alone and report the largest difference')
+    return parser.parse_args()
+
+
+def parse_task(spec: str):
+    name, sep, rest = spec.partition('=')
+    cfg, sep2, ckpt = rest.partition('.py:')
+    if not (sep and sep2 and name and ckpt):
+        raise ValueError(f'task {spec!r}: expected NAME=CONFIG.py:CHECKPOINT')
+    return name, cfg + '.py', ckpt
+
+
+def _read_classes(dataset: dict):
+    classes = dataset.get('classes') or (dataset.get('metainfo') or {}).get('classes')
+    if isinstance(classes, str):
+        path = classes if osp.isfile(classes) else osp.join(dataset.get('data_root', ''), classes)
+        with open(path) as f:
+            return [line.strip() for line in f if line.strip()], None
+    if classes:
+        return list(classes), None
+    meta = getattr(DATASETS.get(dataset.get('type', '')), 'METAINFO', {}) or {}
+    return list(meta.get('classes', [])), meta.get('palette')
+
+
+def task_meta(model, cfg: Config, num_classes: int):
+    """Class names and palette of a task: from its checkpoint's dataset meta, else its
+    test dataset config, else generic names and random colours."""
+    meta = getattr(model, 'dataset_meta', None) or {}
+    names, palette = list(meta.get('classes') or []), meta.get('palette')
+    if len(names) != num_classes:
+        try:
+            names, palette = _read_classes(cfg.test_dataloader.dataset)
+        except Exception:  # no test dataset in the config, or its class file is elsewhere
+            pass
+    if len(names) != num_classes:
+        names = [f'class_{i}' for i in range(num_classes)]
+    if palette is None or len(palette) < num_classes:
+        rng = np.random.default_rng(42)
+        palette = rng.integers(0, 255, (num_classes, 3)).tolist()
+    return names, np.asarray(palette[:num_classes], dtype=np.uint8)
+
+
+def main():
+    args = parse_args()
+    specs = [parse_task(t) for t in args.tasks]
+    if len({n for n, _, _ in specs}) != len(specs):
+        raise ValueError('task names must be unique')
+    files = sorted(f for f in os.listdir(args.images) if f.lower().endswith(IMG_EXTENSIONS))
+    if not files:
+        raise FileNotFoundError(f'no images in {args.images}')
+
+    if args.backbone.endswith('.py'):
+        bcfg = Config.fromfile(args.backbone)
+        init_default_scope(bcfg.get('default_scope', 'mmseg'))
+        shared = build_shared_backbone(bcfg.model.backbone)
+    else:
+        first = Config.fromfile(specs[0][1])
+        init_default_scope(first.get('default_scope', 'mmseg'))
+        shared = build_shared_backbone(first.model.backbone, pretrained=args.backbone)
+    pretrained = shared.init_cfg['checkpoint']
+    mt = MultiTaskViT(shared)
+    metas = {}
+    for name, cfg_path, ckpt in specs:
+        model = mt.add_task(name, load_task_model(cfg_path, ckpt, pretrained=pretrained))
+        num_classes = model.num_classes if mt.kinds[name] == 'cls' else \
+            model.decode_head.out_channels
+        metas[name] = task_meta(model, Config.fromfile(cfg_path), num_classes)
+    mt.to(args.device).eval()
+    size = tuple(args.size or shared.img_size)
+
+    pairs = [(f, t) for f in files for t, _, _ in specs]
+    originals, rows, worst = {}, [], 0.0
+    os.makedirs(args.out_dir, exist_ok=True)
+    for start in range(0, len(pairs), args.batch_size):
+        batch = pairs[start:start + args.batch_size]
+        images = []
+        for f, _ in batch:
+            if f not in originals:
+                img = cv2.imread(osp.join(args.images, f), cv2.IMREAD_COLOR)  # BGR, as LoadImageFromFile
+                if img is None:
+                    raise ValueError(f'cannot read {f}')
+                originals[f] = img
+            resized = cv2.resize(originals[f], (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
+            images.append(torch.from_numpy(resized.transpose(2, 0, 1).copy()).to(args.device))
+        tasks = [t for _, t in batch]
+        with torch.no_grad():
+            inputs = mt.preprocess(images, tasks)
+            outputs = mt(inputs, tasks)
+            if args.verify:
+                alone = mt.run_alone(inputs, tasks)
+                worst = max([worst] + [(a - b).abs().max().item() for a, b in zip(outputs, alone)])
+        for (f, task), out in zip(batch, outputs):
+            names, palette = metas[task]
+            stem = osp.splitext(f)[0]
+            if mt.kinds[task] == 'cls':
+                score = out.float().softmax(0)
+                top = score.topk(min(5, score.numel()))
+                rows.append(dict(image=f, task=task, label=int(top.indices[0]),
+                                 name=names[int(top.indices[0])], score=float(top.values[0]),
+                                 top5=[[names[int(i)], float(s)] for s, i in zip(*top)]))
+                continue
+            img = originals[f]
+            logits = F.interpolate(out[None].float(), size=img.shape[:2], mode='bilinear',
+                                   align_corners=False)[0]
+            label = logits.argmax(0).cpu().numpy()
+            os.makedirs(osp.join(args.out_dir, task), exist_ok=True)
+            dtype = np.uint8 if len(names) <= 256 else np.uint16
+            cv2.imwrite(osp.join(args.out_dir, task, f'{stem}.png'), label.astype(dtype))
+            colour = palette[label][..., ::-1]                          # RGB palette -> BGR
+            overlay = (0.5 * img + 0.5 * colour).astype(np.uint8)
+            cv2.imwrite(osp.join(args.out_dir, task, f'{stem}_overlay.png'), overlay)
+
+    with open(osp.join(args.out_dir, 'predictions.json'), 'w') as fp:
+        json.dump(rows, fp, indent=1)
+    with open(osp.join(args.out_dir, 'predictions.csv'), 'w', newline='') as fp:
+        writer = csv.writer(fp)
+        writer.writerow(['image', 'task', 'label', 'name', 'score'])
+        for r in rows:
+            writer.writerow([r['image'], r['task'], r['label'], r['name'], f"{r['score']:.4f}"])
+    seg = [n for n in mt.kinds if mt.kinds[n] == 'seg']
+    print(f'{len(files)} images x {len(specs)} tasks served on one backbone; '
+          f'segmentation maps in {", ".join(osp.join(args.out_dir, s) for s in seg) or "-"}; '
+          f'class predictions in {osp.join(args.out_dir, "predictions.json")}')
+    if args.verify:
+        print(f'largest difference to running each task alone: {worst:.3g}')
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,136 @@
+"""Image classification with visual prompts: the paper's setup on our prompted backbone.
+
+VPT (Jia et al., ECCV 2022) classifies an image from the final-layer [CLS] embedding of
+a frozen, prompted ViT:  ``y = Head(LN(x_N))``, where ``x_N`` is the [CLS] output of the
+last layer and ``LN`` the ViT's final norm. :class:`VPTClassifier` builds exactly that
+from the same :class:`~vpt_seg.models.PromptedVisionTransformer` the segmentors use, so a
+classification task, like a segmentation task, is stored as prompts (+ biases when
+tuned) + head, and every option of the backbone (deep/shallow, length, dropout, bias
+tuning) applies unchanged.
+"""
+from typing import Dict, List, Optional, Union
+
+import torch
+from mmengine.model import BaseModel
+from mmengine.structures import BaseDataElement
+from mmseg.registry import MODELS
+
+__all__ = ['VPTClassifier', 'backbone_signature']
+
+#: What ``backbone_signature`` records, in order.
+SIGNATURE_FIELDS = ('embed_dims', 'num_layers', 'num_heads', 'patch_size', 'in_channels',
+                    'feedforward_channels')
+
+
+def backbone_signature(backbone) -> List[int]:
+    """The architecture of an MMSeg ViT as integers (see :data:`SIGNATURE_FIELDS`)."""
+    layer = backbone.layers[0]
+    return [backbone.cls_token.shape[-1], len(backbone.layers), layer.attn.attn.num_heads,
+            backbone.patch_size, backbone.patch_embed.projection.in_channels,
+            layer.ffn.layers[0][0].out_features]
+
+
+@MODELS.register_module()
+class VPTClassifier(BaseModel):
+    """A prompted, frozen ViT and a head on its final [CLS] embedding.
+
+    Args:
+        backbone: Config of the ViT, normally ``PromptedVisionTransformer``.
+            ``output_cls_token`` and ``final_norm`` default to True (timm's classifier
+            reads the normed [CLS]); ``output_cls_token=False`` is an error.
+        head: Config of the head (``LinearClsHead`` or ``MLPClsHead``); its
+            ``in_channels`` must equal the backbone width.
+        data_preprocessor: Normalisation (and channel order) of the images; default
+            ``ImgDataPreprocessor`` with ImageNet mean/std and BGR -> RGB.
+        init_cfg: MMEngine init config.
+
+    A persistent buffer ``backbone_signature`` goes into every checkpoint, so a task file
+    made for another ViT (width, depth, heads, patch size) is refused with a clear error
+    even when its tuned tensors happen to have fitting shapes (shallow prompts).
+
+    Shapes:
+        ``inputs``: ``(B, 3, H, W)``; ``tensor`` mode returns ``(B, K)`` logits.
+    """
+
+    def __init__(self,
+                 backbone: dict,
+                 head: dict,
+                 data_preprocessor: Optional[dict] = None,
+                 init_cfg: Optional[dict] = None):
+        if data_preprocessor is None:
+            data_preprocessor = dict(type='ImgDataPreprocessor', mean=[123.675, 116.28, 103.53],
+                                     std=[58.395, 57.12, 57.375], bgr_to_rgb=True)
+        super().__init__(data_preprocessor=data_preprocessor, init_cfg=init_cfg)
+        backbone = dict(backbone)
+        backbone.setdefault('output_cls_token', True)
+        backbone.setdefault('final_norm', True)
+        if not backbone['output_cls_token']:
+            raise ValueError('VPTClassifier classifies from the [CLS] embedding; the backbone '
+                             'needs output_cls_token=True (and with_cls_token=True).')
+        self.backbone = MODELS.build(backbone)
+        self.head = MODELS.build(head)
+        width = self.backbone.cls_token.shape[-1]
+        if self.head.in_channels != width:
+            raise ValueError(f'head.in_channels={self.head.in_channels} but the backbone '
+                             f'embeds tokens of width {width}')
+        self.register_buffer('backbone_signature',
+                             torch.tensor(backbone_signature(self.backbone)))
+        self.register_load_state_dict_pre_hook(VPTClassifier._check_signature)
+
+    @property
+    def num_classes(self) -> int:
+        return self.head.num_classes
+
+    def _check_signature(self, state_dict, prefix, *args):
+        theirs = state_dict.get(prefix + 'backbone_signature')
+        if theirs is None or torch.equal(theirs.cpu(), self.backbone_signature.cpu()):
+            return
+        diff = ', '.join(f'{f} {int(a)} in the checkpoint vs {int(b)} here'
+                         for f, a, b in zip(SIGNATURE_FIELDS, theirs, self.backbone_signature)
+                         if a != b)
+        raise ValueError(f'checkpoint was made for another ViT than this classifier\'s '
+                         f'backbone ({diff}); use the config it was trained with.')
+
+    # ------------------------------------------------------------------ forward
+    def extract_feat(self, inputs: torch.Tensor) -> torch.Tensor:
+        """``(B, 3, H, W) -> (B, C)``: the final-layer [CLS] embedding."""
+        return self.backbone(inputs)[-1][1]
+
+    def forward(self,
+                inputs: torch.Tensor,
+                data_samples: Optional[List[BaseDataElement]] = None,
+                mode: str = 'tensor') -> Union[Dict[str, torch.Tensor], list, torch.Tensor]:
+        if mode == 'loss':
+            return self.loss(inputs, data_samples)
+        if mode == 'predict':
+            return self.predict(inputs, data_samples)
+        if mode == 'tensor':
+            return self.head(self.extract_feat(inputs))                  # (B, K)
+        raise ValueError(f"mode must be 'loss', 'predict' or 'tensor', got {mode!r}")
+
+    def loss(self, inputs: torch.Tensor,
+             data_samples: List[BaseDataElement]) -> Dict[str, torch.Tensor]:
+        labels = torch.stack([ds.gt_label.reshape(()) for ds in data_samples]).to(inputs.device)
+        logits = self.head(self.extract_feat(inputs))
+        losses = self.head.loss(logits, labels.long())
+        with torch.no_grad():
+            losses['acc'] = (logits.argmax(1) == labels).float().mean() * 100
+        return losses
+
+    def predict(self, inputs: torch.Tensor,
+                data_samples: Optional[List[BaseDataElement]] = None) -> List[BaseDataElement]:
+        """Adds ``pred_score`` ``(K,)`` (softmax) and ``pred_label`` (0-d) to each sample."""
+        logits = self.head(self.extract_feat(inputs))
+        return self.postprocess(logits, data_samples)
+
+    @staticmethod
+    def postprocess(logits: torch.Tensor,
+                    data_samples: Optional[List[BaseDataElement]] = None
+                    ) -> List[BaseDataElement]:
+        """``(B, K)`` logits -> data samples with ``pred_score`` and ``pred_label``."""
+        if data_samples is None:
+            data_samples = [BaseDataElement() for _ in range(logits.shape[0])]
+        scores = logits.float().softmax(dim=1)
+        for ds, score in zip(data_samples, scores):
+            ds.set_data(dict(pred_score=score, pred_label=score.argmax()))
+        return data_samples

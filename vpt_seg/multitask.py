@@ -1,0 +1,476 @@
+"""One frozen ViT serving many VPT tasks (segmentation and classification) at once.
+
+A VPT task is a few tuned tensors on top of a frozen ViT: prompts, a head, and with
+bias tuning the backbone's biases. :class:`MultiTaskViT` holds the frozen weights once
+and any number of task models, and runs a batch whose images belong to *different*
+tasks in one pass through the shared weights:
+
+* **Prompts of other lengths / depths.** Every sample gets ``P = max P_t`` prompt slots
+  after the prefix ([CLS]). A task with ``P_t < P`` prompts, or a layer before its first
+  prompted layer (VPT-shallow carries its prompts on from layer 0, ``prompt_layers`` may
+  start later), has its unused slots masked out as attention *keys*, so no real token
+  sees them; they are dropped with the other prompt tokens at the outputs. Per token the
+  computation is therefore the task's own (LayerNorm and the MLP act token-wise).
+* **Bias-tuned tasks.** Each layer is evaluated functionally from the shared weights;
+  every bias is gathered per sample from its task (the shared bias for tasks that do not
+  tune biases), so a batch may mix bias-tuned and prompt-only tasks.
+* **Per-task backbone outputs.** ``out_indices``, ``final_norm``, ``output_cls_token``,
+  ``out_origin`` and ``img_size`` (position embeddings) stay per task.
+
+Outputs equal those of running each task model alone (up to float rounding, see
+``tests/test_multitask.py``). Serving is inference only: the frozen ViT runs in eval
+mode (no dropout / drop-path) and :meth:`MultiTaskViT.forward` refuses training mode.
+
+What a task must share with the frozen backbone (checked in :meth:`add_task`, with
+clear errors): the architecture (width, depth, heads, MLP, patch embedding, norms and
+their eps, activation, [CLS] token, pre-norm) and the frozen weights themselves
+(element-wise equal, i.e. trained from the same pretrained file). Fully fine-tuned
+tasks (``freeze=False``) own a whole ViT and cannot share it.
+"""
+import copy
+import os.path as osp
+from collections import OrderedDict
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from mmengine.config import Config
+from mmengine.logging import print_log
+from mmengine.registry import init_default_scope
+from mmseg.models.backbones import VisionTransformer
+from mmseg.registry import MODELS
+from mmseg.models.utils import resize
+from torch import nn
+
+from .models.classifier import VPTClassifier
+from .models.prompted_vit import PromptedVisionTransformer
+from .prompt import remove_prompts
+from .tuning import bias_parameters
+
+__all__ = ['MultiTaskViT', 'task_kind', 'build_shared_backbone', 'load_task_model']
+
+
+def task_kind(model: nn.Module) -> str:
+    """``'cls'`` for a :class:`~vpt_seg.models.VPTClassifier`, ``'seg'`` for an MMSeg
+    encoder-decoder segmentor."""
+    if isinstance(model, VPTClassifier):
+        return 'cls'
+    if hasattr(model, 'decode_head') and hasattr(model, 'extract_feat'):
+        return 'seg'
+    raise TypeError(f'{type(model).__name__} is neither a VPTClassifier nor an MMSeg '
+                    'encoder-decoder segmentor')
+
+
+def _structure(vit: VisionTransformer) -> Dict[str, object]:
+    """What the functional pass relies on, beyond parameter shapes."""
+    layer = vit.layers[0]
+    pad = vit.patch_embed.adap_padding
+    return OrderedDict(
+        with_cls_token=vit.with_cls_token,
+        pre_norm=vit.pre_norm,
+        patch_size=vit.patch_size,
+        patch_pad=None if pad is None else (pad.padding, pad.kernel_size, pad.stride,
+                                            pad.dilation),
+        num_layers=len(vit.layers),
+        num_heads=layer.attn.attn.num_heads,
+        norm_eps=sorted({m.eps for m in vit.modules() if isinstance(m, nn.LayerNorm)}),
+        activation=repr(layer.ffn.layers[0][1]),
+        num_fcs=layer.ffn.num_fcs)
+
+
+def _check_supported(vit: VisionTransformer, what: str):
+    layer = vit.layers[0]
+    norms = [m for m in vit.modules() if isinstance(m, (nn.modules.batchnorm._NormBase,
+                                                        nn.GroupNorm))]
+    if norms:
+        raise ValueError(f'{what}: only LayerNorm ViTs can be shared (found {norms[0]})')
+    if not isinstance(layer.ffn.gamma2, nn.Identity):
+        raise ValueError(f'{what}: FFN layer scale is not supported by the shared pass')
+    attn = layer.attn.attn
+    if attn.bias_k is not None or attn.add_zero_attn or not attn._qkv_same_embed_dim:
+        raise ValueError(f'{what}: attention with bias_k/add_zero_attn or separate q/k/v '
+                         'projections is not supported by the shared pass')
+
+
+def _linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]):
+    """``x @ W^T + b`` where ``b`` is ``(out,)`` (shared) or ``(B, out)`` (per sample)."""
+    if bias is None or bias.dim() == 1:
+        return F.linear(x, weight, bias)
+    return F.linear(x, weight) + bias.unsqueeze(1)
+
+
+class _Biases:
+    """Bias lookup for one batch: the shared tensor, or ``(B, ...)`` gathered per sample
+    when some task of the batch tunes biases."""
+
+    def __init__(self, shared: nn.Module, task_vits: List[nn.Module], task_index: torch.Tensor):
+        self.names = {id(m): n for n, m in shared.named_modules()}
+        self.shared = shared
+        self.task_vits = task_vits
+        self.task_index = task_index
+        self.per_sample = any(getattr(v, 'tune_bias', False) for v in task_vits)
+        self.params = [dict(v.named_parameters()) for v in task_vits] if self.per_sample else []
+
+    def __call__(self, module: nn.Module, attr: str = 'bias') -> Optional[torch.Tensor]:
+        shared = getattr(module, attr, None)
+        if shared is None or not self.per_sample:
+            return shared
+        name = f'{self.names[id(module)]}.{attr}'.lstrip('.')
+        # A task without this module (e.g. no final norm) never reads it: shared value.
+        bank = torch.stack([p.get(name, shared) for p in self.params])      # (T, ...)
+        return bank[self.task_index]                                        # (B, ...)
+
+
+class MultiTaskViT(nn.Module):
+    """A frozen ViT and the VPT tasks that share it.
+
+    Args:
+        backbone: The shared ViT (MMSeg ``VisionTransformer`` or
+            ``PromptedVisionTransformer``) with its pretrained weights loaded. Build it
+            with ``final_norm=True`` when a task reads the normed tokens (classifiers).
+
+    Use :meth:`add_task` for each loaded task model, then call the module with a batch
+    and one task name per image.
+    """
+
+    def __init__(self, backbone: VisionTransformer):
+        super().__init__()
+        _check_supported(backbone, 'shared backbone')
+        self.backbone = backbone.eval()
+        for p in self.backbone.parameters():
+            p.requires_grad_(False)
+        self.tasks = nn.ModuleDict()
+        self.kinds: Dict[str, str] = {}
+
+    # ------------------------------------------------------------------ tasks
+    def add_task(self, name: str, model: nn.Module) -> nn.Module:
+        """Register a loaded task model (its frozen weights get tied to the shared ones).
+
+        Args:
+            name: Task name (used in :meth:`forward`).
+            model: A ``VPTClassifier`` or an MMSeg segmentor whose backbone is a frozen
+                ``PromptedVisionTransformer``, with its task checkpoint loaded.
+
+        Raises:
+            ValueError: The task's ViT differs from the shared one in architecture or
+                frozen weights, or it does not freeze its backbone.
+        """
+        if name in self.tasks:
+            raise ValueError(f'task {name!r} is already registered')
+        kind = task_kind(model)
+        vit = model.backbone
+        if not isinstance(vit, PromptedVisionTransformer) or not vit.freeze:
+            raise ValueError(f'task {name!r}: only tasks on a frozen PromptedVisionTransformer '
+                             '(freeze=True) can share a backbone; a fully fine-tuned ViT is '
+                             'a model of its own')
+        _check_supported(vit, f'task {name!r}')
+        ours, theirs = _structure(self.backbone), _structure(vit)
+        diff = [f'{k}: {theirs[k]} (task) vs {ours[k]} (shared)' for k in ours
+                if ours[k] != theirs[k]]
+        shared = dict(self.backbone.named_parameters())
+        for pname, param in vit.named_parameters():
+            if param.requires_grad or (pname == 'pos_embed' and
+                                       param.shape != shared['pos_embed'].shape):
+                continue  # tuned, or position embeddings for another img_size (kept)
+            if pname not in shared:
+                diff.append(f'{pname}: in the task, not in the shared backbone (build it '
+                            'with final_norm=True / the same options)')
+            elif shared[pname].shape != param.shape:
+                diff.append(f'{pname}: {tuple(param.shape)} (task) vs '
+                            f'{tuple(shared[pname].shape)} (shared)')
+        if diff:
+            raise ValueError(f'task {name!r} was made for another ViT than the shared '
+                             'backbone:\n  ' + '\n  '.join(diff))
+        for pname, param in list(vit.named_parameters()):
+            if param.requires_grad or pname not in shared or \
+                    shared[pname].shape != param.shape:
+                continue
+            if not torch.equal(param.detach().to(shared[pname].device), shared[pname]):
+                raise ValueError(
+                    f'task {name!r}: frozen weight {pname} differs from the shared '
+                    "backbone's; the task was trained on another pretrained file")
+            owner, _, attr = pname.rpartition('.')
+            vit.get_submodule(owner)._parameters[attr] = shared[pname]  # tie, free the copy
+        model.eval()
+        self.tasks[name] = model
+        self.kinds[name] = kind
+        return model
+
+    def train(self, mode: bool = True):
+        if mode:
+            raise RuntimeError('MultiTaskViT serves trained tasks and runs in eval mode only; '
+                               'train each task with tools/train.py')
+        return super().train(False)
+
+    # ---------------------------------------------------------------- helpers
+    def preprocess(self, images: Sequence[torch.Tensor], tasks: Sequence[str]) -> torch.Tensor:
+        """Normalise each image with its task's data preprocessor.
+
+        Args:
+            images: ``B`` images ``(3, H, W)`` (uint8 or float, as the task pipelines give
+                them: BGR from ``LoadImageFromFile``), all the same size.
+            tasks: Task name per image.
+
+        Returns:
+            ``(B, 3, H, W)`` float inputs for :meth:`forward`.
+        """
+        self._check_tasks(tasks)
+        out = [None] * len(images)
+        for name, idx in self._groups(tasks).items():
+            pre = self.tasks[name].data_preprocessor
+            batch = pre(dict(inputs=[images[i] for i in idx.tolist()]), False)['inputs']
+            for j, i in enumerate(idx.tolist()):
+                out[i] = batch[j]
+        return torch.stack(out)
+
+    def _check_tasks(self, tasks: Sequence[str]):
+        unknown = sorted(set(tasks) - set(self.tasks))
+        if unknown:
+            raise KeyError(f'unknown tasks {unknown}; registered: {list(self.tasks)}')
+
+    @staticmethod
+    def _groups(tasks: Sequence[str]) -> 'OrderedDict[str, torch.Tensor]':
+        names = list(OrderedDict.fromkeys(tasks))
+        return OrderedDict((n, torch.tensor([i for i, t in enumerate(tasks) if t == n]))
+                           for n in names)
+
+    @staticmethod
+    def _layer_norm(x, norm: nn.LayerNorm, biases: _Biases):
+        b = biases(norm)
+        if b is None or b.dim() == 1:
+            return F.layer_norm(x, norm.normalized_shape, norm.weight, b, norm.eps)
+        return F.layer_norm(x, norm.normalized_shape, norm.weight, None, norm.eps) + b.unsqueeze(1)
+
+    def _attention(self, attn: nn.MultiheadAttention, x, mask, biases: _Biases):
+        B, N, C = x.shape
+        heads = attn.num_heads
+        qkv = _linear(x, attn.in_proj_weight, biases(attn, 'in_proj_bias'))   # (B, N, 3C)
+        q, k, v = qkv.view(B, N, 3, heads, C // heads).permute(2, 0, 3, 1, 4)  # (B, h, N, d)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        out = out.transpose(1, 2).reshape(B, N, C)
+        return _linear(out, attn.out_proj.weight, biases(attn.out_proj))
+
+    def _mlp(self, module: nn.Module, x, biases: _Biases):
+        for child in module.children():
+            if isinstance(child, nn.Sequential):
+                x = self._mlp(child, x, biases)
+            elif isinstance(child, nn.Linear):
+                x = _linear(x, child.weight, biases(child))
+            elif not isinstance(child, (nn.Dropout, nn.Identity)):
+                x = child(x)  # the activation
+        return x
+
+    def _block(self, layer, x, mask, biases: _Biases):
+        x = x + self._attention(layer.attn.attn, self._layer_norm(x, layer.norm1, biases),
+                                mask, biases)
+        return x + self._mlp(layer.ffn.layers, self._layer_norm(x, layer.norm2, biases), biases)
+
+    # ---------------------------------------------------------------- forward
+    def extract_feats(self, inputs: torch.Tensor, tasks: Sequence[str]
+                      ) -> 'OrderedDict[str, Tuple[torch.Tensor, tuple]]':
+        """The backbone outputs of every sample, as each task's own backbone gives them.
+
+        Args:
+            inputs: ``(B, 3, H, W)`` normalised images (see :meth:`preprocess`).
+            tasks: Task name per image.
+
+        Returns:
+            ``{task: (indices (B_t,), outputs)}`` where ``outputs`` is the tuple the task's
+            backbone returns for ``inputs[indices]``.
+        """
+        if self.training:
+            raise RuntimeError('MultiTaskViT runs in eval mode only')
+        if len(tasks) != inputs.shape[0]:
+            raise ValueError(f'{inputs.shape[0]} images but {len(tasks)} task names')
+        self._check_tasks(tasks)
+        vit = self.backbone
+        groups = self._groups(tasks)
+        names = list(groups)
+        vits = [self.tasks[n].backbone for n in names]
+        task_index = torch.empty(len(tasks), dtype=torch.long)
+        for k, idx in enumerate(groups.values()):
+            task_index[idx] = k
+        biases = _Biases(vit, vits, task_index.to(inputs.device))
+        vits[0]._check_input(inputs)
+        B = inputs.shape[0]
+
+        pe = vit.patch_embed
+        x = pe.adap_padding(inputs) if pe.adap_padding is not None else inputs
+        conv = pe.projection
+        x = F.conv2d(x, conv.weight, None, conv.stride, conv.padding, conv.dilation, conv.groups)
+        b = biases(conv)
+        if b is not None:
+            x = x + b.reshape(-1 if b.dim() == 1 else B, x.shape[1], 1, 1)
+        hw_shape = x.shape[2:]
+        x = x.flatten(2).transpose(1, 2)                                # (B, HW, C)
+        if pe.norm is not None:
+            x = self._layer_norm(x, pe.norm, biases)
+        x = torch.cat((vit.cls_token.expand(B, -1, -1), x), dim=1)      # (B, 1 + HW, C)
+        pos = torch.empty_like(x)
+        for v, idx in zip(vits, groups.values()):  # each task's own img_size
+            pos[idx] = v._pos_embeding(x[idx], hw_shape, v.pos_embed)
+        x = pos
+        K = 1 if vit.with_cls_token else 0
+        if not vit.with_cls_token:
+            x = x[:, 1:]
+        if vit.pre_norm:
+            x = self._layer_norm(x, vit.pre_ln, biases)
+
+        outs = OrderedDict((n, []) for n in names)
+        for n, v, idx in zip(names, vits, groups.values()):
+            if v.out_origin:
+                outs[n].append(v._to_map(x[idx], hw_shape))
+
+        lengths = [v.prompt.num_tokens if v.prompt.layers else 0 for v in vits]
+        P = max(lengths)
+        C = x.shape[-1]
+        x = torch.cat((x[:, :K], x.new_zeros(B, P, C), x[:, K:]), dim=1)  # (B, K + P + HW, C)
+        slot = torch.arange(P, device=x.device)
+        last = len(vit.layers) - 1
+        for i, layer in enumerate(vit.layers):
+            fresh = [(v, idx) for v, idx in zip(vits, groups.values()) if i in v.prompt.layers]
+            if fresh:
+                slots = x[:, K:K + P].clone()
+                for v, idx in fresh:
+                    slots[idx, :v.prompt.num_tokens] = v.prompt.tokens(i, len(idx)).to(x.dtype)
+                x = torch.cat((x[:, :K], slots, x[:, K + P:]), dim=1)
+            active = torch.tensor([n_t if v.prompt.carries_prompts(i) else 0
+                                   for n_t, v in zip(lengths, vits)], device=x.device)
+            mask = None
+            if P and bool((active[biases.task_index] < P).any()):
+                keep = torch.ones(B, x.shape[1], dtype=torch.bool, device=x.device)
+                keep[:, K:K + P] = slot[None] < active[biases.task_index][:, None]
+                mask = keep[:, None, None, :]                           # (B, 1, 1, N) keys
+            x = self._block(layer, x, mask, biases)
+            normed = None
+            if i == last and any(v.final_norm for v in vits):
+                normed = self._layer_norm(x, vit.norm1, biases)
+            for n, v, idx in zip(names, vits, groups.values()):
+                if i in v.out_indices:
+                    src = normed if (i == last and v.final_norm) else x
+                    tokens = remove_prompts(src[idx], P, K)             # (B_t, K + HW, C)
+                    outs[n].append(v._to_map(tokens, hw_shape))
+        return OrderedDict((n, (groups[n], tuple(outs[n]))) for n in names)
+
+    def forward(self, inputs: torch.Tensor, tasks: Sequence[str]) -> List[torch.Tensor]:
+        """Run a mixed-task batch.
+
+        Args:
+            inputs: ``(B, 3, H, W)`` normalised images.
+            tasks: Task name per image.
+
+        Returns:
+            One tensor per image: ``(K_t, H, W)`` segmentation logits at the input size
+            (as the segmentor's ``encode_decode``) or ``(K_t,)`` class logits.
+        """
+        results: List[Optional[torch.Tensor]] = [None] * inputs.shape[0]
+        for name, (idx, feats) in self.extract_feats(inputs, tasks).items():
+            model = self.tasks[name]
+            if self.kinds[name] == 'cls':
+                logits = model.head(feats[-1][1])                              # (B_t, K)
+            else:
+                if model.with_neck:
+                    feats = model.neck(feats)
+                logits = resize(model.decode_head.forward(feats), size=inputs.shape[2:],
+                                mode='bilinear', align_corners=model.decode_head.align_corners)
+            for j, i in enumerate(idx.tolist()):
+                results[i] = logits[j]
+        return results
+
+    @torch.no_grad()
+    def run_alone(self, inputs: torch.Tensor, tasks: Sequence[str]) -> List[torch.Tensor]:
+        """The reference: each task's own model on its images, one task at a time.
+        Same inputs and outputs as :meth:`forward`."""
+        self._check_tasks(tasks)
+        results: List[Optional[torch.Tensor]] = [None] * inputs.shape[0]
+        for name, idx in self._groups(tasks).items():
+            model, x = self.tasks[name], inputs[idx]
+            if self.kinds[name] == 'cls':
+                logits = model(x, mode='tensor')
+            else:
+                shape = tuple(x.shape[2:])
+                metas = [dict(img_shape=shape, pad_shape=shape, ori_shape=shape)] * len(idx)
+                logits = model.encode_decode(x, metas)
+            for j, i in enumerate(idx.tolist()):
+                results[i] = logits[j]
+        return results
+
+    def bias_names(self) -> List[str]:
+        """Names of the shared backbone's biases (what a bias-tuned task carries)."""
+        return [n for n, _ in bias_parameters(self.backbone)]
+
+
+# --------------------------------------------------------------------- loading
+_TASK_ONLY = ('num_prompts', 'deep', 'prompt_layers', 'prompt_dropout', 'prompt_init',
+              'tune_bias', 'save_frozen', 'out_indices', 'output_cls_token', 'final_norm',
+              'out_origin', 'drop_rate', 'attn_drop_rate', 'drop_path_rate', 'with_cp')
+
+
+def _pretrained_of(backbone_cfg: dict) -> Optional[str]:
+    init_cfg = backbone_cfg.get('init_cfg') or {}
+    return init_cfg.get('checkpoint') if isinstance(init_cfg, dict) else None
+
+
+def build_shared_backbone(backbone_cfg: dict, pretrained: Optional[str] = None
+                          ) -> PromptedVisionTransformer:
+    """The frozen ViT of a backbone config, loaded from its pretrained file.
+
+    Task-only options (prompts, bias tuning, outputs, dropout) are dropped; the final
+    norm is always built so classifiers can read it.
+
+    Args:
+        backbone_cfg: A ``model.backbone`` config (``PromptedVisionTransformer`` or
+            ``VisionTransformer``).
+        pretrained: Weights file; default: the config's ``init_cfg.checkpoint``.
+    """
+    cfg = {k: v for k, v in copy.deepcopy(dict(backbone_cfg)).items() if k not in _TASK_ONLY}
+    cfg.update(type='PromptedVisionTransformer', num_prompts=0, freeze=True, final_norm=True)
+    pretrained = pretrained or _pretrained_of(backbone_cfg)
+    if not pretrained:
+        raise ValueError('the shared backbone needs pretrained weights: give a file, or a '
+                         "config whose backbone has init_cfg=dict(type='Pretrained', ...)")
+    cfg['init_cfg'] = dict(type='Pretrained', checkpoint=pretrained)
+    vit = MODELS.build(cfg)
+    vit.init_weights()
+    return vit.eval()
+
+
+def load_task_model(config, checkpoint: str, pretrained: Optional[str] = None) -> nn.Module:
+    """Build a task model from its config and load its task checkpoint.
+
+    Args:
+        config: Config file or :class:`~mmengine.config.Config` of the task.
+        checkpoint: Its task checkpoint (tuned weights; full checkpoints load too).
+        pretrained: Take the frozen backbone from this file instead of the config's
+            ``init_cfg`` (serving: the shared backbone's file).
+
+    Returns:
+        The model in eval mode; ``model.dataset_meta`` holds the classes (and palette)
+        stored in the checkpoint by MMEngine's runner, when there are any.
+
+    Raises:
+        ValueError: the checkpoint does not fit the config (missing or unexpected
+            tuned weights, other shapes, another ViT).
+    """
+    cfg = Config.fromfile(config) if isinstance(config, str) else config
+    init_default_scope(cfg.get('default_scope', 'mmseg'))
+    model_cfg = copy.deepcopy(cfg.model)
+    if pretrained is not None:
+        own = _pretrained_of(model_cfg.backbone)
+        if own and osp.abspath(own) != osp.abspath(pretrained):
+            print_log(f'{checkpoint}: frozen weights from {pretrained} (the config names '
+                      f'{own})', logger='current')
+        model_cfg.backbone.init_cfg = dict(type='Pretrained', checkpoint=pretrained)
+    model = MODELS.build(model_cfg)
+    ckpt = torch.load(checkpoint, map_location='cpu', weights_only=True)
+    state = ckpt.get('state_dict', ckpt)
+    state = OrderedDict((k[7:] if k.startswith('module.') else k, v) for k, v in state.items())
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise ValueError(f'{checkpoint} does not fit {getattr(cfg, "filename", "the config")}:'
+                         f' {err}') from None
+    meta = ckpt.get('meta') or {}
+    if meta.get('dataset_meta'):  # class names (and palette) the runner stored
+        model.dataset_meta = meta['dataset_meta']
+    return model.eval()
