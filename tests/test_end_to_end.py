@@ -12,7 +12,7 @@ from mmseg.registry import MODELS
 from vpt_seg.datasets.synthetic import make_ade20k
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
-CONFIG = osp.join(ROOT, 'tests', 'configs', 'tiny_setr_vpt.py')
+CONFIG = osp.join(ROOT, 'configs', 'demo', 'setr_vpt_tiny_ade20k.py')
 
 
 def run_tool(tool, *args, check=True):

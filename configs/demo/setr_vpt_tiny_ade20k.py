@@ -1,6 +1,7 @@
-# The main config (configs/setr_vpt_ade20k.py) shrunk to a tiny ViT and 32x32 crops, for
-# end-to-end tests on CPU. Data root and pretrained file come from --cfg-options.
-_base_ = ['../../configs/setr_vpt_ade20k.py']
+# The main config (configs/setr_vpt_ade20k.py: SETR-PUP + VPT-deep) shrunk to a tiny ViT
+# and 32x32 crops, for tools/demo.py and the end-to-end tests on CPU. tools/demo.py
+# generates data/ade_tiny and pretrain/tiny_vit.pth.
+_base_ = ['../setr_vpt_ade20k.py']
 crop_size = (32, 32)
 norm_cfg = dict(type='BN', requires_grad=True)
 width = 32
@@ -46,9 +47,9 @@ tta_pipeline = [
         [dict(type='LoadAnnotations')], [dict(type='PackSegInputs')]])
 ]
 train_dataloader = dict(batch_size=4, num_workers=0, persistent_workers=False,
-                        dataset=dict(data_root='data/ade_tiny', pipeline=train_pipeline))
+                        dataset=dict(data_root='data/ade_tiny/ADEChallengeData2016', pipeline=train_pipeline))
 val_dataloader = dict(batch_size=1, num_workers=0, persistent_workers=False,
-                      dataset=dict(data_root='data/ade_tiny', pipeline=test_pipeline))
+                      dataset=dict(data_root='data/ade_tiny/ADEChallengeData2016', pipeline=test_pipeline))
 test_dataloader = val_dataloader
 
 optimizer = dict(type='SGD', lr=0.01, momentum=0.9, weight_decay=0.0)
