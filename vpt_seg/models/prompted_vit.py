@@ -1,4 +1,5 @@
 """MMSeg's ``VisionTransformer`` with a frozen body and visual prompts (VPT)."""
+import logging
 import os.path as osp
 from typing import Optional, Sequence
 
@@ -8,6 +9,7 @@ from mmseg.models.backbones import VisionTransformer
 from mmseg.registry import MODELS
 from torch import nn
 
+from ..checkpoint import fit_state_dict, load_vit_checkpoint, to_mmseg_state_dict
 from ..prompt import VisualPrompt
 from ..tuning import freeze as freeze_module
 from ..tuning import frozen_state_keys
@@ -150,14 +152,65 @@ class PromptedVisionTransformer(VisionTransformer):
 
     # ------------------------------------------------------- weights and saving
     def init_weights(self):
-        ckpt = self.init_cfg.get('checkpoint') if isinstance(self.init_cfg, dict) else None
+        """Load ``init_cfg``'s pretrained ViT (timm, JAX ``.npz`` or MMSeg format).
+
+        The file is converted to MMSeg names (:mod:`vpt_seg.checkpoint`), its position
+        embedding resampled once to this backbone's ``img_size`` grid, and loaded
+        strictly: another patch size, width or depth, unknown keys or missing backbone
+        weights raise. Only the classifier head (and a final norm when
+        ``final_norm=False``) is dropped, only prompts may be absent; one log line says
+        what was loaded, resampled, ignored and left at its initial value.
+        """
+        cfg = self.init_cfg if isinstance(self.init_cfg, dict) else {}
+        ckpt = cfg.get('checkpoint')
         if ckpt is not None and '://' not in ckpt and not osp.isfile(ckpt):
             raise FileNotFoundError(
                 f'pretrained backbone weights not found: {ckpt!r} (from the backbone\'s '
                 'init_cfg). Put the file there, or point init_cfg.checkpoint at it, e.g. '
                 "--cfg-options model.backbone.init_cfg.checkpoint=/path/to/vit.pth")
-        super().init_weights()
+        if cfg.get('type') != 'Pretrained' or ckpt is None:
+            super().init_weights()  # random init, or MMSeg's Pretrained_Part
+            self._frozen_loaded = True
+            return
+        if '://' in ckpt:  # URLs and MMEngine schemes (open-mmlab://, ...)
+            from mmengine.runner.checkpoint import CheckpointLoader
+            source = to_mmseg_state_dict(
+                CheckpointLoader.load_checkpoint(ckpt, map_location='cpu', logger=None),
+                prefix=cfg.get('prefix'))
+        else:
+            source = load_vit_checkpoint(ckpt, prefix=cfg.get('prefix'))
+        target = {k: t.shape for k, t in self.named_parameters()}
+        target.update({k: t.shape for k, t in self.named_buffers()})
+        prompts = {'prompt.' + k for k, _ in self.prompt.named_parameters()}
+        try:
+            state, report = fit_state_dict(
+                source.state_dict, target,
+                (self.img_size[0] // self.patch_size, self.img_size[1] // self.patch_size),
+                optional=prompts, interpolation=self.interpolate_mode,
+                antialias=source.format != 'mmseg')  # as timm's loader; as MMSeg's did
+        except ValueError as err:
+            raise ValueError(f'{ckpt} ({source.format} format): {err}') from None
+        heads = self.layers[0].attn.attn.num_heads
+        if source.num_heads is not None and source.num_heads != heads:
+            raise ValueError(f'{ckpt}: the file has {source.num_heads} attention heads, '
+                             f'the backbone {heads} (num_heads)')
+        report.source = f'{ckpt} ({source.format}' + (
+            f", under {source.prefix!r}, {source.num_outside} other keys ignored)"
+            if source.prefix else ')')
+        eps = sorted({m.eps for m in self.modules() if isinstance(m, nn.LayerNorm)})
+        eps_off = source.format != 'mmseg' and eps != [1e-6]
+        if eps_off:
+            report.notes.append(
+                f'WARNING: LayerNorm eps={eps} here, timm/JAX ViTs use 1e-6: set '
+                "norm_cfg=dict(type='LN', eps=1e-6)")
+        result = self.load_state_dict(state, strict=False)  # every frozen key is there
+        left = set(result.missing_keys) - prompts
+        if left or result.unexpected_keys:  # fit_state_dict and the module disagree
+            raise RuntimeError(f'loading {ckpt} left {sorted(left)} missing and '
+                               f'{result.unexpected_keys} unexpected')
         self._frozen_loaded = True
+        print_log(report.summary(), logger='current',
+                  level=logging.WARNING if eps_off else logging.INFO)
 
     @staticmethod
     def _drop_frozen_from_state_dict(module, state_dict, prefix, local_metadata):

@@ -1,0 +1,401 @@
+"""Pretrained ViTs as published (timm, JAX .npz, MMSeg) in the prompted backbone.
+
+The reference is timm itself: a tiny timm ViT with random weights is saved in each
+format, loaded into ``PromptedVisionTransformer``, and its features must equal timm's
+own intermediate features; resampled position embeddings must equal what timm's own
+loaders make for a model built at the new size.
+"""
+import importlib.util
+import os.path as osp
+
+import numpy as np
+import pytest
+import timm
+import torch
+from safetensors.torch import save_file
+from timm.models.vision_transformer import VisionTransformer as TimmViT
+from timm.models.vision_transformer import _load_weights
+
+import vpt_seg  # noqa: F401  (before mmseg)
+from mmseg.models.backbones import VisionTransformer as MMSegViT
+from vpt_seg import checkpoint as ckpt_lib
+from vpt_seg.models import PromptedVisionTransformer
+from vpt_seg.models import prompted_vit
+
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+TINY = dict(patch_size=16, embed_dim=32, depth=3, num_heads=2)
+ATOL = 2e-5  # float32 rounding: MMSeg's nn.MultiheadAttention vs timm's Attention
+
+
+def timm_vit(img_size=64, seed=0, **kwargs):
+    """A tiny timm ViT, every tensor random (biases and norms too), in eval mode."""
+    torch.manual_seed(seed)
+    args = dict(TINY, img_size=img_size, num_classes=5)
+    args.update(kwargs)
+    model = TimmViT(**args).eval()
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            param.normal_(1.0 if name.endswith('norm1.weight') else 0.0, 0.2)
+    return model
+
+
+def backbone(path, img_size=64, final_norm=True, **kwargs):
+    args = dict(img_size=img_size, patch_size=16, embed_dims=32, num_layers=3, num_heads=2,
+                out_indices=(0, 1, 2), patch_bias=True, final_norm=final_norm,
+                norm_cfg=dict(type='LN', eps=1e-6), num_prompts=0, freeze=True,
+                init_cfg=dict(type='Pretrained', checkpoint=str(path)))
+    args.update(kwargs)
+    model = PromptedVisionTransformer(**args)
+    model.init_weights()
+    return model.eval()
+
+
+def timm_features(model, x):
+    """timm's patch tokens after each block, NCHW; the last one through the final norm."""
+    with torch.no_grad():
+        feats = model.forward_intermediates(x, norm=False, intermediates_only=True)
+        last = model.forward_intermediates(x, indices=[len(model.blocks) - 1], norm=True,
+                                           intermediates_only=True)
+    return feats[:-1] + last
+
+
+def write_jax_npz(model, path):
+    """Write a timm ViT in the original JAX layout (``ViT-L_16.npz``)."""
+    sd = {k: v.detach().numpy() for k, v in model.state_dict().items()}
+    C, H = model.embed_dim, model.blocks[0].attn.num_heads
+    out = {
+        'embedding/kernel': sd['patch_embed.proj.weight'].transpose(2, 3, 1, 0),  # HWIO
+        'embedding/bias': sd['patch_embed.proj.bias'],
+        'cls': sd['cls_token'],
+        'Transformer/posembed_input/pos_embedding': sd['pos_embed'],
+        'Transformer/encoder_norm/scale': sd['norm.weight'],
+        'Transformer/encoder_norm/bias': sd['norm.bias'],
+        'head/kernel': sd['head.weight'].T,
+        'head/bias': sd['head.bias'],
+    }
+    for i in range(len(model.blocks)):
+        p, b = f'blocks.{i}.', f'Transformer/encoderblock_{i}/'
+        mha = b + 'MultiHeadDotProductAttention_1/'
+        out[b + 'LayerNorm_0/scale'], out[b + 'LayerNorm_0/bias'] = sd[p + 'norm1.weight'], \
+            sd[p + 'norm1.bias']
+        out[b + 'LayerNorm_2/scale'], out[b + 'LayerNorm_2/bias'] = sd[p + 'norm2.weight'], \
+            sd[p + 'norm2.bias']
+        weights = np.split(sd[p + 'attn.qkv.weight'], 3)
+        biases = np.split(sd[p + 'attn.qkv.bias'], 3)
+        for name, w, bias in zip(('query', 'key', 'value'), weights, biases):
+            out[f'{mha}{name}/kernel'] = w.T.reshape(C, H, C // H)
+            out[f'{mha}{name}/bias'] = bias.reshape(H, C // H)
+        out[mha + 'out/kernel'] = sd[p + 'attn.proj.weight'].T.reshape(H, C // H, C)
+        out[mha + 'out/bias'] = sd[p + 'attn.proj.bias']
+        for j, fc in enumerate(('fc1', 'fc2')):
+            out[f'{b}MlpBlock_3/Dense_{j}/kernel'] = sd[f'{p}mlp.{fc}.weight'].T
+            out[f'{b}MlpBlock_3/Dense_{j}/bias'] = sd[f'{p}mlp.{fc}.bias']
+    np.savez(path, **out)
+    return path
+
+
+def save(model, tmp_path, fmt):
+    """Save a timm ViT as a user would find it: safetensors, .pth, .bin, .npz, or
+    converted to MMSeg format, or inside an MMSeg segmentor checkpoint."""
+    sd = model.state_dict()
+    if fmt == 'safetensors':
+        save_file(sd, str(tmp_path / 'vit.safetensors'))
+        return tmp_path / 'vit.safetensors'
+    if fmt in ('pth', 'bin'):
+        torch.save(sd, tmp_path / f'vit.{fmt}')
+        return tmp_path / f'vit.{fmt}'
+    if fmt == 'npz':
+        return write_jax_npz(model, tmp_path / 'ViT.npz')
+    mm = ckpt_lib.convert_timm_to_mmseg(sd)
+    if fmt == 'mmseg':
+        torch.save({k: v for k, v in mm.items() if not k.startswith('head')},
+                   tmp_path / 'vit_mmseg.pth')
+        return tmp_path / 'vit_mmseg.pth'
+    assert fmt == 'segmentor'  # a whole MMSeg model: backbone.* plus a decode head
+    state = {f'backbone.{k}': v for k, v in mm.items() if not k.startswith('head')}
+    state['decode_head.conv_seg.weight'] = torch.zeros(5, 32, 1, 1)
+    torch.save({'meta': {'epoch': 3}, 'state_dict': state}, tmp_path / 'seg.pth')
+    return tmp_path / 'seg.pth'
+
+
+@pytest.fixture
+def logs(monkeypatch):
+    lines = []
+    monkeypatch.setattr(prompted_vit, 'print_log', lambda msg, **kw: lines.append(msg))
+    return lines
+
+
+# ----------------------------------------------------------------- equivalence
+@pytest.mark.parametrize('fmt', ['safetensors', 'pth', 'bin', 'npz', 'mmseg', 'segmentor'])
+def test_features_equal_timm(tmp_path, logs, fmt):
+    ref = timm_vit()
+    model = backbone(save(ref, tmp_path, fmt))
+    assert not any(p.requires_grad for p in model.parameters())  # still frozen
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        outs = model(x)
+    want = timm_features(ref, x)
+    assert len(outs) == 3
+    for out, w in zip(outs, want):
+        assert out.shape == w.shape == (2, 32, 4, 4)
+        torch.testing.assert_close(out, w, atol=ATOL, rtol=0)
+    (line,) = logs
+    assert 'loaded 42 tensors' in line and 'left at initial value 0' in line
+    assert 'resampled' not in line
+    assert ('head.weight' in line) == (fmt not in ('mmseg', 'segmentor'))
+    if fmt == 'segmentor':
+        assert "under 'backbone.', 1 other keys ignored" in line
+
+
+def test_jax_writer_matches_timm_reader(tmp_path):
+    """The synthetic .npz is in the real layout: timm's own JAX loader reads it back."""
+    ref = timm_vit()
+    fresh = timm_vit(seed=5)
+    _load_weights(fresh, str(write_jax_npz(ref, tmp_path / 'ViT.npz')))
+    for key, value in ref.state_dict().items():
+        torch.testing.assert_close(fresh.state_dict()[key], value, atol=0, rtol=0)
+
+
+def test_jax_scanned_layout_and_prefix(tmp_path):
+    """Stacked ``encoderblock/`` arrays and an ``opt/target/`` prefix convert the same."""
+    ref = timm_vit()
+    plain = dict(np.load(write_jax_npz(ref, tmp_path / 'a.npz')))
+    scanned = {f'opt/target/{k}': v for k, v in plain.items()
+               if not k.startswith('Transformer/encoderblock_')}
+    for key in [k for k in plain if k.startswith('Transformer/encoderblock_0/')]:
+        rest = key[len('Transformer/encoderblock_0/'):]
+        scanned[f'opt/target/Transformer/encoderblock/{rest}'] = np.stack(
+            [plain[f'Transformer/encoderblock_{i}/{rest}'] for i in range(3)])
+    a = ckpt_lib.to_mmseg_state_dict(plain)
+    b = ckpt_lib.to_mmseg_state_dict(scanned)
+    assert (a.format, b.format, b.prefix, a.num_heads) == ('jax', 'jax', 'opt/target/', 2)
+    assert a.state_dict.keys() == b.state_dict.keys()
+    for key in a.state_dict:
+        torch.testing.assert_close(a.state_dict[key], b.state_dict[key], atol=0, rtol=0)
+
+
+# --------------------------------------------------------------- other sizes
+@pytest.mark.parametrize('fmt,mode,size', [
+    ('safetensors', 'bicubic', 96),   # timm's checkpoint_filter_fn: bicubic, antialias
+    ('safetensors', 'bicubic', 32),   # shrinking: antialiased as timm does
+    ('npz', 'bilinear', 128),         # timm's JAX loader: bilinear
+])
+def test_resampled_pos_embed_equals_timm(tmp_path, logs, fmt, mode, size):
+    ref = timm_vit()
+    path = save(ref, tmp_path, fmt)
+    model = backbone(path, img_size=size, interpolate_mode=mode)
+    # timm builds the model at the new size and resamples while loading the same file
+    if fmt == 'npz':
+        timm_new = timm_vit(img_size=size, seed=9)
+        _load_weights(timm_new, str(path))
+    else:
+        timm_new = timm.create_model('vit_tiny_patch16_224', pretrained=True, img_size=size,
+                                     pretrained_cfg_overlay=dict(file=str(path)),
+                                     num_classes=5, **TINY).eval()
+    assert model.pos_embed.shape == timm_new.pos_embed.shape == (1, 1 + (size // 16)**2, 32)
+    torch.testing.assert_close(model.pos_embed.data, timm_new.pos_embed.data,
+                               atol=1e-6, rtol=0)
+    x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        outs = model(x)
+    for out, w in zip(outs, timm_features(timm_new, x)):
+        torch.testing.assert_close(out, w, atol=ATOL, rtol=0)
+    assert f'pos_embed resampled 4x4 -> {size // 16}x{size // 16} grid' in logs[0]
+
+
+def test_resample_pos_embed_keeps_cls_apart():
+    pos = torch.randn(1, 1 + 16, 8)
+    new = ckpt_lib.resample_pos_embed(pos, (6, 2))
+    assert new.shape == (1, 1 + 12, 8)
+    torch.testing.assert_close(new[:, :1], pos[:, :1], atol=0, rtol=0)
+    assert ckpt_lib.resample_pos_embed(pos, (4, 4)) is pos
+    with pytest.raises(ValueError, match='square grid'):
+        ckpt_lib.resample_pos_embed(torch.randn(1, 1 + 15, 8), (4, 4))
+
+
+def test_inference_at_other_sizes_after_load(tmp_path, logs):
+    """Sliding-window / multi-scale inputs of another size: MMSeg resizes pos_embed at
+    run time; the rest of the network is the timm model's."""
+    ref = timm_vit()
+    model = backbone(save(ref, tmp_path, 'safetensors'), interpolate_mode='bicubic')
+    x = torch.randn(1, 3, 128, 96, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        outs = model(x)
+    at_size = timm_vit(img_size=(128, 96), seed=9)
+    state = ref.state_dict()
+    state['pos_embed'] = MMSegViT.resize_pos_embed(ref.pos_embed.data, (8, 6), (4, 4),
+                                                   'bicubic')
+    at_size.load_state_dict(state)
+    for out, w in zip(outs, timm_features(at_size, x)):
+        assert out.shape == (1, 32, 8, 6)
+        torch.testing.assert_close(out, w, atol=ATOL, rtol=0)
+
+
+# ------------------------------------------------------- prompts and summary
+def test_prompts_left_at_init_and_summary(tmp_path, logs):
+    ref = timm_vit()
+    path = save(ref, tmp_path, 'safetensors')
+    torch.manual_seed(7)
+    model = PromptedVisionTransformer(
+        img_size=64, patch_size=16, embed_dims=32, num_layers=3, num_heads=2,
+        out_indices=(2,), patch_bias=True, norm_cfg=dict(type='LN', eps=1e-6),
+        num_prompts=4, deep=True, init_cfg=dict(type='Pretrained', checkpoint=str(path)))
+    prompts = model.prompt.embeddings.detach().clone()
+    model.init_weights()
+    torch.testing.assert_close(model.prompt.embeddings.data, prompts, atol=0, rtol=0)
+    assert model.prompt.embeddings.requires_grad
+    assert not model.cls_token.requires_grad
+    torch.testing.assert_close(model.layers[1].ffn.layers[1].bias.data,
+                               ref.blocks[1].mlp.fc2.bias.data, atol=0, rtol=0)
+    (line,) = logs
+    # final_norm=False: timm's final norm is unused, reported with the head
+    assert 'ignored 4 (head.bias, head.weight, ln1.bias, ln1.weight)' in line
+    assert 'left at initial value 1 (prompt.embeddings)' in line
+    assert 'loaded 40 tensors' in line
+
+
+def test_layer_norm_eps_warning(tmp_path, logs):
+    backbone(save(timm_vit(), tmp_path, 'safetensors'), norm_cfg=dict(type='LN'))
+    assert 'LayerNorm eps=[1e-05]' in logs[0] and 'eps=1e-6' in logs[0]
+
+
+def test_task_checkpoint_completes_from_timm_file(tmp_path, logs):
+    """A task file (prompts only) reloads the frozen ViT from the timm file."""
+    path = save(timm_vit(), tmp_path, 'safetensors')
+    trained = backbone(path, num_prompts=2)
+    task = trained.state_dict()
+    assert list(task) == ['prompt.embeddings']
+    fresh = PromptedVisionTransformer(
+        img_size=64, patch_size=16, embed_dims=32, num_layers=3, num_heads=2,
+        out_indices=(0, 1, 2), patch_bias=True, final_norm=True,
+        norm_cfg=dict(type='LN', eps=1e-6), num_prompts=2,
+        init_cfg=dict(type='Pretrained', checkpoint=str(path)))
+    fresh.load_state_dict(task)
+    for (name, a), b in zip(trained.named_parameters(), fresh.parameters()):
+        torch.testing.assert_close(a.data, b.data, atol=0, rtol=0, msg=name)
+
+
+@pytest.mark.parametrize('size', [64, 96])
+def test_mmseg_vit_checkpoint_loads_as_before(tmp_path, logs, size):
+    """MMSeg's own ViT state dict loads as MMSeg's ``init_weights`` loads it: same
+    values, and the same pos_embed resizing at another size."""
+    torch.manual_seed(0)
+    args = dict(patch_size=16, embed_dims=32, num_layers=3, num_heads=2, patch_bias=True,
+                final_norm=True, norm_cfg=dict(type='LN', eps=1e-6))
+    mm = MMSegViT(img_size=64, **args)
+    with torch.no_grad():
+        for p in mm.parameters():
+            p.normal_(0, 0.2)
+    torch.save(mm.state_dict(), tmp_path / 'mm.pth')
+    before = MMSegViT(img_size=size, **args,
+                      init_cfg=dict(type='Pretrained', checkpoint=str(tmp_path / 'mm.pth')))
+    before.init_weights()
+    model = backbone(tmp_path / 'mm.pth', img_size=size)
+    for name, param in before.named_parameters():
+        torch.testing.assert_close(model.get_parameter(name).data, param.data, atol=0, rtol=0)
+    assert '(mmseg)' in logs[0] and 'ignored' not in logs[0]
+    assert ('resampled 4x4 -> 6x6' in logs[0]) == (size == 96)
+
+
+# ------------------------------------------------------------------- errors
+def _save_sd(tmp_path, sd, name='bad.pth'):
+    torch.save(sd, tmp_path / name)
+    return tmp_path / name
+
+
+@pytest.mark.parametrize('case,match', [
+    ('patch size', r'patch size: the file has 8x8 patches, the backbone 16x16'),
+    ('width', r'width: the file has embed_dims=48, the backbone 32'),
+    ('shallower', r'depth: the file has 2 transformer layers, the backbone 3'),
+    ('deeper', r'depth: the file has 4 transformer layers, the backbone 3'),
+    ('layer scale', r'keys the backbone has no place for: blocks\.0\.ls1\.gamma'),
+    ('no final norm', r'final_norm=True, but the file has no final norm.*ln1\.bias'),
+    ('mlp ratio', r'layers\.0\.ffn\.layers\.0\.0\.weight: \(64, 32\) in the file, '
+                  r'\(128, 32\) here'),
+])
+def test_mismatched_vit_is_a_clear_error(tmp_path, case, match):
+    kwargs = {'patch size': dict(patch_size=8), 'width': dict(embed_dim=48),
+              'shallower': dict(depth=2), 'deeper': dict(depth=4),
+              'layer scale': dict(init_values=0.1), 'no final norm': dict(final_norm=False),
+              'mlp ratio': dict(mlp_ratio=2.0)}[case]
+    path = save(timm_vit(**kwargs), tmp_path, 'safetensors')
+    with pytest.raises(ValueError, match=match) as err:
+        backbone(path)
+    assert str(path) in str(err.value) and '(timm format)' in str(err.value)
+
+
+def test_patch_bias_trap_is_an_error(tmp_path):
+    path = save(timm_vit(), tmp_path, 'pth')
+    with pytest.raises(ValueError, match='set patch_bias=True'):
+        backbone(path, patch_bias=False)
+
+
+def test_jax_head_count_is_checked(tmp_path):
+    path = save(timm_vit(), tmp_path, 'npz')
+    with pytest.raises(ValueError, match=r'2 attention heads, the backbone 4 \(num_heads\)'):
+        backbone(path, num_heads=4)
+
+
+@pytest.mark.parametrize('content', ['resnet', 'text', 'npz'])
+def test_not_a_vit_file(tmp_path, content):
+    if content == 'resnet':
+        path = _save_sd(tmp_path, {'conv1.weight': torch.zeros(8, 3, 7, 7),
+                                   'fc.weight': torch.zeros(5, 8)})
+    elif content == 'text':
+        path = tmp_path / 'notes.pth'
+        path.write_text('not weights')
+    else:
+        path = tmp_path / 'other.npz'
+        np.savez(path, **{'conv_root/kernel': np.zeros((7, 7, 3, 8), np.float32)})
+    with pytest.raises(ValueError, match='not a ViT checkpoint'):
+        backbone(path)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"not found: .*nope\.safetensors.*cfg-options"):
+        backbone(tmp_path / 'nope.safetensors')
+
+
+# ---------------------------------------------------------------- converter tool
+def _tool():
+    spec = importlib.util.spec_from_file_location(
+        'convert_vit', osp.join(ROOT, 'tools', 'convert_vit.py'))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_convert_tool_timm_model_offline(tmp_path, logs, capsys):
+    out = tmp_path / 'pretrain' / 'x.pth'
+    _tool().main(['--timm-model', 'vit_tiny_patch16_224', '--seed', '3', '--out', str(out),
+                  '--model-args', 'depth=3', 'embed_dim=32', 'num_heads=2', 'img_size=64'])
+    printed = capsys.readouterr().out
+    assert 'embed_dims=32, num_layers=3, img_size=64, mlp_ratio=4, num_heads=2' in printed
+    torch.manual_seed(3)
+    ref = timm.create_model('vit_tiny_patch16_224', num_classes=0, img_size=64, **TINY).eval()
+    model = backbone(out)
+    x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        outs = model(x)
+    for o, w in zip(outs, timm_features(ref, x)):
+        torch.testing.assert_close(o, w, atol=ATOL, rtol=0)
+    assert '(mmseg)' in logs[0]
+
+
+def test_convert_tool_file_with_resampling(tmp_path, logs):
+    ref = timm_vit()
+    src = save(ref, tmp_path, 'npz')
+    out = tmp_path / 'vit96.pth'
+    sd = _tool().main([str(src), '--out', str(out), '--img-size', '96'])
+    assert not any(k.startswith('head') for k in sd)
+    direct = backbone(src, img_size=96)  # resampled at load, from the .npz
+    converted = backbone(out, img_size=96)  # resampled by the tool
+    assert 'resampled' in logs[0] and 'resampled' not in logs[1]
+    for (name, a), b in zip(direct.named_parameters(), converted.parameters()):
+        torch.testing.assert_close(a.data, b.data, atol=0, rtol=0, msg=name)
+
+
+def test_convert_tool_refuses_unmappable(tmp_path):
+    src = save(timm_vit(init_values=0.1), tmp_path, 'safetensors')
+    with pytest.raises(SystemExit, match=r'no place in MMSeg.*ls1\.gamma'):
+        _tool().main([str(src), '--out', str(tmp_path / 'x.pth')])

@@ -1,0 +1,116 @@
+"""Convert a pretrained ViT (timm, JAX ``.npz`` or MMSeg) to an MMSeg-format checkpoint.
+
+The backbone loads timm and JAX files directly (docs/pretrained.md); this tool writes the
+converted file once, checks a file before a long run, or makes a ViT with timm offline:
+
+    # a published file -> MMSeg format (pos_embed resampled to 512x512 if asked)
+    python tools/convert_vit.py pretrain/ViT-L_16.npz --out pretrain/vit_large_p16.pth
+    python tools/convert_vit.py model.safetensors --out pretrain/vit.pth --img-size 512
+    # a model built with timm here: random init, or loaded by timm from a file
+    python tools/convert_vit.py --timm-model vit_tiny_patch16_224 --out pretrain/x.pth
+    python tools/convert_vit.py --timm-model vit_large_patch16_224 \\
+        --checkpoint pretrain/ViT-L_16.npz --out pretrain/vit_large_p16.pth
+    python tools/convert_vit.py --timm-model vit_tiny_patch16_224 \\
+        --model-args depth=2 embed_dim=64 num_heads=2 img_size=64 --out pretrain/tiny.pth
+
+It prints the backbone arguments the weights fit (``embed_dims``, ``num_layers``, ...).
+"""
+import argparse
+import ast
+import os
+import os.path as osp
+
+import torch
+
+from vpt_seg.checkpoint import (convert_timm_to_mmseg, infer_backbone_kwargs, is_ignorable,
+                                load_vit_checkpoint, resample_pos_embed)
+
+_KNOWN = ('patch_embed.', 'cls_token', 'pos_embed', 'layers.', 'ln1.', 'ln_pre.')
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('src', nargs='?', help='timm (.safetensors/.pth/.bin), JAX (.npz) '
+                        'or MMSeg ViT weights')
+    parser.add_argument('--out', required=True, help='where to write the MMSeg .pth')
+    parser.add_argument('--timm-model', help='build this timm model and convert its '
+                        'weights (random init unless --checkpoint/src is given)')
+    parser.add_argument('--checkpoint', help='with --timm-model: weights timm loads into '
+                        'the model (any format timm reads, .npz included)')
+    parser.add_argument('--model-args', nargs='*', default=[], metavar='KEY=VALUE',
+                        help='with --timm-model: timm.create_model keyword arguments')
+    parser.add_argument('--img-size', type=int, nargs='+', metavar='SIZE',
+                        help='resample pos_embed to this input size (H [W])')
+    parser.add_argument('--seed', type=int, default=0, help='seed for a random init')
+    args = parser.parse_args(argv)
+    if not args.src and not args.timm_model:
+        parser.error('give a weights file (src) or --timm-model')
+    if args.src and args.timm_model and args.checkpoint:
+        parser.error('give the file once: src or --checkpoint')
+    if args.checkpoint and not args.timm_model:
+        parser.error('--checkpoint goes with --timm-model; without it, pass the file as src')
+    return args
+
+
+def _value(text):
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def timm_state_dict(name, checkpoint=None, seed=0, **kwargs):
+    """The MMSeg-named weights of a timm model built here, and its head count."""
+    import timm
+    torch.manual_seed(seed)
+    kwargs.setdefault('num_classes', 0)  # no classifier: timm then skips the file's head
+    if checkpoint:
+        if not osp.isfile(checkpoint):
+            raise FileNotFoundError(f'weights not found: {checkpoint!r}')
+        kwargs.update(pretrained=True, pretrained_cfg_overlay=dict(file=checkpoint))
+    model = timm.create_model(name, **kwargs)
+    heads = getattr(getattr(model, 'blocks', [None])[0], 'attn', None)
+    return convert_timm_to_mmseg(model.state_dict()), getattr(heads, 'num_heads', None)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.timm_model:
+        model_args = dict(kv.split('=', 1) for kv in args.model_args)
+        model_args = {k: _value(v) for k, v in model_args.items()}
+        state_dict, heads = timm_state_dict(args.timm_model, args.checkpoint or args.src,
+                                            args.seed, **model_args)
+        source = f'timm model {args.timm_model}'
+    else:
+        ckpt = load_vit_checkpoint(args.src)
+        state_dict, heads = ckpt.state_dict, ckpt.num_heads
+        source = f'{args.src} ({ckpt.format} format)'
+
+    unknown = [k for k in state_dict if not k.startswith(_KNOWN) and not is_ignorable(k)]
+    if unknown:
+        raise SystemExit(f'{source}: {len(unknown)} keys have no place in MMSeg\'s '
+                         f'VisionTransformer: {", ".join(unknown[:12])}')
+    ignored = sorted(k for k in state_dict if is_ignorable(k))
+    state_dict = {k: v.contiguous() for k, v in state_dict.items() if k not in ignored}
+
+    kwargs = infer_backbone_kwargs(state_dict, heads)
+    if args.img_size:
+        size = tuple(args.img_size) * (2 if len(args.img_size) == 1 else 1)
+        patch = kwargs['patch_size']
+        if size[0] % patch or size[1] % patch:
+            raise SystemExit(f'--img-size {size} is not a multiple of the patch size {patch}')
+        state_dict['pos_embed'] = resample_pos_embed(state_dict['pos_embed'],
+                                                     (size[0] // patch, size[1] // patch))
+        kwargs['img_size'] = size[0] if size[0] == size[1] else size
+
+    os.makedirs(osp.dirname(osp.abspath(args.out)), exist_ok=True)
+    torch.save(state_dict, args.out)
+    print(f'{source} -> {args.out}: {len(state_dict)} tensors'
+          + (f', dropped {", ".join(ignored)}' if ignored else ''))
+    print('backbone arguments these weights fit (norm_cfg eps=1e-6 for timm/JAX ViTs):')
+    print('  ' + ', '.join(f'{k}={v!r}' for k, v in kwargs.items()))
+    return state_dict
+
+
+if __name__ == '__main__':
+    main()
