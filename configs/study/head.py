@@ -1,0 +1,3 @@
+# Table 3, "Head only": the pretrained tiny ViT is frozen; only the SETR-PUP head trains.
+_base_ = ['./_base_/setr_tiny.py']
+model = dict(backbone=dict(num_prompts=0))

@@ -1,0 +1,44 @@
+"""The paper's Table 3 in miniature, on CPU in under 10 minutes (see docs/study.md).
+
+    python tools/study.py [--out work_dirs/study] [--rows head vpt-deep ...]
+        [--iters N] [--pretrain-iters N] [--num-source N] [--num-target N] [--num-val N]
+
+Makes synthetic source/target data in the ADE20k layout, pretrains a tiny ViT on the
+source task, adapts it to the target task with every Table-3 row (configs/study/*.py,
+through tools/train.py and tools/test.py), and writes table.{md,csv,json},
+miou_vs_params.png and predictions.png to --out.
+"""
+import argparse
+import os.path as osp
+import sys
+
+sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
+from vpt_seg.study import ROWS, StudySettings, run_study  # noqa: E402
+
+
+def parse_args():
+    d = StudySettings()
+    parser = argparse.ArgumentParser(description='VPT transfer study (Table 3 in miniature)')
+    parser.add_argument('--out', default=d.out_dir, help='output folder')
+    parser.add_argument('--rows', nargs='+', choices=list(ROWS), default=list(d.rows))
+    parser.add_argument('--iters', type=int, help='iterations per row (default: configs)')
+    parser.add_argument('--pretrain-iters', type=int,
+                        help='source pretraining iterations (default: config)')
+    parser.add_argument('--num-source', type=int, default=d.num_source)
+    parser.add_argument('--num-target', type=int, default=d.num_target)
+    parser.add_argument('--num-val', type=int, default=d.num_val)
+    parser.add_argument('--num-show', type=int, default=d.num_show)
+    parser.add_argument('--seed', type=int, default=d.seed)
+    return parser.parse_args()
+
+
+def main():
+    args = parse_args()
+    run_study(StudySettings(out_dir=args.out, rows=args.rows, iters=args.iters,
+                            pretrain_iters=args.pretrain_iters, num_source=args.num_source,
+                            num_target=args.num_target, num_val=args.num_val,
+                            num_show=args.num_show, seed=args.seed))
+
+
+if __name__ == '__main__':
+    main()
