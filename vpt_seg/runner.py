@@ -3,7 +3,7 @@ import os.path as osp
 
 from mmengine.config import Config
 
-__all__ = ['prepare_cfg']
+__all__ = ['load_cfg', 'prepare_cfg']
 
 
 def _dataset_dirs(dataset: dict):
@@ -21,6 +21,20 @@ def _dataset_dirs(dataset: dict):
         return
     for key, prefix in prefixes.items():
         yield key, osp.join(root, prefix)
+
+
+def load_cfg(args) -> Config:
+    """Load ``args.config`` and apply the flags tools/train.py and tools/test.py share:
+    ``--launcher``, ``--cfg-options`` and ``--work-dir`` (default ``work_dirs/<config>``)."""
+    cfg = Config.fromfile(args.config)
+    cfg.launcher = args.launcher
+    if args.cfg_options is not None:
+        cfg.merge_from_dict(args.cfg_options)
+    if args.work_dir is not None:
+        cfg.work_dir = args.work_dir
+    elif cfg.get('work_dir', None) is None:
+        cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(args.config))[0])
+    return cfg
 
 
 def prepare_cfg(cfg: Config, training: bool) -> Config:
