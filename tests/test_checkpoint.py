@@ -264,7 +264,7 @@ def test_task_checkpoint_completes_from_timm_file(tmp_path, logs):
     path = save(timm_vit(), tmp_path, 'safetensors')
     trained = backbone(path, num_prompts=2)
     task = trained.state_dict()
-    assert list(task) == ['prompt.embeddings']
+    assert sorted(task) == ['prompt.embeddings', 'signature']
     fresh = PromptedVisionTransformer(
         img_size=64, patch_size=16, embed_dims=32, num_layers=3, num_heads=2,
         out_indices=(0, 1, 2), patch_bias=True, final_norm=True,

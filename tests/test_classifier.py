@@ -144,7 +144,7 @@ def test_task_file_round_trip(tmp_path, pretrained, tune_bias):
     torch.save(dict(state_dict=model.state_dict(), meta={}), path)
     saved = torch.load(path, weights_only=True)['state_dict']
     tuned = {n for n, p in model.named_parameters() if p.requires_grad}
-    assert set(saved) == tuned | {'backbone_signature'}
+    assert set(saved) == tuned | {'backbone.signature'}
     assert sum(v.numel() for v in saved.values()) < 0.2 * sum(
         p.numel() for p in model.parameters())
     from mmengine.config import Config
@@ -174,7 +174,7 @@ def test_task_file_of_another_vit_is_a_clear_error(tmp_path, other, match, deep)
     # the shape check of the backbone catches it too when the signature is absent
     if deep:
         state = torch.load(path, weights_only=True)['state_dict']
-        state.pop('backbone_signature')
+        state.pop('backbone.signature')
         with pytest.raises(ValueError, match='does not fit'):
             ours.load_state_dict(state, strict=False)
 

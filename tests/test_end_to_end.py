@@ -52,7 +52,7 @@ def test_train_writes_a_task_checkpoint_of_tuned_weights_only(setup):
     ckpt = torch.load(setup['work'] / 'iter_20.pth')
     keys = set(ckpt['state_dict'])
     backbone_keys = {k for k in keys if k.startswith('backbone.')}
-    assert backbone_keys == {'backbone.prompt.embeddings'}
+    assert backbone_keys == {'backbone.prompt.embeddings', 'backbone.signature'}
     assert any(k.startswith('decode_head.') for k in keys)
     assert any(k.startswith('auxiliary_head.') for k in keys)
     assert 'optimizer' in ckpt and ckpt['meta']['iter'] == 20

@@ -156,7 +156,8 @@ def test_task_state_dict_holds_only_tuned_and_reloads_frozen_from_pretrained(tmp
         for _, p in bias_parameters(trained):
             p.add_(1.0)
     task = trained.state_dict()
-    assert set(task) == {k for k, p in trained.named_parameters() if p.requires_grad}
+    tuned = {k for k, p in trained.named_parameters() if p.requires_grad}
+    assert set(task) == tuned | {'signature'}
     torch.save(task, tmp_path / 'task.pth')
 
     fresh = MODELS.build(dict(type='PromptedVisionTransformer', **TINY, **cfg))  # no init_weights
@@ -169,15 +170,33 @@ def test_task_state_dict_holds_only_tuned_and_reloads_frozen_from_pretrained(tmp
 
 
 @pytest.mark.parametrize('other,match', [
-    (dict(embed_dims=48, num_heads=4), 'does not fit'),
-    (dict(num_layers=6), 'does not fit'),
+    (dict(embed_dims=48, num_heads=4), 'embed_dims 48 in the checkpoint vs 32 here'),
+    (dict(num_layers=6), 'num_layers 6 in the checkpoint vs 4 here'),
+    (dict(num_heads=2), 'num_heads 2 in the checkpoint vs 4 here'),
 ])
-def test_checkpoint_of_another_backbone_is_a_clear_error(other, match):
-    source = build(num_prompts=3, **other)
-    target = build(num_prompts=3)
-    with pytest.raises(ValueError, match=match) as err:
+@pytest.mark.parametrize('deep', [True, False])
+def test_checkpoint_of_another_backbone_is_a_clear_error(other, match, deep):
+    source = build(num_prompts=3, deep=deep, **other)
+    target = build(num_prompts=3, deep=deep)
+    with pytest.raises(ValueError, match=match):
         target.load_state_dict(source.state_dict(), strict=False)
-    assert 'prompt.embeddings' in str(err.value)
+    # without the signature (an older file), shapes still catch what they can
+    state = source.state_dict()
+    state.pop('signature')
+    if deep and 'num_heads' not in other:
+        with pytest.raises(ValueError, match='does not fit') as err:
+            target.load_state_dict(state, strict=False)
+        assert 'prompt.embeddings' in str(err.value)
+
+
+def test_pretrained_files_without_signature_still_load(tmp_path):
+    src = build(num_prompts=0, save_frozen=True)
+    state = src.state_dict()
+    state.pop('signature')
+    dst = MODELS.build(dict(type='PromptedVisionTransformer', **TINY))
+    result = dst.load_state_dict(state, strict=True)
+    assert result.missing_keys == [] and result.unexpected_keys == []
+    assert torch.equal(dst.signature, src.signature)
 
 
 def test_patch_bias_in_checkpoint_but_not_in_model_is_a_clear_error():

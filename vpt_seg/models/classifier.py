@@ -15,19 +15,7 @@ from mmengine.model import BaseModel
 from mmengine.structures import BaseDataElement
 from mmseg.registry import MODELS
 
-__all__ = ['VPTClassifier', 'backbone_signature']
-
-#: What ``backbone_signature`` records, in order.
-SIGNATURE_FIELDS = ('embed_dims', 'num_layers', 'num_heads', 'patch_size', 'in_channels',
-                    'feedforward_channels')
-
-
-def backbone_signature(backbone) -> List[int]:
-    """The architecture of an MMSeg ViT as integers (see :data:`SIGNATURE_FIELDS`)."""
-    layer = backbone.layers[0]
-    return [backbone.cls_token.shape[-1], len(backbone.layers), layer.attn.attn.num_heads,
-            backbone.patch_size, backbone.patch_embed.projection.in_channels,
-            layer.ffn.layers[0][0].out_features]
+__all__ = ['VPTClassifier']
 
 
 @MODELS.register_module()
@@ -44,9 +32,9 @@ class VPTClassifier(BaseModel):
             ``ImgDataPreprocessor`` with ImageNet mean/std and BGR -> RGB.
         init_cfg: MMEngine init config.
 
-    A persistent buffer ``backbone_signature`` goes into every checkpoint, so a task file
-    made for another ViT (width, depth, heads, patch size) is refused with a clear error
-    even when its tuned tensors happen to have fitting shapes (shallow prompts).
+    The backbone's ``signature`` buffer goes into every checkpoint, so a task file made
+    for another ViT (width, depth, heads, patch size) is refused with a clear error even
+    when its tuned tensors happen to have fitting shapes (shallow prompts).
 
     Shapes:
         ``inputs``: ``(B, 3, H, W)``; ``tensor`` mode returns ``(B, K)`` logits.
@@ -73,23 +61,10 @@ class VPTClassifier(BaseModel):
         if self.head.in_channels != width:
             raise ValueError(f'head.in_channels={self.head.in_channels} but the backbone '
                              f'embeds tokens of width {width}')
-        self.register_buffer('backbone_signature',
-                             torch.tensor(backbone_signature(self.backbone)))
-        self.register_load_state_dict_pre_hook(VPTClassifier._check_signature)
 
     @property
     def num_classes(self) -> int:
         return self.head.num_classes
-
-    def _check_signature(self, state_dict, prefix, *args):
-        theirs = state_dict.get(prefix + 'backbone_signature')
-        if theirs is None or torch.equal(theirs.cpu(), self.backbone_signature.cpu()):
-            return
-        diff = ', '.join(f'{f} {int(a)} in the checkpoint vs {int(b)} here'
-                         for f, a, b in zip(SIGNATURE_FIELDS, theirs, self.backbone_signature)
-                         if a != b)
-        raise ValueError(f'checkpoint was made for another ViT than this classifier\'s '
-                         f'backbone ({diff}); use the config it was trained with.')
 
     # ------------------------------------------------------------------ forward
     def extract_feat(self, inputs: torch.Tensor) -> torch.Tensor:

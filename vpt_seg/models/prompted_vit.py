@@ -14,6 +14,18 @@ from ..prompt import VisualPrompt
 from ..tuning import freeze as freeze_module
 from ..tuning import frozen_state_keys
 
+#: What a backbone's ``signature`` buffer records, in order.
+SIGNATURE_FIELDS = ('embed_dims', 'num_layers', 'num_heads', 'patch_size', 'in_channels',
+                    'feedforward_channels')
+
+
+def vit_signature(vit: VisionTransformer) -> torch.Tensor:
+    """The architecture of an MMSeg ViT as integers (see :data:`SIGNATURE_FIELDS`)."""
+    layer = vit.layers[0]
+    return torch.tensor([vit.cls_token.shape[-1], len(vit.layers), layer.attn.attn.num_heads,
+                         vit.patch_size, vit.patch_embed.projection.in_channels,
+                         layer.ffn.layers[0][0].out_features])
+
 
 def _no_attention_weights(module, args, kwargs):
     """Forward pre-hook for ``nn.MultiheadAttention``: MMCV asks for the attention
@@ -42,6 +54,11 @@ class PromptedVisionTransformer(VisionTransformer):
         save_frozen: Put frozen weights into ``state_dict()`` too. Off by default: a task
             checkpoint holds only what was tuned, and the frozen weights are reloaded
             from ``init_cfg``'s pretrained file when such a checkpoint is loaded.
+
+    Every ``state_dict()`` carries a small buffer ``signature`` (:func:`vit_signature`):
+    a task checkpoint made for another ViT (width, depth, heads, patch size, MLP) is
+    refused by name even when its tuned tensors happen to fit (shallow prompts, no
+    biases). Checkpoints without it (pretrained files, MMSeg checkpoints) load as before.
 
     Shapes:
         ``(B, in_channels, H, W)`` in; a tuple of ``(B, C, H / p, W / p)`` maps, one per
@@ -93,6 +110,7 @@ class PromptedVisionTransformer(VisionTransformer):
                     freeze_module(child, tune_bias=tune_bias)
             for param in self._parameters.values():  # cls_token, pos_embed
                 param.requires_grad_(False)
+        self.register_buffer('signature', vit_signature(self))
         for layer in self.layers:
             layer.attn.attn.register_forward_pre_hook(_no_attention_weights, with_kwargs=True)
         self.register_state_dict_post_hook(PromptedVisionTransformer._drop_frozen_from_state_dict)
@@ -179,8 +197,11 @@ class PromptedVisionTransformer(VisionTransformer):
                 prefix=cfg.get('prefix'))
         else:
             source = load_vit_checkpoint(ckpt, prefix=cfg.get('prefix'))
+        theirs = source.state_dict.pop('signature', None)  # saved by this class
+        if theirs is not None and not torch.equal(theirs, self.signature.cpu()):
+            raise ValueError(f'{ckpt}: {self._signature_diff(theirs)}')
         target = {k: t.shape for k, t in self.named_parameters()}
-        target.update({k: t.shape for k, t in self.named_buffers()})
+        target.update({k: t.shape for k, t in self.named_buffers() if k != 'signature'})
         prompts = {'prompt.' + k for k, _ in self.prompt.named_parameters()}
         try:
             state, report = fit_state_dict(
@@ -204,7 +225,7 @@ class PromptedVisionTransformer(VisionTransformer):
                 f'WARNING: LayerNorm eps={eps} here, timm/JAX ViTs use 1e-6: set '
                 "norm_cfg=dict(type='LN', eps=1e-6)")
         result = self.load_state_dict(state, strict=False)  # every frozen key is there
-        left = set(result.missing_keys) - prompts
+        left = set(result.missing_keys) - prompts - {'signature'}
         if left or result.unexpected_keys:  # fit_state_dict and the module disagree
             raise RuntimeError(f'loading {ckpt} left {sorted(left)} missing and '
                                f'{result.unexpected_keys} unexpected')
@@ -219,10 +240,23 @@ class PromptedVisionTransformer(VisionTransformer):
         for key in frozen_state_keys(module):
             state_dict.pop(prefix + key, None)
 
+    def _signature_diff(self, theirs: torch.Tensor) -> str:
+        diff = ', '.join(f'{f} {int(a)} in the checkpoint vs {int(b)} here'
+                         for f, a, b in zip(SIGNATURE_FIELDS, theirs.tolist(),
+                                            self.signature.tolist()) if a != b)
+        return (f'checkpoint was made for another ViT than this backbone ({diff}); use the '
+                'config it was trained with.')
+
     def _check_and_complete(self, state_dict, prefix, local_metadata, strict, missing_keys,
                             unexpected_keys, error_msgs):
         """Before loading: refuse checkpoints of another backbone, and complete a task
         checkpoint (tuned weights only) with the frozen weights from the pretrained file."""
+        sig_key = prefix + 'signature'
+        theirs = state_dict.get(sig_key)
+        if theirs is not None and not torch.equal(theirs.cpu(), self.signature.cpu()):
+            raise ValueError(self._signature_diff(theirs))
+        if theirs is None:  # a pretrained file or an MMSeg checkpoint: nothing to compare
+            state_dict[sig_key] = self.signature.clone()
         own = {k: v for k, v in self.state_dict(keep_vars=True, prefix=prefix).items()}
         own.update({prefix + k: p for k, p in self.named_parameters()})
         mismatched = [
