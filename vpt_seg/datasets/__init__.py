@@ -1,4 +1,5 @@
-"""Datasets: synthetic ADE20k-layout data for tests and the transfer study."""
+"""Datasets: synthetic ADE20k-layout data for tests and the transfer study, image folders,
+and image-level tags from segmentation data."""
 from .synthetic import TASK_CLASSES, make_ade20k, render_sample
 
 __all__ = ['TASK_CLASSES', 'make_ade20k', 'render_sample']
@@ -7,3 +8,6 @@ from .synthetic_cls import CLS_CLASSES, make_cls_folder, render_cls_sample  # no
 
 __all__ += ['ImageFolderDataset', 'PackClsInputs', 'CLS_CLASSES', 'make_cls_folder',
             'render_cls_sample']
+from .ade_tags import ADE20KTagsDataset  # noqa: E402
+
+__all__ += ['ADE20KTagsDataset']

@@ -8,9 +8,9 @@
 
 :class:`ImageFolderDataset` reads a split; :class:`PackClsInputs` turns a transformed
 sample into ``dict(inputs=(3, H, W) uint8 tensor, data_samples=BaseDataElement)`` with
-``gt_label`` (0-d long tensor) and the image's meta information. Image loading and
-augmentation are MMCV's/MMSeg's own transforms (``LoadImageFromFile``, ``Resize``,
-``RandomCrop``, ``CenterCrop``, ``RandomFlip``).
+``gt_label`` (0-d long tensor, or ``(K,)`` float32 multi-hot) and the image's meta
+information. Image loading and augmentation are MMCV's/MMSeg's own transforms
+(``LoadImageFromFile``, ``Resize``, ``RandomCrop``, ``CenterCrop``, ``RandomFlip``).
 """
 import os
 import os.path as osp
@@ -102,9 +102,12 @@ class ImageFolderDataset(BaseDataset):
 class PackClsInputs(BaseTransform):
     """Pack an image and its label for :class:`~vpt_seg.models.VPTClassifier`.
 
-    Required keys: ``img`` ``(H, W, C)`` or ``(H, W)``; optional ``gt_label``.
+    Required keys: ``img`` ``(H, W, C)`` or ``(H, W)``; optional ``gt_label``: a class
+    index (single-label) or a ``(K,)`` multi-hot array (multi-label tags, e.g. from
+    :class:`~vpt_seg.datasets.ADE20KTagsDataset`).
     Returns ``dict(inputs=(C, H, W) tensor, data_samples=BaseDataElement)``; the data
-    sample carries ``gt_label`` and the ``meta_keys`` present in the results.
+    sample carries ``gt_label`` (a 0-d long tensor, or a ``(K,)`` float32 tensor for
+    multi-hot labels) and the ``meta_keys`` present in the results.
     """
 
     def __init__(self, meta_keys: Sequence[str] = ('img_path', 'ori_shape', 'img_shape',
@@ -118,7 +121,11 @@ class PackClsInputs(BaseTransform):
         inputs = torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))
         sample = BaseDataElement(metainfo={k: results[k] for k in self.meta_keys if k in results})
         if 'gt_label' in results:
-            sample.gt_label = torch.tensor(int(results['gt_label']), dtype=torch.long)
+            label = np.asarray(results['gt_label'])
+            if label.ndim == 1:  # multi-hot tags
+                sample.gt_label = torch.from_numpy(label.astype(np.float32))     # (K,)
+            else:
+                sample.gt_label = torch.tensor(int(label), dtype=torch.long)     # ()
         return dict(inputs=inputs, data_samples=sample)
 
     def __repr__(self) -> str:

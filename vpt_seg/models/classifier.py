@@ -27,7 +27,10 @@ class VPTClassifier(BaseModel):
             ``output_cls_token`` and ``final_norm`` default to True (timm's classifier
             reads the normed [CLS]); ``output_cls_token=False`` is an error.
         head: Config of the head (``LinearClsHead`` or ``MLPClsHead``); its
-            ``in_channels`` must equal the backbone width.
+            ``in_channels`` must equal the backbone width. With ``multi_label=True``
+            the data samples carry ``(K,)`` multi-hot ``gt_label`` (image tags,
+            :class:`~vpt_seg.datasets.ADE20KTagsDataset`) and predictions are sigmoid
+            scores.
         data_preprocessor: Normalisation (and channel order) of the images; default
             ``ImgDataPreprocessor`` with ImageNet mean/std and BGR -> RGB.
         init_cfg: MMEngine init config.
@@ -83,10 +86,25 @@ class VPTClassifier(BaseModel):
             return self.head(self.extract_feat(inputs))                  # (B, K)
         raise ValueError(f"mode must be 'loss', 'predict' or 'tensor', got {mode!r}")
 
+    @property
+    def multi_label(self) -> bool:
+        """True when the head scores every class on its own (sigmoid, multi-hot labels)."""
+        return getattr(self.head, 'multi_label', False)
+
     def loss(self, inputs: torch.Tensor,
              data_samples: List[BaseDataElement]) -> Dict[str, torch.Tensor]:
+        """``loss_cls`` and the training accuracy ``acc`` (percent): top-1 for one label
+        per image, per-label accuracy at sigmoid score 0.5 for multi-hot labels."""
+        logits = self.head(self.extract_feat(inputs))                    # (B, K)
+        if self.multi_label:
+            labels = torch.stack([ds.gt_label.reshape(-1) for ds in data_samples])
+            labels = labels.to(device=inputs.device, dtype=torch.float32)   # (B, K)
+            losses = self.head.loss(logits, labels)
+            with torch.no_grad():
+                hits = (logits.float().sigmoid() > 0.5) == (labels > 0.5)
+                losses['acc'] = hits.float().mean() * 100
+            return losses
         labels = torch.stack([ds.gt_label.reshape(()) for ds in data_samples]).to(inputs.device)
-        logits = self.head(self.extract_feat(inputs))
         losses = self.head.loss(logits, labels.long())
         with torch.no_grad():
             losses['acc'] = (logits.argmax(1) == labels).float().mean() * 100
@@ -94,17 +112,29 @@ class VPTClassifier(BaseModel):
 
     def predict(self, inputs: torch.Tensor,
                 data_samples: Optional[List[BaseDataElement]] = None) -> List[BaseDataElement]:
-        """Adds ``pred_score`` ``(K,)`` (softmax) and ``pred_label`` (0-d) to each sample."""
+        """Adds ``pred_score`` ``(K,)`` and ``pred_label`` to each sample: softmax and the
+        argmax (0-d), or for a multi-label head sigmoid and the multi-hot ``(K,)`` of the
+        classes scoring above 0.5."""
         logits = self.head(self.extract_feat(inputs))
-        return self.postprocess(logits, data_samples)
+        return self.postprocess(logits, data_samples, multi_label=self.multi_label)
 
     @staticmethod
     def postprocess(logits: torch.Tensor,
-                    data_samples: Optional[List[BaseDataElement]] = None
-                    ) -> List[BaseDataElement]:
-        """``(B, K)`` logits -> data samples with ``pred_score`` and ``pred_label``."""
+                    data_samples: Optional[List[BaseDataElement]] = None,
+                    multi_label: bool = False) -> List[BaseDataElement]:
+        """``(B, K)`` logits -> data samples with ``pred_score`` and ``pred_label``.
+
+        Single-label: ``pred_score`` ``(K,)`` softmax, ``pred_label`` 0-d long argmax.
+        ``multi_label``: ``pred_score`` ``(K,)`` sigmoid, ``pred_label`` ``(K,)`` long
+        multi-hot, 1 where the score is above 0.5.
+        """
         if data_samples is None:
             data_samples = [BaseDataElement() for _ in range(logits.shape[0])]
+        if multi_label:
+            scores = logits.float().sigmoid()                           # (B, K)
+            for ds, score in zip(data_samples, scores):
+                ds.set_data(dict(pred_score=score, pred_label=(score > 0.5).long()))
+            return data_samples
         scores = logits.float().softmax(dim=1)
         for ds, score in zip(data_samples, scores):
             ds.set_data(dict(pred_score=score, pred_label=score.argmax()))
