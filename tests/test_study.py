@@ -1,11 +1,8 @@
 """A reduced transfer study, end to end through configs/study, tools/train.py and
-tools/test.py: pretraining must learn the source task, adapting the backbone must beat
-head-only clearly, every tuned row must beat a head that was never trained, and the
-table and figures must be complete and readable.
-
-VPT-deep against head-only is *not* asserted: at this scale the two are within a few
-mIoU of each other (docs/study.md has the numbers), and a test must not claim more than
-the method shows here."""
+tools/test.py: pretraining must learn the source tags, VPT-deep must beat head-only by a
+clear margin (what the method claims), every tuned row must beat a head that was never
+trained, and the table and figures must be complete and
+readable. About 3 minutes on 2 CPU cores."""
 import csv
 import json
 import os.path as osp
@@ -22,19 +19,20 @@ ROWS_RUN = ('head', 'vpt-deep', 'full')
 @pytest.fixture(scope='module')
 def study(tmp_path_factory):
     out = tmp_path_factory.mktemp('study')
-    return run_study(StudySettings(out_dir=str(out), rows=ROWS_RUN, num_source=300,
-                                   num_target=200, num_val=16, pretrain_iters=500,
+    return run_study(StudySettings(out_dir=str(out), rows=ROWS_RUN, num_source=1000,
+                                   num_target=200, num_val=32, pretrain_iters=1000,
                                    iters=400, num_show=2))
 
 
-def test_pretraining_learns_the_source_task(study):
-    assert study['source_miou'] > 50
+def test_pretraining_learns_the_source_tags(study):
+    assert study['source_map'] > 80
 
 
-def test_adapting_the_backbone_beats_head_only(study):
-    """The target task needs more than a new head on frozen source features."""
+def test_vpt_deep_beats_head_only_clearly(study):
+    """Deep prompts steer the frozen features; a head on the frozen features cannot."""
     miou = {r.key: r.miou for r in study['rows']}
-    assert miou['full'] > miou['head'] + 5, miou
+    print('reduced study mIoU:', miou, 'untrained head:', study['reference'].miou)
+    assert miou['vpt-deep'] > miou['head'] + 4, miou
 
 
 def test_every_tuned_row_beats_the_untrained_head(study):
@@ -79,6 +77,26 @@ def test_outputs_are_complete(study):
         assert pred.shape == (64, 64) and set(np.unique(pred).tolist()) <= set(range(1, 9))
 
 
-def test_rejects_unknown_rows(tmp_path):
+def test_learning_rate_search_keeps_each_rows_best_run(tmp_path):
+    lrs = (1e-4, 5e-2)
+    result = run_study(StudySettings(out_dir=str(tmp_path), rows=('head', ), num_source=64,
+                                     num_target=32, num_val=8, pretrain_iters=60, iters=60,
+                                     lrs=lrs, num_show=1))
+    searched = result['lr_search']['head']
+    assert set(searched) == {f'{lr:g}' for lr in lrs}
+    (row, ) = result['rows']
+    assert searched[f'{row.lr:g}'] == row.miou == max(searched.values())
+    assert row.lr == 5e-2  # 60 steps at 1e-4 barely move the head
+    for lr in lrs:
+        assert osp.isfile(tmp_path / 'rows' / 'head' / f'lr{lr:g}' / 'test.log')
+    with open(result['files']['json']) as f:
+        assert json.load(f)['lr_search'] == result['lr_search']
+    assert '| 0.05 |' in open(result['files']['md']).read()
+
+
+def test_rejects_unknown_rows_and_too_short_schedules(tmp_path):
     with pytest.raises(ValueError, match='unknown rows'):
         run_study(StudySettings(out_dir=str(tmp_path), rows=('prefix-tuning', )))
+    with pytest.raises(ValueError, match='iters=20: the schedule warms up for 50'):
+        run_study(StudySettings(out_dir=str(tmp_path), iters=20))
+    assert not osp.exists(tmp_path / 'data')

@@ -2,9 +2,10 @@
 
     python tools/study.py [--out work_dirs/study] [--rows head vpt-deep ...]
         [--iters N] [--pretrain-iters N] [--num-source N] [--num-target N] [--num-val N]
+        [--lrs 5e-3 2e-2 5e-2]
 
-Makes synthetic source/target data in the ADE20k layout, pretrains a tiny ViT on the
-source task, adapts it to the target task with every Table-3 row (configs/study/*.py,
+Makes synthetic source/target data in the ADE20k layout, pretrains a tiny ViT for
+image-level recognition on the source task (multi-label tags), adapts it to the target task with every Table-3 row (configs/study/*.py,
 through tools/train.py and tools/test.py), and writes table.{md,csv,json},
 miou_vs_params.png and predictions.png to --out.
 """
@@ -28,6 +29,9 @@ def parse_args():
     parser.add_argument('--num-target', type=int, default=d.num_target)
     parser.add_argument('--num-val', type=int, default=d.num_val)
     parser.add_argument('--num-show', type=int, default=d.num_show)
+    parser.add_argument('--lrs', type=float, nargs='+',
+                        help="learning rates to try for every row, keeping each row's best "
+                             "(default: each row config's own rate)")
     parser.add_argument('--seed', type=int, default=d.seed)
     return parser.parse_args()
 
@@ -37,7 +41,7 @@ def main():
     run_study(StudySettings(out_dir=args.out, rows=args.rows, iters=args.iters,
                             pretrain_iters=args.pretrain_iters, num_source=args.num_source,
                             num_target=args.num_target, num_val=args.num_val,
-                            num_show=args.num_show, seed=args.seed))
+                            num_show=args.num_show, lrs=args.lrs, seed=args.seed))
 
 
 if __name__ == '__main__':

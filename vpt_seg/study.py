@@ -4,12 +4,14 @@ No pretrained weights or datasets can be downloaded, so the study makes both:
 
 1. synthetic source and target tasks in the ADE20k layout
    (:func:`vpt_seg.datasets.make_ade20k`);
-2. a "pretrained" tiny ViT: SETR-PUP trained from scratch on the source task
-   (``configs/study/pretrain_source.py`` through ``tools/train.py``), whose backbone is
-   saved as an MMSeg-format checkpoint;
-3. one run per Table-3 row on the target task (``configs/study/<row>.py`` through
-   ``tools/train.py``, evaluated by ``tools/test.py``), plus a reference: the same model
-   with a head that was never trained, evaluated the same way.
+2. a "pretrained" tiny ViT, made as the paper's ViT-L was: trained from scratch for
+   image-level recognition (multi-label tags of the source images, a linear head on the
+   [CLS] embedding; ``configs/study/pretrain_source.py`` through ``tools/train.py``),
+   its backbone saved as an MMSeg-format checkpoint;
+3. one run per Table-3 row on the target segmentation task (``configs/study/<row>.py``
+   through ``tools/train.py``, evaluated by ``tools/test.py``), plus a reference: the
+   same model with a head that was never trained, evaluated the same way. With
+   ``lrs``, every row is trained once per learning rate and its best run is kept.
 
 It then writes a table (Markdown, CSV, JSON), mIoU against tuned parameters, and the
 predictions of every row on a few validation images. Every training and test run is a
@@ -62,6 +64,9 @@ class StudySettings:
         num_val: Validation images per task.
         pretrain_iters: Source pretraining iterations (None: the config's).
         iters: Iterations per target row (None: the configs').
+        lrs: Learning rates to try for every row, keeping each row's best run (None: the
+            rate in each row's config, which is what this search found; see
+            docs/study.md).
         seed: Data and training seed.
         num_show: Validation images in the predictions figure.
         config_dir: The study configs.
@@ -74,6 +79,7 @@ class StudySettings:
     num_val: int = 64
     pretrain_iters: Optional[int] = None
     iters: Optional[int] = None
+    lrs: Optional[Sequence[float]] = None
     seed: int = 0
     num_show: int = 4
     config_dir: str = osp.join(REPO_ROOT, 'configs', 'study')
@@ -89,6 +95,7 @@ class RowResult:
     file_bytes: int
     miou: float
     aacc: float
+    lr: float
     train_s: float
     test_s: float
     checkpoint: str = ''
@@ -149,11 +156,11 @@ def _test_metrics(work_dir: str) -> Dict[str, float]:
         return json.loads(f.read().strip().splitlines()[-1])
 
 
-def _val_metrics(work_dir: str) -> Dict[str, float]:
-    """The last validation metrics tools/train.py logged."""
+def _val_metrics(work_dir: str, key: str) -> Dict[str, float]:
+    """The last validation metrics with ``key`` that tools/train.py logged."""
     for path in sorted(glob.glob(osp.join(work_dir, '*', 'vis_data', '*.json')))[::-1]:
         with open(path) as f:
-            lines = [json.loads(line) for line in f if 'mIoU' in line]
+            lines = [json.loads(line) for line in f if f'"{key}"' in line]
         if lines:
             return lines[-1]
     return {}
@@ -177,9 +184,9 @@ def _build_model(cfg):
     return MODELS.build(cfg.model)
 
 
-def _count(cfg_path: str, options: List[str]):
+def _count(cfg):
     from .tuning import count_parameters
-    model = _build_model(_load_cfg(cfg_path, options))
+    model = _build_model(cfg)
     return count_parameters(model, tuned_only=True), count_parameters(model)
 
 
@@ -199,7 +206,9 @@ def export_backbone(checkpoint: str, out_path: str) -> str:
 def save_untrained(cfg_path: str, options: List[str], out_path: str, seed: int) -> str:
     """A task checkpoint of ``cfg_path``'s model straight after initialisation: the
     pretrained frozen backbone and a head that was never trained."""
-    torch.manual_seed(seed)
+    from mmengine.logging import MMLogger
+    MMLogger.get_instance('vpt_seg.study', log_level='WARNING')  # MMEngine's init report is
+    torch.manual_seed(seed)                                         # long; keep stdout short
     model = _build_model(_load_cfg(cfg_path, options))
     model.init_weights()
     torch.save({'meta': {}, 'state_dict': model.state_dict()}, out_path)
@@ -216,15 +225,15 @@ def _fmt_count(n: int) -> str:
 
 def format_table(results: Sequence[RowResult], reference: Optional[RowResult] = None) -> str:
     """The study table in Markdown."""
-    lines = ['| Method | Tuned params | % of model | Task file | mIoU | aAcc | Train time |',
-             '|---|--:|--:|--:|--:|--:|--:|']
+    lines = ['| Method | Tuned params | % of model | Task file | mIoU | aAcc | LR | Train time |',
+             '|---|--:|--:|--:|--:|--:|--:|--:|']
     for r in results:
         lines.append(f'| {r.method} | {_fmt_count(r.tuned)} | {r.tuned_pct:.2f}% | '
                      f'{_fmt_bytes(r.file_bytes)} | {r.miou:.2f} | {r.aacc:.2f} | '
-                     f'{r.train_s:.0f} s |')
+                     f'{r.lr:g} | {r.train_s:.0f} s |')
     if reference is not None:
         lines.append(f'| *{reference.method}* | - | - | {_fmt_bytes(reference.file_bytes)} | '
-                     f'{reference.miou:.2f} | {reference.aacc:.2f} | 0 s |')
+                     f'{reference.miou:.2f} | {reference.aacc:.2f} | - | 0 s |')
     return '\n'.join(lines)
 
 
@@ -233,7 +242,7 @@ def _write_tables(out_dir: str, results, reference, timings) -> Dict[str, str]:
     with open(paths['md'], 'w') as f:
         f.write(format_table(results, reference) + '\n')
     fields = ['key', 'method', 'tuned', 'total', 'tuned_pct', 'file_bytes', 'miou', 'aacc',
-              'train_s', 'test_s']
+              'lr', 'train_s', 'test_s']
     with open(paths['csv'], 'w', newline='') as f:
         writer = csv.writer(f)
         writer.writerow(fields)
@@ -249,10 +258,12 @@ def _write_tables(out_dir: str, results, reference, timings) -> Dict[str, str]:
 
 # --------------------------------------------------------------------- figures
 def _palette(task: str) -> np.ndarray:
-    import vpt_seg  # noqa: F401
-    from mmseg.datasets import ADE20KDataset
-    full = ADE20KDataset.METAINFO['palette']
-    return np.array([full[k - 1] for k in TASK_CLASSES[task]] + [[0, 0, 0]], np.uint8)
+    """One colour per class of ``task`` plus black for ignored pixels. ADE20k's own palette
+    gives some of these classes near-identical colours (painting/shelf, car/sofa), so the
+    figure uses matplotlib's qualitative ``tab10`` instead."""
+    from matplotlib import colormaps
+    colours = colormaps['tab10'].colors[:len(TASK_CLASSES[task])]
+    return np.array([[round(255 * c) for c in rgb] for rgb in colours] + [[0, 0, 0]], np.uint8)
 
 
 def _class_names(task: str) -> List[str]:
@@ -278,7 +289,8 @@ def plot_tradeoff(results: Sequence[RowResult], reference: Optional[RowResult],
     ax.set_xscale('log')
     ax.set_xlabel('tuned parameters (log scale)')
     ax.set_ylabel('target mIoU (%)')
-    ax.set_title('Transfer to the synthetic target task (tiny ViT, SETR-PUP)', fontsize=10)
+    ax.set_title('Tiny ViT pretrained on source tags, adapted to target segmentation '
+                 '(SETR-PUP)', fontsize=10)
     ax.grid(True, which='both', alpha=0.3)
     ax.legend(fontsize=8, loc='center left', bbox_to_anchor=(1.02, 0.5), frameon=False)
     fig.tight_layout()
@@ -335,12 +347,19 @@ def run_study(settings: StudySettings) -> Dict:
     """Run the whole study; returns ``{'rows': [...], 'reference': ..., 'files': ...}``.
 
     Raises:
-        ValueError: an unknown row key.
+        ValueError: an unknown row key, or fewer iterations than the warm-up.
         RuntimeError: a tool run failed (its log tail is in the message).
     """
     unknown = [r for r in settings.rows if r not in ROWS]
     if unknown:
         raise ValueError(f'unknown rows {unknown}; choose from {list(ROWS)}')
+    for name, iters, cfg_name in (('pretrain_iters', settings.pretrain_iters, 'pretrain_source'),
+                                  ('iters', settings.iters, 'head')):
+        warmup = _load_cfg(osp.join(settings.config_dir, f'{cfg_name}.py'),
+                           []).param_scheduler[0]['end']
+        if iters is not None and iters <= warmup:
+            raise ValueError(f'{name}={iters}: the schedule warms up for {warmup} iterations '
+                             f'(configs/study/{cfg_name}.py); give more than that')
     out = osp.abspath(settings.out_dir)
     os.makedirs(out, exist_ok=True)
     timings = OrderedDict()
@@ -356,7 +375,7 @@ def run_study(settings: StudySettings) -> Dict:
     _log(f'data: {settings.num_source} source / {settings.num_target} target training '
          f'images, {settings.num_val} validation each ({timings["data"]:.1f} s)')
 
-    # 2. pretraining on the source task, full fine-tuning from scratch
+    # 2. pretraining: image-level tags of the source images, every weight from scratch
     pre_dir = osp.join(out, 'pretrain')
     os.makedirs(pre_dir, exist_ok=True)
     seed_opt = [f'randomness.seed={settings.seed}']
@@ -368,30 +387,38 @@ def run_study(settings: StudySettings) -> Dict:
         osp.join(out, 'pretrain.log'))
     pretrained = export_backbone(_last_checkpoint(pre_dir),
                                  osp.join(pre_dir, 'vit-tiny_source.pth'))
-    source_miou = _val_metrics(pre_dir).get('mIoU', float('nan'))
-    _log(f'pretrain: source mIoU {source_miou:.2f}, backbone saved to {pretrained} '
+    source_map = _val_metrics(pre_dir, 'multi-label/mAP').get('multi-label/mAP',
+                                                              float('nan'))
+    _log(f'pretrain: source tags mAP {source_map:.2f}, backbone saved to {pretrained} '
          f'({timings["pretrain"]:.1f} s)')
 
-    # 3. Table-3 rows on the target task
+    # 3. Table-3 rows on the target task (each at every learning rate of `lrs`)
     common = _data_options(target_root) + [
         f'model.backbone.init_cfg.checkpoint={pretrained}'] + seed_opt
-    results = []
+    results, searched = [], OrderedDict()
     for key in settings.rows:
         cfg_path = osp.join(settings.config_dir, f'{key}.py')
-        work = osp.join(out, 'rows', key)
-        os.makedirs(work, exist_ok=True)
-        train_s = _run_tool(settings, 'train.py',
-                            [cfg_path, '--work-dir', work, '--cfg-options']
-                            + common + _schedule_options(settings.iters),
-                            osp.join(work, 'train.log'))
-        ckpt = _last_checkpoint(work)
-        results.append(_evaluate(settings, key, ROWS[key], cfg_path, ckpt, work, common,
-                                 train_s))
-        r = results[-1]
-        timings[key] = r.train_s + r.test_s
-        _log(f'{r.method:<12} mIoU {r.miou:6.2f}  tuned {_fmt_count(r.tuned):>7} '
-             f'({r.tuned_pct:5.2f}%)  file {_fmt_bytes(r.file_bytes):>9}  '
-             f'train {r.train_s:5.1f} s  test {r.test_s:4.1f} s')
+        runs = []
+        for lr in settings.lrs or [None]:
+            work = osp.join(out, 'rows', key if lr is None else f'{key}/lr{lr:g}')
+            os.makedirs(work, exist_ok=True)
+            lr_opt = [] if lr is None else [f'optim_wrapper.optimizer.lr={lr}']
+            train_s = _run_tool(settings, 'train.py',
+                                [cfg_path, '--work-dir', work, '--cfg-options']
+                                + common + _schedule_options(settings.iters) + lr_opt,
+                                osp.join(work, 'train.log'))
+            runs.append(_evaluate(settings, key, ROWS[key], cfg_path, _last_checkpoint(work),
+                                  work, common + lr_opt, train_s))
+            r = runs[-1]
+            timings[key] = timings.get(key, 0.0) + r.train_s + r.test_s
+            _log(f'{r.method:<12} mIoU {r.miou:6.2f}  tuned {_fmt_count(r.tuned):>7} '
+                 f'({r.tuned_pct:5.2f}%)  file {_fmt_bytes(r.file_bytes):>9}  lr {r.lr:g}  '
+                 f'train {r.train_s:5.1f} s  test {r.test_s:4.1f} s')
+        results.append(max(runs, key=lambda r: r.miou))
+        if settings.lrs:
+            searched[key] = {f'{r.lr:g}': r.miou for r in runs}
+            _log(f'{ROWS[key]}: best lr {results[-1].lr:g} of ' + ', '.join(
+                f'{lr}: {m:.2f}' for lr, m in searched[key].items()))
 
     # 4. reference: the head-only model with its head at initialisation
     work = osp.join(out, 'rows', UNTRAINED)
@@ -413,7 +440,7 @@ def run_study(settings: StudySettings) -> Dict:
     timings['total'] = time.perf_counter() - t_start
     with open(files['json']) as f:
         summary = json.load(f)
-    summary.update(timings_s=timings, source_miou=source_miou)
+    summary.update(timings_s=timings, source_map=source_map, lr_search=searched)
     with open(files['json'], 'w') as f:
         json.dump(summary, f, indent=2)
 
@@ -424,7 +451,7 @@ def run_study(settings: StudySettings) -> Dict:
     for name, path in files.items():
         print(f'{name}: {path}')
     return dict(rows=results, reference=reference, files=files, timings=timings,
-                source_miou=source_miou)
+                source_map=source_map, lr_search=searched)
 
 
 def _evaluate(settings, key, method, cfg_path, ckpt, work, options, train_s) -> RowResult:
@@ -434,8 +461,9 @@ def _evaluate(settings, key, method, cfg_path, ckpt, work, options, train_s) -> 
                        [cfg_path, ckpt, '--work-dir', test_dir, '--out', pred_dir,
                         '--cfg-options'] + options, osp.join(work, 'test.log'))
     metrics = _test_metrics(test_dir)
-    tuned, total = _count(cfg_path, options)
+    cfg = _load_cfg(cfg_path, options)
+    tuned, total = _count(cfg)
     return RowResult(key=key, method=method, tuned=tuned, total=total,
                      file_bytes=osp.getsize(ckpt), miou=float(metrics['mIoU']),
-                     aacc=float(metrics['aAcc']), train_s=train_s, test_s=test_s,
-                     checkpoint=ckpt, pred_dir=pred_dir)
+                     aacc=float(metrics['aAcc']), lr=float(cfg.optim_wrapper.optimizer.lr),
+                     train_s=train_s, test_s=test_s, checkpoint=ckpt, pred_dir=pred_dir)
