@@ -206,11 +206,18 @@ def export_backbone(checkpoint: str, out_path: str) -> str:
 def save_untrained(cfg_path: str, options: List[str], out_path: str, seed: int) -> str:
     """A task checkpoint of ``cfg_path``'s model straight after initialisation: the
     pretrained frozen backbone and a head that was never trained."""
+    import logging
+
     from mmengine.logging import MMLogger
-    MMLogger.get_instance('vpt_seg.study', log_level='WARNING')  # MMEngine's init report is
-    torch.manual_seed(seed)                                         # long; keep stdout short
-    model = _build_model(_load_cfg(cfg_path, options))
-    model.init_weights()
+    logger = MMLogger.get_current_instance()  # MMEngine's init report is long: keep it out
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        torch.manual_seed(seed)
+        model = _build_model(_load_cfg(cfg_path, options))
+        model.init_weights()
+    finally:
+        logger.setLevel(level)
     torch.save({'meta': {}, 'state_dict': model.state_dict()}, out_path)
     return out_path
 

@@ -197,9 +197,7 @@ class PromptedVisionTransformer(VisionTransformer):
                 prefix=cfg.get('prefix'))
         else:
             source = load_vit_checkpoint(ckpt, prefix=cfg.get('prefix'))
-        theirs = source.state_dict.pop('signature', None)  # saved by this class
-        if theirs is not None and not torch.equal(theirs, self.signature.cpu()):
-            raise ValueError(f'{ckpt}: {self._signature_diff(theirs)}')
+        self._check_signature(source.state_dict.pop('signature', None), f'{ckpt}: ')
         target = {k: t.shape for k, t in self.named_parameters()}
         target.update({k: t.shape for k, t in self.named_buffers() if k != 'signature'})
         prompts = {'prompt.' + k for k, _ in self.prompt.named_parameters()}
@@ -240,22 +238,23 @@ class PromptedVisionTransformer(VisionTransformer):
         for key in frozen_state_keys(module):
             state_dict.pop(prefix + key, None)
 
-    def _signature_diff(self, theirs: torch.Tensor) -> str:
+    def _check_signature(self, theirs: Optional[torch.Tensor], where: str = ''):
+        """Raise if a checkpoint's ``signature`` (None: it has none) is another ViT's."""
+        if theirs is None or torch.equal(theirs.cpu(), self.signature.cpu()):
+            return
         diff = ', '.join(f'{f} {int(a)} in the checkpoint vs {int(b)} here'
                          for f, a, b in zip(SIGNATURE_FIELDS, theirs.tolist(),
                                             self.signature.tolist()) if a != b)
-        return (f'checkpoint was made for another ViT than this backbone ({diff}); use the '
-                'config it was trained with.')
+        raise ValueError(f'{where}checkpoint was made for another ViT than this backbone '
+                         f'({diff}); use the config it was trained with.')
 
     def _check_and_complete(self, state_dict, prefix, local_metadata, strict, missing_keys,
                             unexpected_keys, error_msgs):
         """Before loading: refuse checkpoints of another backbone, and complete a task
         checkpoint (tuned weights only) with the frozen weights from the pretrained file."""
         sig_key = prefix + 'signature'
-        theirs = state_dict.get(sig_key)
-        if theirs is not None and not torch.equal(theirs.cpu(), self.signature.cpu()):
-            raise ValueError(self._signature_diff(theirs))
-        if theirs is None:  # a pretrained file or an MMSeg checkpoint: nothing to compare
+        self._check_signature(state_dict.get(sig_key))
+        if sig_key not in state_dict:  # a pretrained file or an MMSeg checkpoint
             state_dict[sig_key] = self.signature.clone()
         own = {k: v for k, v in self.state_dict(keep_vars=True, prefix=prefix).items()}
         own.update({prefix + k: p for k, p in self.named_parameters()})
