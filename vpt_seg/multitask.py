@@ -11,9 +11,10 @@ tasks in one pass through the shared weights:
   start later), has its unused slots masked out as attention *keys*, so no real token
   sees them; they are dropped with the other prompt tokens at the outputs. Per token the
   computation is therefore the task's own (LayerNorm and the MLP act token-wise).
-* **Bias-tuned tasks.** Each layer is evaluated functionally from the shared weights;
-  every bias is gathered per sample from its task (the shared bias for tasks that do not
-  tune biases), so a batch may mix bias-tuned and prompt-only tasks.
+* **Bias-tuned tasks.** Each layer runs through the same functional blocks as training
+  (:mod:`vpt_seg.models.vit_ops`) with a per-sample :class:`~vpt_seg.models.vit_ops.Biases`
+  lookup: every bias is gathered from the sample's task (the shared bias for tasks that
+  do not tune biases), so a batch may mix bias-tuned and prompt-only tasks.
 * **Per-task backbone outputs.** ``out_indices``, ``final_norm``, ``output_cls_token``,
   ``out_origin`` and ``img_size`` (position embeddings) stay per task.
 
@@ -33,7 +34,6 @@ from collections import OrderedDict
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
-import torch.nn.functional as F
 from mmengine.config import Config
 from mmengine.logging import print_log
 from mmengine.registry import init_default_scope
@@ -42,9 +42,10 @@ from mmseg.registry import MODELS
 from mmseg.models.utils import resize
 from torch import nn
 
+from .models import vit_ops
 from .models.classifier import VPTClassifier
 from .models.prompted_vit import PromptedVisionTransformer
-from .prompt import remove_prompts
+from .prompt import remove_prompts, replace_prompts
 from .tuning import bias_parameters
 
 __all__ = ['MultiTaskViT', 'task_kind', 'build_shared_backbone', 'load_task_model']
@@ -79,46 +80,7 @@ def _structure(vit: VisionTransformer) -> Dict[str, object]:
 
 
 def _check_supported(vit: VisionTransformer, what: str):
-    layer = vit.layers[0]
-    norms = [m for m in vit.modules() if isinstance(m, (nn.modules.batchnorm._NormBase,
-                                                        nn.GroupNorm))]
-    if norms:
-        raise ValueError(f'{what}: only LayerNorm ViTs can be shared (found {norms[0]})')
-    if not isinstance(layer.ffn.gamma2, nn.Identity):
-        raise ValueError(f'{what}: FFN layer scale is not supported by the shared pass')
-    attn = layer.attn.attn
-    if attn.bias_k is not None or attn.add_zero_attn or not attn._qkv_same_embed_dim:
-        raise ValueError(f'{what}: attention with bias_k/add_zero_attn or separate q/k/v '
-                         'projections is not supported by the shared pass')
-
-
-def _linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]):
-    """``x @ W^T + b`` where ``b`` is ``(out,)`` (shared) or ``(B, out)`` (per sample)."""
-    if bias is None or bias.dim() == 1:
-        return F.linear(x, weight, bias)
-    return F.linear(x, weight) + bias.unsqueeze(1)
-
-
-class _Biases:
-    """Bias lookup for one batch: the shared tensor, or ``(B, ...)`` gathered per sample
-    when some task of the batch tunes biases."""
-
-    def __init__(self, shared: nn.Module, task_vits: List[nn.Module], task_index: torch.Tensor):
-        self.names = {id(m): n for n, m in shared.named_modules()}
-        self.shared = shared
-        self.task_vits = task_vits
-        self.task_index = task_index
-        self.per_sample = any(getattr(v, 'tune_bias', False) for v in task_vits)
-        self.params = [dict(v.named_parameters()) for v in task_vits] if self.per_sample else []
-
-    def __call__(self, module: nn.Module, attr: str = 'bias') -> Optional[torch.Tensor]:
-        shared = getattr(module, attr, None)
-        if shared is None or not self.per_sample:
-            return shared
-        name = f'{self.names[id(module)]}.{attr}'.lstrip('.')
-        # A task without this module (e.g. no final norm) never reads it: shared value.
-        bank = torch.stack([p.get(name, shared) for p in self.params])      # (T, ...)
-        return bank[self.task_index]                                        # (B, ...)
+    vit_ops.check_supported(vit, what)
 
 
 class MultiTaskViT(nn.Module):
@@ -234,37 +196,6 @@ class MultiTaskViT(nn.Module):
         return OrderedDict((n, torch.tensor([i for i, t in enumerate(tasks) if t == n]))
                            for n in names)
 
-    @staticmethod
-    def _layer_norm(x, norm: nn.LayerNorm, biases: _Biases):
-        b = biases(norm)
-        if b is None or b.dim() == 1:
-            return F.layer_norm(x, norm.normalized_shape, norm.weight, b, norm.eps)
-        return F.layer_norm(x, norm.normalized_shape, norm.weight, None, norm.eps) + b.unsqueeze(1)
-
-    def _attention(self, attn: nn.MultiheadAttention, x, mask, biases: _Biases):
-        B, N, C = x.shape
-        heads = attn.num_heads
-        qkv = _linear(x, attn.in_proj_weight, biases(attn, 'in_proj_bias'))   # (B, N, 3C)
-        q, k, v = qkv.view(B, N, 3, heads, C // heads).permute(2, 0, 3, 1, 4)  # (B, h, N, d)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        out = out.transpose(1, 2).reshape(B, N, C)
-        return _linear(out, attn.out_proj.weight, biases(attn.out_proj))
-
-    def _mlp(self, module: nn.Module, x, biases: _Biases):
-        for child in module.children():
-            if isinstance(child, nn.Sequential):
-                x = self._mlp(child, x, biases)
-            elif isinstance(child, nn.Linear):
-                x = _linear(x, child.weight, biases(child))
-            elif not isinstance(child, (nn.Dropout, nn.Identity)):
-                x = child(x)  # the activation
-        return x
-
-    def _block(self, layer, x, mask, biases: _Biases):
-        x = x + self._attention(layer.attn.attn, self._layer_norm(x, layer.norm1, biases),
-                                mask, biases)
-        return x + self._mlp(layer.ffn.layers, self._layer_norm(x, layer.norm2, biases), biases)
-
     # ---------------------------------------------------------------- forward
     def extract_feats(self, inputs: torch.Tensor, tasks: Sequence[str]
                       ) -> 'OrderedDict[str, Tuple[torch.Tensor, tuple]]':
@@ -290,21 +221,12 @@ class MultiTaskViT(nn.Module):
         task_index = torch.empty(len(tasks), dtype=torch.long)
         for k, idx in enumerate(groups.values()):
             task_index[idx] = k
-        biases = _Biases(vit, vits, task_index.to(inputs.device))
+        task_index = task_index.to(inputs.device)
+        biases = vit_ops.Biases(vit, vits, task_index)
         vits[0]._check_input(inputs)
         B = inputs.shape[0]
 
-        pe = vit.patch_embed
-        x = pe.adap_padding(inputs) if pe.adap_padding is not None else inputs
-        conv = pe.projection
-        x = F.conv2d(x, conv.weight, None, conv.stride, conv.padding, conv.dilation, conv.groups)
-        b = biases(conv)
-        if b is not None:
-            x = x + b.reshape(-1 if b.dim() == 1 else B, x.shape[1], 1, 1)
-        hw_shape = x.shape[2:]
-        x = x.flatten(2).transpose(1, 2)                                # (B, HW, C)
-        if pe.norm is not None:
-            x = self._layer_norm(x, pe.norm, biases)
+        x, hw_shape = vit_ops.patch_embed(vit.patch_embed, inputs, biases)  # (B, HW, C)
         x = torch.cat((vit.cls_token.expand(B, -1, -1), x), dim=1)      # (B, 1 + HW, C)
         pos = torch.empty_like(x)
         for v, idx in zip(vits, groups.values()):  # each task's own img_size
@@ -314,7 +236,7 @@ class MultiTaskViT(nn.Module):
         if not vit.with_cls_token:
             x = x[:, 1:]
         if vit.pre_norm:
-            x = self._layer_norm(x, vit.pre_ln, biases)
+            x = vit_ops.layer_norm(x, vit.pre_ln, biases)
 
         outs = OrderedDict((n, []) for n in names)
         for n, v, idx in zip(names, vits, groups.values()):
@@ -330,21 +252,21 @@ class MultiTaskViT(nn.Module):
         for i, layer in enumerate(vit.layers):
             fresh = [(v, idx) for v, idx in zip(vits, groups.values()) if i in v.prompt.layers]
             if fresh:
-                slots = x[:, K:K + P].clone()
+                slots = x[:, K:K + P].clone()                           # (B, P, C)
                 for v, idx in fresh:
                     slots[idx, :v.prompt.num_tokens] = v.prompt.tokens(i, len(idx)).to(x.dtype)
-                x = torch.cat((x[:, :K], slots, x[:, K + P:]), dim=1)
+                x = replace_prompts(x, slots, K)
             active = torch.tensor([n_t if v.prompt.carries_prompts(i) else 0
                                    for n_t, v in zip(lengths, vits)], device=x.device)
             mask = None
-            if P and bool((active[biases.task_index] < P).any()):
+            if P and bool((active[task_index] < P).any()):
                 keep = torch.ones(B, x.shape[1], dtype=torch.bool, device=x.device)
-                keep[:, K:K + P] = slot[None] < active[biases.task_index][:, None]
+                keep[:, K:K + P] = slot[None] < active[task_index][:, None]
                 mask = keep[:, None, None, :]                           # (B, 1, 1, N) keys
-            x = self._block(layer, x, mask, biases)
+            x = vit_ops.block(layer, x, mask, biases)
             normed = None
             if i == last and any(v.final_norm for v in vits):
-                normed = self._layer_norm(x, vit.norm1, biases)
+                normed = vit_ops.layer_norm(x, vit.norm1, biases)
             for n, v, idx in zip(names, vits, groups.values()):
                 if i in v.out_indices:
                     src = normed if (i == last and v.final_norm) else x

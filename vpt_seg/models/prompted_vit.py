@@ -8,7 +8,9 @@ from mmengine.logging import print_log
 from mmseg.models.backbones import VisionTransformer
 from mmseg.registry import MODELS
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
+from . import vit_ops
 from ..checkpoint import fit_state_dict, load_vit_checkpoint, to_mmseg_state_dict
 from ..prompt import VisualPrompt
 from ..tuning import freeze as freeze_module
@@ -54,6 +56,13 @@ class PromptedVisionTransformer(VisionTransformer):
         save_frozen: Put frozen weights into ``state_dict()`` too. Off by default: a task
             checkpoint holds only what was tuned, and the frozen weights are reloaded
             from ``init_cfg``'s pretrained file when such a checkpoint is loaded.
+        fast_path: Run the patch embedding and the blocks through :mod:`.vit_ops`
+            (batch-first, fused scaled-dot-product attention; the same function as MMSeg's
+            layers and the same parameters). False = MMSeg's own layers, for checking.
+        with_cp: MMSeg's switch, the memory switch here: recompute each block in the
+            backward pass instead of keeping its activations (activation checkpointing).
+            With a frozen body only the block inputs stay alive, so VPT-deep trains at
+            batch 16 in a fraction of the memory, for one more forward pass.
 
     Every ``state_dict()`` carries a small buffer ``signature`` (:func:`vit_signature`):
     a task checkpoint made for another ViT (width, depth, heads, patch size, MLP) is
@@ -75,6 +84,7 @@ class PromptedVisionTransformer(VisionTransformer):
                  freeze: bool = True,
                  tune_bias: bool = False,
                  save_frozen: bool = False,
+                 fast_path: bool = True,
                  **kwargs):
         frozen_exclude = kwargs.get('frozen_exclude', ['all'])
         if freeze and list(frozen_exclude) != ['all']:
@@ -102,6 +112,9 @@ class PromptedVisionTransformer(VisionTransformer):
         self.freeze = freeze
         self.tune_bias = tune_bias
         self.save_frozen = save_frozen
+        self.fast_path = fast_path
+        if fast_path:
+            vit_ops.check_supported(self, type(self).__name__)
         self._frozen_loaded = False  # set once init_weights has filled the frozen weights
         self._loading_pretrained = False  # guards the load pre-hook against re-entry
         if freeze:
@@ -136,10 +149,21 @@ class PromptedVisionTransformer(VisionTransformer):
         out = patches.reshape(B, hw_shape[0], hw_shape[1], C).permute(0, 3, 1, 2).contiguous()
         return [out, x[:, 0]] if self.output_cls_token else out
 
+    def _block(self, layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """One transformer block, ``(B, N, C) -> (B, N, C)``."""
+        if not self.fast_path:
+            return layer(x)  # MMSeg's layer (it honours with_cp itself)
+        if layer.with_cp and x.requires_grad and torch.is_grad_enabled():
+            return checkpoint(vit_ops.block, layer, x, use_reentrant=False)
+        return vit_ops.block(layer, x)
+
     def forward(self, inputs: torch.Tensor):
         self._check_input(inputs)
         B = inputs.shape[0]
-        x, hw_shape = self.patch_embed(inputs)                           # (B, HW, C)
+        if self.fast_path:
+            x, hw_shape = vit_ops.patch_embed(self.patch_embed, inputs)  # (B, HW, C)
+        else:
+            x, hw_shape = self.patch_embed(inputs)
         x = torch.cat((self.cls_token.expand(B, -1, -1), x), dim=1)      # (B, 1 + HW, C)
         x = self._pos_embeding(x, hw_shape, self.pos_embed)
         if not self.with_cls_token:
@@ -151,7 +175,7 @@ class PromptedVisionTransformer(VisionTransformer):
         last = len(self.layers) - 1
         for i, layer in enumerate(self.layers):
             x = self.prompt(x, i)                                        # (B, K + P + HW, C)
-            x = layer(x)
+            x = self._block(layer, x)
             if i == last and self.final_norm:
                 x = self.norm1(x)
             if i in self.out_indices:

@@ -1,0 +1,156 @@
+"""The ViT forward, written once: functional over MMSeg's ``VisionTransformer`` modules.
+
+Training (:class:`~vpt_seg.models.PromptedVisionTransformer`), testing and multi-task
+serving (:class:`~vpt_seg.multitask.MultiTaskViT`) all run their transformer blocks
+through :func:`block` and their patch embedding through :func:`patch_embed`. Both read
+MMSeg's parameters where MMSeg keeps them (``layers.i.attn.attn.in_proj_weight``, ...),
+so every MMSeg, timm or JAX checkpoint loads as before; they only compute differently:
+
+* batch-first throughout: MMCV's ``MultiheadAttention`` transposes ``(B, N, C)`` to
+  ``(N, B, C)`` and back around ``nn.MultiheadAttention`` and asks it for the attention
+  weights, which rules out torch's fused kernels. :func:`attention` calls
+  :func:`torch.nn.functional.scaled_dot_product_attention` on ``(B, h, N, d)`` views of
+  one packed q/k/v projection (flash / memory-efficient attention on a GPU);
+* every bias is read through a :class:`Biases` lookup, so one batch may carry a bias per
+  sample (serving bias-tuned tasks side by side) and an optional key mask (prompts of
+  different lengths); with the default lookup the computation is MMSeg's.
+
+Dropout, attention dropout and drop-path are the modules' own (``proj_drop``,
+``dropout_layer``, the FFN's ``nn.Dropout``), so they follow ``train()``/``eval()`` exactly as
+in MMSeg's layers. ``tests/test_vit_ops.py`` pins outputs and gradients to MMSeg's layers.
+"""
+from typing import List, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ['Biases', 'SHARED_BIASES', 'linear', 'layer_norm', 'patch_embed', 'attention',
+           'mlp', 'block', 'check_supported']
+
+
+class Biases:
+    """Where a layer's bias comes from.
+
+    The default lookup returns the module's own bias. With ``task_vits`` and
+    ``task_index`` it returns, per sample, the bias of the sample's task: ``(B, ...)``
+    gathered from a ``(T, ...)`` bank, for batches that mix tasks which tuned biases.
+
+    Args:
+        shared: The module tree the layers belong to (names are resolved against it).
+        task_vits: One module per task with the same parameter names as ``shared``;
+            a task that lacks a bias (e.g. it has no final norm) uses the shared one.
+        task_index: ``(B,)`` task of each sample (an index into ``task_vits``).
+    """
+
+    def __init__(self, shared: Optional[nn.Module] = None,
+                 task_vits: Optional[List[nn.Module]] = None,
+                 task_index: Optional[torch.Tensor] = None):
+        self.per_sample = bool(task_vits) and any(getattr(v, 'tune_bias', False)
+                                                  for v in task_vits)
+        if self.per_sample:
+            self.names = {id(m): n for n, m in shared.named_modules()}
+            self.params = [dict(v.named_parameters()) for v in task_vits]
+            self.task_index = task_index
+
+    def __call__(self, module: nn.Module, attr: str = 'bias') -> Optional[torch.Tensor]:
+        shared = getattr(module, attr, None)
+        if shared is None or not self.per_sample:
+            return shared
+        name = f'{self.names[id(module)]}.{attr}'.lstrip('.')
+        bank = torch.stack([p.get(name, shared) for p in self.params])     # (T, ...)
+        return bank[self.task_index]                                       # (B, ...)
+
+
+#: The lookup of a single model: every module's own bias.
+SHARED_BIASES = Biases()
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]):
+    """``x @ W^T + b``; ``b`` is ``(out,)`` (shared) or ``(B, out)`` (per sample)."""
+    if bias is None or bias.dim() == 1:
+        return F.linear(x, weight, bias)
+    return F.linear(x, weight) + bias.unsqueeze(1)
+
+
+def layer_norm(x: torch.Tensor, norm: nn.LayerNorm, biases: Biases = SHARED_BIASES):
+    """``norm(x)`` with the bias from ``biases``."""
+    b = biases(norm)
+    if b is None or b.dim() == 1:
+        return F.layer_norm(x, norm.normalized_shape, norm.weight, b, norm.eps)
+    return F.layer_norm(x, norm.normalized_shape, norm.weight, None, norm.eps) + b.unsqueeze(1)
+
+
+def patch_embed(pe: nn.Module, images: torch.Tensor, biases: Biases = SHARED_BIASES
+                ) -> Tuple[torch.Tensor, Tuple[int, int]]:
+    """MMCV's ``PatchEmbed``: ``(B, C_in, H, W) -> (B, HW, C)`` and the grid ``(H/p, W/p)``."""
+    x = pe.adap_padding(images) if pe.adap_padding is not None else images
+    conv = pe.projection
+    b = biases(conv)
+    if b is None or b.dim() == 1:
+        x = F.conv2d(x, conv.weight, b, conv.stride, conv.padding, conv.dilation, conv.groups)
+    else:
+        x = F.conv2d(x, conv.weight, None, conv.stride, conv.padding, conv.dilation,
+                     conv.groups) + b[:, :, None, None]
+    hw_shape = (x.shape[2], x.shape[3])
+    x = x.flatten(2).transpose(1, 2)                                       # (B, HW, C)
+    if pe.norm is not None:
+        x = layer_norm(x, pe.norm, biases)
+    return x, hw_shape
+
+
+def attention(attn: nn.Module, x: torch.Tensor, mask: Optional[torch.Tensor] = None,
+              biases: Biases = SHARED_BIASES) -> torch.Tensor:
+    """Self-attention of MMCV's ``MultiheadAttention`` (without its residual).
+
+    Args:
+        attn: MMCV ``MultiheadAttention`` (wrapping ``nn.MultiheadAttention``).
+        x: ``(B, N, C)`` normed tokens.
+        mask: Boolean ``(B, 1, 1, N)`` key mask (True = attend) or None.
+    """
+    mha = attn.attn
+    B, N, C = x.shape
+    heads = mha.num_heads
+    qkv = linear(x, mha.in_proj_weight, biases(mha, 'in_proj_bias'))      # (B, N, 3C)
+    q, k, v = qkv.view(B, N, 3, heads, C // heads).permute(2, 0, 3, 1, 4).unbind(0)
+    out = F.scaled_dot_product_attention(                                 # (B, h, N, d)
+        q, k, v, attn_mask=mask, dropout_p=mha.dropout if mha.training else 0.0)
+    out = out.transpose(1, 2).reshape(B, N, C)                             # (B, N, C)
+    out = linear(out, mha.out_proj.weight, biases(mha.out_proj))
+    return attn.dropout_layer(attn.proj_drop(out))
+
+
+def mlp(ffn: nn.Module, x: torch.Tensor, biases: Biases = SHARED_BIASES) -> torch.Tensor:
+    """MMCV's ``FFN`` (without its residual): linear, activation, dropout, ..., linear."""
+    def run(module, x):
+        for child in module.children():
+            if isinstance(child, nn.Sequential):
+                x = run(child, x)
+            elif isinstance(child, nn.Linear):
+                x = linear(x, child.weight, biases(child))
+            else:  # activation, dropout
+                x = child(x)
+        return x
+    return ffn.dropout_layer(ffn.gamma2(run(ffn.layers, x)))
+
+
+def block(layer: nn.Module, x: torch.Tensor, mask: Optional[torch.Tensor] = None,
+          biases: Biases = SHARED_BIASES) -> torch.Tensor:
+    """MMSeg's ``TransformerEncoderLayer``: ``(B, N, C) -> (B, N, C)``, pre-norm residual
+    attention then MLP."""
+    x = x + attention(layer.attn, layer_norm(x, layer.norm1, biases), mask, biases)
+    return x + mlp(layer.ffn, layer_norm(x, layer.norm2, biases), biases)
+
+
+def check_supported(vit: nn.Module, what: str = 'backbone'):
+    """Raise ``ValueError`` if ``vit`` has a part the functional pass does not compute
+    (non-LayerNorm norms, separate q/k/v projections, ``bias_k``, ``add_zero_attn``)."""
+    norms = [m for m in vit.modules()
+             if isinstance(m, (nn.modules.batchnorm._NormBase, nn.GroupNorm))]
+    if norms:
+        raise ValueError(f'{what}: only LayerNorm ViTs run on the fast path (found '
+                         f'{norms[0]}); set fast_path=False')
+    attn = vit.layers[0].attn.attn
+    if attn.bias_k is not None or attn.add_zero_attn or not attn._qkv_same_embed_dim:
+        raise ValueError(f'{what}: attention with bias_k/add_zero_attn or separate q/k/v '
+                         'projections is not supported by the fast path; set fast_path=False')
