@@ -131,8 +131,12 @@ class VisualPrompt(nn.Module):
 
     def tokens(self, layer: int, batch_size: int) -> torch.Tensor:
         """The prompts for ``layer``, after dropout: ``(B, P, C)``."""
-        prompts = self.embeddings[self._slot[layer]].expand(batch_size, -1, -1)
-        return self.dropout(prompts)
+        prompts = self.embeddings[self._slot[layer]]                       # (P, C)
+        if not torch.is_grad_enabled():
+            # A view of a parameter made under no_grad still says requires_grad=True
+            # (with no grad_fn), which trips autograd hooks (e.g. torch's FLOP counter).
+            prompts = prompts.detach()
+        return self.dropout(prompts.expand(batch_size, -1, -1))
 
     def forward(self, x: torch.Tensor, layer: int) -> torch.Tensor:
         """Insert or replace the prompts at the input of ``layer``."""

@@ -8,7 +8,7 @@ width = 32
 
 
 def _aux(in_index):
-    return dict(type='SETRUPHead', in_channels=width, channels=16, in_index=in_index,
+    return dict(type='LeanSETRUPHead', in_channels=width, channels=16, in_index=in_index,
                 num_classes=150, dropout_ratio=0, norm_cfg=norm_cfg, act_cfg=dict(type='ReLU'),
                 num_convs=2, kernel_size=3, align_corners=False,
                 loss_decode=dict(type='CrossEntropyLoss', use_sigmoid=False, loss_weight=0.4))

@@ -1,12 +1,18 @@
 """An optimizer constructor that sees only tuned parameters, with a prompt policy."""
 import copy
+import logging
 
-from mmengine.logging import print_log
+from mmengine.logging import MMLogger, print_log
 from mmengine.optim import DefaultOptimWrapperConstructor
 from mmseg.registry import OPTIM_WRAPPER_CONSTRUCTORS
 
 from ..prompt import VisualPrompt
 from ..tuning import count_parameters, format_count, is_tuned
+
+
+class _DropParamwiseLines(logging.Filter):
+    def filter(self, record):
+        return not str(record.msg).startswith('paramwise_options --')
 
 
 @OPTIM_WRAPPER_CONSTRUCTORS.register_module()
@@ -53,7 +59,15 @@ class TunedOptimWrapperConstructor(DefaultOptimWrapperConstructor):
             self.add_params(params, child, f'{prefix}.{name}' if prefix else name, is_dcn_module)
 
     def __call__(self, model):
-        wrapper = super().__call__(model)
+        # MMEngine logs one line per parameter and option ("paramwise_options -- ..."):
+        # thousands for a ViT-L. The one-line summary below says what matters.
+        logger = MMLogger.get_current_instance()
+        quiet = _DropParamwiseLines()
+        logger.addFilter(quiet)
+        try:
+            wrapper = super().__call__(model)
+        finally:
+            logger.removeFilter(quiet)
         inner = getattr(model, 'module', model)
         print_log(f'Optimizer: {format_count(count_parameters(inner, tuned_only=True))} tuned '
                   f'of {format_count(count_parameters(inner))} parameters', logger='current')

@@ -1,6 +1,7 @@
 from .prompted_vit import PromptedVisionTransformer
+from .setr_head import LeanSETRUPHead
 
-__all__ = ['PromptedVisionTransformer']
+__all__ = ['PromptedVisionTransformer', 'LeanSETRUPHead']
 from .cls_head import LinearClsHead, MLPClsHead  # noqa: E402
 from .classifier import VPTClassifier  # noqa: E402
 

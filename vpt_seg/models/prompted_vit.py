@@ -58,7 +58,8 @@ class PromptedVisionTransformer(VisionTransformer):
             from ``init_cfg``'s pretrained file when such a checkpoint is loaded.
         fast_path: Run the patch embedding and the blocks through :mod:`.vit_ops`
             (batch-first, fused scaled-dot-product attention; the same function as MMSeg's
-            layers and the same parameters). False = MMSeg's own layers, for checking.
+            layers and the same parameters). False = MMSeg's own layers, for checking;
+            None (default) = on unless the environment sets ``VPT_SEG_FAST_PATH=0``.
         with_cp: MMSeg's switch, the memory switch here: recompute each block in the
             backward pass instead of keeping its activations (activation checkpointing).
             With a frozen body only the block inputs stay alive, so VPT-deep trains at
@@ -84,7 +85,7 @@ class PromptedVisionTransformer(VisionTransformer):
                  freeze: bool = True,
                  tune_bias: bool = False,
                  save_frozen: bool = False,
-                 fast_path: bool = True,
+                 fast_path: Optional[bool] = None,
                  **kwargs):
         frozen_exclude = kwargs.get('frozen_exclude', ['all'])
         if freeze and list(frozen_exclude) != ['all']:
@@ -112,8 +113,8 @@ class PromptedVisionTransformer(VisionTransformer):
         self.freeze = freeze
         self.tune_bias = tune_bias
         self.save_frozen = save_frozen
-        self.fast_path = fast_path
-        if fast_path:
+        self.fast_path = vit_ops.fast_path_default() if fast_path is None else fast_path
+        if self.fast_path:
             vit_ops.check_supported(self, type(self).__name__)
         self._frozen_loaded = False  # set once init_weights has filled the frozen weights
         self._loading_pretrained = False  # guards the load pre-hook against re-entry

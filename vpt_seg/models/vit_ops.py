@@ -19,14 +19,22 @@ Dropout, attention dropout and drop-path are the modules' own (``proj_drop``,
 ``dropout_layer``, the FFN's ``nn.Dropout``), so they follow ``train()``/``eval()`` exactly as
 in MMSeg's layers. ``tests/test_vit_ops.py`` pins outputs and gradients to MMSeg's layers.
 """
+import os
 from typing import List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ['Biases', 'SHARED_BIASES', 'linear', 'layer_norm', 'patch_embed', 'attention',
+__all__ = ['fast_path_default', 'Biases', 'SHARED_BIASES', 'linear', 'layer_norm', 'patch_embed', 'attention',
            'mlp', 'block', 'check_supported']
+
+
+def fast_path_default() -> bool:
+    """The default of every ``fast_path`` switch (backbone and heads), as timm's
+    ``TIMM_FUSED_ATTN``: on, unless the environment sets ``VPT_SEG_FAST_PATH=0``, which
+    puts a whole run back on MMSeg's own computation for checking."""
+    return os.environ.get('VPT_SEG_FAST_PATH', '1').lower() not in ('0', 'false', 'no', 'off')
 
 
 class Biases:

@@ -1,0 +1,60 @@
+"""tools/benchmark.py on the tiny demo config: it runs on CPU and reports every field."""
+import json
+import os.path as osp
+import subprocess
+import sys
+
+from vpt_seg.benchmark import format_table, model_setup
+
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+CONFIG = osp.join(ROOT, 'configs', 'demo', 'setr_vpt_tiny_ade20k.py')
+FIELDS = {'model', 'setup', 'mode', 'batch', 'size', 'img_per_s', 'ms_per_step', 'peak_gib',
+          'gflop_per_img', 'tflop_per_s', 'frac_peak', 'tuned', 'total', 'x_stock',
+          'mem_vs_stock'}
+
+
+def test_benchmark_tool_reports_every_field(tmp_path):
+    out = tmp_path / 'bench.json'
+    proc = subprocess.run(
+        [sys.executable, osp.join(ROOT, 'tools', 'benchmark.py'), CONFIG, '--stock',
+         '--batch', '2', '--amp', 'none', '--steps', '2', '--warmup', '0', '--json', str(out)],
+        capture_output=True, text=True, cwd=str(tmp_path))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    rows = report['results']
+    assert [(r['model'], r['mode']) for r in rows] == [
+        (m, mode) for m in ('ours', 'stock') for mode in ('train', 'whole', 'slide')]
+    for r in rows:
+        assert FIELDS <= r.keys()
+        assert r['img_per_s'] > 0 and r['gflop_per_img'] > 0
+    assert all(r['x_stock'] == 1.0 for r in rows if r['model'] == 'stock')
+    ours_train = rows[0]
+    assert ours_train['setup'] == 'frozen, 4 prompts' and ours_train['batch'] == 2
+    assert rows[3]['setup'] == 'frozen, biases tuned'  # stock's closest setup to VPT-deep
+    assert report['env']['device'].startswith('CPU')
+    assert '| ours | frozen, 4 prompts | train | 2 |' in proc.stdout  # the table
+    assert 'ETA' in proc.stderr + proc.stdout  # progress lines
+
+
+def test_stock_setup_per_row():
+    from mmengine.config import Config
+    cfg = Config.fromfile(CONFIG)
+    rows = {'head': dict(num_prompts=0), 'bias': dict(num_prompts=0, tune_bias=True),
+            'vpt': dict(num_prompts=4), 'full': dict(num_prompts=0, freeze=False)}
+    want = {'head': 'frozen, head only', 'bias': 'frozen, biases tuned',
+            'vpt': 'frozen, biases tuned', 'full': 'full fine-tuning'}
+    for row, opts in rows.items():
+        cfg.model.backbone.update(dict(num_prompts=0, tune_bias=False, freeze=True), **opts)
+        model, optim, _, setup = model_setup(cfg, stock=True)
+        assert setup == want[row], row
+        assert model.backbone.type == 'VisionTransformer'
+        assert 'num_prompts' not in model.backbone and 'constructor' not in optim
+        assert model.backbone.init_cfg is None
+
+
+def test_table_formats_missing_figures():
+    report = dict(env=dict(config='c.py', device='CPU', torch='x', amp=None, steps=1),
+                  results=[dict(model='ours', setup='s', mode='train', batch=1, img_per_s=1.0,
+                                x_stock=None, peak_gib=None, mem_vs_stock=None,
+                                gflop_per_img=1.0, tflop_per_s=0.1, frac_peak=None, tuned=5)])
+    assert '| ours | s | train | 1 | 1 | - | - | - | 1 | 0.1 | - | 5 |' in format_table(report)

@@ -1,0 +1,407 @@
+"""Speed, memory and FLOPs of a config's model, ours against stock MMSeg in the same run.
+
+:func:`run_benchmark` builds the config's segmentor with random weights (no pretrained
+file needed) and measures:
+
+* ``train``: one optimizer step as MMEngine's ``train_step`` does it (data
+  preprocessor, forward, losses, backward, optimizer step), on random labelled crops;
+* ``whole`` / ``slide``: ``test_step`` (preprocessor, inference, post-processing) in
+  the two inference modes, on images of ADE20k's shape (short side = the crop size,
+  4:3; ``slide`` uses the config's crop and stride).
+
+For each: images per second (median of timed steps after warm-up), peak memory (CUDA:
+the allocator's peak, weights included; CPU: the process' resident set, sampled every
+millisecond, above what it held before the model was built: approximate, since the C
+allocator keeps some freed memory), FLOPs per image (:class:`torch.utils.flop_counter.FlopCounterMode`)
+and the achieved fraction of the device's peak.
+
+The *stock* model is MMSeg's own: the same config with MMSeg's ``VisionTransformer``
+(MMCV attention that asks for attention weights), MMEngine's default optimizer
+constructor, and the same parameters frozen. Stock MMSeg has no prompts, so for a
+prompted row it tunes the backbone's biases instead: the closest stock setup, in which
+gradients also flow back through every frozen block.
+"""
+import copy
+import ctypes
+import gc
+import json
+import os
+import statistics
+import sys
+import threading
+import time
+from typing import Callable, Dict, List, Optional
+
+import numpy as np
+import torch
+from mmengine.config import Config
+from mmengine.logging import print_log
+from mmengine.model import revert_sync_batchnorm
+from mmengine.optim import build_optim_wrapper
+from mmengine.registry import init_default_scope
+from mmengine.structures import PixelData
+from mmseg.registry import MODELS
+from mmseg.structures import SegDataSample
+from torch.utils import flop_counter
+
+from .tuning import bias_parameters, count_parameters, format_count
+
+__all__ = ['run_benchmark', 'format_table', 'PEAK_TFLOPS']
+
+#: Dense tensor-core peak TFLOP/s by device name and dtype (vendor data sheets);
+#: ``--peak-tflops`` overrides. No entry: the fraction of peak is left out.
+PEAK_TFLOPS = {
+    'H100': {'bf16': 989.0, 'fp32': 67.0},
+    'H200': {'bf16': 989.0, 'fp32': 67.0},
+    'A100': {'bf16': 312.0, 'fp32': 19.5},
+}
+
+#: Backbone options that only :class:`PromptedVisionTransformer` has.
+OURS_ONLY = ('num_prompts', 'deep', 'prompt_layers', 'prompt_dropout', 'prompt_init', 'freeze',
+             'tune_bias', 'save_frozen', 'fast_path')
+
+
+def _count_cpu_attention():
+    """Teach the FLOP counter torch's CPU flash-attention kernels (it knows the GPU ones)."""
+    aten = torch.ops.aten
+    fwd = getattr(aten, '_scaled_dot_product_flash_attention_for_cpu', None)
+    bwd = getattr(aten, '_scaled_dot_product_flash_attention_for_cpu_backward', None)
+    if fwd is None or fwd in flop_counter.flop_registry:
+        return
+
+    @flop_counter.register_flop_formula(fwd)
+    def _fwd(query, key, value, *args, out_shape=None, **kwargs):
+        return flop_counter.sdpa_flop_count(query, key, value)
+
+    if bwd is not None:
+        @flop_counter.register_flop_formula(bwd)
+        def _bwd(grad_out, query, key, value, *args, out_shape=None, **kwargs):
+            return flop_counter.sdpa_backward_flop_count(grad_out, query, key, value)
+
+
+_count_cpu_attention()
+
+
+# ------------------------------------------------------------------- the models
+def model_setup(cfg: Config, stock: bool, reference: bool = False):
+    """The model and optimizer configs to measure, and a few words on what is tuned.
+
+    Args:
+        cfg: A vpt-seg segmentation config.
+        stock: MMSeg's own ``VisionTransformer`` and optimizer constructor instead.
+        reference: Ours on MMSeg's layers (``fast_path=False``).
+    """
+    model = copy.deepcopy(cfg.model)
+    bb = model.backbone
+    bb.init_cfg = None  # random weights: measure without a pretrained file
+    freeze = bb.get('freeze', True)
+    tune_bias = bb.get('tune_bias', False)
+    prompts = bb.get('num_prompts', 0)
+    optim = copy.deepcopy(cfg.optim_wrapper)
+    optim.type = 'OptimWrapper'
+    optim.pop('loss_scale', None)
+    if stock:
+        for key in OURS_ONLY:
+            bb.pop(key, None)
+        bb.type = 'VisionTransformer'
+        optim.pop('constructor', None)
+        paramwise = optim.get('paramwise_cfg') or {}
+        for key in ('prompt_lr_mult', 'prompt_decay_mult'):
+            paramwise.pop(key, None)
+        tune_bias = tune_bias or (freeze and prompts > 0)
+        setup = ('full fine-tuning' if not freeze else
+                 'frozen, biases tuned' if tune_bias else 'frozen, head only')
+    else:
+        if reference:
+            bb.fast_path = False
+        parts = ([f'{prompts} prompts' + ('' if bb.get('deep', True) else ' (shallow)')]
+                 if prompts else []) + (['biases'] if tune_bias else [])
+        setup = ('full fine-tuning' if not freeze else
+                 'frozen, ' + ' + '.join(parts or ['head only']))
+        if bb.get('with_cp', False):
+            setup += ', with_cp'
+    return model, optim, dict(freeze=freeze, tune_bias=tune_bias), setup
+
+
+def build(cfg: Config, stock: bool, device: torch.device, reference: bool = False):
+    """Build the model (random weights, SyncBN reverted as MMEngine's runner does on one
+    process) and its optimizer wrapper. Returns ``(model, optim_wrapper, setup)``."""
+    model_cfg, optim_cfg, rule, setup = model_setup(cfg, stock, reference)
+    model = MODELS.build(model_cfg)
+    model.init_weights()
+    model = revert_sync_batchnorm(model).to(device)
+    if stock and rule['freeze']:  # the same rule as ours, on MMSeg's modules
+        for p in model.backbone.parameters():
+            p.requires_grad_(False)
+        if rule['tune_bias']:
+            for _, p in bias_parameters(model.backbone):
+                p.requires_grad_(True)
+    optim_wrapper = build_optim_wrapper(model, optim_cfg)
+    return model, optim_wrapper, setup
+
+
+def make_batch(batch: int, size, num_classes: int, seed: int = 0) -> dict:
+    """Random uint8 images and label maps, as the data loader gives them."""
+    g = torch.Generator().manual_seed(seed)
+    h, w = size
+    inputs, samples = [], []
+    for _ in range(batch):
+        inputs.append(torch.randint(0, 256, (3, h, w), generator=g, dtype=torch.uint8))
+        sample = SegDataSample(metainfo=dict(img_shape=(h, w), ori_shape=(h, w),
+                                             pad_shape=(h, w), padding_size=[0, 0, 0, 0]))
+        labels = torch.randint(0, num_classes, (1, h, w), generator=g)
+        labels[:, :, : w // 10] = 255  # some ignored pixels, as in ADE20k
+        sample.gt_sem_seg = PixelData(data=labels)
+        samples.append(sample)
+    return dict(inputs=inputs, data_samples=samples)
+
+
+# ------------------------------------------------------------------ measuring
+class PeakMemory:
+    """Peak memory during a ``with`` block, in bytes.
+
+    CUDA: the caching allocator's peak (``max_memory_allocated``). CPU: the resident set
+    size sampled every millisecond from ``/proc/self/statm``, minus ``baseline``.
+    """
+
+    def __init__(self, device: torch.device, baseline: int = 0):
+        self.device, self.baseline, self.peak = device, baseline, None
+
+    @staticmethod
+    def release():
+        """Hand freed heap memory back to the OS (glibc), so the next baseline is honest."""
+        gc.collect()
+        try:
+            ctypes.CDLL('libc.so.6').malloc_trim(0)
+        except (OSError, AttributeError):
+            pass
+
+    @staticmethod
+    def rss() -> int:
+        try:
+            with open('/proc/self/statm') as f:
+                return int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE')
+        except OSError:  # not Linux: no sampling
+            return 0
+
+    def __enter__(self):
+        if self.device.type == 'cuda':
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+        else:
+            self._stop = threading.Event()
+            self._max = self.rss()
+            self._thread = threading.Thread(target=self._sample, daemon=True)
+            self._thread.start()
+        return self
+
+    def _sample(self):
+        while not self._stop.is_set():
+            self._max = max(self._max, self.rss())
+            time.sleep(0.001)
+
+    def __exit__(self, *exc):
+        if self.device.type == 'cuda':
+            torch.cuda.synchronize(self.device)
+            self.peak = torch.cuda.max_memory_allocated(self.device)
+        else:
+            self._stop.set()
+            self._thread.join()
+            self.peak = max(self._max - self.baseline, 0) if self._max else None
+
+
+def _sync(device):
+    if device.type == 'cuda':
+        torch.cuda.synchronize(device)
+
+
+def time_steps(step: Callable, steps: int, warmup: int, device: torch.device,
+               progress: Optional[Callable[[int, float], None]] = None) -> List[float]:
+    """Seconds per call of ``step``, for ``steps`` calls after ``warmup`` untimed ones."""
+    for _ in range(warmup):
+        step()
+    _sync(device)
+    times = []
+    for i in range(steps):
+        start = time.perf_counter()
+        step()
+        _sync(device)
+        times.append(time.perf_counter() - start)
+        if progress:
+            progress(i + 1, times[-1])
+    return times
+
+
+def count_flops(step: Callable) -> int:
+    with flop_counter.FlopCounterMode(display=False) as counter:
+        step()
+    return counter.get_total_flops()
+
+
+def _device_peak(device: torch.device, amp: Optional[str], override: Optional[float]):
+    if override:
+        return override
+    if device.type != 'cuda':
+        return None
+    name = torch.cuda.get_device_name(device)
+    for key, peaks in PEAK_TFLOPS.items():
+        if key in name:
+            return peaks['bf16' if amp else 'fp32']
+    return None
+
+
+def _steps(model, optim_wrapper, mode: str, data: dict, device, amp):
+    """The callable one timed step runs."""
+    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if amp else (
+        lambda: torch.autocast(device.type, enabled=False))
+    if mode == 'train':
+        model.train()
+
+        def step():
+            with autocast():
+                batch = model.data_preprocessor(data, True)
+                losses = model._run_forward(batch, mode='loss')
+            loss, _ = model.parse_losses(losses)
+            optim_wrapper.update_params(loss)
+        return step
+    model.eval()
+    model.test_cfg.mode = mode
+
+    def step():
+        with torch.no_grad(), autocast():
+            model.test_step(data)
+    return step
+
+
+# ------------------------------------------------------------------ the run
+def run_benchmark(config: str, batch: int = 8, amp: Optional[str] = 'bf16',
+                  modes=('train', 'whole', 'slide'), stock: bool = False,
+                  reference: bool = False, steps: int = 10, warmup: int = 3,
+                  device: str = None, infer_size=None, infer_batch: int = 1,
+                  peak_tflops: Optional[float] = None, cfg_options: dict = None,
+                  log: Callable[[str], None] = None) -> dict:
+    """Measure a config (and optionally stock MMSeg) and return the figures.
+
+    Args:
+        config: Segmentation config file.
+        batch: Training batch size (images per step).
+        amp: ``'bf16'`` for bf16 autocast, None for fp32.
+        modes: Any of ``'train'``, ``'whole'``, ``'slide'``.
+        stock: Also measure stock MMSeg (see the module docstring).
+        reference: Also measure ours on MMSeg's layers (``fast_path=False``).
+        steps, warmup: Timed and untimed steps per measurement.
+        device: ``'cuda'``, ``'cpu'``...; default CUDA when available.
+        infer_size: ``(H, W)`` of inference images; default: short side = crop size, 4:3.
+        infer_batch: Images per inference step.
+        peak_tflops: Device peak for the fraction-of-peak column.
+        cfg_options: Overrides merged into the config (as ``--cfg-options``).
+
+    Returns:
+        ``{'env': {...}, 'results': [{model, setup, mode, batch, img_per_s, ...}]}``.
+    """
+    log = log or (lambda msg: print_log(msg, logger='current'))
+    cfg = Config.fromfile(config)
+    if cfg_options:
+        cfg.merge_from_dict(cfg_options)
+    init_default_scope(cfg.get('default_scope', 'mmseg'))
+    dev = torch.device(device or ('cuda' if torch.cuda.is_available() else 'cpu'))
+    bad = set(modes) - {'train', 'whole', 'slide'}
+    if bad:
+        raise ValueError(f'unknown modes {sorted(bad)}; choose from train, whole, slide')
+    if amp not in (None, 'bf16'):
+        raise ValueError(f"amp must be 'bf16' or None, got {amp!r}")
+    crop = tuple(cfg.model.data_preprocessor.get('size') or cfg.get('crop_size'))
+    infer_size = tuple(infer_size or (crop[0], int(round(crop[0] * 4 / 3))))
+    num_classes = cfg.model.decode_head.num_classes
+    peak = _device_peak(dev, amp, peak_tflops)
+    models = [('ours', False, False)] + ([('stock', True, False)] if stock else []) + (
+        [('reference', False, True)] if reference else [])
+    plan = [(m, mode) for m in models for mode in modes]
+    results = []
+    if dev.type == 'cpu':  # first-touch costs (kernels, thread pools) before any baseline
+        model, optim_wrapper, _ = build(cfg, False, dev)
+        for mode in modes:
+            n = batch if mode == 'train' else infer_batch
+            _steps(model, optim_wrapper, mode, make_batch(
+                n, crop if mode == 'train' else infer_size, num_classes), dev, amp)()
+        del model, optim_wrapper
+    start_all = time.perf_counter()
+    for k, ((name, is_stock, is_ref), mode) in enumerate(plan):
+        torch.manual_seed(0)
+        if dev.type == 'cuda':
+            torch.cuda.empty_cache()
+        PeakMemory.release()
+        baseline = PeakMemory.rss()
+        model, optim_wrapper, setup = build(cfg, is_stock, dev, is_ref)
+        n = batch if mode == 'train' else infer_batch
+        data = make_batch(n, crop if mode == 'train' else infer_size, num_classes)
+        step = _steps(model, optim_wrapper, mode, data, dev, amp)
+        label = f'[{k + 1}/{len(plan)}] {name} ({setup}) {mode}, batch {n}'
+        log(f'{label}: warm-up ({warmup} steps)')
+
+        def progress(i, sec, label=label):
+            done = time.perf_counter() - start_all
+            left = (len(plan) - k - i / steps) * (done / (k + i / steps))
+            log(f'{label}: step {i}/{steps}, {sec * 1e3:.0f} ms, ETA {left:.0f} s')
+
+        with PeakMemory(dev, baseline) as mem:
+            times = time_steps(step, steps, warmup, dev, progress)
+        flops = count_flops(step)
+        sec = statistics.median(times)
+        img_s = n / sec
+        tflops = flops / sec / 1e12
+        results.append(dict(
+            model=name, setup=setup, mode=mode, batch=n,
+            size=list(crop if mode == 'train' else infer_size),
+            img_per_s=img_s, ms_per_step=sec * 1e3,
+            peak_gib=None if mem.peak is None else mem.peak / 2**30,
+            gflop_per_img=flops / n / 1e9, tflop_per_s=tflops,
+            frac_peak=tflops / peak if peak else None,
+            tuned=count_parameters(model, tuned_only=True), total=count_parameters(model)))
+        del model, optim_wrapper, step
+    for r in results:  # ratios to stock, same mode
+        ref = next((s for s in results if s['model'] == 'stock' and s['mode'] == r['mode']),
+                   None)
+        r['x_stock'] = r['img_per_s'] / ref['img_per_s'] if ref else None
+        r['mem_vs_stock'] = (r['peak_gib'] / ref['peak_gib']
+                             if ref and r['peak_gib'] and ref['peak_gib'] else None)
+    env = dict(config=config, device=(torch.cuda.get_device_name(dev) if dev.type == 'cuda'
+                                      else f'CPU, {torch.get_num_threads()} threads'),
+               torch=torch.__version__, amp=amp, peak_tflops=peak,
+               python=sys.version.split()[0], steps=steps, warmup=warmup,
+               cfg_options=cfg_options or {})
+    return dict(env=env, results=results)
+
+
+def _fmt(v, spec):
+    return '-' if v is None else format(v, spec)
+
+
+def format_table(report: dict) -> str:
+    """A Markdown table of :func:`run_benchmark`'s results, with the environment above it."""
+    env = report['env']
+    lines = [f"{env['config']} on {env['device']}, torch {env['torch']}, "
+             f"{'bf16 autocast' if env['amp'] else 'fp32'}, median of {env['steps']} steps",
+             '',
+             '| model | setup | mode | batch | img/s | x stock | peak GiB | vs stock | '
+             'GFLOP/img | TFLOP/s | % of peak | tuned |',
+             '|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|']
+    for r in report['results']:
+        lines.append(
+            f"| {r['model']} | {r['setup']} | {r['mode']} | {r['batch']} | "
+            f"{r['img_per_s']:.3g} | {_fmt(r['x_stock'], '.2f')} | {_fmt(r['peak_gib'], '.3g')} | "
+            f"{_fmt(r['mem_vs_stock'], '.2f')} | {r['gflop_per_img']:.4g} | "
+            f"{r['tflop_per_s']:.3g} | "
+            f"{'-' if r['frac_peak'] is None else format(100 * r['frac_peak'], '.1f')} | "
+            f"{format_count(r['tuned'])} |")
+    return '\n'.join(lines)
+
+
+def save_json(report: dict, path: str):
+    def default(o):
+        if isinstance(o, (np.generic,)):
+            return o.item()
+        return str(o)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, 'w') as f:
+        json.dump(report, f, indent=1, default=default)
