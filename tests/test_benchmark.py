@@ -17,13 +17,16 @@ def test_benchmark_tool_reports_every_field(tmp_path):
     out = tmp_path / 'bench.json'
     proc = subprocess.run(
         [sys.executable, osp.join(ROOT, 'tools', 'benchmark.py'), CONFIG, '--stock',
-         '--batch', '2', '--amp', 'none', '--steps', '2', '--warmup', '0', '--json', str(out)],
+         '--modes', 'train', 'whole', 'slide', 'serve', '--serve-batch', '4', '--batch', '2', '--amp', 'none', '--steps', '2', '--warmup', '0', '--json', str(out)],
         capture_output=True, text=True, cwd=str(tmp_path))
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(out.read_text())
     rows = report['results']
     assert [(r['model'], r['mode']) for r in rows] == [
-        (m, mode) for m in ('ours', 'stock') for mode in ('train', 'whole', 'slide')]
+        (m, mode) for m in ('ours', 'stock') for mode in ('train', 'whole', 'slide')] + [
+        ('serve', 'serve')] * 2
+    assert [r['setup'] for r in rows[-2:]] == ['1 task (one pass)', '4 tasks mixed']
+    assert rows[-1]['x_one_task'] > 0 and rows[-1]['batch'] == 4
     for r in rows:
         assert FIELDS <= r.keys()
         assert r['img_per_s'] > 0 and r['gflop_per_img'] > 0

@@ -12,6 +12,8 @@ Examples:
         --cfg-options model.backbone.with_cp=True
     # on CPU, the tiny demo config (ratios are meaningful, absolute numbers are not)
     python tools/benchmark.py configs/demo/setr_vpt_tiny_ade20k.py --stock --amp none
+    # multi-task serving: a batch of 32 from 4 tasks against a batch of one task
+    python tools/benchmark.py configs/setr_vpt_ade20k.py --modes serve
 
 Weights are random (no pretrained file is read). See vpt_seg/benchmark.py for what each
 figure means.
@@ -37,8 +39,11 @@ def parse_args():
                              'ADE20k-like)')
     parser.add_argument('--amp', choices=['bf16', 'none'], default='bf16',
                         help='bf16 autocast (default) or plain fp32')
-    parser.add_argument('--modes', nargs='+', choices=['train', 'whole', 'slide'],
-                        default=['train', 'whole', 'slide'], help='what to measure')
+    parser.add_argument('--modes', nargs='+', choices=['train', 'whole', 'slide', 'serve'],
+                        default=['train', 'whole', 'slide'],
+                        help='what to measure (serve: MultiTaskViT, one task vs mixed tasks)')
+    parser.add_argument('--serve-batch', type=int, default=32, help='serve: images per pass')
+    parser.add_argument('--serve-tasks', type=int, default=4, help='serve: tasks mixed')
     parser.add_argument('--stock', action='store_true',
                         help='also measure stock MMSeg (VisionTransformer, same rows frozen)')
     parser.add_argument('--reference', action='store_true',
@@ -64,7 +69,8 @@ def main():
         modes=args.modes, stock=args.stock, reference=args.reference, steps=args.steps,
         warmup=args.warmup, device=args.device, infer_size=args.infer_size,
         infer_batch=args.infer_batch, peak_tflops=args.peak_tflops,
-        cfg_options=args.cfg_options)
+        cfg_options=args.cfg_options, serve_batch=args.serve_batch,
+        serve_tasks=args.serve_tasks)
     print(format_table(report), flush=True)
     if args.json:
         save_json(report, args.json)

@@ -7,7 +7,10 @@ file needed) and measures:
   preprocessor, forward, losses, backward, optimizer step), on random labelled crops;
 * ``whole`` / ``slide``: ``test_step`` (preprocessor, inference, post-processing) in
   the two inference modes, on images of ADE20k's shape (short side = the crop size,
-  4:3; ``slide`` uses the config's crop and stride).
+  4:3; ``slide`` uses the config's crop and stride);
+* ``serve``: :class:`~vpt_seg.multitask.MultiTaskViT` on crops, a batch of one task
+  against a batch that mixes ``serve_tasks`` tasks of the config (each with its own
+  prompts, biases if tuned, and heads) in one pass.
 
 For each: images per second (median of timed steps after warm-up), peak memory (CUDA:
 the allocator's peak, weights included; CPU: the process' resident set, sampled every
@@ -44,6 +47,7 @@ from mmseg.registry import MODELS
 from mmseg.structures import SegDataSample
 from torch.utils import flop_counter
 
+from .multitask import _TASK_ONLY, MultiTaskViT
 from .tuning import bias_parameters, count_parameters, format_count
 
 __all__ = ['run_benchmark', 'format_table', 'PEAK_TFLOPS']
@@ -138,6 +142,30 @@ def build(cfg: Config, stock: bool, device: torch.device, reference: bool = Fals
                 p.requires_grad_(True)
     optim_wrapper = build_optim_wrapper(model, optim_cfg)
     return model, optim_wrapper, setup
+
+
+def build_serving(cfg: Config, device: torch.device, num_tasks: int) -> MultiTaskViT:
+    """``num_tasks`` random tasks of the config's kind on one shared random ViT."""
+    models = []
+    for t in range(num_tasks):
+        torch.manual_seed(t)  # each task its own prompts, biases and heads
+        models.append(build(cfg, False, device)[0].eval())
+    frozen = {n: p for n, p in models[0].backbone.named_parameters() if not p.requires_grad}
+    shared_cfg = {k: v for k, v in cfg.model.backbone.items() if k not in _TASK_ONLY}
+    shared_cfg.update(type='PromptedVisionTransformer', num_prompts=0, freeze=True,
+                      init_cfg=None, final_norm=cfg.model.backbone.get('final_norm', False))
+    shared = MODELS.build(shared_cfg).to(device)
+    with torch.no_grad():
+        for n, p in shared.named_parameters():
+            p.copy_(frozen[n])
+        for m in models[1:]:
+            for n, p in m.backbone.named_parameters():
+                if n in frozen:
+                    p.copy_(frozen[n])
+    mt = MultiTaskViT(shared)
+    for t, m in enumerate(models):
+        mt.add_task(f'task{t}', m)
+    return mt.eval()
 
 
 def make_batch(batch: int, size, num_classes: int, seed: int = 0) -> dict:
@@ -250,10 +278,21 @@ def _device_peak(device: torch.device, amp: Optional[str], override: Optional[fl
     return None
 
 
+def _autocast(device, amp):
+    return (torch.autocast(device.type, dtype=torch.bfloat16) if amp else
+            torch.autocast(device.type, enabled=False))
+
+
 def _steps(model, optim_wrapper, mode: str, data: dict, device, amp):
     """The callable one timed step runs."""
-    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if amp else (
-        lambda: torch.autocast(device.type, enabled=False))
+    autocast = lambda: _autocast(device, amp)  # noqa: E731
+    if mode == 'serve':
+        inputs, tasks = data
+
+        def step():
+            with torch.no_grad(), autocast():
+                model(inputs, tasks)
+        return step
     if mode == 'train':
         model.train()
 
@@ -279,6 +318,7 @@ def run_benchmark(config: str, batch: int = 8, amp: Optional[str] = 'bf16',
                   reference: bool = False, steps: int = 10, warmup: int = 3,
                   device: str = None, infer_size=None, infer_batch: int = 1,
                   peak_tflops: Optional[float] = None, cfg_options: dict = None,
+                  serve_batch: int = 32, serve_tasks: int = 4,
                   log: Callable[[str], None] = None) -> dict:
     """Measure a config (and optionally stock MMSeg) and return the figures.
 
@@ -293,6 +333,7 @@ def run_benchmark(config: str, batch: int = 8, amp: Optional[str] = 'bf16',
         device: ``'cuda'``, ``'cpu'``...; default CUDA when available.
         infer_size: ``(H, W)`` of inference images; default: short side = crop size, 4:3.
         infer_batch: Images per inference step.
+        serve_batch, serve_tasks: ``serve`` mode: images per pass, tasks mixed in it.
         peak_tflops: Device peak for the fraction-of-peak column.
         cfg_options: Overrides merged into the config (as ``--cfg-options``).
 
@@ -305,9 +346,9 @@ def run_benchmark(config: str, batch: int = 8, amp: Optional[str] = 'bf16',
         cfg.merge_from_dict(cfg_options)
     init_default_scope(cfg.get('default_scope', 'mmseg'))
     dev = torch.device(device or ('cuda' if torch.cuda.is_available() else 'cpu'))
-    bad = set(modes) - {'train', 'whole', 'slide'}
+    bad = set(modes) - {'train', 'whole', 'slide', 'serve'}
     if bad:
-        raise ValueError(f'unknown modes {sorted(bad)}; choose from train, whole, slide')
+        raise ValueError(f'unknown modes {sorted(bad)}; choose from train, whole, slide, serve')
     if amp not in (None, 'bf16'):
         raise ValueError(f"amp must be 'bf16' or None, got {amp!r}")
     crop = tuple(cfg.model.data_preprocessor.get('size') or cfg.get('crop_size'))
@@ -316,11 +357,16 @@ def run_benchmark(config: str, batch: int = 8, amp: Optional[str] = 'bf16',
     peak = _device_peak(dev, amp, peak_tflops)
     models = [('ours', False, False)] + ([('stock', True, False)] if stock else []) + (
         [('reference', False, True)] if reference else [])
-    plan = [(m, mode) for m in models for mode in modes]
+    plan = [(m, mode) for m in models for mode in modes if mode != 'serve']
+    if 'serve' in modes:  # ours only: stock MMSeg has no multi-task serving
+        plan += [(('serve', False, False), 'serve:1'),
+                 (('serve', False, False), f'serve:{serve_tasks}')]
     results = []
     if dev.type == 'cpu':  # first-touch costs (kernels, thread pools) before any baseline
         model, optim_wrapper, _ = build(cfg, False, dev)
         for mode in modes:
+            if mode == 'serve':
+                continue
             n = batch if mode == 'train' else infer_batch
             _steps(model, optim_wrapper, mode, make_batch(
                 n, crop if mode == 'train' else infer_size, num_classes), dev, amp)()
@@ -332,9 +378,17 @@ def run_benchmark(config: str, batch: int = 8, amp: Optional[str] = 'bf16',
             torch.cuda.empty_cache()
         PeakMemory.release()
         baseline = PeakMemory.rss()
-        model, optim_wrapper, setup = build(cfg, is_stock, dev, is_ref)
-        n = batch if mode == 'train' else infer_batch
-        data = make_batch(n, crop if mode == 'train' else infer_size, num_classes)
+        if name == 'serve':
+            n, num_tasks = serve_batch, int(mode.split(':')[1])
+            model, optim_wrapper = build_serving(cfg, dev, num_tasks), None
+            setup = f'{num_tasks} task' + (' (one pass)' if num_tasks == 1 else 's mixed')
+            mode = 'serve'
+            data = (torch.randn(n, 3, *crop, device=dev),
+                    [f'task{i % num_tasks}' for i in range(n)])
+        else:
+            model, optim_wrapper, setup = build(cfg, is_stock, dev, is_ref)
+            n = batch if mode == 'train' else infer_batch
+            data = make_batch(n, crop if mode == 'train' else infer_size, num_classes)
         step = _steps(model, optim_wrapper, mode, data, dev, amp)
         label = f'[{k + 1}/{len(plan)}] {name} ({setup}) {mode}, batch {n}'
         log(f'{label}: warm-up ({warmup} steps)')
@@ -352,7 +406,7 @@ def run_benchmark(config: str, batch: int = 8, amp: Optional[str] = 'bf16',
         tflops = flops / sec / 1e12
         results.append(dict(
             model=name, setup=setup, mode=mode, batch=n,
-            size=list(crop if mode == 'train' else infer_size),
+            size=list(crop if mode in ('train', 'serve') else infer_size),
             img_per_s=img_s, ms_per_step=sec * 1e3,
             peak_gib=None if mem.peak is None else mem.peak / 2**30,
             gflop_per_img=flops / n / 1e9, tflop_per_s=tflops,
@@ -365,6 +419,9 @@ def run_benchmark(config: str, batch: int = 8, amp: Optional[str] = 'bf16',
         r['x_stock'] = r['img_per_s'] / ref['img_per_s'] if ref else None
         r['mem_vs_stock'] = (r['peak_gib'] / ref['peak_gib']
                              if ref and r['peak_gib'] and ref['peak_gib'] else None)
+        if r['model'] == 'serve':  # mixed tasks against one task, same batch
+            one = next(s for s in results if s['model'] == 'serve')
+            r['x_one_task'] = r['img_per_s'] / one['img_per_s']
     env = dict(config=config, device=(torch.cuda.get_device_name(dev) if dev.type == 'cuda'
                                       else f'CPU, {torch.get_num_threads()} threads'),
                torch=torch.__version__, amp=amp, peak_tflops=peak,
@@ -383,13 +440,15 @@ def format_table(report: dict) -> str:
     lines = [f"{env['config']} on {env['device']}, torch {env['torch']}, "
              f"{'bf16 autocast' if env['amp'] else 'fp32'}, median of {env['steps']} steps",
              '',
-             '| model | setup | mode | batch | img/s | x stock | peak GiB | vs stock | '
+             'x ref: img/s against stock MMSeg, same mode (serve: against one task); '
+             'mem: peak memory against stock.', '',
+             '| model | setup | mode | batch | img/s | x ref | peak GiB | mem | '
              'GFLOP/img | TFLOP/s | % of peak | tuned |',
              '|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|']
     for r in report['results']:
         lines.append(
             f"| {r['model']} | {r['setup']} | {r['mode']} | {r['batch']} | "
-            f"{r['img_per_s']:.3g} | {_fmt(r['x_stock'], '.2f')} | {_fmt(r['peak_gib'], '.3g')} | "
+            f"{r['img_per_s']:.3g} | {_fmt(r.get('x_one_task', r['x_stock']), '.2f')} | {_fmt(r['peak_gib'], '.3g')} | "
             f"{_fmt(r['mem_vs_stock'], '.2f')} | {r['gflop_per_img']:.4g} | "
             f"{r['tflop_per_s']:.3g} | "
             f"{'-' if r['frac_peak'] is None else format(100 * r['frac_peak'], '.1f')} | "
