@@ -55,6 +55,58 @@ def test_same_outputs_and_gradients_as_setr_up_head(kind, train):
                                    msg=lambda m: f'{kind}, grad of {name}: {m}')
 
 
+def _samples(n, size, num_classes=5, seed=0):
+    from mmengine.structures import PixelData
+    from mmseg.structures import SegDataSample
+    g = torch.Generator().manual_seed(seed)
+    samples = []
+    for _ in range(n):
+        labels = torch.randint(0, num_classes, (1, *size), generator=g)
+        labels[:, :2] = 255  # ignored pixels
+        samples.append(SegDataSample(gt_sem_seg=PixelData(data=labels)))
+    return samples
+
+
+@pytest.mark.parametrize('kind', list(HEADS))
+def test_same_losses_and_gradients_as_setr_up_head(kind):
+    """loss() recomputes the full-resolution part in backward: same values, same grads."""
+    lean, ref = pair(**HEADS[kind])
+    lean.double().train(), ref.double().train()
+    feats = [torch.randn(2, 16, 6, 5, dtype=torch.float64)]
+    scale = HEADS[kind]['up_scale'] ** HEADS[kind]['num_convs']
+    samples = _samples(2, (6 * scale, 5 * scale))
+    results = []
+    for head in (lean, ref):
+        x = [f.detach().requires_grad_(True) for f in feats]
+        losses = head.loss(x, samples, {})
+        losses['loss_ce'].backward()
+        results.append((losses, {n: p.grad for n, p in head.named_parameters()}, x[0].grad))
+    (l_lean, g_lean, x_lean), (l_ref, g_ref, x_ref) = results
+    assert l_lean.keys() == l_ref.keys() == {'loss_ce', 'acc_seg'}
+    for key in l_ref:
+        torch.testing.assert_close(l_lean[key], l_ref[key], atol=1e-10, rtol=1e-10)
+    torch.testing.assert_close(x_lean, x_ref, atol=1e-10, rtol=1e-9)
+    for name in g_ref:
+        torch.testing.assert_close(g_lean[name], g_ref[name], atol=1e-10, rtol=1e-9)
+
+
+def test_loss_keeps_no_full_resolution_logits():
+    lean, ref = pair(**HEADS['pup-aux'])
+    lean.train(), ref.train()
+    feats = [torch.randn(2, 16, 4, 4)]
+    samples = _samples(2, (64, 64))
+    full_res = 2 * 5 * 64 * 64 * 4  # (B, K, H, W) fp32
+    kept = []
+    for head in (lean, ref):
+        saved = []
+        with torch.autograd.graph.saved_tensors_hooks(
+                lambda t: saved.append(t.numel() * t.element_size()) or t, lambda t: t):
+            head.loss([f.requires_grad_(True) for f in feats], samples, {})
+        kept.append(saved)
+    assert max(kept[0]) < full_res <= max(kept[1])
+    assert sum(kept[0]) < 0.5 * sum(kept[1])
+
+
 def _saved_bytes(head, feats):
     saved = []
     with torch.autograd.graph.saved_tensors_hooks(
