@@ -9,6 +9,7 @@ from vpt_seg.benchmark import format_table, model_setup
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 CONFIG = osp.join(ROOT, 'configs', 'demo', 'setr_vpt_tiny_ade20k.py')
 FIELDS = {'model', 'setup', 'mode', 'batch', 'size', 'img_per_s', 'ms_per_step', 'peak_gib',
+          'saved_gib',
           'gflop_per_img', 'tflop_per_s', 'frac_peak', 'tuned', 'total', 'x_stock',
           'mem_vs_stock'}
 
@@ -36,6 +37,7 @@ def test_benchmark_tool_reports_every_field(tmp_path):
     assert rows[3]['setup'] == 'frozen, biases tuned'  # stock's closest setup to VPT-deep
     assert report['env']['device'].startswith('CPU')
     assert '| ours | frozen, 4 prompts | train | 2 |' in proc.stdout  # the table
+    assert rows[0]['saved_gib'] > 0 and rows[1]['saved_gib'] is None  # train only
     assert 'ETA' in proc.stderr + proc.stdout  # progress lines
 
 
@@ -58,6 +60,6 @@ def test_stock_setup_per_row():
 def test_table_formats_missing_figures():
     report = dict(env=dict(config='c.py', device='CPU', torch='x', amp=None, steps=1),
                   results=[dict(model='ours', setup='s', mode='train', batch=1, img_per_s=1.0,
-                                x_stock=None, peak_gib=None, mem_vs_stock=None,
+                                x_stock=None, peak_gib=None, mem_vs_stock=None, saved_gib=None,
                                 gflop_per_img=1.0, tflop_per_s=0.1, frac_peak=None, tuned=5)])
-    assert '| ours | s | train | 1 | 1 | - | - | - | 1 | 0.1 | - | 5 |' in format_table(report)
+    assert '| ours | s | train | 1 | 1 | - | - | - | - | 1 | 0.1 | - | 5 |' in format_table(report)

@@ -12,7 +12,8 @@ file needed) and measures:
   against a batch that mixes ``serve_tasks`` tasks of the config (each with its own
   prompts, biases if tuned, and heads) in one pass.
 
-For each: images per second (median of timed steps after warm-up), peak memory (CUDA:
+For each: images per second (median of timed steps after warm-up), the bytes autograd
+keeps for the backward pass (training; exact and the same on any device), peak memory (CUDA:
 the allocator's peak, weights included; CPU: the process' resident set, sampled every
 millisecond, above what it held before the model was built: approximate, since the C
 allocator keeps some freed memory), FLOPs per image (:class:`torch.utils.flop_counter.FlopCounterMode`)
@@ -28,6 +29,7 @@ import copy
 import ctypes
 import gc
 import json
+import logging
 import os
 import statistics
 import sys
@@ -38,7 +40,7 @@ from typing import Callable, Dict, List, Optional
 import numpy as np
 import torch
 from mmengine.config import Config
-from mmengine.logging import print_log
+from mmengine.logging import MMLogger, print_log
 from mmengine.model import revert_sync_batchnorm
 from mmengine.optim import build_optim_wrapper
 from mmengine.registry import init_default_scope
@@ -132,7 +134,13 @@ def build(cfg: Config, stock: bool, device: torch.device, reference: bool = Fals
     process) and its optimizer wrapper. Returns ``(model, optim_wrapper, setup)``."""
     model_cfg, optim_cfg, rule, setup = model_setup(cfg, stock, reference)
     model = MODELS.build(model_cfg)
-    model.init_weights()
+    logger = MMLogger.get_current_instance()  # MMEngine's init report is long: keep it out
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        model.init_weights()
+    finally:
+        logger.setLevel(level)
     model = revert_sync_batchnorm(model).to(device)
     if stock and rule['freeze']:  # the same rule as ours, on MMSeg's modules
         for p in model.backbone.parameters():
@@ -258,6 +266,21 @@ def time_steps(step: Callable, steps: int, warmup: int, device: torch.device,
         if progress:
             progress(i + 1, times[-1])
     return times
+
+
+def saved_for_backward(step: Callable) -> int:
+    """Bytes of the tensors autograd keeps for the backward pass during one ``step``
+    (each storage once): the activation memory of training, the same on any device."""
+    storages = {}
+
+    def pack(t):
+        storage = t.untyped_storage()
+        storages[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        step()
+    return sum(storages.values())
 
 
 def count_flops(step: Callable) -> int:
@@ -401,6 +424,7 @@ def run_benchmark(config: str, batch: int = 8, amp: Optional[str] = 'bf16',
         with PeakMemory(dev, baseline) as mem:
             times = time_steps(step, steps, warmup, dev, progress)
         flops = count_flops(step)
+        saved = saved_for_backward(step) if mode == 'train' else None
         sec = statistics.median(times)
         img_s = n / sec
         tflops = flops / sec / 1e12
@@ -409,6 +433,7 @@ def run_benchmark(config: str, batch: int = 8, amp: Optional[str] = 'bf16',
             size=list(crop if mode in ('train', 'serve') else infer_size),
             img_per_s=img_s, ms_per_step=sec * 1e3,
             peak_gib=None if mem.peak is None else mem.peak / 2**30,
+            saved_gib=None if saved is None else saved / 2**30,
             gflop_per_img=flops / n / 1e9, tflop_per_s=tflops,
             frac_peak=tflops / peak if peak else None,
             tuned=count_parameters(model, tuned_only=True), total=count_parameters(model)))
@@ -441,15 +466,17 @@ def format_table(report: dict) -> str:
              f"{'bf16 autocast' if env['amp'] else 'fp32'}, median of {env['steps']} steps",
              '',
              'x ref: img/s against stock MMSeg, same mode (serve: against one task); '
-             'mem: peak memory against stock.', '',
+             'mem: peak memory against stock; kept: activations autograd keeps for backward '
+             '(train, device-independent).', '',
              '| model | setup | mode | batch | img/s | x ref | peak GiB | mem | '
-             'GFLOP/img | TFLOP/s | % of peak | tuned |',
-             '|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|']
+             'kept GiB | GFLOP/img | TFLOP/s | % of peak | tuned |',
+             '|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|']
     for r in report['results']:
         lines.append(
             f"| {r['model']} | {r['setup']} | {r['mode']} | {r['batch']} | "
             f"{r['img_per_s']:.3g} | {_fmt(r.get('x_one_task', r['x_stock']), '.2f')} | {_fmt(r['peak_gib'], '.3g')} | "
-            f"{_fmt(r['mem_vs_stock'], '.2f')} | {r['gflop_per_img']:.4g} | "
+            f"{_fmt(r['mem_vs_stock'], '.2f')} | {_fmt(r.get('saved_gib'), '.3g')} | "
+            f"{r['gflop_per_img']:.4g} | "
             f"{r['tflop_per_s']:.3g} | "
             f"{'-' if r['frac_peak'] is None else format(100 * r['frac_peak'], '.1f')} | "
             f"{format_count(r['tuned'])} |")
