@@ -153,3 +153,32 @@ def test_unsupported_backbone_is_refused_with_the_switch_named():
     with pytest.raises(ValueError, match='fast_path=False'):
         MODELS.build(dict(TINY, norm_cfg=dict(type='BN')))
     MODELS.build(dict(TINY, norm_cfg=dict(type='BN'), fast_path=False))  # reference path
+
+
+def test_training_on_either_path_gives_the_same_run(monkeypatch):
+    """Ten SGD steps of the demo config (SETR-PUP + VPT-deep, prompt dropout, four losses)
+    on the fast path and with VPT_SEG_FAST_PATH=0: the same losses and final prompts."""
+    import os.path as osp
+
+    from mmengine.config import Config
+
+    from vpt_seg.benchmark import build, make_batch
+    cfg = Config.fromfile(osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))),
+                                   'configs', 'demo', 'setr_vpt_tiny_ade20k.py'))
+    runs = []
+    for flag in ('1', '0'):
+        monkeypatch.setenv('VPT_SEG_FAST_PATH', flag)
+        torch.manual_seed(0)
+        model, optim_wrapper, _ = build(cfg, stock=False, device=torch.device('cpu'))
+        assert model.backbone.fast_path == (flag == '1')
+        assert model.decode_head.fast_path == (flag == '1')
+        model.train()
+        losses = []
+        for step in range(10):
+            log_vars = model.train_step(make_batch(4, (32, 32), 150, seed=step), optim_wrapper)
+            losses.append(float(log_vars['loss']))
+        runs.append((losses, model.backbone.prompt.embeddings.detach().clone()))
+    (fast, p_fast), (ref, p_ref) = runs
+    assert fast[-1] < fast[0]
+    torch.testing.assert_close(torch.tensor(fast), torch.tensor(ref), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(p_fast, p_ref, atol=1e-5, rtol=1e-4)
