@@ -2,3 +2,4 @@
 _base_ = ['mmseg::setr/setr_vit-l_naive_8xb2-160k_ade20k-512x512.py', './_base_/vpt_backbone.py']
 model = dict(backbone={{_base_.vpt_backbone}})
 optim_wrapper = {{_base_.vpt_optim_wrapper}}
+default_hooks = {{_base_.vpt_default_hooks}}

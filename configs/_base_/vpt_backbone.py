@@ -24,3 +24,11 @@ vpt_optim_wrapper = dict(
     constructor='TunedOptimWrapperConstructor',
     paramwise_cfg=dict(
         custom_keys={'head': dict(lr_mult=10.)}, prompt_lr_mult=10., prompt_decay_mult=0.))
+
+# Checkpoints written atomically (a run killed while saving keeps its last checkpoint),
+# refused when non-finite or when they lack the tuned weights; training stops at the first
+# NaN/inf loss or gradient (vpt_seg/engine/hooks.py). Merged into MMSeg's default_hooks:
+#   default_hooks = {{_base_.vpt_default_hooks}}
+vpt_default_hooks = dict(
+    checkpoint=dict(type='SafeCheckpointHook'),
+    non_finite=dict(type='NonFiniteCheckHook'))
