@@ -23,7 +23,7 @@ from mmengine.registry import HOOKS
 
 from ..checkpoint import check_task_state_dict
 
-__all__ = ['SafeCheckpointHook', 'NonFiniteCheckHook', 'NonFiniteError',
+__all__ = ['SafeCheckpointHook', 'NonFiniteCheckHook', 'NonFiniteError', 'DataCheckHook',
            'find_resumable_checkpoint']
 
 
@@ -333,3 +333,36 @@ class NonFiniteCheckHook(Hook):
         for handle in self._handles:
             handle.remove()
         self._handles = []
+
+
+@HOOKS.register_module()
+class DataCheckHook(Hook):
+    """Scan the training (and validation) data before the first iteration.
+
+    Opt-in (a full scan reads every file once): ``custom_hooks = [dict(type='DataCheckHook')]``.
+    Every image and annotation is read and checked as ``tools/check_data.py`` does
+    (:func:`vpt_seg.datasets.check_dataset`); any problem stops the run with all of
+    them listed, before hours of training.
+
+    Args:
+        val: Also scan the validation set.
+    """
+    priority = 'VERY_HIGH'
+
+    def __init__(self, val: bool = True):
+        self.val = val
+
+    def before_train(self, runner) -> None:
+        from ..datasets.checks import DataError, check_dataset
+        loaders = [('train', runner.train_dataloader)]
+        if self.val and runner.val_loop is not None:
+            loaders.append(('val', runner.val_dataloader))
+        for name, loader in loaders:
+            dataset = loader.dataset
+            if not hasattr(dataset, 'ignore_index'):  # not a segmentation dataset
+                continue
+            print_log(f'Checking the {name} data ({len(dataset)} images) ...', logger='current')
+            report = check_dataset(dataset, progress=False)
+            if report['problems']:
+                raise DataError(f'{len(report["problems"])} problems in the {name} data:\n  '
+                                + '\n  '.join(report['problems'][:50]))
