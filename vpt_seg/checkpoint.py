@@ -97,9 +97,17 @@ class UnreadableCheckpointError(ValueError):
     """A file that is not a readable checkpoint (truncated, garbage, unsafe objects)."""
 
 
-def _load_error_reason(err: BaseException) -> str:
+def _load_error_reason(err: BaseException, path: Optional[str] = None) -> str:
     """torch's reason for refusing a file, without its advice to turn off safe loading."""
     text = str(err)
+    if path is not None:
+        import zipfile
+        with open(path, 'rb') as f:
+            head = f.read(4)
+        if not head:
+            return 'it is empty'
+        if head == b'PK\x03\x04' and not zipfile.is_zipfile(path):
+            return 'its zip archive is incomplete (the file is truncated)'
     unsafe = re.search(r'Unsupported global: GLOBAL ([\w.]+)', text)
     if unsafe:
         return (f'it stores the Python object {unsafe.group(1)}, which safe loading refuses '
@@ -136,7 +144,7 @@ def load_torch_file(path: str, map_location: Any = 'cpu', what: str = 'checkpoin
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # zip, pickle and EOF errors, each with its own type
         raise UnreadableCheckpointError(
-            f'{path!r} is not a readable {what}: {_load_error_reason(err)}. If a run was '
+            f'{path!r} is not a readable {what}: {_load_error_reason(err, path)}. If a run was '
             'killed while saving it, use an earlier checkpoint (tools/train.py --resume '
             'skips unreadable ones).') from None
 
