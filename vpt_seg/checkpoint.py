@@ -124,7 +124,12 @@ def _load_error_reason(err: BaseException, path: Optional[str] = None) -> str:
     return type(err).__name__
 
 
-def load_torch_file(path: str, map_location: Any = 'cpu', what: str = 'checkpoint') -> Any:
+_RESUME_HINT = ('If a run was killed while saving it, use an earlier checkpoint '
+                '(tools/train.py --resume skips unreadable ones).')
+
+
+def load_torch_file(path: str, map_location: Any = 'cpu', what: str = 'checkpoint',
+                    hint: str = _RESUME_HINT) -> Any:
     """``torch.load(path, weights_only=True)`` with errors that name the file.
 
     The one reader of torch checkpoints: ``tools/test.py``, ``load_from``, ``--resume``
@@ -144,9 +149,8 @@ def load_torch_file(path: str, map_location: Any = 'cpu', what: str = 'checkpoin
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # zip, pickle and EOF errors, each with its own type
         raise UnreadableCheckpointError(
-            f'{path!r} is not a readable {what}: {_load_error_reason(err, path)}. If a run was '
-            'killed while saving it, use an earlier checkpoint (tools/train.py --resume '
-            'skips unreadable ones).') from None
+            f'{path!r} is not a readable {what}: {_load_error_reason(err, path)}. {hint}'
+        ) from None
 
 
 def read_checkpoint(path: str) -> Mapping[str, Any]:
@@ -162,7 +166,9 @@ def read_checkpoint(path: str) -> Mapping[str, Any]:
     if not osp.isfile(path):
         raise FileNotFoundError(f'pretrained ViT weights not found: {path!r}')
     if not path.endswith(('.safetensors', '.npz')):
-        return load_torch_file(path, what='ViT checkpoint (torch file: .pth/.bin/.pt)')
+        return load_torch_file(path, what='torch file', hint=(
+            'not a ViT checkpoint: give weights as .safetensors, .npz (JAX), or a torch '
+            'file (.pth/.bin/.pt).'))
     try:
         if path.endswith('.safetensors'):
             from safetensors.torch import load_file
