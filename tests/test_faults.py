@@ -22,7 +22,8 @@ from fault_hooks import finite
 from vpt_seg.checkpoint import (UnreadableCheckpointError, check_task_state_dict,
                                 load_torch_file)
 from vpt_seg.datasets.synthetic import make_ade20k
-from vpt_seg.engine.hooks import NonFiniteCheckHook, NonFiniteError, find_resumable_checkpoint
+from vpt_seg.engine.hooks import (NonFiniteCheckHook, NonFiniteError, SafeCheckpointHook,
+                                  find_resumable_checkpoint)
 from vpt_seg.multitask import load_task_model
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
@@ -185,6 +186,18 @@ def test_non_finite_gradient_is_named_before_the_step():
                        r'work/iter_10.pth'):
         optimizer.step()
     assert torch.equal(weight.detach(), torch.ones(3))  # the step never ran
+
+
+def test_a_non_finite_model_is_never_saved(tmp_path):
+    model = torch.nn.Linear(2, 2)
+    with torch.no_grad():
+        model.weight[0, 0] = float('nan')
+    hub = SimpleNamespace(get_info=lambda key: str(tmp_path / 'iter_10.pth'))
+    runner = SimpleNamespace(model=model, message_hub=hub)
+    with pytest.raises(NonFiniteError, match=r'refusing to save iter_20.pth: non-finite values '
+                       r'in weight. The last good checkpoint is .*iter_10.pth'):
+        SafeCheckpointHook()._atomic_save(runner, None, str(tmp_path), 'iter_20.pth')
+    assert not list(tmp_path.iterdir())
 
 
 def test_test_tool_refuses_a_pretrained_backbone_and_a_truncated_file(setup):

@@ -125,8 +125,10 @@ class SafeCheckpointHook(CheckpointHook):
     * **Resume that survives a crash.** With ``--resume``, a missing or unreadable
       ``last_checkpoint`` target is skipped for the newest readable checkpoint, with a
       warning naming what was skipped; the torch RNG state (dropout, prompt dropout) is
-      saved and restored at the first resumed iteration, so the run continues exactly
-      as it would have (MMEngine replays the data order and augmentation itself).
+      saved and restored when the resumed training starts, so on CPU with a fixed seed
+      the run continues exactly as it would have (MMEngine replays the data order and
+      augmentation itself, :class:`~mmengine.runner.IterBasedTrainLoop` by loading the
+      batches it skips).
     * **Wrong files.** A checkpoint loaded by ``load_from``, ``--resume`` or
       ``tools/test.py`` that lacks tuned weights the model needs (its heads, its prompts)
       is refused, naming them and what the file looks like (a pretrained backbone, a
@@ -176,10 +178,13 @@ class SafeCheckpointHook(CheckpointHook):
         if getattr(runner, '_resume', False):
             self._rng_state = checkpoint.get('rng_state')
 
-    def before_train_iter(self, runner, batch_idx: int, data_batch=None) -> None:
+    def before_train_epoch(self, runner) -> None:
         if self._rng_state is None:
             return
-        # After MMEngine has replayed the data up to here: the model's RNG as it was.
+        # The model's RNG as it was when the checkpoint was saved. Here, before the first
+        # resumed epoch creates its data iterator (which draws from it) and before an
+        # iteration-based loop replays the data it skips (numpy only, the transforms'
+        # RNG, which that replay restores by itself).
         torch.set_rng_state(self._rng_state['torch'])
         if self._rng_state.get('cuda') and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(self._rng_state['cuda'])
