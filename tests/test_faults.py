@@ -16,6 +16,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 from mmengine.config import Config
+from mmengine.logging import MessageHub, MMLogger
 from mmseg.registry import MODELS
 
 from fault_hooks import finite
@@ -198,6 +199,28 @@ def test_a_non_finite_model_is_never_saved(tmp_path):
                        r'in weight. The last good checkpoint is .*iter_10.pth'):
         SafeCheckpointHook()._atomic_save(runner, None, str(tmp_path), 'iter_20.pth')
     assert not list(tmp_path.iterdir())
+
+
+def test_a_new_best_checkpoint_is_complete_before_the_old_one_goes(tmp_path):
+    seen = []
+
+    def save_checkpoint(out_dir, filename, *args, **kwargs):
+        seen.append((filename, sorted(os.listdir(out_dir))))
+        torch.save({'meta': {}}, osp.join(out_dir, filename))
+
+    runner = SimpleNamespace(
+        work_dir=str(tmp_path), model=torch.nn.Linear(2, 2), iter=0, epoch=0,
+        message_hub=MessageHub.get_instance('test_best_checkpoint'),
+        logger=MMLogger.get_current_instance(), save_checkpoint=save_checkpoint)
+    hook = SafeCheckpointHook(by_epoch=False, save_best='acc', rule='greater')
+    hook.before_train(runner)
+    for step, acc in ((5, 0.5), (10, 0.7)):
+        runner.iter = step
+        hook._save_best_checkpoint(runner, {'acc': acc})
+    # The new best was written under a temporary name while the old one still existed,
+    # renamed, and only then the old one was deleted.
+    assert seen[1] == ('best_acc_iter_10.pth.tmp', ['best_acc_iter_5.pth'])
+    assert sorted(os.listdir(tmp_path)) == ['best_acc_iter_10.pth']
 
 
 def test_test_tool_refuses_a_pretrained_backbone_and_a_truncated_file(setup):

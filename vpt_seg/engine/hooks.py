@@ -249,13 +249,17 @@ class SafeCheckpointHook(CheckpointHook):
         # and delete afterwards.
         removed: List[str] = []
         backend_remove, save = self.file_backend.remove, runner.save_checkpoint
+        own = 'save_checkpoint' in vars(runner)  # an instance attribute already?
         self.file_backend.remove = removed.append
         runner.save_checkpoint = lambda out_dir, filename, *a, **kw: self._atomic_save(
             runner, save, out_dir, filename, *a, **kw)
         try:
             super()._save_best_checkpoint(runner, metrics)
         finally:
-            del runner.save_checkpoint  # the instance attribute: the method again
+            if own:
+                runner.save_checkpoint = save
+            else:
+                del runner.save_checkpoint  # the instance attribute: the method again
             self.file_backend.remove = backend_remove
         for path in removed:
             backend_remove(path)
