@@ -242,12 +242,15 @@ def test_test_tool_refuses_a_pretrained_backbone_and_a_truncated_file(setup):
     assert 'weights_only' not in proc.stderr
 
 
-def test_load_from_a_pretrained_backbone_is_refused(setup):
-    proc = run_tool('train.py', CONFIG, '--work-dir', str(setup['tmp'] / 'w_load'),
+@pytest.mark.parametrize('resume', [False, True])
+def test_load_from_or_resume_from_a_pretrained_backbone_is_refused(setup, resume):
+    work = setup['tmp'] / f'w_load_{resume}'
+    proc = run_tool('train.py', CONFIG, '--work-dir', str(work), *(['--resume'] * resume),
                     *setup['options'], f'load_from={setup["vit"]}')
     assert proc.returncode == 1
-    assert f'{setup["vit"]} lacks tuned weights' in proc.stderr
-    assert not list((setup['tmp'] / 'w_load').glob('iter_*'))
+    assert f'{setup["vit"]} lacks tuned weights this model needs' in proc.stderr
+    assert 'a pretrained ViT backbone' in proc.stderr
+    assert not list(work.glob('iter_*'))
 
 
 @pytest.mark.parametrize('content,reason', [
