@@ -2,3 +2,7 @@
 _base_ = ['mmseg::setr/setr_vit-l_naive_8xb2-160k_ade20k-512x512.py', './_base_/vpt_backbone.py']
 model = dict(backbone={{_base_.vpt_backbone}})
 optim_wrapper = {{_base_.vpt_optim_wrapper}}
+default_hooks = {{_base_.vpt_default_hooks}}
+train_dataloader = dict(dataset=dict(pipeline={{_base_.vpt_train_pipeline}}))
+val_dataloader = dict(dataset=dict(pipeline={{_base_.vpt_test_pipeline}}))
+test_dataloader = val_dataloader

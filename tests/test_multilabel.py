@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -131,6 +132,10 @@ def test_missing_or_broken_annotation_is_a_clear_error(data_root, tmp_path):
     with open(ann, 'wb') as f:
         f.write(b'not a png')
     with pytest.raises(ValueError, match='cannot read annotation file .*ADE_train_00000003'):
+        tags_dataset(root)
+    cv2.imwrite(ann, np.full((8, 8), 300, np.uint16))  # would wrap to 44 as uint8
+    with pytest.raises(ValueError, match='ADE_train_00000003.png.* is uint16 with values up '
+                       'to 300'):
         tags_dataset(root)
 
 

@@ -32,7 +32,9 @@ import numpy as np
 import torch
 from timm.layers import resample_abs_pos_embed
 
-__all__ = ['FORMATS', 'ViTCheckpoint', 'FitReport', 'read_checkpoint', 'detect_format',
+__all__ = ['FORMATS', 'ViTCheckpoint', 'FitReport', 'UnreadableCheckpointError',
+           'read_checkpoint', 'load_torch_file',
+           'describe_state_dict', 'check_task_state_dict', 'detect_format',
            'convert_timm_to_mmseg', 'convert_jax_npz', 'to_mmseg_state_dict',
            'load_vit_checkpoint', 'load_vit_state_dict', 'resample_pos_embed',
            'fit_state_dict', 'infer_backbone_kwargs', 'is_ignorable']
@@ -91,11 +93,71 @@ class ViTCheckpoint(NamedTuple):
 
 
 # ------------------------------------------------------------------------- reading
+class UnreadableCheckpointError(ValueError):
+    """A file that is not a readable checkpoint (truncated, garbage, unsafe objects)."""
+
+
+def _load_error_reason(err: BaseException, path: Optional[str] = None) -> str:
+    """torch's reason for refusing a file, without its advice to turn off safe loading."""
+    text = str(err)
+    if path is not None:
+        import zipfile
+        with open(path, 'rb') as f:
+            head = f.read(4)
+        if not head:
+            return 'it is empty'
+        if head == b'PK\x03\x04' and not zipfile.is_zipfile(path):
+            return 'its zip archive is incomplete (the file is truncated)'
+    unsafe = re.search(r'Unsupported global: GLOBAL ([\w.]+)', text)
+    if unsafe:
+        return (f'it stores the Python object {unsafe.group(1)}, which safe loading refuses '
+                '(a checkpoint of weights never needs it)')
+    if 'zip archive' in text or 'central directory' in text:
+        return 'its zip archive is incomplete (the file is truncated)'
+    if isinstance(err, EOFError) or 'Ran out of input' in text:
+        return 'it ends early (empty or truncated)'
+    if any(s in text for s in ('invalid load key', 'could not find MARK', 'Unsupported operand')):
+        return 'it is not a torch file'
+    for line in text.strip().split('\n'):
+        if line.strip() and 'weights_only' not in line and 'trust' not in line:
+            return line.strip()
+    return type(err).__name__
+
+
+_RESUME_HINT = ('If a run was killed while saving it, use an earlier checkpoint '
+                '(tools/train.py --resume skips unreadable ones).')
+
+
+def load_torch_file(path: str, map_location: Any = 'cpu', what: str = 'checkpoint',
+                    hint: str = _RESUME_HINT) -> Any:
+    """``torch.load(path, weights_only=True)`` with errors that name the file.
+
+    The one reader of torch checkpoints: ``tools/test.py``, ``load_from``, ``--resume``
+    (through MMEngine's local loader, see :mod:`vpt_seg.engine.checkpoint_io`),
+    ``tools/serve.py`` and the pretrained-weights reader all call it.
+
+    Raises:
+        FileNotFoundError: ``path`` is not a file.
+        UnreadableCheckpointError: the file is truncated, not a torch file, or holds
+            Python objects that safe loading refuses; the message names the file and never
+            suggests turning safe loading off.
+    """
+    path = osp.expanduser(str(path))
+    if not osp.isfile(path):
+        raise FileNotFoundError(f'{what} not found: {path!r}')
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # zip, pickle and EOF errors, each with its own type
+        raise UnreadableCheckpointError(
+            f'{path!r} is not a readable {what}: {_load_error_reason(err, path)}. {hint}'
+        ) from None
+
+
 def read_checkpoint(path: str) -> Mapping[str, Any]:
     """Read a weights file as published: a mapping of names to tensors or arrays.
 
     ``.safetensors`` with safetensors, ``.npz`` with numpy (JAX), anything else with
-    ``torch.load(weights_only=True)`` (``.pth``, ``.bin``, ``.pt``, MMSeg/MMEngine files).
+    :func:`load_torch_file` (``.pth``, ``.bin``, ``.pt``, MMSeg/MMEngine files).
 
     Raises:
         FileNotFoundError: ``path`` is not a file.
@@ -103,19 +165,73 @@ def read_checkpoint(path: str) -> Mapping[str, Any]:
     """
     if not osp.isfile(path):
         raise FileNotFoundError(f'pretrained ViT weights not found: {path!r}')
+    if not path.endswith(('.safetensors', '.npz')):
+        return load_torch_file(path, what='torch file', hint=(
+            'not a ViT checkpoint: give weights as .safetensors, .npz (JAX), or a torch '
+            'file (.pth/.bin/.pt).'))
     try:
         if path.endswith('.safetensors'):
             from safetensors.torch import load_file
             return load_file(path, device='cpu')
-        if path.endswith('.npz'):
-            with np.load(path, allow_pickle=False) as npz:
-                return {k: npz[k] for k in npz.files}
-        return torch.load(path, map_location='cpu', weights_only=True)
+        with np.load(path, allow_pickle=False) as npz:
+            return {k: npz[k] for k in npz.files}
     except Exception as err:  # each reader raises its own types for a foreign file
         reason = str(err).strip().split('\n')[0]
         raise ValueError(f'not a ViT checkpoint: cannot read {path!r} as weights '
                          '(.safetensors, .npz, or a torch file: .pth/.bin/.pt): '
                          f'{type(err).__name__}: {reason}') from err
+
+
+def describe_state_dict(state_dict: Mapping[str, Any]) -> str:
+    """What a state dict looks like, in words: a pretrained ViT, a classification task,
+    a segmentation task (and which heads it has), or its first keys."""
+    tops = sorted({k.split('.')[0] for k in state_dict})
+    if not any(k.startswith('backbone.') for k in state_dict):
+        try:
+            fmt, prefix = detect_format(state_dict)
+        except ValueError:
+            fmt = None
+        if fmt is not None:
+            return (f'a pretrained ViT backbone ({fmt} format, {len(state_dict)} tensors, no '
+                    'heads): it belongs in model.backbone.init_cfg.checkpoint, not in '
+                    'load_from or tools/test.py')
+    if 'head' in tops and 'decode_head' not in tops:
+        return ('a classification task file (backbone + head.*, no decode_head): it '
+                'belongs to a VPTClassifier config')
+    if 'decode_head' in tops:
+        return 'a segmentation task file with ' + ', '.join(
+            t for t in tops if t.endswith('head')) + ' (another config\'s heads?)'
+    return f'a file with {len(state_dict)} keys under {", ".join(tops[:8]) or "nothing"}'
+
+
+def check_task_state_dict(expected: Collection[str], state_dict: Mapping[str, Any],
+                          path: str = 'checkpoint'):
+    """Raise if a checkpoint lacks tuned weights a model needs (its heads, its prompts).
+
+    Args:
+        expected: The keys of the model's ``state_dict()`` (frozen weights are not in
+            it, they come from the pretrained file).
+        state_dict: The checkpoint's (``module.`` prefixes already removed).
+        path: The file, for the message.
+
+    Raises:
+        ValueError: Naming the missing parts (``decode_head``: 12 tensors, ...) and what
+            the file looks like instead.
+    """
+    missing = [k for k in expected if k not in state_dict and not k.endswith('signature')]
+    if not missing:
+        return
+    parts: Dict[str, int] = {}
+    for key in missing:
+        part = key.split('.')[0]
+        if part == 'backbone':
+            part = 'backbone.' + key.split('.')[1]
+        parts[part] = parts.get(part, 0) + 1
+    raise ValueError(
+        f'{path} lacks tuned weights this model needs: '
+        + ', '.join(f'{p} ({n} tensors)' for p, n in parts.items())
+        + f', e.g. {missing[0]}. The file looks like {describe_state_dict(state_dict)}. '
+        'Give the task checkpoint this config wrote (work_dirs/<config>/iter_*.pth).')
 
 
 def _unwrap(obj: Any) -> Mapping[str, Any]:

@@ -42,6 +42,7 @@ from mmseg.registry import MODELS
 from mmseg.models.utils import resize
 from torch import nn
 
+from .checkpoint import check_task_state_dict, load_torch_file
 from .models import vit_ops
 from .models.classifier import VPTClassifier
 from .models.prompted_vit import PromptedVisionTransformer
@@ -384,9 +385,10 @@ def load_task_model(config, checkpoint: str, pretrained: Optional[str] = None) -
                       f'{own})', logger='current')
         model_cfg.backbone.init_cfg = dict(type='Pretrained', checkpoint=pretrained)
     model = MODELS.build(model_cfg)
-    ckpt = torch.load(checkpoint, map_location='cpu', weights_only=True)
+    ckpt = load_torch_file(checkpoint, what='task checkpoint')
     state = ckpt.get('state_dict', ckpt)
     state = OrderedDict((k[7:] if k.startswith('module.') else k, v) for k, v in state.items())
+    check_task_state_dict(list(model.state_dict()), state, checkpoint)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as err:

@@ -3,7 +3,7 @@ import os.path as osp
 
 from mmengine.config import Config
 
-__all__ = ['load_cfg', 'prepare_cfg']
+__all__ = ['load_cfg', 'prepare_cfg', 'check_loader']
 
 
 def _dataset_dirs(dataset: dict):
@@ -38,20 +38,51 @@ def load_cfg(args) -> Config:
 
 
 def prepare_cfg(cfg: Config, training: bool) -> Config:
-    """Fail early, naming the missing folder, when a dataset is not where the config says.
+    """Fail early, naming the folder or file, when a dataset is not where the config says:
+    a missing folder, an empty split, images without annotations.
 
     Raises:
-        FileNotFoundError: a dataset folder (``data_root``/``data_prefix``) is missing.
+        FileNotFoundError: a dataset folder (``data_root``/``data_prefix``) is missing or
+            holds no images, or images have no annotation.
     """
     loaders = ('train_dataloader', 'val_dataloader') if training else ('test_dataloader',)
     for loader in loaders:
         if cfg.get(loader) is None or (loader == 'val_dataloader' and cfg.get('val_cfg') is None):
             continue
-        for key, path in _dataset_dirs(cfg[loader]['dataset']):
-            if path and '://' not in path and not osp.isdir(path):
-                raise FileNotFoundError(
-                    f'{loader}: dataset folder {path!r} ({key}) does not exist. Put the data '
-                    'there (ADE20k: data/ade/ADEChallengeData2016/{images,annotations}/'
-                    '{training,validation}) or point the config at it, e.g. --cfg-options '
-                    f'{loader}.dataset.data_root=/path/to/ADEChallengeData2016')
+        check_loader(cfg, loader)
     return cfg
+
+
+def check_loader(cfg: Config, loader: str):
+    """The checks of :func:`prepare_cfg` for one dataloader (``'train_dataloader'``, ...).
+
+    Raises:
+        FileNotFoundError: a dataset folder is missing or holds no images, or images have
+            no annotation.
+    """
+    for key, path in _dataset_dirs(cfg[loader]['dataset']):
+        if path and '://' not in path and not osp.isdir(path):
+            raise FileNotFoundError(
+                f'{loader}: dataset folder {path!r} ({key}) does not exist. Put the data '
+                'there (ADE20k: data/ade/ADEChallengeData2016/{images,annotations}/'
+                '{training,validation}) or point the config at it, e.g. --cfg-options '
+                f'{loader}.dataset.data_root=/path/to/ADEChallengeData2016')
+    _check_layout(cfg, loader)
+
+
+def _check_layout(cfg: Config, loader: str):
+    """An empty split, or images without annotations, named before anything is built."""
+    from mmengine.registry import init_default_scope
+    from mmseg.datasets import BaseSegDataset
+    from mmseg.registry import DATASETS
+
+    from .datasets.checks import check_split_layout
+    dataset = cfg[loader]['dataset']
+    if dataset.get('type') in ('ConcatDataset', 'RepeatDataset', 'ClassBalancedDataset'):
+        return
+    init_default_scope(cfg.get('default_scope', 'mmseg'))
+    built = DATASETS.build(dict(dataset, lazy_init=True, pipeline=[]))
+    if isinstance(built, BaseSegDataset):
+        prefix = dict(dataset.get('data_prefix') or {})
+        where = osp.join(dataset.get('data_root', '') or '', prefix.get('img_path', ''))
+        check_split_layout(built.load_data_list(), f'{loader}: {where}')

@@ -21,3 +21,7 @@ model = dict(backbone={{_base_.vpt_backbone}},
              decode_head=dict(type='LeanSETRUPHead'),
              auxiliary_head=[_aux_head(0), _aux_head(1), _aux_head(2)])
 optim_wrapper = {{_base_.vpt_optim_wrapper}}
+default_hooks = {{_base_.vpt_default_hooks}}
+train_dataloader = dict(dataset=dict(pipeline={{_base_.vpt_train_pipeline}}))
+val_dataloader = dict(dataset=dict(pipeline={{_base_.vpt_test_pipeline}}))
+test_dataloader = val_dataloader

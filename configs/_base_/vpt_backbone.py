@@ -24,3 +24,30 @@ vpt_optim_wrapper = dict(
     constructor='TunedOptimWrapperConstructor',
     paramwise_cfg=dict(
         custom_keys={'head': dict(lr_mult=10.)}, prompt_lr_mult=10., prompt_decay_mult=0.))
+
+# Checkpoints written atomically (a run killed while saving keeps its last checkpoint),
+# refused when non-finite or when they lack the tuned weights; training stops at the first
+# NaN/inf loss or gradient (vpt_seg/engine/hooks.py). Merged into MMSeg's default_hooks:
+#   default_hooks = {{_base_.vpt_default_hooks}}
+vpt_default_hooks = dict(
+    checkpoint=dict(type='SafeCheckpointHook'),
+    non_finite=dict(type='NonFiniteCheckHook'))
+
+# MMSeg's ADE20k 512x512 pipelines (mmseg::_base_/datasets/ade20k.py) with loaders that
+# refuse bad files by name (vpt_seg/datasets/checks.py): annotations of another size than
+# their image, class ids outside the 150 classes, 16-bit values, truncated images.
+vpt_train_pipeline = [
+    dict(type='CheckedLoadImageFromFile'),
+    dict(type='CheckedLoadAnnotations', reduce_zero_label=True, num_classes=150),
+    dict(type='RandomResize', scale=(2048, 512), ratio_range=(0.5, 2.0), keep_ratio=True),
+    dict(type='RandomCrop', crop_size=(512, 512), cat_max_ratio=0.75),
+    dict(type='RandomFlip', prob=0.5),
+    dict(type='PhotoMetricDistortion'),
+    dict(type='PackSegInputs')
+]
+vpt_test_pipeline = [
+    dict(type='CheckedLoadImageFromFile'),
+    dict(type='Resize', scale=(2048, 512), keep_ratio=True),
+    dict(type='CheckedLoadAnnotations', reduce_zero_label=True, num_classes=150),
+    dict(type='PackSegInputs')
+]

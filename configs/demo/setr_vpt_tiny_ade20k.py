@@ -23,18 +23,19 @@ model = dict(
     auxiliary_head=[_aux(0), _aux(1), _aux(2)],
     test_cfg=dict(mode='slide', crop_size=crop_size, stride=(24, 24)))
 
+# The Checked* loaders refuse bad files by name (vpt_seg/datasets/checks.py).
 train_pipeline = [
-    dict(type='LoadImageFromFile'),
-    dict(type='LoadAnnotations', reduce_zero_label=True),
+    dict(type='CheckedLoadImageFromFile'),
+    dict(type='CheckedLoadAnnotations', reduce_zero_label=True, num_classes=150),
     dict(type='RandomResize', scale=(128, 32), ratio_range=(0.75, 1.5), keep_ratio=True),
     dict(type='RandomCrop', crop_size=crop_size, cat_max_ratio=0.75),
     dict(type='RandomFlip', prob=0.5),
     dict(type='PackSegInputs')
 ]
 test_pipeline = [
-    dict(type='LoadImageFromFile'),
+    dict(type='CheckedLoadImageFromFile'),
     dict(type='Resize', scale=(128, 48), keep_ratio=True),
-    dict(type='LoadAnnotations', reduce_zero_label=True),
+    dict(type='CheckedLoadAnnotations', reduce_zero_label=True, num_classes=150),
     dict(type='PackSegInputs')
 ]
 img_ratios = [0.75, 1.0, 1.25]

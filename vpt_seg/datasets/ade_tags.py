@@ -104,7 +104,12 @@ class ADE20KTagsDataset(ADE20KDataset):
             raise ValueError(f'cannot read annotation file {path!r}: {e}') from e
         if seg is None:
             raise ValueError(f'cannot read annotation file {path!r}')
-        seg = lut[seg.squeeze().astype(np.uint8)]                       # as LoadAnnotations
+        seg = seg.squeeze()
+        if seg.dtype != np.uint8 and seg.size and int(seg.max()) > 255:
+            raise ValueError(f'annotation file {path!r} is {seg.dtype} with values up to '
+                             f'{int(seg.max())}: class ids must fit in 0..255 (8-bit PNG); '
+                             'they would wrap and give wrong tags')
+        seg = lut[seg.astype(np.uint8)]                                 # as LoadAnnotations
         counts = np.bincount(seg.ravel(), minlength=256)                # (256,)
         ignored = {_IGNORE, self.ignore_index}
         bad = [v for v in np.flatnonzero(counts) if v >= num_classes and v not in ignored]

@@ -97,6 +97,15 @@ class PromptedVisionTransformer(VisionTransformer):
             raise ValueError('tune_bias=True tunes biases of a frozen backbone; with '
                              'freeze=False every weight is tuned already.')
         super().__init__(**kwargs)
+        if self.img_size[0] % self.patch_size or self.img_size[1] % self.patch_size:
+            h, w = self.img_size
+            fit = (max(self.patch_size, h // self.patch_size * self.patch_size),
+                   max(self.patch_size, w // self.patch_size * self.patch_size))
+            raise ValueError(
+                f'img_size {h}x{w} is not a multiple of patch_size {self.patch_size}: the '
+                'position embedding would be fitted to a grid the inputs never have and '
+                f'resampled at every forward. Use img_size={fit} (or the next multiple up) '
+                'and crop or resize the inputs to it.')
         embed_dims = self.cls_token.shape[-1]
         self.in_channels = self.patch_embed.projection.in_channels
         self.prompt = VisualPrompt(
@@ -273,6 +282,26 @@ class PromptedVisionTransformer(VisionTransformer):
         raise ValueError(f'{where}checkpoint was made for another ViT than this backbone '
                          f'({diff}); use the config it was trained with.')
 
+    @staticmethod
+    def _partial_frozen_message(state_dict, prefix, frozen, present) -> str:
+        """Why a checkpoint with some, not all, frozen weights is refused, and what it
+        looks like: a task file with leaked frozen keys, or a full one missing some."""
+        def listing(keys):
+            return ', '.join(keys[:12]) + (f' ... ({len(keys)} in all)' if len(keys) > 12 else '')
+        tuned = [k for k in state_dict if k.startswith(prefix) and k not in frozen
+                 and not k.endswith('signature')]
+        if len(present) <= len(frozen) // 2:
+            return (f'checkpoint looks like a task file ({len(tuned)} tuned tensors, '
+                    f'{len(frozen) - len(present)} of the {len(frozen)} frozen backbone '
+                    'weights absent) but holds frozen weights that should not be there: '
+                    f'{listing(present)}. A task file takes the frozen backbone from the '
+                    'pretrained file; remove these keys (or re-save it with '
+                    'save_frozen=False), or save a full checkpoint with save_frozen=True.')
+        missing = [k for k in frozen if k not in state_dict]
+        return (f'checkpoint looks like a full checkpoint ({len(present)} of the '
+                f'{len(frozen)} frozen backbone weights) but lacks {listing(missing)}; '
+                'is it truncated or made for another backbone?')
+
     def _check_and_complete(self, state_dict, prefix, local_metadata, strict, missing_keys,
                             unexpected_keys, error_msgs):
         """Before loading: refuse checkpoints of another backbone, and complete a task
@@ -297,7 +326,10 @@ class PromptedVisionTransformer(VisionTransformer):
                 'built with patch_bias=False, so it would be dropped silently; set '
                 'patch_bias=True (timm and JAX ViTs have this bias).')
         frozen = [prefix + k for k in frozen_state_keys(self)]
-        if not frozen or any(k in state_dict for k in frozen) or self._loading_pretrained:
+        present = [k for k in frozen if k in state_dict]
+        if 0 < len(present) < len(frozen) and not self._loading_pretrained:
+            raise ValueError(self._partial_frozen_message(state_dict, prefix, frozen, present))
+        if not frozen or present or self._loading_pretrained:
             return  # a full checkpoint (or the pretrained file itself): load as MMSeg does
         # A task checkpoint: the frozen weights come from the pretrained file.
         if not self._frozen_loaded:

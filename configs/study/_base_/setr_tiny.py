@@ -40,20 +40,21 @@ model = dict(
     train_cfg=dict(),
     test_cfg=dict(mode='whole'))
 
-# Data: MMSeg's ADE20k dataset and transforms, at 64x64.
+# Data: MMSeg's ADE20k dataset and transforms, at 64x64; the Checked* loaders refuse bad
+# files by name (vpt_seg/datasets/checks.py).
 dataset_type = 'ADE20KDataset'
 # The generated images already vary object size and position; at 600 iterations a
 # resize-and-crop augmentation only slows every row down, so training flips alone.
 train_pipeline = [
-    dict(type='LoadImageFromFile'),
-    dict(type='LoadAnnotations', reduce_zero_label=True),
+    dict(type='CheckedLoadImageFromFile'),
+    dict(type='CheckedLoadAnnotations', reduce_zero_label=True, num_classes=len(classes)),
     dict(type='RandomFlip', prob=0.5),
     dict(type='PackSegInputs'),
 ]
 test_pipeline = [
-    dict(type='LoadImageFromFile'),
+    dict(type='CheckedLoadImageFromFile'),
     dict(type='Resize', scale=crop_size, keep_ratio=True),
-    dict(type='LoadAnnotations', reduce_zero_label=True),
+    dict(type='CheckedLoadAnnotations', reduce_zero_label=True, num_classes=len(classes)),
     dict(type='PackSegInputs'),
 ]
 train_dataloader = dict(

@@ -34,16 +34,18 @@ model = dict(
         tune_bias=False,
         init_cfg=dict(type='Pretrained', checkpoint=pretrained)))
 
-# Runtime. Checkpoints are saved without optimizer state; for the target rows the final
+# Runtime (vpt_seg/engine/hooks.py: atomic checkpoints, a stop at the first NaN/inf).
+# Checkpoints are saved without optimizer state; for the target rows the final
 # checkpoint is the task file: only the tuned weights (the frozen backbone comes from
 # `pretrained`).
 default_hooks = dict(
     timer=dict(type='IterTimerHook'),
     logger=dict(type='LoggerHook', interval=100, log_metric_by_epoch=False),
     param_scheduler=dict(type='ParamSchedulerHook'),
-    checkpoint=dict(type='CheckpointHook', by_epoch=False, max_keep_ckpts=1,
+    checkpoint=dict(type='SafeCheckpointHook', by_epoch=False, max_keep_ckpts=1,
                     save_optimizer=False, save_param_scheduler=False),
-    sampler_seed=dict(type='DistSamplerSeedHook'))
+    sampler_seed=dict(type='DistSamplerSeedHook'),
+    non_finite=dict(type='NonFiniteCheckHook'))
 env_cfg = dict(cudnn_benchmark=False, mp_cfg=dict(mp_start_method='fork', opencv_num_threads=0),
                dist_cfg=dict(backend='gloo'))
 log_processor = dict(by_epoch=False)

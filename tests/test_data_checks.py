@@ -1,0 +1,155 @@
+"""Bad data is refused by name (vpt_seg/datasets/checks.py), through the configs' own
+pipelines, at start-up (vpt_seg/runner.py) and by tools/check_data.py."""
+import os.path as osp
+import subprocess
+import sys
+from types import SimpleNamespace
+
+import cv2
+import numpy as np
+import pytest
+from mmengine.config import Config
+from mmseg.registry import DATASETS
+
+from vpt_seg.datasets import DataError, check_dataset, make_ade20k
+from vpt_seg.engine.hooks import DataCheckHook
+from vpt_seg.runner import prepare_cfg
+
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+DEMO = osp.join(ROOT, 'configs', 'demo', 'setr_vpt_tiny_ade20k.py')
+STUDY = osp.join(ROOT, 'configs', 'study', 'vpt-deep.py')
+
+
+def config(path, data_root):
+    cfg = Config.fromfile(path)
+    for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
+        cfg[loader].dataset.data_root = data_root
+    return cfg
+
+
+def dataset(cfg, loader='train_dataloader'):
+    return DATASETS.build(cfg[loader].dataset)
+
+
+def ann(root, i=1, split='training'):
+    prefix = 'train' if split == 'training' else 'val'
+    return osp.join(root, 'annotations', split, f'ADE_{prefix}_{i:08d}.png')
+
+
+def img(root, i=1, split='training'):
+    prefix = 'train' if split == 'training' else 'val'
+    return osp.join(root, 'images', split, f'ADE_{prefix}_{i:08d}.jpg')
+
+
+@pytest.fixture
+def data(tmp_path):
+    return make_ade20k(str(tmp_path / 'demo'), num_train=3, num_val=1, size=(32, 32))
+
+
+def test_good_data_loads_through_the_checked_pipeline(data):
+    sample = dataset(config(DEMO, data), 'val_dataloader')[0]
+    seg = sample['data_samples'].gt_sem_seg.data
+    raw = cv2.imread(ann(data, 1, 'validation'), cv2.IMREAD_UNCHANGED).astype(np.int64)
+    assert seg.shape[-2:] == raw.shape  # the test pipeline keeps the original labels
+    assert np.array_equal(seg[0].numpy(), np.where(raw == 0, 255, raw - 1))
+
+
+@pytest.mark.parametrize('path,task,value,message', [
+    # ADE20k, 150 classes: 200 in the file is class id 199 after reduce_zero_label.
+    (DEMO, 'source', 200, "has label values outside the 150 classes: 200 (class id 199). "
+     "Class ids must be in 0..149 or 255 (ignored); in the file that is 0 (ignored) or "
+     "1..150"),
+    # The study's 8-class subset: ADE ids outside the 150 have no class id either.
+    (STUDY, 'target', 200, 'has label values outside the 8 classes: 200 (class id 199). '
+     'Class ids must be in 0..7 or 255 (ignored).'),
+])
+def test_label_outside_the_classes_is_named(tmp_path, path, task, value, message):
+    root = make_ade20k(str(tmp_path / 'd'), num_train=2, num_val=1, size=(32, 32), task=task)
+    label = cv2.imread(ann(root), cv2.IMREAD_UNCHANGED)
+    label[0, 0] = value
+    cv2.imwrite(ann(root), label)
+    ds = dataset(config(path, root))
+    with pytest.raises(DataError, match='annotation .*ADE_train_00000001.png'):
+        ds[0]
+    with pytest.raises(DataError) as err:
+        ds[0]
+    assert f"annotation '{ann(root)}' " + message in str(err.value)
+    ds[1]  # the other file is fine
+
+
+def test_annotation_of_another_size_names_both_sizes(data):
+    cv2.imwrite(ann(data), np.ones((32, 40), np.uint8))
+    with pytest.raises(DataError) as err:
+        dataset(config(DEMO, data))[0]
+    assert f"annotation '{ann(data)}' is 32x40 (HxW) but its image '{img(data)}' is " \
+        '32x32' in str(err.value)
+
+
+def test_16_bit_annotation_with_values_over_255_is_refused(data):
+    label = np.full((32, 32), 300, np.uint16)
+    cv2.imwrite(ann(data), label)
+    with pytest.raises(DataError, match=f"annotation '{ann(data)}' is uint16 with values up to "
+                       '300: class ids must fit in 0..255'):
+        dataset(config(DEMO, data))[0]
+
+
+def test_truncated_image_is_named(data):
+    with open(img(data), 'rb') as f:
+        head = f.read(200)
+    with open(img(data), 'wb') as f:
+        f.write(head)
+    with pytest.raises(DataError, match=f"image '{img(data)}' is truncated"):
+        dataset(config(DEMO, data))[0]
+
+
+def test_image_without_annotation_fails_at_start_up_and_on_load(data):
+    import os
+    os.remove(ann(data, 2))
+    cfg = config(DEMO, data)
+    with pytest.raises(FileNotFoundError) as err:
+        prepare_cfg(cfg, training=True)
+    assert f"train_dataloader: {data}/images/training: 1 of 3 images have no annotation, " \
+        f"e.g. '{img(data, 2)}' (expected '{ann(data, 2)}')" in str(err.value)
+    assert 'Expected layout: images/<split>/NAME.jpg' in str(err.value)
+    with pytest.raises(FileNotFoundError, match=f"annotation not found: '{ann(data, 2)}'.*"
+                       f"annotation of image '{img(data, 2)}'"):
+        dataset(cfg)[1]
+
+
+def test_empty_split_fails_at_start_up(tmp_path):
+    root = make_ade20k(str(tmp_path / 'd'), num_train=2, num_val=0, size=(32, 32))
+    with pytest.raises(FileNotFoundError, match=f'val_dataloader: {root}/images/validation: '
+                       'no images found. Expected layout'):
+        prepare_cfg(config(DEMO, root), training=True)
+
+
+def test_scan_lists_every_problem_and_the_hook_stops_training(data):
+    label = cv2.imread(ann(data, 1), cv2.IMREAD_UNCHANGED)
+    label[0, 0] = 200
+    cv2.imwrite(ann(data, 1), label)
+    cv2.imwrite(ann(data, 3), np.ones((16, 16), np.uint8))
+    ds = dataset(config(DEMO, data))
+    report = check_dataset(ds, progress=False)
+    assert report['num_images'] == 3 and report['sizes'] == {(32, 32): 3}
+    assert len(report['problems']) == 2
+    assert 'ADE_train_00000001.png' in report['problems'][0] and '200' in report['problems'][0]
+    assert 'ADE_train_00000003.png' in report['problems'][1] and '16x16' in report['problems'][1]
+    assert sum(report['histogram'].values()) == 32 * 32  # the one good annotation
+
+    runner = SimpleNamespace(train_dataloader=SimpleNamespace(dataset=ds), val_loop=None)
+    with pytest.raises(DataError, match='2 problems in the train data'):
+        DataCheckHook().before_train(runner)
+
+
+def test_check_data_tool_reports_and_exits_non_zero(data):
+    cv2.imwrite(ann(data, 2), np.full((32, 32), 300, np.uint16))
+    proc = subprocess.run(
+        [sys.executable, osp.join(ROOT, 'tools', 'check_data.py'), DEMO, '--cfg-options',
+         f'train_dataloader.dataset.data_root={data}',
+         f'val_dataloader.dataset.data_root={data}'],
+        capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert 'train: 3 images, sizes (HxW): 32x32 (3)' in proc.stdout
+    assert f"PROBLEM: annotation '{ann(data, 2)}' is uint16 with values up to 300" in proc.stdout
+    assert 'val: 1 images' in proc.stdout
+    assert '1 problems' in proc.stdout

@@ -1,0 +1,246 @@
+"""Data that would train silently wrong is refused, naming the file.
+
+Two layers share the checks of :func:`read_image` and :func:`read_label`:
+
+* **On load**, in the pipeline: :class:`CheckedLoadImageFromFile` and
+  :class:`CheckedLoadAnnotations` (MMSeg's transforms, same arguments) fail on the first
+  bad file, naming it: an image that is missing, truncated or not an image; an
+  annotation that is missing, not single-channel, 16-bit with values over 255 (MMSeg
+  would wrap them to 0..255), of another size than its image, or with class ids outside
+  ``0..num_classes-1`` other than the ignore value.
+* **Before training**, :func:`check_dataset` scans a whole split the same way and reports
+  every problem at once with a class histogram (``tools/check_data.py CONFIG``, or
+  :class:`~vpt_seg.engine.DataCheckHook` at start-up); :func:`check_split_layout` refuses an
+  empty split or images without annotations when the dataset is built.
+
+Policy: nothing is skipped. A bad file is an error, never a silent gap in the data: a
+skipped image would change what the run trains on without a trace in its numbers.
+"""
+import os.path as osp
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+
+import mmcv
+import mmengine.fileio as fileio
+import numpy as np
+from mmcv.transforms import LoadImageFromFile
+from mmseg.datasets.transforms import LoadAnnotations
+from mmseg.registry import TRANSFORMS
+
+__all__ = ['DataError', 'read_image', 'read_label', 'CheckedLoadImageFromFile',
+           'CheckedLoadAnnotations', 'check_split_layout', 'check_dataset']
+
+LAYOUT = ('images/<split>/NAME.jpg with annotations/<split>/NAME.png (ADE20k: '
+          'ADEChallengeData2016/{images,annotations}/{training,validation})')
+
+
+class DataError(ValueError):
+    """A data file that cannot be trained on as it is; the message names it."""
+
+
+def _truncated(data: bytes) -> bool:
+    """A JPEG without its end marker or a PNG without its IEND chunk."""
+    if data[:2] == b'\xff\xd8':
+        return not data.rstrip(b'\x00\n\r ').endswith(b'\xff\xd9')
+    if data[:8] == b'\x89PNG\r\n\x1a\n':
+        return b'IEND' not in data[-16:]
+    return False
+
+
+def _read_bytes(path: str, what: str, backend_args=None) -> bytes:
+    try:
+        return fileio.get(path, backend_args=backend_args)
+    except FileNotFoundError:
+        raise FileNotFoundError(f'{what} not found: {path!r} (expected layout: {LAYOUT})') \
+            from None
+
+
+def read_image(path: str, flag: str = 'color', backend: str = 'cv2',
+               backend_args=None) -> np.ndarray:
+    """Decode an image, refusing truncated and unreadable files by name."""
+    data = _read_bytes(path, 'image', backend_args)
+    if _truncated(data):
+        raise DataError(f'image {path!r} is truncated (its last bytes are missing); '
+                        're-copy or remove it')
+    try:
+        img = mmcv.imfrombytes(data, flag=flag, backend=backend)
+    except Exception as err:  # the decoders raise their own types
+        img, reason = None, f'{type(err).__name__}: {err}'
+    else:
+        reason = 'the decoder returned nothing'
+    if img is None:
+        raise DataError(f'image {path!r} cannot be read ({reason}); it is not an image '
+                        'file or is damaged: re-copy or remove it')
+    return img
+
+
+def map_labels(raw: np.ndarray, reduce_zero_label: bool,
+               label_map: Optional[Mapping[int, int]]) -> np.ndarray:
+    """Raw annotation ids to training ids, exactly as MMSeg's ``LoadAnnotations``."""
+    label = raw.astype(np.uint8)
+    if reduce_zero_label:
+        label[label == 0] = 255
+        label = label - 1
+        label[label == 254] = 255
+    if label_map:
+        copy = label.copy()
+        for old, new in label_map.items():
+            label[copy == old] = new
+    return label
+
+
+def read_label(path: str, *, img_shape: Optional[Tuple[int, int]] = None,
+               reduce_zero_label: bool = False, label_map: Optional[Mapping] = None,
+               num_classes: Optional[int] = None, ignore_index: int = 255,
+               img_path: str = '', backend: str = 'cv2', backend_args=None) -> np.ndarray:
+    """Decode an annotation and check it; returns the training ids ``(H, W)`` uint8.
+
+    Raises:
+        FileNotFoundError: no such file (the message gives the image and the layout).
+        DataError: not decodable, not one channel, values over 255, another size than
+            ``img_shape``, or class ids outside ``0..num_classes-1`` other than
+            ``ignore_index`` (naming the value as stored in the file).
+    """
+    try:
+        data = _read_bytes(path, 'annotation', backend_args)
+    except FileNotFoundError as err:
+        raise FileNotFoundError(f'{err}; it is the annotation of image {img_path!r}'
+                                if img_path else str(err)) from None
+    if _truncated(data):
+        raise DataError(f'annotation {path!r} is truncated; re-copy or remove it')
+    raw = mmcv.imfrombytes(data, flag='unchanged', backend=backend)
+    if raw is None:
+        raise DataError(f'annotation {path!r} cannot be read: not an image file')
+    raw = raw.squeeze()
+    if raw.ndim != 2:
+        raise DataError(f'annotation {path!r} has shape {raw.shape}: expected one channel '
+                        'of class ids (a grey or palette PNG), not a colour image')
+    if raw.dtype != np.uint8:
+        top = int(raw.max()) if raw.size else 0
+        if top > 255 or raw.min() < 0:
+            raise DataError(f'annotation {path!r} is {raw.dtype} with values up to {top}: '
+                            'class ids must fit in 0..255 (8-bit PNG); MMSeg would wrap '
+                            'them and train on wrong labels')
+    if img_shape is not None and tuple(raw.shape) != tuple(img_shape[:2]):
+        raise DataError(f'annotation {path!r} is {raw.shape[0]}x{raw.shape[1]} (HxW) but '
+                        f'its image {img_path!r} is {img_shape[0]}x{img_shape[1]}: labels '
+                        'would not line up with pixels')
+    label = map_labels(raw, reduce_zero_label, label_map)
+    if num_classes is not None:
+        values = np.unique(raw)
+        mapped = map_labels(values, reduce_zero_label, label_map)
+        bad = [(int(v), int(m)) for v, m in zip(values, mapped)
+               if m != ignore_index and not 0 <= m < num_classes]
+        if bad:
+            shown = ', '.join(f'{v} (class id {m})' if m != v else str(v) for v, m in bad[:8])
+            in_file = (f'; in the file that is 0 (ignored) or 1..{num_classes}, as '
+                       'reduce_zero_label=True subtracts 1' if reduce_zero_label
+                       and not label_map else '')
+            raise DataError(
+                f'annotation {path!r} has label values outside the {num_classes} classes: '
+                f'{shown}. Class ids must be in 0..{num_classes - 1} or {ignore_index} '
+                f'(ignored){in_file}.')
+    return label
+
+
+@TRANSFORMS.register_module()
+class CheckedLoadImageFromFile(LoadImageFromFile):
+    """MMCV's ``LoadImageFromFile`` that names a missing, truncated or unreadable file."""
+
+    def transform(self, results: dict) -> dict:
+        img = read_image(results['img_path'], self.color_type, self.imdecode_backend,
+                         self.backend_args)
+        if self.to_float32:
+            img = img.astype(np.float32)
+        results['img'] = img
+        results['img_shape'] = img.shape[:2]
+        results['ori_shape'] = img.shape[:2]
+        return results
+
+
+@TRANSFORMS.register_module()
+class CheckedLoadAnnotations(LoadAnnotations):
+    """MMSeg's ``LoadAnnotations`` that checks each annotation (:func:`read_label`).
+
+    Args:
+        num_classes: Classes of the dataset; class ids outside ``0..num_classes-1``
+            (other than ``ignore_index``) are refused. None: not checked.
+        ignore_index: The ignore value (MMSeg's 255).
+        **kwargs: ``LoadAnnotations``'s (``reduce_zero_label``, ...).
+    """
+
+    def __init__(self, num_classes: Optional[int] = None, ignore_index: int = 255,
+                 **kwargs):
+        super().__init__(**kwargs)
+        self.num_classes, self.ignore_index = num_classes, ignore_index
+
+    def _load_seg_map(self, results: dict) -> None:
+        if self.reduce_zero_label is None:
+            self.reduce_zero_label = results['reduce_zero_label']
+        if self.reduce_zero_label != results['reduce_zero_label']:
+            raise ValueError(f'the dataset has reduce_zero_label={results["reduce_zero_label"]}'
+                             f', the pipeline\'s annotation loader {self.reduce_zero_label}')
+        results['gt_seg_map'] = read_label(
+            results['seg_map_path'], img_shape=results.get('ori_shape'),
+            reduce_zero_label=self.reduce_zero_label, label_map=results.get('label_map'),
+            num_classes=self.num_classes, ignore_index=self.ignore_index,
+            img_path=results.get('img_path', ''), backend=self.imdecode_backend,
+            backend_args=self.backend_args)
+        results['seg_fields'].append('gt_seg_map')
+
+
+def check_split_layout(data_list: Sequence[dict], where: str):
+    """Refuse an empty split, and images without an annotation, naming them.
+
+    Raises:
+        FileNotFoundError: no images in ``where``, or images whose annotation is missing.
+    """
+    if not data_list:
+        raise FileNotFoundError(f'{where}: no images found. Expected layout: {LAYOUT}')
+    lost = [d for d in data_list if d.get('seg_map_path') and not osp.isfile(d['seg_map_path'])]
+    if lost:
+        shown = ', '.join(repr(d['img_path']) for d in lost[:5])
+        raise FileNotFoundError(
+            f'{where}: {len(lost)} of {len(data_list)} images have no annotation, e.g. '
+            f'{shown} (expected {lost[0]["seg_map_path"]!r}). Expected layout: {LAYOUT}')
+
+
+def check_dataset(dataset, progress: bool = True) -> Dict:
+    """Scan a built segmentation dataset: every image and annotation, read and checked.
+
+    Returns:
+        ``dict(num_images, problems=[message, ...], histogram={class id: pixels},
+        sizes={(h, w): count}, num_classes)``; nothing raised for a bad file, so one scan
+        lists them all.
+    """
+    from mmengine.utils import ProgressBar
+    meta = dataset.metainfo
+    num_classes = len(meta.get('classes', ())) or None
+    ignore = getattr(dataset, 'ignore_index', 255)
+    problems: List[str] = []
+    hist = np.zeros(256, np.int64)
+    sizes: Dict[Tuple[int, int], int] = {}
+    items = [dataset.get_data_info(i) for i in range(len(dataset))]
+    bar = ProgressBar(len(items)) if progress and items else None
+    for info in items:
+        shape = None
+        try:
+            shape = read_image(info['img_path'], 'unchanged').shape[:2]
+            sizes[shape] = sizes.get(shape, 0) + 1
+        except (DataError, FileNotFoundError) as err:
+            problems.append(str(err))
+        if info.get('seg_map_path'):
+            try:
+                label = read_label(info['seg_map_path'], img_shape=shape,
+                                   reduce_zero_label=info.get('reduce_zero_label', False),
+                                   label_map=info.get('label_map'), num_classes=num_classes,
+                                   ignore_index=ignore, img_path=info['img_path'])
+                hist += np.bincount(label.ravel(), minlength=256)
+            except (DataError, FileNotFoundError) as err:
+                problems.append(str(err))
+        if bar is not None:
+            bar.update()
+    if bar is not None:
+        print()
+    return dict(num_images=len(items), problems=problems, num_classes=num_classes,
+                histogram={int(i): int(n) for i, n in enumerate(hist) if n},
+                sizes=sizes, classes=tuple(meta.get('classes', ())), ignore_index=ignore)
