@@ -117,6 +117,12 @@ class PromptedVisionTransformer(VisionTransformer):
         if self.fast_path:
             vit_ops.check_supported(self, type(self).__name__)
         self._frozen_loaded = False  # set once init_weights has filled the frozen weights
+        # The pretrained file the frozen weights come from, recorded in every state dict's
+        # metadata, so a task checkpoint can be loaded where init_cfg is dropped (MMSeg's
+        # init_model) or unknown (a task file).
+        init_cfg = kwargs.get('init_cfg')
+        self.pretrained_file = init_cfg.get('checkpoint') if isinstance(init_cfg, dict) \
+            and init_cfg.get('type') == 'Pretrained' else None
         self._loading_pretrained = False  # guards the load pre-hook against re-entry
         if freeze:
             for name, child in self.named_children():
@@ -253,11 +259,16 @@ class PromptedVisionTransformer(VisionTransformer):
             raise RuntimeError(f'loading {ckpt} left {sorted(left)} missing and '
                                f'{result.unexpected_keys} unexpected')
         self._frozen_loaded = True
+        self.pretrained_file = ckpt
         print_log(report.summary(), logger='current',
                   level=logging.WARNING if eps_off else logging.INFO)
 
     @staticmethod
     def _drop_frozen_from_state_dict(module, state_dict, prefix, local_metadata):
+        path = module.pretrained_file
+        if path:  # as configured (relative to the run's folder), and absolute
+            local_metadata['pretrained'] = [path] if '://' in path else list(
+                dict.fromkeys([path, osp.abspath(path)]))
         if module.save_frozen:
             return
         for key in frozen_state_keys(module):
@@ -301,18 +312,43 @@ class PromptedVisionTransformer(VisionTransformer):
             return  # a full checkpoint (or the pretrained file itself): load as MMSeg does
         # A task checkpoint: the frozen weights come from the pretrained file.
         if not self._frozen_loaded:
-            if self.init_cfg is None:
-                raise ValueError(
-                    'this checkpoint holds only tuned parameters (a task checkpoint); the '
-                    'frozen backbone must come from its pretrained file, but the backbone '
-                    "has no init_cfg=dict(type='Pretrained', checkpoint=...).")
-            print_log('Task checkpoint: loading the frozen backbone from '
-                      f"{self.init_cfg.get('checkpoint')}", logger='current')
-            self._loading_pretrained = True
-            try:
-                self.init_weights()
-            finally:
-                self._loading_pretrained = False
+            self._load_frozen_for_task(local_metadata)
         params = dict(self.named_parameters(prefix=prefix[:-1] if prefix else ''))
         for key in frozen:
             state_dict[key] = params[key].detach()
+
+    def _load_frozen_for_task(self, local_metadata: dict):
+        """Load the frozen weights a task checkpoint leaves out: from ``init_cfg``'s file,
+        else from the file the checkpoint records (``local_metadata['pretrained']``: the
+        training run's ``init_cfg``, or a task file's neighbour), the first that exists."""
+        own = self.init_cfg.get('checkpoint') if isinstance(self.init_cfg, dict) \
+            and self.init_cfg.get('type') == 'Pretrained' else None
+        recorded = local_metadata.get('pretrained')
+        recorded = [recorded] if isinstance(recorded, str) else list(recorded or [])
+        candidates = list(dict.fromkeys([p for p in [own] + recorded if p]))
+        found = next((p for p in candidates if '://' in p or osp.isfile(p)), None)
+        if found is None:
+            if not candidates:
+                raise ValueError(
+                    'this checkpoint holds only tuned parameters (a task checkpoint); the '
+                    'frozen backbone must come from its pretrained file, but the backbone '
+                    "has no init_cfg=dict(type='Pretrained', checkpoint=...) and the "
+                    'checkpoint records none (it predates vpt-seg 0.2); set init_cfg, or '
+                    'load it with tools/test.py or vpt_seg.load_task_model(config, ckpt).')
+            raise FileNotFoundError(
+                'this checkpoint holds only tuned parameters (a task checkpoint); its frozen '
+                f'backbone comes from the pretrained file, looked for at {candidates} (from '
+                "the backbone's init_cfg and the checkpoint), none exists. Put the file "
+                'there (next to a .safetensors task file), or point init_cfg at it, e.g. '
+                "cfg_options={'model.backbone.init_cfg': dict(type='Pretrained', "
+                "checkpoint='/path/to/vit.pth')} (MMSeg's init_model drops init_cfg: then "
+                'the file recorded in the checkpoint is used).')
+        if found != own:
+            self.init_cfg = dict(type='Pretrained', checkpoint=found)
+        print_log(f'Task checkpoint: loading the frozen backbone from {found}',
+                  logger='current')
+        self._loading_pretrained = True
+        try:
+            self.init_weights()
+        finally:
+            self._loading_pretrained = False
