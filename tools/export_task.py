@@ -13,6 +13,9 @@ import argparse
 import os.path as osp
 
 import vpt_seg  # noqa: F401  (compat fixes and registration before any mmseg import)
+from mmengine.config import Config, DictAction
+
+from vpt_seg.runner import resolve_config
 from vpt_seg.task_file import export_task
 
 
@@ -25,10 +28,16 @@ def main():
     parser.add_argument('config', help='the config the task was trained with')
     parser.add_argument('checkpoint', help='its task checkpoint (.pth, from tools/train.py)')
     parser.add_argument('out', help='the task file to write (.safetensors)')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
+                        help='override settings in the config, e.g. '
+                        'model.backbone.init_cfg.checkpoint=/path/to/vit.pth')
     args = parser.parse_args()
     if not osp.isfile(args.checkpoint):
         raise SystemExit(f'checkpoint not found: {args.checkpoint!r}')
-    meta = export_task(args.config, args.checkpoint, args.out)
+    cfg = Config.fromfile(resolve_config(args.config))
+    if args.cfg_options:
+        cfg.merge_from_dict(args.cfg_options)
+    meta = export_task(cfg, args.checkpoint, args.out)
     size = osp.getsize(args.out)
     print(f'task file {args.out}: {size / 2**10:.1f} KiB; loads with the pretrained backbone '
           f'{meta["pretrained"]!r} beside it (or at {meta["pretrained_path"]!r})')

@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from mmengine.config import Config
 from mmengine.registry import init_default_scope
+from mmengine.utils import ProgressBar
 from mmseg.registry import DATASETS
 
 from vpt_seg.datasets.image_folder import IMG_EXTENSIONS
@@ -39,7 +40,13 @@ from vpt_seg.task_file import task_config_text
 
 
 def parse_args():
-    parser = argparse.ArgumentParser(description='Serve many VPT tasks on one frozen ViT')
+    parser = argparse.ArgumentParser(
+        description='Serve many VPT tasks on one frozen ViT',
+        epilog='example:\n  python tools/serve.py pretrain/tiny_vit.pth '
+               'seg=configs/demo/setr_vpt_tiny_ade20k.py:work_dirs/demo/iter_200.pth \\\n'
+               '      --images data/ade_tiny/ADEChallengeData2016/images/validation '
+               '--out-dir served\nA progress bar with the ETA runs over the batches.',
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('backbone', help='shared backbone: a config, or a weights file')
     parser.add_argument('tasks', nargs='+', metavar='NAME=CONFIG:CHECKPOINT',
                         help='task name, its config and its task checkpoint, or '
@@ -140,6 +147,7 @@ def main():
     pairs = [(f, t) for f in files for t, _, _ in specs]
     originals, rows, worst = {}, [], 0.0
     os.makedirs(args.out_dir, exist_ok=True)
+    bar = ProgressBar(len(pairs))  # (image, task) pairs done, rate and ETA
     for start in range(0, len(pairs), args.batch_size):
         batch = pairs[start:start + args.batch_size]
         images = []
@@ -178,6 +186,9 @@ def main():
             colour = palette[label][..., ::-1]                          # RGB palette -> BGR
             overlay = (0.5 * img + 0.5 * colour).astype(np.uint8)
             cv2.imwrite(osp.join(args.out_dir, task, f'{stem}_overlay.png'), overlay)
+        for _ in batch:
+            bar.update()
+    print()
 
     with open(osp.join(args.out_dir, 'predictions.json'), 'w') as fp:
         json.dump(rows, fp, indent=1)

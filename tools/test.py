@@ -20,9 +20,20 @@ from vpt_seg.runner import load_cfg, prepare_cfg, setup_distributed
 
 
 def parse_args():
-    parser = argparse.ArgumentParser(description='Test (and evaluate) a vpt-seg checkpoint')
+    parser = argparse.ArgumentParser(
+        description='Test (and evaluate) a vpt-seg checkpoint or task file',
+        epilog='examples:\n'
+               '  python tools/test.py configs/demo/setr_vpt_tiny_ade20k.py '
+               'work_dirs/demo/iter_200.pth --tta\n'
+               '  python tools/test.py configs/demo/setr_vpt_tiny_ade20k.py '
+               'work_dirs/demo/seg.safetensors --show-dir vis --out preds\n'
+               "MMEngine's log line every default_hooks.logger.interval images gives the "
+               'ETA.',
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('config', help='test config file path')
-    parser.add_argument('checkpoint', help='task checkpoint file')
+    parser.add_argument('checkpoint',
+                        help='task checkpoint (.pth) or task file (.safetensors, from '
+                        'tools/export_task.py)')
     parser.add_argument('--work-dir', help='the dir to save logs and metrics')
     parser.add_argument('--out', help='the dir to save output prediction maps (PNG)')
     parser.add_argument('--show', action='store_true',

@@ -15,7 +15,17 @@ from vpt_seg.runner import load_cfg, prepare_cfg, setup_distributed
 
 
 def parse_args():
-    parser = argparse.ArgumentParser(description='Train a segmentor with visual prompts')
+    parser = argparse.ArgumentParser(
+        description='Train a segmentor with visual prompts',
+        epilog='examples:\n'
+               '  python tools/train.py configs/setr_vpt_ade20k.py\n'
+               '  python tools/train.py configs/demo/setr_vpt_tiny_ade20k.py --work-dir '
+               'work_dirs/tiny --cfg-options train_cfg.max_iters=100\n'
+               '  bash tools/dist_train.sh configs/demo/setr_vpt_tiny_ade20k.py 2   '
+               '# DDP, GPUs or CPU (gloo)\n'
+               "MMEngine's log line every default_hooks.logger.interval iterations gives "
+               'the ETA.',
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('config', help='train config file path')
     parser.add_argument('--work-dir', help='the dir to save logs and task checkpoints')
     parser.add_argument('--resume', action='store_true', default=False,

@@ -17,8 +17,7 @@ in the safetensors header (strings only):
 ============================  ===========================================================
 
 Loading needs only the backbone's pretrained file, looked for next to the task file
-first, then at ``pretrained_path`` (the backbone's ``init_cfg``, when the model has
-one, goes before both). ``tools/test.py``, ``tools/serve.py``, ``load_from``, MMSeg's
+first, then at ``pretrained_path``, then at the backbone's ``init_cfg``. ``tools/test.py``, ``tools/serve.py``, ``load_from``, MMSeg's
 ``init_model`` and ``MMSegInferencer`` read task files directly: importing vpt_seg
 registers :func:`load_from_safetensors` with MMEngine's ``CheckpointLoader`` for paths
 ending in ``.safetensors``.

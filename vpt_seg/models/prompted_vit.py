@@ -318,14 +318,17 @@ class PromptedVisionTransformer(VisionTransformer):
             state_dict[key] = params[key].detach()
 
     def _load_frozen_for_task(self, local_metadata: dict):
-        """Load the frozen weights a task checkpoint leaves out: from ``init_cfg``'s file,
-        else from the file the checkpoint records (``local_metadata['pretrained']``: the
-        training run's ``init_cfg``, or a task file's neighbour), the first that exists."""
+        """Load the frozen weights a task checkpoint leaves out: from the file the
+        checkpoint records (``local_metadata['pretrained']``: the training run's
+        ``init_cfg``, or a task file's neighbour), else from ``init_cfg``'s file; the
+        first that exists. The recorded file goes first because it is the one the task
+        was trained on, while a config's path may name another file where the task is
+        loaded (MMSeg's ``MMSegInferencer`` keeps ``init_cfg``)."""
         own = self.init_cfg.get('checkpoint') if isinstance(self.init_cfg, dict) \
             and self.init_cfg.get('type') == 'Pretrained' else None
         recorded = local_metadata.get('pretrained')
         recorded = [recorded] if isinstance(recorded, str) else list(recorded or [])
-        candidates = list(dict.fromkeys([p for p in [own] + recorded if p]))
+        candidates = list(dict.fromkeys([p for p in recorded + [own] if p]))
         found = next((p for p in candidates if '://' in p or osp.isfile(p)), None)
         if found is None:
             if not candidates:
@@ -333,20 +336,22 @@ class PromptedVisionTransformer(VisionTransformer):
                     'this checkpoint holds only tuned parameters (a task checkpoint); the '
                     'frozen backbone must come from its pretrained file, but the backbone '
                     "has no init_cfg=dict(type='Pretrained', checkpoint=...) and the "
-                    'checkpoint records none (it predates vpt-seg 0.2); set init_cfg, or '
-                    'load it with tools/test.py or vpt_seg.load_task_model(config, ckpt).')
+                    'checkpoint records none (saved before checkpoints recorded it); load it '
+                    'with tools/test.py or vpt_seg.load_task_model(config, ckpt), or export '
+                    'it as a task file (tools/export_task.py).')
             raise FileNotFoundError(
                 'this checkpoint holds only tuned parameters (a task checkpoint); its frozen '
                 f'backbone comes from the pretrained file, looked for at {candidates} (from '
-                "the backbone's init_cfg and the checkpoint), none exists. Put the file "
-                'there (next to a .safetensors task file), or point init_cfg at it, e.g. '
-                "cfg_options={'model.backbone.init_cfg': dict(type='Pretrained', "
-                "checkpoint='/path/to/vit.pth')} (MMSeg's init_model drops init_cfg: then "
-                'the file recorded in the checkpoint is used).')
+                "the checkpoint, then the backbone's init_cfg), none exists. Put the file at "
+                'one of those paths (a .safetensors task file: next to it), or name it: '
+                '--cfg-options model.backbone.init_cfg.checkpoint=/path/to/vit.pth for the '
+                "tools, vpt_seg.load_task_model(config, ckpt, pretrained=...) in Python "
+                "(MMSeg's init_model drops init_cfg).")
         if found != own:
             self.init_cfg = dict(type='Pretrained', checkpoint=found)
-        print_log(f'Task checkpoint: loading the frozen backbone from {found}',
-                  logger='current')
+        print_log(f'Task checkpoint: loading the frozen backbone from {found}' + (
+            f' (the file it was trained with; the config names {own})'
+            if own and osp.abspath(own) != osp.abspath(found) else ''), logger='current')
         self._loading_pretrained = True
         try:
             self.init_weights()
