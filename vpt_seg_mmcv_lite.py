@@ -43,6 +43,8 @@ def _compiled_op_placeholder(name):
 
 def mmcv_ext_available() -> bool:
     """Whether mmcv's compiled extension (``mmcv._ext``) is installed."""
+    if 'mmcv._ext' in sys.modules:
+        return True
     try:
         return importlib.util.find_spec('mmcv._ext') is not None
     except ModuleNotFoundError:  # no mmcv at all
