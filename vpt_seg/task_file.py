@@ -17,8 +17,9 @@ in the safetensors header (strings only):
 ============================  ===========================================================
 
 Loading needs only the backbone's pretrained file, looked for next to the task file
-first, then at ``pretrained_path``, then at the backbone's ``init_cfg``. ``tools/test.py``, ``tools/serve.py``, ``load_from``, MMSeg's
-``init_model`` and ``MMSegInferencer`` read task files directly: importing vpt_seg
+first, then at ``pretrained_path``, then at the backbone's ``init_cfg``.
+``tools/test.py``, ``tools/serve.py``, ``load_from``, MMSeg's ``init_model`` and
+``MMSegInferencer`` read task files directly: importing vpt_seg
 registers :func:`load_from_safetensors` with MMEngine's ``CheckpointLoader`` for paths
 ending in ``.safetensors``.
 """
