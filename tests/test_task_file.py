@@ -8,6 +8,7 @@ gone): through MMSeg's ``init_model`` (which drops ``init_cfg``) and through
 must be bit-identical to the original model's.
 """
 import json
+import os
 import os.path as osp
 import shutil
 import struct
@@ -87,6 +88,7 @@ def test_every_table3_row_round_trips_through_a_task_file(pretrained, row):
     stored = header.pop('__metadata__')
     assert stored == meta
     assert stored['format'] == TASK_FORMAT and stored['pretrained'] == vit_path.name
+    assert ('frozen_sha256' in stored) == (row != 'full')
     assert json.loads(stored['signature_fields']) == list(SIGNATURE_FIELDS)
     assert json.loads(stored['signature']) == model.backbone.signature.tolist()
     assert json.loads(stored['dataset_meta']) == {'classes': classes, 'palette': PALETTE}
@@ -113,7 +115,7 @@ def test_every_table3_row_round_trips_through_a_task_file(pretrained, row):
         moved.rename(vit_path)
 
 
-def test_missing_pretrained_file_names_where_it_looked(pretrained):
+def test_pretrained_file_is_checked_by_its_weights_or_named_when_missing(pretrained):
     tmp, vit_path = pretrained
     cfg = Config.fromfile(osp.join(STUDY, 'vpt-deep.py'))
     cfg.model.backbone.init_cfg.checkpoint = str(vit_path)
@@ -126,9 +128,16 @@ def test_missing_pretrained_file_names_where_it_looked(pretrained):
     state, _ = read_task_file(out)
     beside = osp.join(osp.dirname(out), vit_path.name)
     assert state._metadata['backbone']['pretrained'] == [beside, str(vit_path)]
+    impostor = torch.load(vit_path, weights_only=True)  # same architecture, other values
+    impostor['layers.0.ln1.weight'] = impostor['layers.0.ln1.weight'] + 1e-3
+    torch.save(impostor, beside)
+    init_model(cfg, out, device='cpu')  # skips it for the recorded path, whose weights match
     moved = vit_path.with_suffix('.away')
     vit_path.rename(moved)
     try:
+        with pytest.raises(ValueError, match='holds the frozen weights this task was trained'):
+            init_model(cfg, out, device='cpu')
+        os.remove(beside)
         with pytest.raises(FileNotFoundError, match='none exists') as err:
             init_model(cfg, out, device='cpu')
         assert beside in str(err.value) and str(vit_path) in str(err.value)

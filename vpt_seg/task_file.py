@@ -14,10 +14,13 @@ in the safetensors header (strings only):
 ``pretrained_path``           that file's path as the config named it
 ``dataset_meta``              class names and palette (JSON), when the run stored them
 ``backbone_prefix``           where the backbone's keys start (``'backbone.'``)
+``frozen_sha256``             sha256 of the frozen weights as loaded (absent for ``Full``)
 ============================  ===========================================================
 
 Loading needs only the backbone's pretrained file, looked for next to the task file
-first, then at ``pretrained_path``, then at the backbone's ``init_cfg``.
+first, then at ``pretrained_path``, then at the backbone's ``init_cfg``; the first whose
+weights match ``frozen_sha256`` is used, and another file of the same architecture is
+refused.
 ``tools/test.py``, ``tools/serve.py``, ``load_from``, MMSeg's ``init_model`` and
 ``MMSegInferencer`` read task files directly: importing vpt_seg
 registers :func:`load_from_safetensors` with MMEngine's ``CheckpointLoader`` for paths
@@ -84,6 +87,8 @@ def export_task(config, checkpoint: str, out: str) -> Dict[str, str]:
         'pretrained': osp.basename(pretrained),
         'pretrained_path': str(init_cfg.get('checkpoint') or pretrained),
     }
+    if any(not p.requires_grad for p in backbone.parameters()):
+        meta['frozen_sha256'] = backbone.frozen_digest()
     dataset_meta = getattr(model, 'dataset_meta', None)
     if dataset_meta:
         meta['dataset_meta'] = json.dumps(
@@ -132,6 +137,8 @@ def read_task_file(path: str) -> Tuple['OrderedDict[str, torch.Tensor]', Dict[st
             candidates.append(meta['pretrained_path'])
         prefix = meta.get('backbone_prefix', 'backbone.')
         state._metadata[prefix[:-1]] = {'pretrained': candidates}
+        if meta.get('frozen_sha256'):
+            state._metadata[prefix[:-1]]['frozen_sha256'] = meta['frozen_sha256']
     return state, meta
 
 

@@ -329,8 +329,8 @@ class PromptedVisionTransformer(VisionTransformer):
         recorded = local_metadata.get('pretrained')
         recorded = [recorded] if isinstance(recorded, str) else list(recorded or [])
         candidates = list(dict.fromkeys([p for p in recorded + [own] if p]))
-        found = next((p for p in candidates if '://' in p or osp.isfile(p)), None)
-        if found is None:
+        existing = [p for p in candidates if '://' in p or osp.isfile(p)]
+        if not existing:
             if not candidates:
                 raise ValueError(
                     'this checkpoint holds only tuned parameters (a task checkpoint); the '
@@ -347,13 +347,34 @@ class PromptedVisionTransformer(VisionTransformer):
                 '--cfg-options model.backbone.init_cfg.checkpoint=/path/to/vit.pth for the '
                 "tools, vpt_seg.load_task_model(config, ckpt, pretrained=...) in Python "
                 "(MMSeg's init_model drops init_cfg).")
-        if found != own:
-            self.init_cfg = dict(type='Pretrained', checkpoint=found)
-        print_log(f'Task checkpoint: loading the frozen backbone from {found}' + (
-            f' (the file it was trained with; the config names {own})'
-            if own and osp.abspath(own) != osp.abspath(found) else ''), logger='current')
-        self._loading_pretrained = True
-        try:
-            self.init_weights()
-        finally:
-            self._loading_pretrained = False
+        digest = local_metadata.get('frozen_sha256')  # task files record it
+        for found in existing:
+            self.init_cfg = dict(self.init_cfg or {}, type='Pretrained', checkpoint=found)
+            print_log(f'Task checkpoint: loading the frozen backbone from {found}' + (
+                f' (the file it was trained with; the config names {own})'
+                if own and osp.abspath(own) != osp.abspath(found) else ''), logger='current')
+            self._loading_pretrained = True
+            try:
+                self.init_weights()
+            finally:
+                self._loading_pretrained = False
+            if digest is None or self.frozen_digest() == digest:
+                return
+            print_log(f'{found}: not the frozen weights this task was trained on (sha256 '
+                      'differs)', logger='current', level=logging.WARNING)
+        raise ValueError(
+            f'none of {existing} holds the frozen weights this task was trained on (the '
+            f'task file records their sha256 {digest[:16]}...; same architecture, other '
+            'values): put the pretrained file the task was made with next to it.')
+
+    def frozen_digest(self) -> str:
+        """sha256 of the frozen weights (names and values), as loaded: what a task file
+        records, so another pretrained file of the same architecture is refused."""
+        import hashlib
+        h = hashlib.sha256()
+        params = dict(self.named_parameters())
+        for name in sorted(frozen_state_keys(self)):
+            t = params[name].detach().cpu().contiguous()
+            h.update(f'{name}:{tuple(t.shape)}:{t.dtype};'.encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+        return h.hexdigest()
