@@ -62,3 +62,53 @@ def test_message_hub_state_loads_with_torch_safe_loader():
     assert isinstance(restored, HistoryBuffer)
     assert restored.mean() == pytest.approx((1 + 1 / 2 + 1 / 3) / 3)
     assert restored.current() == pytest.approx(1 / 3)
+
+
+def _run(script, *args, env=None):
+    return subprocess.run([sys.executable, '-W', 'ignore', '-c', textwrap.dedent(script), *args],
+                          capture_output=True, text=True, env=env)
+
+
+def test_import_order_does_not_matter_with_the_start_up_hook(tmp_path):
+    """What pip installs (vpt_seg_mmcv_lite.pth) lets mmseg be imported before vpt_seg."""
+    import os.path as osp
+    import shutil
+    root = osp.dirname(osp.dirname(osp.abspath(__file__)))
+    shutil.copy(osp.join(root, 'vpt_seg_mmcv_lite.pth'), tmp_path)
+    hooked = _run('''
+        import site, sys
+        site.addsitedir(sys.argv[1])               # processes the .pth, as at start-up
+        from mmseg.apis import init_model, MMSegInferencer
+        import mmcv.ops
+        from vpt_seg import compat
+        assert compat.MMCV_FULL is (not getattr(mmcv.ops, '__vpt_seg_shim__', False))
+        print('mmseg first ok', compat.MMCV_FULL)
+    ''', str(tmp_path))
+    assert hooked.returncode == 0, hooked.stderr[-2000:]
+    assert 'mmseg first ok' in hooked.stdout
+    if not compat.MMCV_FULL:  # without the hook, mmcv-lite fails exactly as reported
+        import os
+        bare = _run('from mmseg.apis import init_model',
+                    env=dict(os.environ, VPT_SEG_NO_MMCV_HOOK='1'))  # even if pip put it in
+        assert bare.returncode != 0 and "No module named 'mmcv._ext'" in bare.stderr
+
+
+def test_start_up_hook_steps_aside_for_a_full_mmcv():
+    out = _run('''
+        import sys, types
+        ext = types.ModuleType('mmcv._ext')
+        def op(name):
+            if name.startswith('_'):
+                raise AttributeError(name)
+            return lambda *args, **kwargs: None
+        ext.__getattr__ = op
+        sys.modules['mmcv._ext'] = ext           # stands for the compiled extension
+        import vpt_seg_mmcv_lite
+        vpt_seg_mmcv_lite.install_finder()
+        import mmcv.ops
+        assert not getattr(mmcv.ops, '__vpt_seg_shim__', False)
+        assert mmcv.ops.__file__.endswith('mmcv/ops/__init__.py')
+        print('full mmcv untouched')
+    ''')
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert 'full mmcv untouched' in out.stdout

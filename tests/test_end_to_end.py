@@ -1,11 +1,15 @@
 """tools/train.py and tools/test.py on generated ADE20k-layout data and a tiny ViT."""
+import os
 import os.path as osp
 import re
+import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 from mmengine.config import Config
 from mmseg.registry import MODELS
 
@@ -107,3 +111,108 @@ def test_checkpoint_of_another_backbone_is_a_clear_error(setup):
     assert proc.returncode != 0
     assert 'does not fit this backbone' in proc.stderr
     assert '(4, 4, 48) in the checkpoint, (4, 4, 32) here' in proc.stderr
+
+
+# ------------------------------------------ MMSeg's APIs, task files, flags, serving
+@pytest.fixture(scope='module')
+def task_file(setup):
+    out = str(setup['tmp'] / 'published' / 'seg.safetensors')
+    os.makedirs(osp.dirname(out), exist_ok=True)
+    run_tool('export_task.py', CONFIG, str(setup['work'] / 'iter_20.pth'), out,
+             '--cfg-options', f'model.backbone.init_cfg.checkpoint={setup["tmp"] / "vit.pth"}')
+    shutil.copy(setup['tmp'] / 'vit.pth', osp.join(osp.dirname(out), 'vit.pth'))
+    return out
+
+
+API_SCRIPT = '''
+import site, sys
+site.addsitedir(sys.argv[1])          # as pip installs it: vpt_seg_mmcv_lite.pth
+from mmseg.apis import MMSegInferencer, inference_model, init_model, show_result_pyplot
+import glob, os.path as osp
+import numpy as np
+from PIL import Image
+import vpt_seg
+config, ckpt, task, images, preds, vis = sys.argv[2:8]
+model = init_model(config, ckpt, device='cpu')
+inferencer = MMSegInferencer(model=config, weights=task, device='cpu')
+files = sorted(glob.glob(osp.join(images, '*.jpg')))
+for f in files:
+    result = inference_model(model, f)
+    label = result.pred_sem_seg.data[0].numpy()
+    expected = np.asarray(Image.open(osp.join(preds, osp.basename(f)[:-4] + '.png')))
+    # test.py saves ADE ids (+1)
+    assert np.array_equal(label + 1, expected), (f, (label + 1 == expected).mean())
+    other = inferencer(f, return_datasamples=True).pred_sem_seg.data[0].numpy()
+    assert np.array_equal(other, label), f
+drawn = show_result_pyplot(model, files[0], result, show=False, out_file=vis)
+assert drawn.shape == Image.open(files[0]).size[::-1] + (3, ) and osp.isfile(vis)
+print('API OK', len(files))
+'''
+
+
+def test_mmseg_apis_give_what_the_test_tool_gives(setup, task_file):
+    """init_model + inference_model (training checkpoint), MMSegInferencer (task file),
+    show_result_pyplot; mmseg imported before vpt_seg, through the .pth start-up hook."""
+    ckpt = str(setup['work'] / 'iter_20.pth')
+    preds = setup['tmp'] / 'preds'
+    run_tool('test.py', CONFIG, ckpt, '--work-dir', str(setup['tmp'] / 't4'), '--out',
+             str(preds), *setup['options'])
+    hook_dir = setup['tmp'] / 'site'
+    hook_dir.mkdir(exist_ok=True)
+    shutil.copy(osp.join(ROOT, 'vpt_seg_mmcv_lite.pth'), hook_dir)
+    images = osp.join(setup['data'], 'images', 'validation')
+    proc = subprocess.run([sys.executable, '-c', API_SCRIPT, str(hook_dir), CONFIG, ckpt,
+                           task_file, images, str(preds), str(setup['tmp'] / 'vis.png')],
+                          capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert 'API OK 4' in proc.stdout
+
+
+def test_task_file_tests_and_loads_like_the_checkpoint(setup, task_file):
+    ckpt = str(setup['work'] / 'iter_20.pth')
+    log = run_tool('test.py', CONFIG, task_file, '--work-dir', str(setup['tmp'] / 't5'),
+                   *setup['options']).stdout
+    assert miou(log) == miou(setup['train_log'])
+    # load_from a task file: with a zero learning rate the weights stay the file's.
+    run_tool('train.py', CONFIG, '--work-dir', str(setup['tmp'] / 'w5'), *setup['options'],
+             f'load_from={task_file}', 'train_cfg.max_iters=1', 'train_cfg.val_interval=10',
+             'optim_wrapper.optimizer.lr=0', 'param_scheduler.0.eta_min=0')
+    after = torch.load(setup['tmp'] / 'w5' / 'iter_1.pth', weights_only=True)['state_dict']
+    before = torch.load(ckpt, weights_only=True)['state_dict']
+    for key in ('backbone.prompt.embeddings', 'decode_head.conv_seg.weight'):
+        assert torch.equal(after[key], before[key]), key
+
+
+def test_show_dir_paints_every_image_under_the_work_dir(setup):
+    work = setup['tmp'] / 't6'
+    out = run_tool('test.py', CONFIG, str(setup['work'] / 'iter_20.pth'), '--work-dir',
+                   str(work), '--show-dir', 'vis', *setup['options']).stdout
+    painted = sorted(os.listdir(work / 'vis' / 'vis_data' / 'vis_image'))
+    assert len(painted) == 4, painted  # 4 validation images, fewer than MMSeg's interval 50
+    assert f'Painted images are in {work / "vis" / "vis_data" / "vis_image"}' in out
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason='checks the refusal without a GPU')
+def test_amp_without_a_gpu_is_refused_with_the_reason(setup):
+    proc = run_tool('train.py', CONFIG, '--amp', '--work-dir', str(setup['tmp'] / 'w7'),
+                    *setup['options'], check=False)
+    assert proc.returncode != 0
+    assert 'mixed-precision training needs a GPU' in proc.stderr
+    assert 'AssertionError' not in proc.stderr
+
+
+def test_serve_runs_the_demo_task_on_a_backbone_without_final_norm(setup, task_file):
+    """The demo's pretrained file has no final norm: the shared backbone must not want one."""
+    assert 'ln1.weight' not in torch.load(setup['tmp'] / 'vit.pth', weights_only=True)
+    out = setup['tmp'] / 'served'
+    proc = run_tool('serve.py', str(setup['tmp'] / 'vit.pth'),
+                    f'seg={CONFIG}:{setup["work"] / "iter_20.pth"}', f'file={task_file}',
+                    '--images', osp.join(setup['data'], 'images', 'validation'),
+                    '--out-dir', str(out), '--verify')
+    worst = float(re.search(r'running each task alone: (\S+)', proc.stdout).group(1))
+    assert worst < 1e-4
+    for task in ('seg', 'file'):
+        assert len([f for f in os.listdir(out / task) if not f.endswith('_overlay.png')]) == 4
+    a = Image.open(out / 'seg' / 'ADE_val_00000001.png')
+    b = Image.open(out / 'file' / 'ADE_val_00000001.png')
+    assert np.array_equal(np.asarray(a), np.asarray(b))  # the same task, two file formats

@@ -155,3 +155,38 @@ def test_incompatible_tasks_are_clear_errors(served):
     with pytest.raises(RuntimeError, match='eval mode'):
         mt.train()
     assert 'wide' not in mt.tasks and 'other_weights' not in mt.tasks
+
+
+def test_backbone_file_without_final_norm_serves_segmentation_tasks(tmp_path):
+    """MMSeg's ViT defaults to final_norm=False, so the demo's pretrained file has no final
+    norm: the shared backbone follows the file, and a task that reads it is refused."""
+    torch.manual_seed(3)
+    vit = VisionTransformer(final_norm=False, **ARCH)
+    vit.init_weights()
+    pretrained = str(tmp_path / 'vit_no_norm.pth')
+    torch.save(vit.state_dict(), pretrained)
+    shared = build_shared_backbone(backbone(pretrained))
+    assert not shared.final_norm and not hasattr(shared, 'norm1')
+    mt = MultiTaskViT(shared)
+    for seed, (name, cfg) in enumerate({
+            'deep': seg(pretrained, in_index=0, num_prompts=4, out_indices=(1, 3)),
+            'shallow_bias': seg(pretrained, num_prompts=2, deep=False, tune_bias=True,
+                                out_indices=3)}.items()):
+        path = str(tmp_path / f'{name}.pth')
+        _task_file(cfg, path, seed)
+        mt.add_task(name, load_task_model(Config(dict(model=cfg)), path))
+    mt.eval()
+    tasks = ['deep', 'shallow_bias', 'shallow_bias', 'deep']
+    inputs = torch.randn(len(tasks), 3, 32, 32)
+    with torch.no_grad():
+        _check(mt(inputs, tasks), mt.run_alone(inputs, tasks), tasks, mt.kinds)
+    # a classifier reads the final norm: this backbone cannot serve it
+    with_norm = VisionTransformer(final_norm=True, **ARCH)
+    with_norm.load_state_dict(vit.state_dict(), strict=False)
+    other = str(tmp_path / 'vit_norm.pth')
+    torch.save(with_norm.state_dict(), other)
+    model = MODELS.build(cls(other, num_prompts=2))
+    model.init_weights()
+    with pytest.raises(ValueError, match='reads the final norm'):
+        mt.add_task('cls', model)
+    assert build_shared_backbone(backbone(other)).final_norm  # a file with one: built

@@ -100,3 +100,31 @@ def test_rejects_unknown_rows_and_too_short_schedules(tmp_path):
     with pytest.raises(ValueError, match='iters=20: the schedule warms up for 50'):
         run_study(StudySettings(out_dir=str(tmp_path), iters=20))
     assert not osp.exists(tmp_path / 'data')
+
+
+FAKE_TRAIN = '''
+import time
+for i in (100, 200, 300):
+    print(f"11/23 15:00:00 - mmengine - INFO - Iter(train) [{i:>4}/300]  lr: 1e-02  "
+          f"eta: 0:00:{(300 - i) // 10:02d}  time: 0.1000  loss: 1.0", flush=True)
+    time.sleep(1.2)
+'''
+
+
+def test_silent_runs_report_progress_with_etas(tmp_path, capsys):
+    """The study's tool runs log to files; their iteration lines become progress lines
+    with the run's ETA and one for the whole study (the runs still planned)."""
+    from vpt_seg.study import Progress, _run_tool
+    (tmp_path / 'train.py').write_text(FAKE_TRAIN)
+    settings = StudySettings(tools_dir=str(tmp_path))
+    progress = Progress({'pretrain': 300, 'Head only': 600})
+    seconds = _run_tool(settings, 'train.py', [], str(tmp_path / 'log'), progress, 'pretrain')
+    lines = [line for line in capsys.readouterr().out.splitlines() if 'pretrain: iter' in line]
+    assert [line.split('iter ')[1].split(',')[0] for line in lines] == \
+        ['100/300', '200/300', '300/300']
+    assert 'eta 0:00:20; whole study eta ~' in lines[0]
+    # the whole-study ETA counts the 600 planned iterations of the next run
+    whole = [line.rsplit('~', 1)[1] for line in lines]
+    h, m, s = map(int, whole[-1].split(':'))
+    assert h * 3600 + m * 60 + s >= 600 * seconds / 300 * 0.5
+    assert progress.done == {'pretrain'} and progress.rate() == pytest.approx(seconds / 300)

@@ -14,6 +14,7 @@ from mmengine.config import Config, DictAction
 from mmengine.registry import init_default_scope
 from mmseg.registry import MODELS
 
+from vpt_seg.runner import resolve_config
 from vpt_seg.tuning import format_count, parameter_report
 
 
@@ -32,7 +33,7 @@ def main():
     parser.add_argument('config')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction)
     args = parser.parse_args()
-    cfg = Config.fromfile(args.config)
+    cfg = Config.fromfile(resolve_config(args.config))
     if args.cfg_options:
         cfg.merge_from_dict(args.cfg_options)
     init_default_scope(cfg.get('default_scope', 'mmseg'))

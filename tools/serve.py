@@ -1,7 +1,10 @@
 """Serve several VPT tasks (segmentation and classification) on one frozen ViT.
 
-    python tools/serve.py BACKBONE NAME=CONFIG:CHECKPOINT [NAME=CONFIG:CHECKPOINT ...] \\
+    python tools/serve.py BACKBONE NAME=CONFIG:CHECKPOINT [NAME=TASK.safetensors ...] \\
         --images DIR --out-dir OUT [--size H W] [--batch-size 8] [--device cpu] [--verify]
+
+A task is its config and checkpoint, or a task file from tools/export_task.py (which
+carries its config).
 
 BACKBONE is the shared frozen ViT: a config (its ``model.backbone`` and pretrained file)
 or a pretrained weights file (the architecture then comes from the first task's config).
@@ -27,17 +30,27 @@ import torch
 import torch.nn.functional as F
 from mmengine.config import Config
 from mmengine.registry import init_default_scope
+from mmengine.utils import ProgressBar
 from mmseg.registry import DATASETS
 
 from vpt_seg.datasets.image_folder import IMG_EXTENSIONS
 from vpt_seg.multitask import MultiTaskViT, build_shared_backbone, load_task_model
+from vpt_seg.runner import resolve_config
+from vpt_seg.task_file import task_config_text
 
 
 def parse_args():
-    parser = argparse.ArgumentParser(description='Serve many VPT tasks on one frozen ViT')
+    parser = argparse.ArgumentParser(
+        description='Serve many VPT tasks on one frozen ViT',
+        epilog='example:\n  python tools/serve.py pretrain/tiny_vit.pth '
+               'seg=configs/demo/setr_vpt_tiny_ade20k.py:work_dirs/demo/iter_200.pth \\\n'
+               '      --images data/ade_tiny/ADEChallengeData2016/images/validation '
+               '--out-dir served\nA progress bar with the ETA runs over the batches.',
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('backbone', help='shared backbone: a config, or a weights file')
     parser.add_argument('tasks', nargs='+', metavar='NAME=CONFIG:CHECKPOINT',
-                        help='task name, its config and its task checkpoint')
+                        help='task name, its config and its task checkpoint, or '
+                        'NAME=TASK.safetensors (a task file, config inside)')
     parser.add_argument('--images', required=True, help='folder of images')
     parser.add_argument('--out-dir', required=True, help='where results go')
     parser.add_argument('--size', type=int, nargs=2, metavar=('H', 'W'),
@@ -50,11 +63,26 @@ def parse_args():
 
 
 def parse_task(spec: str):
+    """``(name, config or None, checkpoint)`` of ``NAME=CONFIG.py:CKPT`` or
+    ``NAME=TASK.safetensors``."""
     name, sep, rest = spec.partition('=')
+    if sep and name and rest.endswith('.safetensors') and '.py:' not in rest:
+        return name, None, rest
     cfg, sep2, ckpt = rest.partition('.py:')
     if not (sep and sep2 and name and ckpt):
-        raise ValueError(f'task {spec!r}: expected NAME=CONFIG.py:CHECKPOINT')
-    return name, cfg + '.py', ckpt
+        raise ValueError(f'task {spec!r}: expected NAME=CONFIG.py:CHECKPOINT or '
+                         'NAME=TASK.safetensors')
+    return name, resolve_config(cfg + '.py'), ckpt
+
+
+def task_config(cfg_path, ckpt) -> Config:
+    """A task's config: its file, or the one stored in its task file."""
+    if cfg_path is not None:
+        return Config.fromfile(cfg_path)
+    text = task_config_text(ckpt)
+    if not text:
+        raise ValueError(f'{ckpt}: no config stored in the file; give NAME=CONFIG.py:{ckpt}')
+    return Config.fromstring(text, file_format='.py')
 
 
 def _read_classes(dataset: dict):
@@ -97,27 +125,29 @@ def main():
         raise FileNotFoundError(f'no images in {args.images}')
 
     if args.backbone.endswith('.py'):
-        bcfg = Config.fromfile(args.backbone)
+        bcfg = Config.fromfile(resolve_config(args.backbone))
         init_default_scope(bcfg.get('default_scope', 'mmseg'))
         shared = build_shared_backbone(bcfg.model.backbone)
     else:
-        first = Config.fromfile(specs[0][1])
+        first = task_config(*specs[0][1:])
         init_default_scope(first.get('default_scope', 'mmseg'))
         shared = build_shared_backbone(first.model.backbone, pretrained=args.backbone)
     pretrained = shared.init_cfg['checkpoint']
     mt = MultiTaskViT(shared)
     metas = {}
     for name, cfg_path, ckpt in specs:
-        model = mt.add_task(name, load_task_model(cfg_path, ckpt, pretrained=pretrained))
+        cfg = task_config(cfg_path, ckpt)
+        model = mt.add_task(name, load_task_model(cfg, ckpt, pretrained=pretrained))
         num_classes = model.num_classes if mt.kinds[name] == 'cls' else \
             model.decode_head.out_channels
-        metas[name] = task_meta(model, Config.fromfile(cfg_path), num_classes)
+        metas[name] = task_meta(model, cfg, num_classes)
     mt.to(args.device).eval()
     size = tuple(args.size or shared.img_size)
 
     pairs = [(f, t) for f in files for t, _, _ in specs]
     originals, rows, worst = {}, [], 0.0
     os.makedirs(args.out_dir, exist_ok=True)
+    bar = ProgressBar(len(pairs))  # (image, task) pairs done, rate and ETA
     for start in range(0, len(pairs), args.batch_size):
         batch = pairs[start:start + args.batch_size]
         images = []
@@ -156,6 +186,9 @@ def main():
             colour = palette[label][..., ::-1]                          # RGB palette -> BGR
             overlay = (0.5 * img + 0.5 * colour).astype(np.uint8)
             cv2.imwrite(osp.join(args.out_dir, task, f'{stem}_overlay.png'), overlay)
+        for _ in batch:
+            bar.update()
+    print()
 
     with open(osp.join(args.out_dir, 'predictions.json'), 'w') as fp:
         json.dump(rows, fp, indent=1)

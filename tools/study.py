@@ -19,20 +19,40 @@ from vpt_seg.study import ROWS, StudySettings, run_study  # noqa: E402
 
 def parse_args():
     d = StudySettings()
-    parser = argparse.ArgumentParser(description='VPT transfer study (Table 3 in miniature)')
-    parser.add_argument('--out', default=d.out_dir, help='output folder')
-    parser.add_argument('--rows', nargs='+', choices=list(ROWS), default=list(d.rows))
+    parser = argparse.ArgumentParser(
+        description='VPT transfer study (Table 3 in miniature): pretrain a tiny ViT, adapt '
+                    'it with every row, write the table and figures',
+        epilog='examples:\n'
+               '  python tools/study.py                                  # the documented '
+               'study, ~5 min on 2 cores\n'
+               '  python tools/study.py --rows head vpt-deep --iters 200  # a quick look\n'
+               '  python tools/study.py --lrs 5e-3 2e-2 5e-2              # learning-rate search\n'
+               'Progress lines ([study] ...) give each run\'s ETA and the whole study\'s.',
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--out', default=d.out_dir,
+                        help='output folder: data, runs, table.{md,csv,json}, figures '
+                             '(default: %(default)s)')
+    parser.add_argument('--rows', nargs='+', choices=list(ROWS), default=list(d.rows),
+                        metavar='ROW',
+                        help='Table 3 rows to run, in order (default: all: '
+                             + ' '.join(ROWS) + ')')
     parser.add_argument('--iters', type=int, help='iterations per row (default: configs)')
     parser.add_argument('--pretrain-iters', type=int,
                         help='source pretraining iterations (default: config)')
-    parser.add_argument('--num-source', type=int, default=d.num_source)
-    parser.add_argument('--num-target', type=int, default=d.num_target)
-    parser.add_argument('--num-val', type=int, default=d.num_val)
-    parser.add_argument('--num-show', type=int, default=d.num_show)
+    parser.add_argument('--num-source', type=int, default=d.num_source,
+                        help='source-task training images, for pretraining '
+                             '(default: %(default)s)')
+    parser.add_argument('--num-target', type=int, default=d.num_target,
+                        help='target-task training images, for every row (default: %(default)s)')
+    parser.add_argument('--num-val', type=int, default=d.num_val,
+                        help='validation images per task (default: %(default)s)')
+    parser.add_argument('--num-show', type=int, default=d.num_show,
+                        help='validation images in predictions.png (default: %(default)s)')
     parser.add_argument('--lrs', type=float, nargs='+',
                         help="learning rates to try for every row, keeping each row's best "
                              "(default: each row config's own rate)")
-    parser.add_argument('--seed', type=int, default=d.seed)
+    parser.add_argument('--seed', type=int, default=d.seed,
+                        help='seed for the data and every run (default: %(default)s)')
     return parser.parse_args()
 
 

@@ -2,7 +2,7 @@
 
     python tools/test.py configs/setr_vpt_ade20k.py work_dirs/setr_vpt_ade20k/iter_160000.pth
     python tools/test.py ... --tta          # multi-scale (0.5-1.75) + flip
-    python tools/test.py ... --show-dir vis # write prediction overlays
+    python tools/test.py ... --show-dir vis # write prediction overlays to <work-dir>/vis
 
 A task checkpoint holds only tuned weights; the frozen backbone is loaded from the
 pretrained file named in the config's ``model.backbone.init_cfg``.
@@ -10,22 +10,38 @@ pretrained file named in the config's ``model.backbone.init_cfg``.
 import argparse
 import os
 import os.path as osp
+import sys
 
 import vpt_seg  # noqa: F401  (compat fixes and registration before any mmseg import)
 from mmengine.config import DictAction
 from mmengine.runner import Runner
 
-from vpt_seg.runner import load_cfg, prepare_cfg
+from vpt_seg.runner import load_cfg, prepare_cfg, setup_distributed
 
 
 def parse_args():
-    parser = argparse.ArgumentParser(description='Test (and evaluate) a vpt-seg checkpoint')
+    parser = argparse.ArgumentParser(
+        description='Test (and evaluate) a vpt-seg checkpoint or task file',
+        epilog='examples:\n'
+               '  python tools/test.py configs/demo/setr_vpt_tiny_ade20k.py '
+               'work_dirs/demo/iter_200.pth --tta\n'
+               '  python tools/test.py configs/demo/setr_vpt_tiny_ade20k.py '
+               'work_dirs/demo/seg.safetensors --show-dir vis --out preds\n'
+               "MMEngine's log line every default_hooks.logger.interval images gives the "
+               'ETA.',
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('config', help='test config file path')
-    parser.add_argument('checkpoint', help='task checkpoint file')
+    parser.add_argument('checkpoint',
+                        help='task checkpoint (.pth) or task file (.safetensors, from '
+                        'tools/export_task.py)')
     parser.add_argument('--work-dir', help='the dir to save logs and metrics')
     parser.add_argument('--out', help='the dir to save output prediction maps (PNG)')
-    parser.add_argument('--show', action='store_true', help='show prediction results')
-    parser.add_argument('--show-dir', help='dir (under the work dir) to save painted images')
+    parser.add_argument('--show', action='store_true',
+                        help='show prediction results in a window (needs a display)')
+    parser.add_argument('--show-dir',
+                        help='dir (relative paths: under the work dir) to save painted images')
+    parser.add_argument('--show-interval', type=int, default=1,
+                        help='with --show/--show-dir: paint every N-th image (default 1)')
     parser.add_argument('--wait-time', type=float, default=2, help='the interval of show (s)')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                         help='override settings in the config, e.g. key=value')
@@ -40,18 +56,32 @@ def parse_args():
 
 
 def trigger_visualization_hook(cfg, args):
+    """Turn on MMSeg's SegVisualizationHook for --show / --show-dir.
+
+    Returns:
+        The folder painted images go to (None with --show alone).
+    """
     default_hooks = cfg.default_hooks
     if 'visualization' not in default_hooks:
         raise RuntimeError('--show/--show-dir need a "visualization" entry in default_hooks '
                            '(type="SegVisualizationHook")')
+    if args.show_interval < 1:
+        raise ValueError(f'--show-interval must be >= 1, got {args.show_interval}')
+    if args.show and sys.platform.startswith('linux') and not (
+            os.environ.get('DISPLAY') or os.environ.get('WAYLAND_DISPLAY')):
+        raise SystemExit('--show opens a window, but there is no display here (DISPLAY is '
+                         'not set); use --show-dir DIR to save the painted images instead.')
     hook = default_hooks['visualization']
     hook['draw'] = True
+    hook['interval'] = args.show_interval  # MMSeg's default (50) skips small test sets
     if args.show:
         hook['show'] = True
         hook['wait_time'] = args.wait_time
+    show_dir = None
     if args.show_dir:
-        cfg.visualizer['save_dir'] = args.show_dir
-    return cfg
+        show_dir = osp.join(cfg.work_dir, args.show_dir)  # an absolute path stays as is
+        cfg.visualizer['save_dir'] = show_dir
+    return show_dir
 
 
 def main():
@@ -60,8 +90,9 @@ def main():
         raise FileNotFoundError(f'checkpoint not found: {args.checkpoint!r}')
     cfg = load_cfg(args)
     cfg.load_from = args.checkpoint
+    show_dir = None
     if args.show or args.show_dir:
-        cfg = trigger_visualization_hook(cfg, args)
+        show_dir = trigger_visualization_hook(cfg, args)
     if args.tta:
         if 'tta_model' not in cfg or 'tta_pipeline' not in cfg:
             raise ValueError(f'--tta needs tta_model and tta_pipeline in {args.config}')
@@ -72,9 +103,13 @@ def main():
         cfg.test_evaluator['output_dir'] = args.out
         cfg.test_evaluator['keep_results'] = True
     prepare_cfg(cfg, training=False)
+    setup_distributed(cfg)
 
     runner = Runner.from_cfg(cfg)
     runner.test()
+    if show_dir is not None:
+        # SegLocalVisualizer -> LocalVisBackend: <save_dir>/vis_data/vis_image/*.png
+        print(f'Painted images are in {osp.join(show_dir, "vis_data", "vis_image")}')
 
 
 if __name__ == '__main__':

@@ -9,7 +9,9 @@ Two compatibility fixes, applied once when :mod:`vpt_seg` is imported:
    whose ``__path__`` is the real one: pure-Python ops (``point_sample``) load from
    mmcv's own files, and every compiled op becomes a placeholder that raises a clear
    error if it is ever *called*. Nothing in vpt-seg calls them. With a full mmcv install
-   ``import mmcv.ops`` succeeds and this module changes nothing.
+   ``import mmcv.ops`` succeeds and this module changes nothing. The stand-in lives in
+   :mod:`vpt_seg_mmcv_lite`, whose start-up hook (installed by pip as a ``.pth`` file)
+   applies it even when ``mmseg`` is imported before ``vpt_seg``.
 
 2. **torch.load(weights_only=True).** MMEngine 0.10.7 calls ``torch.load`` without
    ``weights_only``; torch >= 2.6 then refuses the non-tensor objects a training
@@ -24,8 +26,8 @@ Two compatibility fixes, applied once when :mod:`vpt_seg` is imported:
 """
 import importlib
 import importlib.util
+import os.path as osp
 import sys
-import types
 
 import numpy as np
 import torch
@@ -35,40 +37,19 @@ __all__ = ['MMCV_FULL', 'apply']
 MMCV_FULL = None  # set by apply(): True with compiled mmcv ops, False with mmcv-lite
 
 
-def _compiled_op_placeholder(name):
-    def _missing(*args, **kwargs):
-        raise RuntimeError(
-            f'mmcv.ops.{name} needs the compiled mmcv ops, but this environment has '
-            'mmcv-lite. Install the full mmcv 2.1.0 (see README, "Full mmcv") to use it.')
-
-    _missing.__name__ = name
-    return _missing
-
-
-def _install_mmcv_ops_shim():
-    spec = importlib.util.find_spec('mmcv')
-    ops_dir = [p + '/ops' for p in spec.submodule_search_locations]
-    shim = types.ModuleType('mmcv.ops')
-    shim.__path__ = ops_dir  # submodules such as mmcv.ops.point_sample load from disk
-    shim.__file__ = None
-    shim.__vpt_seg_shim__ = True
-
-    def __getattr__(name):
-        if name.startswith('__'):
-            raise AttributeError(name)
-        placeholder = _compiled_op_placeholder(name)
-        setattr(shim, name, placeholder)
-        return placeholder
-
-    shim.__getattr__ = __getattr__
-    sys.modules['mmcv.ops'] = shim
-    import mmcv
-    mmcv.ops = shim
-    # Pure-Python ops come from mmcv's own file. Importing the submodule binds its name
-    # on the package, so the functions are bound after the import.
-    pure = importlib.import_module('mmcv.ops.point_sample')
-    for name in ('point_sample', 'bilinear_grid_sample', 'rel_roi_point_to_rel_img_point'):
-        setattr(shim, name, getattr(pure, name))
+def _shim_module():
+    """The stand-in's implementation, :mod:`vpt_seg_mmcv_lite` (a top-level module so the
+    start-up ``.pth`` hook can import it without importing this package)."""
+    try:
+        import vpt_seg_mmcv_lite
+        return vpt_seg_mmcv_lite
+    except ImportError:  # an editable install made before the module existed
+        path = osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), 'vpt_seg_mmcv_lite.py')
+        spec = importlib.util.spec_from_file_location('vpt_seg_mmcv_lite', path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules['vpt_seg_mmcv_lite'] = module
+        spec.loader.exec_module(module)
+        return module
 
 
 def _history_buffer_getstate(self) -> dict:
@@ -104,11 +85,17 @@ def apply():
         importlib.import_module('mmcv.ops')
         MMCV_FULL = not getattr(sys.modules['mmcv.ops'], '__vpt_seg_shim__', False)
     except ModuleNotFoundError as err:
+        if err.name == 'mmcv':
+            raise ImportError(
+                'vpt-seg needs mmcv, which is not installed. Install one of the two: '
+                'pip install "vpt-seg[lite]" (mmcv-lite, pure Python, the default) or '
+                'pip install "vpt-seg[full]" (mmcv with compiled ops); from a clone: '
+                'pip install -r requirements.txt') from None
         if err.name != 'mmcv._ext':
             raise
         for name in [m for m in sys.modules if m.startswith('mmcv.ops')]:
             del sys.modules[name]  # drop the half-imported real package
-        _install_mmcv_ops_shim()
+        _shim_module().install_mmcv_ops_shim()
         MMCV_FULL = False
     _allow_mmengine_checkpoint_types()
 

@@ -42,11 +42,12 @@ from mmseg.registry import MODELS
 from mmseg.models.utils import resize
 from torch import nn
 
-from .checkpoint import check_task_state_dict, load_torch_file
+from .checkpoint import check_task_state_dict, load_vit_checkpoint
 from .models import vit_ops
 from .models.classifier import VPTClassifier
 from .models.prompted_vit import PromptedVisionTransformer
 from .prompt import remove_prompts, replace_prompts
+from .task_file import load_checkpoint_file, task_config_text
 from .tuning import bias_parameters
 
 __all__ = ['MultiTaskViT', 'task_kind', 'build_shared_backbone', 'load_task_model']
@@ -127,6 +128,10 @@ class MultiTaskViT(nn.Module):
                              '(freeze=True) can share a backbone; a fully fine-tuned ViT is '
                              'a model of its own')
         _check_supported(vit, f'task {name!r}')
+        if vit.final_norm and not self.backbone.final_norm:
+            raise ValueError(f'task {name!r} reads the final norm (final_norm=True), but the '
+                             'shared backbone was built without one (its pretrained file has '
+                             'none); serve it on a backbone file with a final norm')
         ours, theirs = _structure(self.backbone), _structure(vit)
         diff = [f'{k}: {theirs[k]} (task) vs {ours[k]} (shared)' for k in ours
                 if ours[k] != theirs[k]]
@@ -334,36 +339,51 @@ def _pretrained_of(backbone_cfg: dict) -> Optional[str]:
     return init_cfg.get('checkpoint') if isinstance(init_cfg, dict) else None
 
 
-def build_shared_backbone(backbone_cfg: dict, pretrained: Optional[str] = None
-                          ) -> PromptedVisionTransformer:
+def build_shared_backbone(backbone_cfg: dict, pretrained: Optional[str] = None,
+                          final_norm: Optional[bool] = None) -> PromptedVisionTransformer:
     """The frozen ViT of a backbone config, loaded from its pretrained file.
 
-    Task-only options (prompts, bias tuning, outputs, dropout) are dropped; the final
-    norm is always built so classifiers can read it.
+    Task-only options (prompts, bias tuning, outputs, dropout) are dropped.
 
     Args:
         backbone_cfg: A ``model.backbone`` config (``PromptedVisionTransformer`` or
             ``VisionTransformer``).
         pretrained: Weights file; default: the config's ``init_cfg.checkpoint``.
+        final_norm: Build the final norm (classifiers read it; segmentation tasks
+            usually do not). None: exactly when the pretrained file has one, so every
+            backbone the configs produce can be shared.
     """
     cfg = {k: v for k, v in copy.deepcopy(dict(backbone_cfg)).items() if k not in _TASK_ONLY}
-    cfg.update(type='PromptedVisionTransformer', num_prompts=0, freeze=True, final_norm=True)
     pretrained = pretrained or _pretrained_of(backbone_cfg)
     if not pretrained:
         raise ValueError('the shared backbone needs pretrained weights: give a file, or a '
                          "config whose backbone has init_cfg=dict(type='Pretrained', ...)")
+    if final_norm is None:
+        final_norm = _has_final_norm(pretrained, (backbone_cfg.get('init_cfg') or {}).get(
+            'prefix') if isinstance(backbone_cfg.get('init_cfg'), dict) else None)
+    cfg.update(type='PromptedVisionTransformer', num_prompts=0, freeze=True,
+               final_norm=final_norm)
     cfg['init_cfg'] = dict(type='Pretrained', checkpoint=pretrained)
     vit = MODELS.build(cfg)
     vit.init_weights()
     return vit.eval()
 
 
+def _has_final_norm(pretrained: str, prefix: Optional[str] = None) -> bool:
+    """Whether a pretrained ViT file holds a final norm (MMSeg's ``ln1``)."""
+    if '://' in pretrained:
+        return True  # remote files: as before (MMSeg's and timm's ViTs have one)
+    return 'ln1.weight' in load_vit_checkpoint(pretrained, prefix=prefix).state_dict
+
+
 def load_task_model(config, checkpoint: str, pretrained: Optional[str] = None) -> nn.Module:
     """Build a task model from its config and load its task checkpoint.
 
     Args:
-        config: Config file or :class:`~mmengine.config.Config` of the task.
-        checkpoint: Its task checkpoint (tuned weights; full checkpoints load too).
+        config: Config file or :class:`~mmengine.config.Config` of the task; None: the
+            config stored in a task file (``.safetensors``, see :mod:`vpt_seg.task_file`).
+        checkpoint: Its task checkpoint (tuned weights; full checkpoints load too) or
+            task file.
         pretrained: Take the frozen backbone from this file instead of the config's
             ``init_cfg`` (serving: the shared backbone's file).
 
@@ -375,7 +395,14 @@ def load_task_model(config, checkpoint: str, pretrained: Optional[str] = None) -
         ValueError: the checkpoint does not fit the config (missing or unexpected
             tuned weights, other shapes, another ViT).
     """
-    cfg = Config.fromfile(config) if isinstance(config, str) else config
+    if config is None:
+        text = task_config_text(checkpoint)
+        if not text:
+            raise ValueError(f'{checkpoint}: no config given and none stored in the file '
+                             '(only task files made by tools/export_task.py carry one)')
+        cfg = Config.fromstring(text, file_format='.py')
+    else:
+        cfg = Config.fromfile(config) if isinstance(config, str) else config
     init_default_scope(cfg.get('default_scope', 'mmseg'))
     model_cfg = copy.deepcopy(cfg.model)
     if pretrained is not None:
@@ -385,9 +412,7 @@ def load_task_model(config, checkpoint: str, pretrained: Optional[str] = None) -
                       f'{own})', logger='current')
         model_cfg.backbone.init_cfg = dict(type='Pretrained', checkpoint=pretrained)
     model = MODELS.build(model_cfg)
-    ckpt = load_torch_file(checkpoint, what='task checkpoint')
-    state = ckpt.get('state_dict', ckpt)
-    state = OrderedDict((k[7:] if k.startswith('module.') else k, v) for k, v in state.items())
+    ckpt, state = load_checkpoint_file(checkpoint)
     check_task_state_dict(list(model.state_dict()), state, checkpoint)
     try:
         model.load_state_dict(state, strict=True)

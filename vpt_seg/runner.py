@@ -1,9 +1,54 @@
-"""Checks a config before the runner starts, so mistakes surface as clear errors."""
+"""What the tools share before MMEngine's runner starts: finding a config (also inside an
+installed package), applying the common flags, checking data folders, and distributed
+runs on machines without GPUs."""
+import os
 import os.path as osp
 
+import torch
 from mmengine.config import Config
 
-__all__ = ['load_cfg', 'prepare_cfg', 'check_loader']
+__all__ = ['config_dirs', 'tools_dir', 'resolve_config', 'load_cfg', 'prepare_cfg',
+           'check_loader', 'setup_distributed']
+
+_PACKAGE = osp.dirname(osp.abspath(__file__))
+_SCOPE = 'vpt_seg::'
+
+
+def _shipped(name: str) -> str:
+    """``vpt_seg/.mim/<name>`` in an installed package, else ``<repo>/<name>``."""
+    mim = osp.join(_PACKAGE, '.mim', name)
+    return mim if osp.isdir(mim) else osp.join(osp.dirname(_PACKAGE), name)
+
+
+def config_dirs() -> str:
+    """The project's ``configs/`` folder (shipped as ``vpt_seg/.mim/configs`` when installed)."""
+    return _shipped('configs')
+
+
+def tools_dir() -> str:
+    """The project's ``tools/`` folder (shipped as ``vpt_seg/.mim/tools`` when installed)."""
+    return _shipped('tools')
+
+
+def resolve_config(path: str) -> str:
+    """A config file path: ``path`` itself if it exists, else the project's own config of
+    that name, as OpenMMLab's ``.mim`` packaging resolves ``package::`` names.
+
+    ``configs/demo/x.py``, ``demo/x.py`` and ``vpt_seg::demo/x.py`` all name
+    ``<configs>/demo/x.py``, so the tools work from any folder with an installed package.
+
+    Raises:
+        FileNotFoundError: neither ``path`` nor a shipped config of that name exists.
+    """
+    if osp.isfile(path):
+        return path
+    rel = path[len(_SCOPE):] if path.startswith(_SCOPE) else path
+    rel = rel[len('configs/'):] if rel.startswith('configs/') else rel
+    shipped = osp.join(config_dirs(), rel)
+    if not osp.isabs(rel) and osp.isfile(shipped):
+        return shipped
+    raise FileNotFoundError(f'config not found: {path!r} (neither a file here nor one of '
+                            f"vpt-seg's configs under {config_dirs()})")
 
 
 def _dataset_dirs(dataset: dict):
@@ -26,6 +71,7 @@ def _dataset_dirs(dataset: dict):
 def load_cfg(args) -> Config:
     """Load ``args.config`` and apply the flags tools/train.py and tools/test.py share:
     ``--launcher``, ``--cfg-options`` and ``--work-dir`` (default ``work_dirs/<config>``)."""
+    args.config = resolve_config(args.config)
     cfg = Config.fromfile(args.config)
     cfg.launcher = args.launcher
     if args.cfg_options is not None:
@@ -86,3 +132,46 @@ def _check_layout(cfg: Config, loader: str):
         prefix = dict(dataset.get('data_prefix') or {})
         where = osp.join(dataset.get('data_root', '') or '', prefix.get('img_path', ''))
         check_split_layout(built.load_data_list(), f'{loader}: {where}')
+
+
+def setup_distributed(cfg: Config) -> Config:
+    """Let ``--launcher pytorch`` (``tools/dist_train.sh``) run on machines without GPUs.
+
+    MMEngine's launcher calls ``torch.cuda.set_device`` and wraps the model with
+    ``device_ids=[LOCAL_RANK]``, both of which need CUDA. Without CUDA, this starts the
+    process group itself with the config's backend (``env_cfg.dist_cfg``, which must be
+    ``gloo``) from the launcher's environment (RANK, WORLD_SIZE, MASTER_ADDR, ...), so the
+    runner finds it started, and has DDP wrap the CPU model with ``device_ids=None``.
+    With CUDA, or without a launcher, nothing changes.
+
+    Raises:
+        ValueError: no CUDA and a backend other than gloo (nccl needs GPUs).
+    """
+    if cfg.get('launcher', 'none') == 'none' or torch.cuda.is_available():
+        return cfg
+    dist_cfg = dict(cfg.get('env_cfg', {}).get('dist_cfg', {}))
+    backend = dist_cfg.pop('backend', 'nccl')
+    if backend != 'gloo':
+        raise ValueError(
+            f"distributed training without GPUs needs the gloo backend, but the config has "
+            f"env_cfg.dist_cfg.backend='{backend}'; add "
+            "--cfg-options env_cfg.dist_cfg.backend=gloo")
+    if cfg.launcher != 'pytorch':
+        raise ValueError(f'--launcher {cfg.launcher} without GPUs is not supported; use '
+                         '--launcher pytorch (tools/dist_train.sh, torchrun)')
+    import datetime
+
+    import torch.distributed as torch_dist
+    if not torch_dist.is_initialized():
+        timeout = dist_cfg.pop('timeout', None)
+        if timeout is not None:
+            dist_cfg['timeout'] = datetime.timedelta(seconds=timeout)
+        torch_dist.init_process_group(backend='gloo', rank=int(os.environ['RANK']),
+                                      world_size=int(os.environ['WORLD_SIZE']), **dist_cfg)
+    wrapper = dict(cfg.get('model_wrapper_cfg') or {})
+    wrapper.setdefault('type', 'MMDistributedDataParallel')
+    wrapper.setdefault('device_ids', None)  # a CPU module: DDP takes no device ids
+    wrapper.setdefault('broadcast_buffers', False)
+    wrapper.setdefault('find_unused_parameters', cfg.get('find_unused_parameters', False))
+    cfg.model_wrapper_cfg = wrapper
+    return cfg

@@ -24,6 +24,7 @@ import glob
 import json
 import os
 import os.path as osp
+import re
 import subprocess
 import sys
 import time
@@ -124,21 +125,93 @@ def _data_options(data_root: str) -> List[str]:
             for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader')]
 
 
-def _run_tool(settings: StudySettings, tool: str, args: List[str], log_path: str) -> float:
-    """Run ``tools/<tool>`` in a subprocess (output to ``log_path``); returns seconds."""
+#: MMEngine's training log line: ``Iter(train) [ 100/1500]  ... eta: 0:01:23 ...``.
+_ITER_LINE = re.compile(
+    r'Iter\(train\) \[\s*(\d+)/(\d+)\].*?eta: (?:(\d+) days?, )?(\d+):(\d+):(\d+)')
+
+
+def _fmt_eta(seconds: float) -> str:
+    seconds = max(0, int(round(seconds)))
+    return f'{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}'
+
+
+class Progress:
+    """Progress lines with ETAs while the study's tool runs are silent (they log to files).
+
+    Every training run's log is watched for MMEngine's ``Iter(train) [i/n] ... eta:``
+    lines; each new one prints the stage, its iteration and ETA, and an ETA for the whole
+    study: the stage's own, plus the iterations still planned at the rate measured so far.
+
+    Args:
+        planned: ``{stage: iterations}`` of every training run, in order.
+    """
+
+    def __init__(self, planned: Dict[str, int]):
+        self.planned = OrderedDict(planned)
+        self.done: set = set()
+        self.seconds = 0.0   # training time of finished stages
+        self.iters = 0       # and their iterations
+
+    def rate(self) -> Optional[float]:
+        return self.seconds / self.iters if self.iters else None
+
+    def remaining_after(self, stage: str, stage_rate: Optional[float]) -> float:
+        rate = self.rate() or stage_rate or 0.0
+        return rate * sum(n for s, n in self.planned.items()
+                          if s != stage and s not in self.done)
+
+    def update(self, stage: str, it: int, total: int, eta_s: float, elapsed: float):
+        stage_rate = elapsed / it if it else None
+        study = eta_s + self.remaining_after(stage, stage_rate)
+        _log(f'{stage}: iter {it}/{total}, eta {_fmt_eta(eta_s)}; whole study eta '
+             f'~{_fmt_eta(study)}')
+
+    def finish(self, stage: str, seconds: float):
+        if stage in self.planned and stage not in self.done:
+            self.done.add(stage)
+            self.seconds += seconds
+            self.iters += self.planned[stage]
+
+
+def _run_tool(settings: StudySettings, tool: str, args: List[str], log_path: str,
+              progress: Optional[Progress] = None, stage: str = '') -> float:
+    """Run ``tools/<tool>`` in a subprocess (output to ``log_path``); returns seconds.
+
+    With ``progress``, the log is watched and a progress line printed for every
+    iteration line MMEngine writes (``default_hooks.logger.interval``)."""
     env = dict(os.environ)
     env['PYTHONPATH'] = REPO_ROOT + os.pathsep + env.get('PYTHONPATH', '')
     env.setdefault('PYTHONWARNINGS', 'ignore')
     cmd = [sys.executable, osp.join(settings.tools_dir, tool)] + args
     start = time.perf_counter()
+    seen = 0
     with open(log_path, 'w') as log:
-        proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO_ROOT)
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                cwd=REPO_ROOT)
+        while True:
+            try:
+                proc.wait(timeout=1.0)
+                finished = True
+            except subprocess.TimeoutExpired:
+                finished = False
+            if progress is not None:
+                with open(log_path) as f:
+                    found = _ITER_LINE.findall(f.read())
+                for it, total, days, h, m, sec in found[seen:]:
+                    eta = int(days or 0) * 86400 + int(h) * 3600 + int(m) * 60 + int(sec)
+                    progress.update(stage, int(it), int(total), eta,
+                                    time.perf_counter() - start)
+                seen = len(found)
+            if finished:
+                break
     seconds = time.perf_counter() - start
     if proc.returncode != 0:
         with open(log_path) as log:
             tail = log.read()[-3000:]
         raise RuntimeError(f'{" ".join(cmd)} failed (exit {proc.returncode}); log '
                            f'{log_path} ends with:\n{tail}')
+    if progress is not None:
+        progress.finish(stage, seconds)
     return seconds
 
 
@@ -350,6 +423,24 @@ def plot_predictions(results: Sequence[RowResult], data_root: str, path: str,
 
 
 # ------------------------------------------------------------------------ study
+def _stage_name(key: str, lr: Optional[float]) -> str:
+    return ROWS[key] + ('' if lr is None else f' (lr {lr:g})')
+
+
+def _planned_iterations(settings: StudySettings) -> Dict[str, int]:
+    """Training iterations of every run the study will make, for the overall ETA."""
+    def iters(cfg_name, given):
+        if given is not None:
+            return given
+        return _load_cfg(osp.join(settings.config_dir, f'{cfg_name}.py'), []).train_cfg.max_iters
+
+    planned = OrderedDict(pretrain=iters('pretrain_source', settings.pretrain_iters))
+    for key in settings.rows:
+        for lr in settings.lrs or [None]:
+            planned[_stage_name(key, lr)] = iters(key, settings.iters)
+    return planned
+
+
 def run_study(settings: StudySettings) -> Dict:
     """Run the whole study; returns ``{'rows': [...], 'reference': ..., 'files': ...}``.
 
@@ -369,6 +460,7 @@ def run_study(settings: StudySettings) -> Dict:
                              f'(configs/study/{cfg_name}.py); give more than that')
     out = osp.abspath(settings.out_dir)
     os.makedirs(out, exist_ok=True)
+    progress = Progress(_planned_iterations(settings))
     timings = OrderedDict()
     t_start = time.perf_counter()
 
@@ -391,7 +483,7 @@ def run_study(settings: StudySettings) -> Dict:
         [osp.join(settings.config_dir, 'pretrain_source.py'), '--work-dir', pre_dir,
          '--cfg-options'] + _data_options(source_root)
         + _schedule_options(settings.pretrain_iters) + seed_opt,
-        osp.join(out, 'pretrain.log'))
+        osp.join(out, 'pretrain.log'), progress, 'pretrain')
     pretrained = export_backbone(_last_checkpoint(pre_dir),
                                  osp.join(pre_dir, 'vit-tiny_source.pth'))
     source_map = _val_metrics(pre_dir, 'multi-label/mAP').get('multi-label/mAP',
@@ -413,7 +505,8 @@ def run_study(settings: StudySettings) -> Dict:
             train_s = _run_tool(settings, 'train.py',
                                 [cfg_path, '--work-dir', work, '--cfg-options']
                                 + common + _schedule_options(settings.iters) + lr_opt,
-                                osp.join(work, 'train.log'))
+                                osp.join(work, 'train.log'), progress,
+                                _stage_name(key, lr))
             runs.append(_evaluate(settings, key, ROWS[key], cfg_path, _last_checkpoint(work),
                                   work, common + lr_opt, train_s))
             r = runs[-1]

@@ -126,6 +126,12 @@ class PromptedVisionTransformer(VisionTransformer):
         if self.fast_path:
             vit_ops.check_supported(self, type(self).__name__)
         self._frozen_loaded = False  # set once init_weights has filled the frozen weights
+        # The pretrained file the frozen weights come from, recorded in every state dict's
+        # metadata, so a task checkpoint can be loaded where init_cfg is dropped (MMSeg's
+        # init_model) or unknown (a task file).
+        init_cfg = kwargs.get('init_cfg')
+        self.pretrained_file = init_cfg.get('checkpoint') if isinstance(init_cfg, dict) \
+            and init_cfg.get('type') == 'Pretrained' else None
         self._loading_pretrained = False  # guards the load pre-hook against re-entry
         if freeze:
             for name, child in self.named_children():
@@ -262,11 +268,16 @@ class PromptedVisionTransformer(VisionTransformer):
             raise RuntimeError(f'loading {ckpt} left {sorted(left)} missing and '
                                f'{result.unexpected_keys} unexpected')
         self._frozen_loaded = True
+        self.pretrained_file = ckpt
         print_log(report.summary(), logger='current',
                   level=logging.WARNING if eps_off else logging.INFO)
 
     @staticmethod
     def _drop_frozen_from_state_dict(module, state_dict, prefix, local_metadata):
+        path = module.pretrained_file
+        if path:  # as configured (relative to the run's folder), and absolute
+            local_metadata['pretrained'] = [path] if '://' in path else list(
+                dict.fromkeys([path, osp.abspath(path)]))
         if module.save_frozen:
             return
         for key in frozen_state_keys(module):
@@ -333,18 +344,69 @@ class PromptedVisionTransformer(VisionTransformer):
             return  # a full checkpoint (or the pretrained file itself): load as MMSeg does
         # A task checkpoint: the frozen weights come from the pretrained file.
         if not self._frozen_loaded:
-            if self.init_cfg is None:
+            self._load_frozen_for_task(local_metadata)
+        params = dict(self.named_parameters(prefix=prefix[:-1] if prefix else ''))
+        for key in frozen:
+            state_dict[key] = params[key].detach()
+
+    def _load_frozen_for_task(self, local_metadata: dict):
+        """Load the frozen weights a task checkpoint leaves out: from the file the
+        checkpoint records (``local_metadata['pretrained']``: the training run's
+        ``init_cfg``, or a task file's neighbour), else from ``init_cfg``'s file; the
+        first that exists. The recorded file goes first because it is the one the task
+        was trained on, while a config's path may name another file where the task is
+        loaded (MMSeg's ``MMSegInferencer`` keeps ``init_cfg``)."""
+        own = self.init_cfg.get('checkpoint') if isinstance(self.init_cfg, dict) \
+            and self.init_cfg.get('type') == 'Pretrained' else None
+        recorded = local_metadata.get('pretrained')
+        recorded = [recorded] if isinstance(recorded, str) else list(recorded or [])
+        candidates = list(dict.fromkeys([p for p in recorded + [own] if p]))
+        existing = [p for p in candidates if '://' in p or osp.isfile(p)]
+        if not existing:
+            if not candidates:
                 raise ValueError(
                     'this checkpoint holds only tuned parameters (a task checkpoint); the '
                     'frozen backbone must come from its pretrained file, but the backbone '
-                    "has no init_cfg=dict(type='Pretrained', checkpoint=...).")
-            print_log('Task checkpoint: loading the frozen backbone from '
-                      f"{self.init_cfg.get('checkpoint')}", logger='current')
+                    "has no init_cfg=dict(type='Pretrained', checkpoint=...) and the "
+                    'checkpoint records none (saved before checkpoints recorded it); load it '
+                    'with tools/test.py or vpt_seg.load_task_model(config, ckpt), or export '
+                    'it as a task file (tools/export_task.py).')
+            raise FileNotFoundError(
+                'this checkpoint holds only tuned parameters (a task checkpoint); its frozen '
+                f'backbone comes from the pretrained file, looked for at {candidates} (from '
+                "the checkpoint, then the backbone's init_cfg), none exists. Put the file at "
+                'one of those paths (a .safetensors task file: next to it), or name it: '
+                '--cfg-options model.backbone.init_cfg.checkpoint=/path/to/vit.pth for the '
+                "tools, vpt_seg.load_task_model(config, ckpt, pretrained=...) in Python "
+                "(MMSeg's init_model drops init_cfg).")
+        digest = local_metadata.get('frozen_sha256')  # task files record it
+        for found in existing:
+            self.init_cfg = dict(self.init_cfg or {}, type='Pretrained', checkpoint=found)
+            print_log(f'Task checkpoint: loading the frozen backbone from {found}' + (
+                f' (the file it was trained with; the config names {own})'
+                if own and osp.abspath(own) != osp.abspath(found) else ''), logger='current')
             self._loading_pretrained = True
             try:
                 self.init_weights()
             finally:
                 self._loading_pretrained = False
-        params = dict(self.named_parameters(prefix=prefix[:-1] if prefix else ''))
-        for key in frozen:
-            state_dict[key] = params[key].detach()
+            if digest is None or self.frozen_digest() == digest:
+                return
+            print_log(f'{found}: not the frozen weights this task was trained on (sha256 '
+                      'differs)', logger='current', level=logging.WARNING)
+        raise ValueError(
+            f'none of {existing} holds the frozen weights this task was trained on (the '
+            f'task file records their sha256 {digest[:16]}...; same architecture, other '
+            'values): put the pretrained file the task was made with next to it.')
+
+    def frozen_digest(self) -> str:
+        """sha256 of the frozen weights (names and values), as loaded: what a task file
+        records, so another pretrained file of the same architecture is refused."""
+        import hashlib
+        h = hashlib.sha256()
+        params = dict(self.named_parameters())
+        for name in sorted(frozen_state_keys(self)):
+            t = params[name].detach().cpu().contiguous()
+            h.update(f'{name}:{tuple(t.shape)}:{t.dtype};'.encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+        return h.hexdigest()
