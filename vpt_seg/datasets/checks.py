@@ -173,6 +173,14 @@ class CheckedLoadAnnotations(LoadAnnotations):
         super().__init__(**kwargs)
         self.num_classes, self.ignore_index = num_classes, ignore_index
 
+    def transform(self, results: dict) -> dict:
+        if 'seg_map_path' not in results:
+            # An image to predict, not a dataset sample (MMSeg's inference_model runs the
+            # test pipeline on bare image paths and drops only transforms it finds by the
+            # name 'LoadAnnotations'): there is nothing to load or check.
+            return results
+        return super().transform(results)
+
     def _load_seg_map(self, results: dict) -> None:
         if self.reduce_zero_label is None:
             self.reduce_zero_label = results['reduce_zero_label']
@@ -244,3 +252,33 @@ def check_dataset(dataset, progress: bool = True) -> Dict:
     return dict(num_images=len(items), problems=problems, num_classes=num_classes,
                 histogram={int(i): int(n) for i, n in enumerate(hist) if n},
                 sizes=sizes, classes=tuple(meta.get('classes', ())), ignore_index=ignore)
+
+
+def _inferencer_finds_checked_loaders():
+    """MMSeg's ``MMSegInferencer`` finds ``LoadImageFromFile`` and ``LoadAnnotations`` in
+    a config's test pipeline by type name, to swap the one for its own loader and drop the
+    other. Let it find their checked subclasses (:class:`CheckedLoadImageFromFile`,
+    :class:`CheckedLoadAnnotations`) too, so ``MMSegInferencer(model=config)`` works with
+    vpt-seg's configs."""
+    from mmseg.apis import MMSegInferencer
+    if getattr(MMSegInferencer._get_transform_idx, 'finds_subclasses', False):
+        return
+    find_by_name = MMSegInferencer._get_transform_idx
+
+    def _get_transform_idx(self, pipeline_cfg, name: str) -> int:
+        idx = find_by_name(self, pipeline_cfg, name)
+        base = TRANSFORMS.get(name)
+        if idx != -1 or base is None:
+            return idx
+        for i, transform in enumerate(pipeline_cfg):
+            kind = transform['type']
+            cls = TRANSFORMS.get(kind) if isinstance(kind, str) else kind
+            if isinstance(cls, type) and issubclass(cls, base):
+                return i
+        return -1
+
+    _get_transform_idx.finds_subclasses = True
+    MMSegInferencer._get_transform_idx = _get_transform_idx
+
+
+_inferencer_finds_checked_loaders()
