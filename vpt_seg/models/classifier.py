@@ -122,30 +122,30 @@ class VPTClassifier(BaseModel):
 
     def predict(self, inputs: torch.Tensor,
                 data_samples: Optional[List[BaseDataElement]] = None) -> List[BaseDataElement]:
-        """Adds ``pred_score`` ``(K,)`` and ``pred_label`` to each sample: softmax and the
-        argmax (0-d), or for a multi-label head sigmoid and the multi-hot ``(K,)`` of the
-        classes scoring above 0.5."""
+        """Adds ``pred_score`` ``(K,)`` and ``pred_label`` to each sample (see
+        :meth:`postprocess`)."""
         logits = self.head(self.extract_feat(inputs))
-        return self.postprocess(logits, data_samples, multi_label=self.multi_label)
+        return self.postprocess(logits, data_samples)
 
-    @staticmethod
-    def postprocess(logits: torch.Tensor,
-                    data_samples: Optional[List[BaseDataElement]] = None,
-                    multi_label: bool = False) -> List[BaseDataElement]:
-        """``(B, K)`` logits -> data samples with ``pred_score`` and ``pred_label``.
+    def postprocess(self, logits: torch.Tensor,
+                    data_samples: Optional[List[BaseDataElement]] = None
+                    ) -> List[BaseDataElement]:
+        """``(B, K)`` logits -> data samples with ``pred_score`` and ``pred_label``, as
+        this model's head scores them. The one scoring rule: :meth:`predict` (so
+        ``tools/test.py``) and ``tools/serve.py`` both call it.
 
         Single-label: ``pred_score`` ``(K,)`` softmax, ``pred_label`` 0-d long argmax.
-        ``multi_label``: ``pred_score`` ``(K,)`` sigmoid, ``pred_label`` ``(K,)`` long
+        Multi-label head: ``pred_score`` ``(K,)`` sigmoid, ``pred_label`` ``(K,)`` long
         multi-hot, 1 where the score is above 0.5.
         """
         if data_samples is None:
             data_samples = [BaseDataElement() for _ in range(logits.shape[0])]
-        if multi_label:
+        if self.multi_label:
             scores = logits.float().sigmoid()                           # (B, K)
             for ds, score in zip(data_samples, scores):
                 ds.set_data(dict(pred_score=score, pred_label=(score > 0.5).long()))
             return data_samples
-        scores = logits.float().softmax(dim=1)
+        scores = logits.float().softmax(dim=1)                          # (B, K)
         for ds, score in zip(data_samples, scores):
             ds.set_data(dict(pred_score=score, pred_label=score.argmax()))
         return data_samples
