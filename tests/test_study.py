@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vpt_seg.study import ROWS, StudySettings, format_table, run_study
+from vpt_seg.study import ROWS, StudySettings, _run_tool, format_table, run_study
 
 ROWS_RUN = ('head', 'vpt-deep', 'full')
 
@@ -99,4 +99,18 @@ def test_rejects_unknown_rows_and_too_short_schedules(tmp_path):
         run_study(StudySettings(out_dir=str(tmp_path), rows=('prefix-tuning', )))
     with pytest.raises(ValueError, match='iters=20: the schedule warms up for 50'):
         run_study(StudySettings(out_dir=str(tmp_path), iters=20))
+    with pytest.raises(ValueError, match='threads=0: give a whole number'):
+        run_study(StudySettings(out_dir=str(tmp_path), threads=0))
     assert not osp.exists(tmp_path / 'data')
+
+
+@pytest.mark.parametrize('threads', [1, 2])
+def test_tool_runs_get_the_pinned_thread_count(tmp_path, monkeypatch, threads):
+    """Every tool subprocess runs torch with the study's thread count, whatever the
+    caller's environment says (the result depends on it, docs/study.md)."""
+    (tmp_path / 'probe.py').write_text('import torch\nprint(torch.get_num_threads())\n')
+    monkeypatch.setenv('OMP_NUM_THREADS', '7')
+    monkeypatch.setenv('MKL_NUM_THREADS', '7')
+    settings = StudySettings(out_dir=str(tmp_path), tools_dir=str(tmp_path), threads=threads)
+    _run_tool(settings, 'probe.py', [], str(tmp_path / 'probe.log'))
+    assert (tmp_path / 'probe.log').read_text().split() == [str(threads)]
