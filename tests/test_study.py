@@ -1,8 +1,9 @@
 """A reduced transfer study, end to end through configs/study, tools/train.py and
 tools/test.py: pretraining must learn the source tags, VPT-deep must beat head-only by a
 clear margin (what the method claims), every tuned row must beat a head that was never
-trained, and the table and figures must be complete and
-readable. About 3 minutes on 2 CPU cores."""
+trained, and the table and figures must be complete and readable; tool runs get the
+study's thread count. 7.5 minutes on 2 CPU cores beside other jobs (load 3), 5 minutes
+of CPU time (one torch thread per tool run, tests/conftest.py)."""
 import csv
 import json
 import os.path as osp
@@ -29,10 +30,15 @@ def test_pretraining_learns_the_source_tags(study):
 
 
 def test_vpt_deep_beats_head_only_clearly(study):
-    """Deep prompts steer the frozen features; a head on the frozen features cannot."""
+    """Deep prompts steer the frozen features; a head on the frozen features cannot.
+
+    The digits depend on the thread count, CPU and torch build (float order of
+    reductions, docs/study.md); the margin must hold across them. Measured: 5.8 (1
+    thread: head-only 59.8, VPT-deep 65.6) and 6.5 (2 threads: 60.9, 67.4); the full
+    study's margin moved by 1.3 between thread counts."""
     miou = {r.key: r.miou for r in study['rows']}
     print('reduced study mIoU:', miou, 'untrained head:', study['reference'].miou)
-    assert miou['vpt-deep'] > miou['head'] + 4, miou
+    assert miou['vpt-deep'] > miou['head'] + 3, miou
 
 
 def test_every_tuned_row_beats_the_untrained_head(study):
