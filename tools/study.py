@@ -1,4 +1,4 @@
-"""The paper's Table 3 in miniature, on CPU in under 10 minutes (see docs/study.md).
+"""The paper's Table 3 in miniature, on 2 CPU cores in 9 to 12 minutes (see docs/study.md).
 
     python tools/study.py [--out work_dirs/study] [--rows head vpt-deep ...]
         [--iters N] [--pretrain-iters N] [--num-source N] [--num-target N] [--num-val N]

@@ -61,7 +61,7 @@ UNTRAINED = 'untrained-head'
 
 @dataclass
 class StudySettings:
-    """What a study run does. Defaults are the documented study (<= 10 min on 2 cores).
+    """What a study run does. Defaults are the documented study (9 to 12 min on 2 cores).
 
     Attributes:
         out_dir: Where data, runs, tables and figures go.
