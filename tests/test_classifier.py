@@ -117,6 +117,23 @@ def test_forward_matches_paper_equations(deep, tune_bias, head, num_prompts, lay
     torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize('out_indices', [-1, 3, (3, ), (0, 3), [1, 3]])
+def test_reads_the_final_normed_cls_whatever_else_is_output(out_indices):
+    model = build(classifier_cfg(num_prompts=3, out_indices=out_indices))
+    img = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(model(img, mode='tensor'), reference_logits(model, img),
+                                   atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize('out_indices', [0, (0, ), (1, 2), [2]])
+def test_out_indices_without_the_last_layer_are_refused(out_indices):
+    """An intermediate [CLS] is not what the head was meant to read (layer 0's is not
+    even normed); the classifier refuses it instead of classifying from it."""
+    with pytest.raises(ValueError, match=r'leave out the last layer \(3\).*out_indices=-1'):
+        MODELS.build(classifier_cfg(num_prompts=3, out_indices=out_indices))
+
+
 @pytest.mark.parametrize('tune_bias,head', [(False, 'LinearClsHead'), (True, 'MLPClsHead')])
 def test_only_prompts_biases_and_head_get_gradients(tune_bias, head):
     model = build(classifier_cfg(head=head, tune_bias=tune_bias, num_prompts=4)).train()

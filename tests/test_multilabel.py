@@ -263,13 +263,18 @@ def test_multi_label_classifier_learns_tags_and_predicts_sigmoid(data_root, head
         assert 'gt_label' in pred  # the data sample is filled in, not replaced
 
 
-def test_postprocess_stays_single_label_by_default():
+def test_postprocess_follows_the_head():
+    """The scoring rule is the model's: softmax for a single-label head, sigmoid above 0.5
+    for a multi-label one (tools/serve.py calls the same method)."""
     logits = torch.tensor([[0.0, 2.0, 1.0]])
-    cls = MODELS.get('VPTClassifier')
-    single = cls.postprocess(logits)[0]
+    single_model = MODELS.build(dict(
+        type='VPTClassifier', backbone=dict(type='PromptedVisionTransformer', **ARCH),
+        head=dict(type='LinearClsHead', in_channels=32, num_classes=3)))
+    single = single_model.postprocess(logits)[0]
     torch.testing.assert_close(single.pred_score, logits[0].softmax(0))
     assert single.pred_label.shape == () and int(single.pred_label) == 1
-    multi = cls.postprocess(logits, multi_label=True)[0]
+    multi = classifier(num_classes=3).postprocess(logits)[0]
+    torch.testing.assert_close(multi.pred_score, logits[0].sigmoid())
     assert multi.pred_label.tolist() == [0, 1, 1]  # sigmoid(0) = 0.5 is not above 0.5
 
 

@@ -1,8 +1,9 @@
 """A reduced transfer study, end to end through configs/study, tools/train.py and
 tools/test.py: pretraining must learn the source tags, VPT-deep must beat head-only by a
 clear margin (what the method claims), every tuned row must beat a head that was never
-trained, and the table and figures must be complete and
-readable. About 3 minutes on 2 CPU cores."""
+trained, and the table and figures must be complete and readable; tool runs get the
+study's thread count. 5.6 to 7.5 minutes on 2 CPU cores beside other jobs (load 2 to 3),
+5 minutes of CPU time (one torch thread per tool run, tests/conftest.py)."""
 import csv
 import json
 import os.path as osp
@@ -11,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vpt_seg.study import ROWS, StudySettings, format_table, run_study
+from vpt_seg.study import ROWS, StudySettings, _run_tool, format_table, run_study
 
 ROWS_RUN = ('head', 'vpt-deep', 'full')
 
@@ -29,10 +30,15 @@ def test_pretraining_learns_the_source_tags(study):
 
 
 def test_vpt_deep_beats_head_only_clearly(study):
-    """Deep prompts steer the frozen features; a head on the frozen features cannot."""
+    """Deep prompts steer the frozen features; a head on the frozen features cannot.
+
+    The digits depend on the thread count, CPU and torch build (float order of
+    reductions, docs/study.md); the margin must hold across them. Measured: 5.8 (1
+    thread: head-only 59.8, VPT-deep 65.6) and 6.5 (2 threads: 60.9, 67.4); the full
+    study's margin moved by 1.3 between thread counts."""
     miou = {r.key: r.miou for r in study['rows']}
     print('reduced study mIoU:', miou, 'untrained head:', study['reference'].miou)
-    assert miou['vpt-deep'] > miou['head'] + 4, miou
+    assert miou['vpt-deep'] > miou['head'] + 3, miou
 
 
 def test_every_tuned_row_beats_the_untrained_head(study):
@@ -63,6 +69,7 @@ def test_outputs_are_complete(study):
         summary = json.load(f)
     assert [r['method'] for r in summary['rows']] == [ROWS[k] for k in ROWS_RUN]
     assert summary['timings_s']['total'] > 0
+    assert summary['machine']['threads'] == 1 and summary['machine']['cpu_count'] >= 1
     table = open(files['md']).read()
     for key in ROWS_RUN:
         assert f'| {ROWS[key]} |' in table
@@ -99,6 +106,8 @@ def test_rejects_unknown_rows_and_too_short_schedules(tmp_path):
         run_study(StudySettings(out_dir=str(tmp_path), rows=('prefix-tuning', )))
     with pytest.raises(ValueError, match='iters=20: the schedule warms up for 50'):
         run_study(StudySettings(out_dir=str(tmp_path), iters=20))
+    with pytest.raises(ValueError, match='threads=0: give a whole number'):
+        run_study(StudySettings(out_dir=str(tmp_path), threads=0))
     assert not osp.exists(tmp_path / 'data')
 
 
@@ -128,3 +137,15 @@ def test_silent_runs_report_progress_with_etas(tmp_path, capsys):
     h, m, s = map(int, whole[-1].split(':'))
     assert h * 3600 + m * 60 + s >= 600 * seconds / 300 * 0.5
     assert progress.done == {'pretrain'} and progress.rate() == pytest.approx(seconds / 300)
+
+
+@pytest.mark.parametrize('threads', [1, 2])
+def test_tool_runs_get_the_pinned_thread_count(tmp_path, monkeypatch, threads):
+    """Every tool subprocess runs torch with the study's thread count, whatever the
+    caller's environment says (the result depends on it, docs/study.md)."""
+    (tmp_path / 'probe.py').write_text('import torch\nprint(torch.get_num_threads())\n')
+    monkeypatch.setenv('OMP_NUM_THREADS', '7')
+    monkeypatch.setenv('MKL_NUM_THREADS', '7')
+    settings = StudySettings(out_dir=str(tmp_path), tools_dir=str(tmp_path), threads=threads)
+    _run_tool(settings, 'probe.py', [], str(tmp_path / 'probe.log'))
+    assert (tmp_path / 'probe.log').read_text().split() == [str(threads)]

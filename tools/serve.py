@@ -15,7 +15,11 @@ through the shared weights (see vpt_seg/multitask.py). Images are resized to ``-
 Writes, under OUT:
   <task>/<image>.png          label map (uint8, or uint16 above 255 classes)
   <task>/<image>_overlay.png  the image blended with the class colours
-  predictions.json / .csv     class predictions (label, name, score, top-5)
+  predictions.json / .csv     class predictions, scored by the task model's own
+                              ``postprocess`` (what ``predict`` and tools/test.py give):
+                              softmax label, name, score and top-5 for a single-label
+                              head; for a multi-label head (image tags) the sigmoid
+                              scores and every class above 0.5 (``labels``, ``names``)
 """
 import argparse
 import csv
@@ -115,6 +119,32 @@ def task_meta(model, cfg: Config, num_classes: int):
     return names, np.asarray(palette[:num_classes], dtype=np.uint8)
 
 
+def class_prediction(model, logits: torch.Tensor, names, top: int = 5) -> dict:
+    """One image's ``(K,)`` class logits -> a row of predictions.json, scored by the
+    task model's own :meth:`~vpt_seg.models.VPTClassifier.postprocess` (the code its
+    ``predict``, so tools/test.py, runs).
+
+    Every row has ``pred_score`` (``(K,)``: softmax, or sigmoid for a multi-label head)
+    and ``pred_label`` (the argmax, or the multi-hot ``(K,)`` of scores above 0.5), as
+    ``predict`` gives them, and ``top5``. Single-label rows add ``label``, ``name`` and
+    ``score``; multi-label rows ``labels``, ``names`` and ``scores`` of the classes
+    predicted present (possibly none).
+    """
+    (sample, ) = model.postprocess(logits[None])
+    score, pred = sample.pred_score.cpu(), sample.pred_label.cpu()
+    order = score.argsort(descending=True)[:top].tolist()
+    row = dict(multi_label=bool(model.multi_label), pred_score=score.tolist(),
+               pred_label=pred.tolist(), top5=[[names[i], float(score[i])] for i in order])
+    if model.multi_label:
+        present = pred.nonzero().flatten().tolist()
+        row.update(labels=present, names=[names[i] for i in present],
+                   scores=[float(score[i]) for i in present])
+    else:
+        label = int(pred)
+        row.update(label=label, name=names[label], score=float(score[label]))
+    return row
+
+
 def main():
     args = parse_args()
     specs = [parse_task(t) for t in args.tasks]
@@ -170,11 +200,8 @@ def main():
             names, palette = metas[task]
             stem = osp.splitext(f)[0]
             if mt.kinds[task] == 'cls':
-                score = out.float().softmax(0)
-                top = score.topk(min(5, score.numel()))
-                rows.append(dict(image=f, task=task, label=int(top.indices[0]),
-                                 name=names[int(top.indices[0])], score=float(top.values[0]),
-                                 top5=[[names[int(i)], float(s)] for s, i in zip(*top)]))
+                rows.append(dict(image=f, task=task,
+                                 **class_prediction(mt.tasks[task], out, names)))
                 continue
             img = originals[f]
             logits = F.interpolate(out[None].float(), size=img.shape[:2], mode='bilinear',
@@ -195,8 +222,14 @@ def main():
     with open(osp.join(args.out_dir, 'predictions.csv'), 'w', newline='') as fp:
         writer = csv.writer(fp)
         writer.writerow(['image', 'task', 'label', 'name', 'score'])
-        for r in rows:
-            writer.writerow([r['image'], r['task'], r['label'], r['name'], f"{r['score']:.4f}"])
+        for r in rows:  # multi-label: the classes present, ';'-separated
+            if r['multi_label']:
+                writer.writerow([r['image'], r['task'], ';'.join(map(str, r['labels'])),
+                                 ';'.join(r['names']),
+                                 ';'.join(f'{v:.4f}' for v in r['scores'])])
+            else:
+                writer.writerow([r['image'], r['task'], r['label'], r['name'],
+                                 f"{r['score']:.4f}"])
     seg = [n for n in mt.kinds if mt.kinds[n] == 'seg']
     print(f'{len(files)} images x {len(specs)} tasks served on one backbone; '
           f'segmentation maps in {", ".join(osp.join(args.out_dir, s) for s in seg) or "-"}; '

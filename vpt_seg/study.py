@@ -17,6 +17,13 @@ It then writes a table (Markdown, CSV, JSON), mIoU against tuned parameters, and
 predictions of every row on a few validation images. Every training and test run is a
 subprocess of the normal tools with the normal configs; this module only passes data
 and checkpoint paths (and, for short runs, iteration counts) through ``--cfg-options``.
+
+Thread policy: every tool subprocess runs torch with ``threads`` intra-op threads (1 by
+default), set through ``OMP_NUM_THREADS`` / ``MKL_NUM_THREADS`` in its environment, which
+torch reads when it starts. One thread keeps the study's time when something else uses
+the CPU (torch's default, one thread per core, oversubscribes a busy machine and slows
+down many times over), and it pins the result: the float order of reductions, and so the
+trained weights and every mIoU, depend on the thread count (docs/study.md).
 """
 import argparse
 import csv
@@ -55,7 +62,7 @@ UNTRAINED = 'untrained-head'
 
 @dataclass
 class StudySettings:
-    """What a study run does. Defaults are the documented study (<= 10 min on 2 cores).
+    """What a study run does. Defaults are the documented study (9 to 12 min on 2 cores).
 
     Attributes:
         out_dir: Where data, runs, tables and figures go.
@@ -69,6 +76,8 @@ class StudySettings:
             rate in each row's config, which is what this search found; see
             docs/study.md).
         seed: Data and training seed.
+        threads: Torch threads per tool subprocess. The published numbers are for 1
+            (the default); another count gives other digits (docs/study.md).
         num_show: Validation images in the predictions figure.
         config_dir: The study configs.
         tools_dir: Where ``train.py`` and ``test.py`` live.
@@ -82,6 +91,7 @@ class StudySettings:
     iters: Optional[int] = None
     lrs: Optional[Sequence[float]] = None
     seed: int = 0
+    threads: int = 1
     num_show: int = 4
     config_dir: str = osp.join(REPO_ROOT, 'configs', 'study')
     tools_dir: str = osp.join(REPO_ROOT, 'tools')
@@ -173,15 +183,26 @@ class Progress:
             self.iters += self.planned[stage]
 
 
+THREAD_VARS = ('OMP_NUM_THREADS', 'MKL_NUM_THREADS')
+
+
+def tool_env(threads: int) -> Dict[str, str]:
+    """The environment of a tool subprocess: this one, with the package on the path and
+    torch pinned to ``threads`` intra-op threads (whatever the caller's environment says)."""
+    env = dict(os.environ)
+    env['PYTHONPATH'] = REPO_ROOT + os.pathsep + env.get('PYTHONPATH', '')
+    env.setdefault('PYTHONWARNINGS', 'ignore')
+    env.update({var: str(threads) for var in THREAD_VARS})
+    return env
+
+
 def _run_tool(settings: StudySettings, tool: str, args: List[str], log_path: str,
               progress: Optional[Progress] = None, stage: str = '') -> float:
     """Run ``tools/<tool>`` in a subprocess (output to ``log_path``); returns seconds.
 
     With ``progress``, the log is watched and a progress line printed for every
     iteration line MMEngine writes (``default_hooks.logger.interval``)."""
-    env = dict(os.environ)
-    env['PYTHONPATH'] = REPO_ROOT + os.pathsep + env.get('PYTHONPATH', '')
-    env.setdefault('PYTHONWARNINGS', 'ignore')
+    env = tool_env(settings.threads)
     cmd = [sys.executable, osp.join(settings.tools_dir, tool)] + args
     start = time.perf_counter()
     seen = 0
@@ -445,12 +466,16 @@ def run_study(settings: StudySettings) -> Dict:
     """Run the whole study; returns ``{'rows': [...], 'reference': ..., 'files': ...}``.
 
     Raises:
-        ValueError: an unknown row key, or fewer iterations than the warm-up.
+        ValueError: an unknown row key, fewer iterations than the warm-up, or a thread
+            count below 1.
         RuntimeError: a tool run failed (its log tail is in the message).
     """
     unknown = [r for r in settings.rows if r not in ROWS]
     if unknown:
         raise ValueError(f'unknown rows {unknown}; choose from {list(ROWS)}')
+    if not isinstance(settings.threads, int) or settings.threads < 1:
+        raise ValueError(f'threads={settings.threads!r}: give a whole number of torch threads '
+                         'per tool run, at least 1 (the study\'s numbers are for 1)')
     for name, iters, cfg_name in (('pretrain_iters', settings.pretrain_iters, 'pretrain_source'),
                                   ('iters', settings.iters, 'head')):
         warmup = _load_cfg(osp.join(settings.config_dir, f'{cfg_name}.py'),
@@ -462,6 +487,9 @@ def run_study(settings: StudySettings) -> Dict:
     os.makedirs(out, exist_ok=True)
     progress = Progress(_planned_iterations(settings))
     timings = OrderedDict()
+    load_start = os.getloadavg()[0]
+    _log(f'{settings.threads} torch thread(s) per tool run; load average {load_start:.2f} '
+         f'on {os.cpu_count()} cores')
     t_start = time.perf_counter()
 
     # 1. data
@@ -488,8 +516,11 @@ def run_study(settings: StudySettings) -> Dict:
                                  osp.join(pre_dir, 'vit-tiny_source.pth'))
     source_map = _val_metrics(pre_dir, 'multi-label/mAP').get('multi-label/mAP',
                                                               float('nan'))
+    pre_iters = settings.pretrain_iters or _load_cfg(
+        osp.join(settings.config_dir, 'pretrain_source.py'), []).train_cfg.max_iters
     _log(f'pretrain: source tags mAP {source_map:.2f}, backbone saved to {pretrained} '
-         f'({timings["pretrain"]:.1f} s)')
+         f'({timings["pretrain"]:.1f} s, {timings["pretrain"] / pre_iters:.3f} s/iter '
+         'with start-up)')
 
     # 3. Table-3 rows on the target task (each at every learning rate of `lrs`)
     common = _data_options(target_root) + [
@@ -540,7 +571,11 @@ def run_study(settings: StudySettings) -> Dict:
     timings['total'] = time.perf_counter() - t_start
     with open(files['json']) as f:
         summary = json.load(f)
-    summary.update(timings_s=timings, source_map=source_map, lr_search=searched)
+    machine = dict(threads=settings.threads, cpu_count=os.cpu_count(),
+                   load_avg_1min_start=load_start, load_avg_1min_end=os.getloadavg()[0],
+                   torch=torch.__version__)
+    summary.update(timings_s=timings, source_map=source_map, lr_search=searched,
+                   machine=machine)
     with open(files['json'], 'w') as f:
         json.dump(summary, f, indent=2)
 
@@ -548,10 +583,13 @@ def run_study(settings: StudySettings) -> Dict:
     print(format_table(results, reference))
     print()
     print('stage timings: ' + ', '.join(f'{k} {v:.1f} s' for k, v in timings.items()))
+    print(f'{settings.threads} torch thread(s) per tool run; load average (1 min) '
+          f'{load_start:.2f} at the start, {machine["load_avg_1min_end"]:.2f} at the end, '
+          f'{os.cpu_count()} cores')
     for name, path in files.items():
         print(f'{name}: {path}')
     return dict(rows=results, reference=reference, files=files, timings=timings,
-                source_map=source_map, lr_search=searched)
+                source_map=source_map, lr_search=searched, machine=machine)
 
 
 def _evaluate(settings, key, method, cfg_path, ckpt, work, options, train_s) -> RowResult:

@@ -25,7 +25,10 @@ class VPTClassifier(BaseModel):
     Args:
         backbone: Config of the ViT, normally ``PromptedVisionTransformer``.
             ``output_cls_token`` and ``final_norm`` default to True (timm's classifier
-            reads the normed [CLS]); ``output_cls_token=False`` is an error.
+            reads the normed [CLS]); ``output_cls_token=False`` is an error, and so
+            are ``out_indices`` that leave out the last layer (the default ``-1`` is
+            the last layer): the classifier reads the final [CLS], never an
+            intermediate (un-normed) one.
         head: Config of the head (``LinearClsHead`` or ``MLPClsHead``); its
             ``in_channels`` must equal the backbone width. With ``multi_label=True``
             the data samples carry ``(K,)`` multi-hot ``gt_label`` (image tags,
@@ -59,6 +62,12 @@ class VPTClassifier(BaseModel):
             raise ValueError('VPTClassifier classifies from the [CLS] embedding; the backbone '
                              'needs output_cls_token=True (and with_cls_token=True).')
         self.backbone = MODELS.build(backbone)
+        last = len(self.backbone.layers) - 1
+        if last not in self.backbone.out_indices:
+            raise ValueError(
+                f'VPTClassifier classifies from the final layer\'s [CLS] embedding, but the '
+                f'backbone\'s out_indices={backbone.get("out_indices")!r} leave out the last '
+                f'layer ({last}); use out_indices=-1 (the default) or include {last}.')
         self.head = MODELS.build(head)
         width = self.backbone.cls_token.shape[-1]
         if self.head.in_channels != width:
@@ -71,7 +80,8 @@ class VPTClassifier(BaseModel):
 
     # ------------------------------------------------------------------ forward
     def extract_feat(self, inputs: torch.Tensor) -> torch.Tensor:
-        """``(B, 3, H, W) -> (B, C)``: the final-layer [CLS] embedding."""
+        """``(B, 3, H, W) -> (B, C)``: the final-layer [CLS] embedding (the backbone
+        outputs come in layer order and include the last layer, see ``__init__``)."""
         return self.backbone(inputs)[-1][1]
 
     def forward(self,
@@ -112,30 +122,30 @@ class VPTClassifier(BaseModel):
 
     def predict(self, inputs: torch.Tensor,
                 data_samples: Optional[List[BaseDataElement]] = None) -> List[BaseDataElement]:
-        """Adds ``pred_score`` ``(K,)`` and ``pred_label`` to each sample: softmax and the
-        argmax (0-d), or for a multi-label head sigmoid and the multi-hot ``(K,)`` of the
-        classes scoring above 0.5."""
+        """Adds ``pred_score`` ``(K,)`` and ``pred_label`` to each sample (see
+        :meth:`postprocess`)."""
         logits = self.head(self.extract_feat(inputs))
-        return self.postprocess(logits, data_samples, multi_label=self.multi_label)
+        return self.postprocess(logits, data_samples)
 
-    @staticmethod
-    def postprocess(logits: torch.Tensor,
-                    data_samples: Optional[List[BaseDataElement]] = None,
-                    multi_label: bool = False) -> List[BaseDataElement]:
-        """``(B, K)`` logits -> data samples with ``pred_score`` and ``pred_label``.
+    def postprocess(self, logits: torch.Tensor,
+                    data_samples: Optional[List[BaseDataElement]] = None
+                    ) -> List[BaseDataElement]:
+        """``(B, K)`` logits -> data samples with ``pred_score`` and ``pred_label``, as
+        this model's head scores them. The one scoring rule: :meth:`predict` (so
+        ``tools/test.py``) and ``tools/serve.py`` both call it.
 
         Single-label: ``pred_score`` ``(K,)`` softmax, ``pred_label`` 0-d long argmax.
-        ``multi_label``: ``pred_score`` ``(K,)`` sigmoid, ``pred_label`` ``(K,)`` long
+        Multi-label head: ``pred_score`` ``(K,)`` sigmoid, ``pred_label`` ``(K,)`` long
         multi-hot, 1 where the score is above 0.5.
         """
         if data_samples is None:
             data_samples = [BaseDataElement() for _ in range(logits.shape[0])]
-        if multi_label:
+        if self.multi_label:
             scores = logits.float().sigmoid()                           # (B, K)
             for ds, score in zip(data_samples, scores):
                 ds.set_data(dict(pred_score=score, pred_label=(score > 0.5).long()))
             return data_samples
-        scores = logits.float().softmax(dim=1)
+        scores = logits.float().softmax(dim=1)                          # (B, K)
         for ds, score in zip(data_samples, scores):
             ds.set_data(dict(pred_score=score, pred_label=score.argmax()))
         return data_samples
