@@ -579,7 +579,7 @@ def fit_state_dict(state_dict: Mapping[str, torch.Tensor],
                         'was built with patch_bias=False: set patch_bias=True (timm and JAX '
                         'ViTs have this bias)')
     elif bias_key in target and bias_key not in sd:
-        problems.append(f'the backbone has a patch-embedding bias the file lacks: set '
+        problems.append('the backbone has a patch-embedding bias the file lacks: set '
                         'patch_bias=False for this file')
 
     unexpected = sorted(k for k in sd if k not in target and k != bias_key)
