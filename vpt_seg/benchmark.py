@@ -268,14 +268,17 @@ def time_steps(step: Callable, steps: int, warmup: int, device: torch.device,
     return times
 
 
-def saved_for_backward(step: Callable) -> int:
+def saved_for_backward(step: Callable, model: torch.nn.Module) -> int:
     """Bytes of the tensors autograd keeps for the backward pass during one ``step``
-    (each storage once): the activation memory of training, the same on any device."""
+    (each storage once, the model's own weights and buffers left out): the activation
+    memory of training, the same on any device."""
+    own = {t.untyped_storage().data_ptr() for t in (*model.parameters(), *model.buffers())}
     storages = {}
 
     def pack(t):
         storage = t.untyped_storage()
-        storages[storage.data_ptr()] = storage.nbytes()
+        if storage.data_ptr() not in own:
+            storages[storage.data_ptr()] = storage.nbytes()
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
@@ -424,7 +427,7 @@ def run_benchmark(config: str, batch: int = 8, amp: Optional[str] = 'bf16',
         with PeakMemory(dev, baseline) as mem:
             times = time_steps(step, steps, warmup, dev, progress)
         flops = count_flops(step)
-        saved = saved_for_backward(step) if mode == 'train' else None
+        saved = saved_for_backward(step, model) if mode == 'train' else None
         sec = statistics.median(times)
         img_s = n / sec
         tflops = flops / sec / 1e12
@@ -463,7 +466,8 @@ def format_table(report: dict) -> str:
     """A Markdown table of :func:`run_benchmark`'s results, with the environment above it."""
     env = report['env']
     lines = [f"{env['config']} on {env['device']}, torch {env['torch']}, "
-             f"{'bf16 autocast' if env['amp'] else 'fp32'}, median of {env['steps']} steps",
+             f"{'bf16 autocast' if env['amp'] else 'fp32'}, median of {env['steps']} "
+             f"step{'s' if env['steps'] != 1 else ''}",
              '',
              'x ref: img/s against stock MMSeg, same mode (serve: against one task); '
              'mem: peak memory against stock; kept: activations autograd keeps for backward '
