@@ -29,7 +29,6 @@ import copy
 import ctypes
 import gc
 import json
-import logging
 import os
 import statistics
 import sys
@@ -40,7 +39,7 @@ from typing import Callable, List, Optional
 import numpy as np
 import torch
 from mmengine.config import Config
-from mmengine.logging import MMLogger, print_log
+from mmengine.logging import print_log
 from mmengine.model import revert_sync_batchnorm
 from mmengine.optim import build_optim_wrapper
 from mmengine.registry import init_default_scope
@@ -49,7 +48,8 @@ from mmseg.registry import MODELS
 from mmseg.structures import SegDataSample
 from torch.utils import flop_counter
 
-from .multitask import _TASK_ONLY, MultiTaskViT
+from .multitask import MultiTaskViT, shared_backbone_cfg
+from .runner import quiet_logger
 from .tuning import bias_parameters, count_parameters, format_count
 
 __all__ = ['run_benchmark', 'format_table', 'PEAK_TFLOPS']
@@ -134,13 +134,8 @@ def build(cfg: Config, stock: bool, device: torch.device, reference: bool = Fals
     process) and its optimizer wrapper. Returns ``(model, optim_wrapper, setup)``."""
     model_cfg, optim_cfg, rule, setup = model_setup(cfg, stock, reference)
     model = MODELS.build(model_cfg)
-    logger = MMLogger.get_current_instance()  # MMEngine's init report is long: keep it out
-    level = logger.level
-    logger.setLevel(logging.WARNING)
-    try:
+    with quiet_logger():  # MMEngine's init report is long: keep it out
         model.init_weights()
-    finally:
-        logger.setLevel(level)
     model = revert_sync_batchnorm(model).to(device)
     if stock and rule['freeze']:  # the same rule as ours, on MMSeg's modules
         for p in model.backbone.parameters():
@@ -159,10 +154,8 @@ def build_serving(cfg: Config, device: torch.device, num_tasks: int) -> MultiTas
         torch.manual_seed(t)  # each task its own prompts, biases and heads
         models.append(build(cfg, False, device)[0].eval())
     frozen = {n: p for n, p in models[0].backbone.named_parameters() if not p.requires_grad}
-    shared_cfg = {k: v for k, v in cfg.model.backbone.items() if k not in _TASK_ONLY}
-    shared_cfg.update(type='PromptedVisionTransformer', num_prompts=0, freeze=True,
-                      init_cfg=None, final_norm=cfg.model.backbone.get('final_norm', False))
-    shared = MODELS.build(shared_cfg).to(device)
+    shared = MODELS.build(shared_backbone_cfg(
+        cfg.model.backbone, final_norm=cfg.model.backbone.get('final_norm', False))).to(device)
     with torch.no_grad():
         for n, p in shared.named_parameters():
             p.copy_(frozen[n])
@@ -387,15 +380,17 @@ def run_benchmark(config: str, batch: int = 8, amp: Optional[str] = 'bf16',
     if 'serve' in modes:  # ours only: stock MMSeg has no multi-task serving
         plan += [(('serve', False, False), 'serve:1'),
                  (('serve', False, False), f'serve:{serve_tasks}')]
+    def batch_for(mode):  # training crops, or ADE20k-shaped images for inference
+        if mode == 'train':
+            return make_batch(batch, crop, num_classes)
+        return make_batch(infer_batch, infer_size, num_classes)
+
     results = []
     if dev.type == 'cpu':  # first-touch costs (kernels, thread pools) before any baseline
         model, optim_wrapper, _ = build(cfg, False, dev)
         for mode in modes:
-            if mode == 'serve':
-                continue
-            n = batch if mode == 'train' else infer_batch
-            _steps(model, optim_wrapper, mode, make_batch(
-                n, crop if mode == 'train' else infer_size, num_classes), dev, amp)()
+            if mode != 'serve':
+                _steps(model, optim_wrapper, mode, batch_for(mode), dev, amp)()
         del model, optim_wrapper
     start_all = time.perf_counter()
     for k, ((name, is_stock, is_ref), mode) in enumerate(plan):
@@ -414,7 +409,7 @@ def run_benchmark(config: str, batch: int = 8, amp: Optional[str] = 'bf16',
         else:
             model, optim_wrapper, setup = build(cfg, is_stock, dev, is_ref)
             n = batch if mode == 'train' else infer_batch
-            data = make_batch(n, crop if mode == 'train' else infer_size, num_classes)
+            data = batch_for(mode)
         step = _steps(model, optim_wrapper, mode, data, dev, amp)
         label = f'[{k + 1}/{len(plan)}] {name} ({setup}) {mode}, batch {n}'
         log(f'{label}: warm-up ({warmup} steps)')

@@ -50,7 +50,8 @@ from .prompt import remove_prompts, replace_prompts
 from .task_file import load_checkpoint_file, task_config_text
 from .tuning import bias_parameters
 
-__all__ = ['MultiTaskViT', 'task_kind', 'build_shared_backbone', 'load_task_model']
+__all__ = ['MultiTaskViT', 'task_kind', 'shared_backbone_cfg', 'build_shared_backbone',
+           'load_task_model']
 
 
 def task_kind(model: nn.Module) -> str:
@@ -81,8 +82,8 @@ def _structure(vit: VisionTransformer) -> Dict[str, object]:
         num_fcs=layer.ffn.num_fcs)
 
 
-def _check_supported(vit: VisionTransformer, what: str):
-    vit_ops.check_supported(vit, what)
+#: What serving says of a ViT the shared pass cannot compute.
+_UNSHARED = 'such a ViT cannot be served on a shared backbone'
 
 
 class MultiTaskViT(nn.Module):
@@ -99,7 +100,7 @@ class MultiTaskViT(nn.Module):
 
     def __init__(self, backbone: VisionTransformer):
         super().__init__()
-        _check_supported(backbone, 'shared backbone')
+        vit_ops.check_supported(backbone, 'shared backbone', _UNSHARED)
         self.backbone = backbone.eval()
         for p in self.backbone.parameters():
             p.requires_grad_(False)
@@ -127,7 +128,7 @@ class MultiTaskViT(nn.Module):
             raise ValueError(f'task {name!r}: only tasks on a frozen PromptedVisionTransformer '
                              '(freeze=True) can share a backbone; a fully fine-tuned ViT is '
                              'a model of its own')
-        _check_supported(vit, f'task {name!r}')
+        vit_ops.check_supported(vit, f'task {name!r}', _UNSHARED)
         if vit.final_norm and not self.backbone.final_norm:
             raise ValueError(f'task {name!r} reads the final norm (final_norm=True), but the '
                              'shared backbone was built without one (its pretrained file has '
@@ -339,6 +340,16 @@ def _pretrained_of(backbone_cfg: dict) -> Optional[str]:
     return init_cfg.get('checkpoint') if isinstance(init_cfg, dict) else None
 
 
+def shared_backbone_cfg(backbone_cfg: dict, final_norm: bool,
+                        init_cfg: Optional[dict] = None) -> dict:
+    """The config of the frozen ViT that tasks of ``backbone_cfg`` share: the same
+    architecture, task-only options (prompts, bias tuning, outputs, dropout) dropped."""
+    cfg = {k: v for k, v in copy.deepcopy(dict(backbone_cfg)).items() if k not in _TASK_ONLY}
+    cfg.update(type='PromptedVisionTransformer', num_prompts=0, freeze=True,
+               final_norm=final_norm, init_cfg=init_cfg)
+    return cfg
+
+
 def build_shared_backbone(backbone_cfg: dict, pretrained: Optional[str] = None,
                           final_norm: Optional[bool] = None) -> PromptedVisionTransformer:
     """The frozen ViT of a backbone config, loaded from its pretrained file.
@@ -353,7 +364,6 @@ def build_shared_backbone(backbone_cfg: dict, pretrained: Optional[str] = None,
             usually do not). None: exactly when the pretrained file has one, so every
             backbone the configs produce can be shared.
     """
-    cfg = {k: v for k, v in copy.deepcopy(dict(backbone_cfg)).items() if k not in _TASK_ONLY}
     pretrained = pretrained or _pretrained_of(backbone_cfg)
     if not pretrained:
         raise ValueError('the shared backbone needs pretrained weights: give a file, or a '
@@ -361,10 +371,8 @@ def build_shared_backbone(backbone_cfg: dict, pretrained: Optional[str] = None,
     if final_norm is None:
         final_norm = _has_final_norm(pretrained, (backbone_cfg.get('init_cfg') or {}).get(
             'prefix') if isinstance(backbone_cfg.get('init_cfg'), dict) else None)
-    cfg.update(type='PromptedVisionTransformer', num_prompts=0, freeze=True,
-               final_norm=final_norm)
-    cfg['init_cfg'] = dict(type='Pretrained', checkpoint=pretrained)
-    vit = MODELS.build(cfg)
+    vit = MODELS.build(shared_backbone_cfg(
+        backbone_cfg, final_norm, init_cfg=dict(type='Pretrained', checkpoint=pretrained)))
     vit.init_weights()
     return vit.eval()
 

@@ -1,14 +1,17 @@
 """What the tools share before MMEngine's runner starts: finding a config (also inside an
 installed package), applying the common flags, checking data folders, and distributed
 runs on machines without GPUs."""
+import contextlib
+import logging
 import os
 import os.path as osp
 
 import torch
 from mmengine.config import Config
+from mmengine.logging import MMLogger
 
 __all__ = ['config_dirs', 'tools_dir', 'resolve_config', 'load_cfg', 'prepare_cfg',
-           'check_loader', 'setup_distributed']
+           'check_loader', 'setup_distributed', 'quiet_logger']
 
 _PACKAGE = osp.dirname(osp.abspath(__file__))
 _SCOPE = 'vpt_seg::'
@@ -66,6 +69,19 @@ def _dataset_dirs(dataset: dict):
         return
     for key, prefix in prefixes.items():
         yield key, osp.join(root, prefix)
+
+
+@contextlib.contextmanager
+def quiet_logger(level: int = logging.WARNING):
+    """Lower MMEngine's current logger to ``level`` for a block (e.g. its long
+    ``init_weights`` report), and restore it after."""
+    logger = MMLogger.get_current_instance()
+    before = logger.level
+    logger.setLevel(level)
+    try:
+        yield
+    finally:
+        logger.setLevel(before)
 
 
 def load_cfg(args) -> Config:

@@ -43,6 +43,7 @@ import numpy as np
 import torch
 
 from .datasets.synthetic import TASK_CLASSES, make_ade20k
+from .runner import quiet_logger
 
 __all__ = ['ROWS', 'StudySettings', 'run_study', 'format_table']
 
@@ -300,18 +301,10 @@ def export_backbone(checkpoint: str, out_path: str) -> str:
 def save_untrained(cfg_path: str, options: List[str], out_path: str, seed: int) -> str:
     """A task checkpoint of ``cfg_path``'s model straight after initialisation: the
     pretrained frozen backbone and a head that was never trained."""
-    import logging
-
-    from mmengine.logging import MMLogger
-    logger = MMLogger.get_current_instance()  # MMEngine's init report is long: keep it out
-    level = logger.level
-    logger.setLevel(logging.WARNING)
-    try:
+    with quiet_logger():  # MMEngine's init report is long: keep it out
         torch.manual_seed(seed)
         model = _build_model(_load_cfg(cfg_path, options))
         model.init_weights()
-    finally:
-        logger.setLevel(level)
     torch.save({'meta': {}, 'state_dict': model.state_dict()}, out_path)
     return out_path
 

@@ -150,15 +150,17 @@ def block(layer: nn.Module, x: torch.Tensor, mask: Optional[torch.Tensor] = None
     return x + mlp(layer.ffn, layer_norm(x, layer.norm2, biases), biases)
 
 
-def check_supported(vit: nn.Module, what: str = 'backbone'):
+def check_supported(vit: nn.Module, what: str = 'backbone',
+                    remedy: str = 'set fast_path=False'):
     """Raise ``ValueError`` if ``vit`` has a part the functional pass does not compute
-    (non-LayerNorm norms, separate q/k/v projections, ``bias_k``, ``add_zero_attn``)."""
+    (non-LayerNorm norms, separate q/k/v projections, ``bias_k``, ``add_zero_attn``);
+    the message ends with ``remedy``."""
     norms = [m for m in vit.modules()
              if isinstance(m, (nn.modules.batchnorm._NormBase, nn.GroupNorm))]
     if norms:
         raise ValueError(f'{what}: only LayerNorm ViTs run on the fast path (found '
-                         f'{norms[0]}); set fast_path=False')
+                         f'{norms[0]}); {remedy}')
     attn = vit.layers[0].attn.attn
     if attn.bias_k is not None or attn.add_zero_attn or not attn._qkv_same_embed_dim:
         raise ValueError(f'{what}: attention with bias_k/add_zero_attn or separate q/k/v '
-                         'projections is not supported by the fast path; set fast_path=False')
+                         f'projections is not supported by the fast path; {remedy}')
