@@ -40,7 +40,7 @@ from mmseg.registry import DATASETS
 from vpt_seg.datasets.image_folder import IMG_EXTENSIONS
 from vpt_seg.multitask import MultiTaskViT, build_shared_backbone, load_task_model
 from vpt_seg.runner import resolve_config
-from vpt_seg.task_file import task_config_text
+from vpt_seg.task_file import read_task_config
 
 
 def parse_args():
@@ -83,10 +83,7 @@ def task_config(cfg_path, ckpt) -> Config:
     """A task's config: its file, or the one stored in its task file."""
     if cfg_path is not None:
         return Config.fromfile(cfg_path)
-    text = task_config_text(ckpt)
-    if not text:
-        raise ValueError(f'{ckpt}: no config stored in the file; give NAME=CONFIG.py:{ckpt}')
-    return Config.fromstring(text, file_format='.py')
+    return read_task_config(ckpt)  # data: nothing in the file is executed
 
 
 def _read_classes(dataset: dict):
