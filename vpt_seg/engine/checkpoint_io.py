@@ -84,7 +84,10 @@ def read_downloaded(path: str, source: str, map_location: Any = None) -> Any:
     if path.endswith('.safetensors'):
         from ..task_file import load_from_safetensors
         return load_from_safetensors(path, map_location)
-    return load_torch_file(path, map_location=map_location, name=source)
+    return load_torch_file(path, map_location=map_location, name=source, hint=(
+        'A remote checkpoint is read as safely as a local one; ask for its weights alone '
+        '(a state dict of tensors, or .safetensors), or, if you trust the file, load it '
+        'yourself and save its state dict.'))
 
 
 @CheckpointLoader.register_scheme(prefixes=('http://', 'https://'), force=True)
