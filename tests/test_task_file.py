@@ -347,3 +347,80 @@ def test_dataset_meta_is_checked(deep, tmp_path):
         with pytest.raises(ValueError, match=rf"task file {one}: header key 'dataset_meta': 1 "
                            r'classes, but the head has 8 \(model.decode_head.num_classes\)'):
             load()
+
+
+# ------------------------------------- training checkpoints guard their frozen weights
+def test_a_training_checkpoint_refuses_other_frozen_weights(pretrained, tmp_path, notes,
+                                                            monkeypatch):
+    """A checkpoint records the pretrained path as the config named it (relative) and
+    absolute, and the frozen weights' sha256: a different file at the relative path in
+    another folder is skipped, a named one with other weights is refused."""
+    _, vit_path = pretrained
+    run, elsewhere = tmp_path / 'run', tmp_path / 'elsewhere'
+    for folder in (run, elsewhere):
+        (folder / 'pretrain').mkdir(parents=True)
+    shutil.copy(vit_path, run / 'pretrain' / 'vit.pth')
+    impostor = torch.load(vit_path, weights_only=True)  # same architecture, other values
+    impostor['layers.0.ln1.weight'] = impostor['layers.0.ln1.weight'] + 1e-3
+    torch.save(impostor, elsewhere / 'pretrain' / 'vit.pth')
+    cfg = Config.fromfile(osp.join(STUDY, 'vpt-deep.py'))
+    cfg.model.backbone.init_cfg.checkpoint = 'pretrain/vit.pth'
+    monkeypatch.chdir(run)
+    torch.manual_seed(4)
+    model = MODELS.build(cfg.model)
+    model.init_weights()
+    model.eval()
+    state = model.state_dict()
+    recorded = state._metadata['backbone']
+    assert recorded['pretrained'] == ['pretrain/vit.pth', str(run / 'pretrain' / 'vit.pth')]
+    digest = recorded['frozen_sha256']
+    assert digest == model.backbone.frozen_digest()
+    ckpt = str(tmp_path / 'iter_1.pth')
+    torch.save({'state_dict': state, 'meta': {}}, ckpt)
+    x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(6))
+    expected = _outputs(model, x)
+
+    monkeypatch.chdir(elsewhere)  # 'pretrain/vit.pth' is the impostor here
+    assert torch.equal(_outputs(load_task_model(cfg, ckpt), x), expected)
+    assert any(n.startswith('pretrain/vit.pth: skipped, not the frozen weights') for n in notes)
+    assert torch.equal(_outputs(init_model(copy.deepcopy(cfg), ckpt, device='cpu'), x),
+                       expected)
+    # Named by the user: that file is used, and its weights are still checked.
+    with pytest.raises(ValueError, match=r'elsewhere/pretrain/vit.pth \(named by init_cfg.'
+                       r'checkpoint\) holds other frozen weights than this checkpoint was '
+                       'trained on'):
+        load_task_model(cfg, ckpt, pretrained=str(elsewhere / 'pretrain' / 'vit.pth'))
+    named = copy.deepcopy(cfg)
+    named.model.backbone.init_cfg.checkpoint = str(vit_path)
+    named.model.backbone.prefer_init_cfg = True
+    notes.clear()
+    assert torch.equal(_outputs(load_task_model(named, ckpt), x), expected)
+    assert any(f'loading the frozen backbone from {vit_path}' in n for n in notes)
+    # Older checkpoints without a sha256 load as before.
+    state._metadata['backbone'].pop('frozen_sha256')
+    torch.save({'state_dict': state, 'meta': {}}, ckpt)
+    monkeypatch.chdir(run)
+    assert torch.equal(_outputs(load_task_model(cfg, ckpt), x), expected)
+    (run / 'pretrain' / 'vit.pth').unlink()
+    monkeypatch.chdir(elsewhere)
+    with pytest.raises(ValueError, match='none of the candidates holds the frozen weights'):
+        state._metadata['backbone']['frozen_sha256'] = digest
+        torch.save({'state_dict': state, 'meta': {}}, ckpt)
+        load_task_model(cfg, ckpt)
+
+
+def test_mmseg_apis_read_url_checkpoints_safely(deep, tmp_path, file_server):
+    from mmseg.apis import MMSegInferencer
+    from conftest import payload_pickle
+    from vpt_seg.checkpoint import UnreadableCheckpointError
+    marker = tmp_path / 'marker'
+    url = file_server.url('task.pth')
+    payload_pickle(file_server.root / 'task.pth', marker)
+    with pytest.raises(UnreadableCheckpointError, match=f"'{url}' .*Python object"):
+        init_model(copy.deepcopy(deep['cfg']), url, device='cpu')
+    with pytest.raises(UnreadableCheckpointError, match=f"'{url}' .*Python object"):
+        MMSegInferencer(model=copy.deepcopy(deep['cfg']), weights=url, device='cpu')
+    assert not marker.exists()
+    shutil.copy(deep['ckpt'], file_server.root / 'good.pth')
+    model = init_model(copy.deepcopy(deep['cfg']), file_server.url('good.pth'), device='cpu')
+    assert torch.equal(_outputs(model, deep['x']), deep['expected'])
