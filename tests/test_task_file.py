@@ -424,3 +424,24 @@ def test_mmseg_apis_read_url_checkpoints_safely(deep, tmp_path, file_server):
     shutil.copy(deep['ckpt'], file_server.root / 'good.pth')
     model = init_model(copy.deepcopy(deep['cfg']), file_server.url('good.pth'), device='cpu')
     assert torch.equal(_outputs(model, deep['x']), deep['expected'])
+
+
+def test_serving_on_a_url_backbone_reads_it_safely(deep, tmp_path, file_server):
+    """serve.py BACKBONE=http://.../vit.pth: the shared backbone (and its final-norm
+    check) and every task's frozen weights come through the safe http loader."""
+    from conftest import payload_pickle
+    from vpt_seg.checkpoint import UnreadableCheckpointError
+    from vpt_seg.multitask import MultiTaskViT, build_shared_backbone
+    cfg = read_task_config(str(deep['file']))
+    shutil.copy(deep['vit'], file_server.root / 'vit.pth')
+    url = file_server.url('vit.pth')
+    shared = build_shared_backbone(cfg.model.backbone, pretrained=url)
+    assert not shared.final_norm  # the file has none: found in the downloaded file
+    mt = MultiTaskViT(shared)
+    model = mt.add_task('seg', load_task_model(cfg, str(deep['file']), pretrained=url))
+    assert torch.equal(_outputs(model, deep['x']), deep['expected'])
+    marker = tmp_path / 'marker'
+    payload_pickle(file_server.root / 'bad.pth', marker)
+    with pytest.raises(UnreadableCheckpointError, match='bad.pth.*Python object'):
+        build_shared_backbone(cfg.model.backbone, pretrained=file_server.url('bad.pth'))
+    assert not marker.exists()
