@@ -73,7 +73,8 @@ def resize_rows(logits: Tensor, size: Sequence[int], rows: Tuple[int, int],
     src = F.interpolate(logits[None, :, lo:hi], size=(hi - lo, W), mode='bilinear',
                         align_corners=align_corners)[0]               # (C, rows in, W)
     w0, w1 = w0.to(src.dtype)[None, :, None], w1.to(src.dtype)[None, :, None]
-    return src[:, i0 - lo] * w0 + src[:, i1 - lo] * w1                # (C, rows, W)
+    band = src[:, i0 - lo].mul_(w0)                                     # (C, rows, W)
+    return band.add_(src[:, i1 - lo].mul_(w1))
 
 
 def resized_labels(logits: Sequence[Tensor], size: Sequence[int], align_corners: bool,
