@@ -30,6 +30,9 @@ def test_ade20k_config_builds_with_the_paper_setup(path):
     assert cfg.model.backbone.type == 'PromptedVisionTransformer'
     assert cfg.model.backbone.patch_bias is True
     assert cfg.model.decode_head.num_classes == 150 and cfg.crop_size == (512, 512)
+    # label maps of large images in bounded memory, also under --tta
+    assert (cfg.model.type, cfg.tta_model.type) == ('BoundedEncoderDecoder',
+                                                    'BoundedSegTTAModel')
     model = MODELS.build(cfg.model)
     backbone = model.backbone
     assert (backbone.cls_token.shape[-1], len(backbone.layers), backbone.patch_size) == (1024, 24, 16)
@@ -42,6 +45,15 @@ def test_ade20k_config_builds_with_the_paper_setup(path):
     else:
         assert not any(p.requires_grad for n, p in backbone.named_parameters()
                        if n.endswith('weight'))
+
+
+@pytest.mark.parametrize('path', ['demo/setr_vpt_tiny_ade20k.py', 'study/vpt-deep.py',
+                                  'study/head.py', 'study/full.py'])
+def test_small_segmentation_configs_use_the_bounded_segmentor(path):
+    cfg = Config.fromfile(osp.join(ROOT, 'configs', path))
+    assert cfg.model.type == 'BoundedEncoderDecoder'
+    if 'tta_model' in cfg:
+        assert cfg.tta_model.type == 'BoundedSegTTAModel'
 
 
 def test_count_params_tool_prints_parts_and_task_file_size():
