@@ -306,8 +306,10 @@ def test_pretrained_path_is_never_fetched(deep, tmp_path, notes, file_server):
     assert torch.equal(_outputs(load_task_model(cfg, bad), deep['x']), deep['expected'])
     assert any(f"header key 'pretrained_path' ({url!r}) is a URL, which is never fetched"
                in n for n in notes), notes
+    alone = copy.deepcopy(deep['cfg'])
+    alone.model.backbone.init_cfg = None
     with pytest.raises(FileNotFoundError, match='none exists'):
-        init_model(copy.deepcopy(deep['cfg']), bad, device='cpu')  # init_cfg dropped: nothing else to try
+        init_model(alone, bad, device='cpu')  # no init_cfg: nothing else to try
     assert file_server.requests == []
 
 
