@@ -310,6 +310,14 @@ def test_pretrained_path_is_never_fetched(deep, tmp_path, notes, file_server):
     alone.model.backbone.init_cfg = None
     with pytest.raises(FileNotFoundError, match='none exists'):
         init_model(alone, bad, device='cpu')  # no init_cfg: nothing else to try
+    # The stored config's init_cfg is header data too: a URL there is dropped.
+    data = json.loads(read_task_metadata(str(deep['file']))['config_json'])
+    data['model']['backbone']['init_cfg']['checkpoint'] = url
+    shutil.copy(deep['vit'], pub / 'vit.pth')
+    bad = _rewrite(deep['file'], pub / 'task2.safetensors', pretrained='vit.pth',
+                   pretrained_path=url, config_json=json.dumps(data))
+    assert torch.equal(_outputs(load_task_model(None, bad), deep['x']), deep['expected'])
+    assert any('init_cfg.checkpoint' in n and 'never fetched: dropped' in n for n in notes)
     assert file_server.requests == []
 
 
@@ -398,6 +406,13 @@ def test_a_training_checkpoint_refuses_other_frozen_weights(pretrained, tmp_path
     notes.clear()
     assert torch.equal(_outputs(load_task_model(named, ckpt), x), expected)
     assert any(f'loading the frozen backbone from {vit_path}' in n for n in notes)
+    # Training's init_weights loaded the config's file (load_from, --resume), and it
+    # holds other weights: the recorded file replaces them before the task weights load.
+    resumed = MODELS.build(cfg.model)
+    resumed.init_weights()  # 'pretrain/vit.pth' here: the impostor
+    resumed.load_state_dict(torch.load(ckpt, weights_only=True)['state_dict'])
+    assert resumed.backbone.frozen_digest() == digest
+    assert torch.equal(_outputs(resumed.eval(), x), expected)
     # Older checkpoints without a sha256 load as before.
     state._metadata['backbone'].pop('frozen_sha256')
     torch.save({'state_dict': state, 'meta': {}}, ckpt)
