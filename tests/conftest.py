@@ -31,3 +31,67 @@ def _seed():
 @pytest.fixture
 def device():
     return DEVICE
+
+
+class FileServer:
+    """Files of a folder over http on 127.0.0.1 (a port of its own), in a thread; every
+    request path is recorded in ``requests``."""
+
+    def __init__(self, root):
+        import functools
+        import http.server
+        import threading
+        self.root, self.requests = root, []
+        outer = self
+
+        class Handler(http.server.SimpleHTTPRequestHandler):
+            def do_GET(self):
+                outer.requests.append(self.path)
+                super().do_GET()
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(
+            ('127.0.0.1', 0), functools.partial(Handler, directory=str(root)))
+        self.httpd.timeout = 10
+        self.thread = threading.Thread(target=self.httpd.serve_forever,
+                                       kwargs=dict(poll_interval=0.05), daemon=True)
+        self.thread.start()
+
+    def url(self, name: str) -> str:
+        return f'http://127.0.0.1:{self.httpd.server_address[1]}/{name}'
+
+    def stop(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self.thread.join(timeout=10)
+
+
+@pytest.fixture
+def file_server(tmp_path, monkeypatch):
+    """A :class:`FileServer` of ``tmp_path/'served'``, stopped after the test; torch.hub's
+    cache (where downloads go) is ``tmp_path/'hub'``, also for tool subprocesses
+    (``TORCH_HOME``)."""
+    root = tmp_path / 'served'
+    root.mkdir()
+    hub = tmp_path / 'hub'
+    before = torch.hub.get_dir()
+    torch.hub.set_dir(str(hub))
+    monkeypatch.setenv('TORCH_HOME', str(tmp_path / 'torch_home'))
+    server = FileServer(root)
+    try:
+        yield server
+    finally:
+        server.stop()
+        torch.hub.set_dir(before)
+
+
+def payload_pickle(path, marker):
+    """A torch file whose unpickling runs ``__reduce__``: it writes ``marker``."""
+    class Payload:
+        def __reduce__(self):
+            return (exec, (f'open({str(marker)!r}, "w").write("ran")',))
+
+    torch.save({'state_dict': {'w': torch.zeros(1)}, 'extra': Payload()}, path)
+    return path

@@ -399,3 +399,45 @@ def test_convert_tool_refuses_unmappable(tmp_path):
     src = save(timm_vit(init_values=0.1), tmp_path, 'safetensors')
     with pytest.raises(SystemExit, match=r'no place in MMSeg.*ls1\.gamma'):
         _tool().main([str(src), '--out', str(tmp_path / 'x.pth')])
+
+
+# ------------------------------------------------------------- remote checkpoints
+def test_every_remote_scheme_that_unpickles_is_read_safely():
+    """MMEngine's loaders for these schemes end in torch.load / torch.hub's load_url
+    (weights_only=False); each is replaced by one that reads with weights_only=True."""
+    from mmengine.runner import CheckpointLoader
+    from vpt_seg.engine import checkpoint_io
+    for path in ('http://h/x.pth', 'https://h/x.pth', 'torchvision://resnet50',
+                 'modelzoo://resnet50', 'open-mmlab://x', 'openmmlab://x', 'mmcls://x',
+                 's3://bucket/x.pth', 'petrel://bucket/x.pth', 'open-mmlab:s3://b/x.pth',
+                 'pavi://x', 'x.pth', 'http://h/task.safetensors'):
+        loader = CheckpointLoader._get_checkpoint_loader(path)
+        assert loader.__module__ == checkpoint_io.__name__, (path, loader)
+
+
+def test_url_pickle_with_a_payload_is_refused_by_name(tmp_path, file_server):
+    from mmengine.runner import CheckpointLoader
+    from conftest import payload_pickle
+    marker = tmp_path / 'marker'
+    payload_pickle(file_server.root / 'vit.pth', marker)
+    url = file_server.url('vit.pth')
+    with pytest.raises(ckpt_lib.UnreadableCheckpointError,
+                       match=rf"'{url}' \(downloaded to .*\) is not a readable checkpoint: "
+                             r'it stores the Python object (builtins\.)?exec,'):
+        CheckpointLoader.load_checkpoint(url, map_location='cpu')
+    with pytest.raises(ckpt_lib.UnreadableCheckpointError, match=url):  # as init_cfg
+        backbone(url)
+    assert not marker.exists()
+    assert file_server.requests == ['/vit.pth']  # downloaded once, then read from the cache
+    assert (tmp_path / 'hub' / 'checkpoints' / 'vit.pth').is_file()
+
+
+@pytest.mark.parametrize('fmt', ['pth', 'safetensors'])
+def test_url_weights_load_like_the_local_file(tmp_path, logs, file_server, fmt):
+    ref = timm_vit()
+    local = save(ref, file_server.root, fmt)
+    from_url = backbone(file_server.url(local.name))
+    from_file = backbone(local)
+    for (name, a), b in zip(from_file.named_parameters(), from_url.parameters()):
+        torch.testing.assert_close(a.data, b.data, atol=0, rtol=0, msg=name)
+    assert file_server.url(local.name) in logs[0]

@@ -113,6 +113,37 @@ def test_checkpoint_of_another_backbone_is_a_clear_error(setup):
     assert '(4, 4, 48) in the checkpoint, (4, 4, 32) here' in proc.stderr
 
 
+@pytest.fixture(scope='module')
+def impostor(setup):
+    """The pretrained file's architecture with other values."""
+    sd = torch.load(setup['tmp'] / 'vit.pth', weights_only=True)
+    sd['layers.0.ln1.weight'] = sd['layers.0.ln1.weight'] + 1e-3
+    torch.save(sd, setup['tmp'] / 'impostor.pth')
+    return str(setup['tmp'] / 'impostor.pth')
+
+
+def test_a_named_pretrained_file_with_other_weights_is_refused(setup, impostor):
+    """--cfg-options model.backbone.init_cfg.checkpoint wins over the recorded file, and
+    its weights are checked against the sha256 the checkpoint records: tools/test.py and
+    --resume refuse it instead of reporting a wrong mIoU or training on."""
+    options = setup['options'] + [f'model.backbone.init_cfg.checkpoint={impostor}']
+    proc = run_tool('test.py', CONFIG, str(setup['work'] / 'iter_20.pth'), '--work-dir',
+                    str(setup['tmp'] / 't_impostor'), *options, check=False)
+    assert proc.returncode == 1
+    assert f'{impostor} (named by init_cfg.checkpoint) holds other frozen weights than ' \
+        'this checkpoint was trained on' in proc.stderr
+    assert 'mIoU:' not in proc.stdout
+    work = setup['tmp'] / 'w_impostor'
+    work.mkdir()
+    shutil.copy(setup['work'] / 'iter_20.pth', work / 'iter_20.pth')
+    (work / 'last_checkpoint').write_text(str(work / 'iter_20.pth'))
+    proc = run_tool('train.py', CONFIG, '--work-dir', str(work), '--resume', *options,
+                    'train_cfg.max_iters=30', check=False)
+    assert proc.returncode == 1
+    assert 'holds other frozen weights than this checkpoint was trained on' in proc.stderr
+    assert sorted(p.name for p in work.glob('iter_*')) == ['iter_20.pth']  # no step taken
+
+
 # ------------------------------------------ MMSeg's APIs, task files, flags, serving
 @pytest.fixture(scope='module')
 def task_file(setup):

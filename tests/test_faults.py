@@ -274,6 +274,29 @@ def test_unsafe_pickle_is_refused_by_name(tmp_path):
         load_torch_file(str(path))
 
 
+def test_url_checkpoints_are_read_safely_by_the_tools(setup, tmp_path, file_server):
+    """load_from and tools/test.py with http:// checkpoints: a pickle payload is refused
+    by name (it only writes a marker), weights load as from a local file."""
+    from conftest import payload_pickle
+    marker = tmp_path / 'marker'
+    url = file_server.url('task.pth')
+    payload_pickle(file_server.root / 'task.pth', marker)
+    proc = run_tool('train.py', CONFIG, '--work-dir', str(tmp_path / 'w'), *setup['options'],
+                    f'load_from={url}')
+    assert proc.returncode == 1
+    assert f"'{url}' (downloaded to" in proc.stderr and 'Python object' in proc.stderr
+    proc = run_tool('test.py', CONFIG, url, '--work-dir', str(tmp_path / 't'),
+                    *setup['options'])
+    assert proc.returncode == 1 and f"'{url}' (downloaded to" in proc.stderr
+    assert not marker.exists()
+    (file_server.root / 'good.pth').write_bytes(
+        (setup['reference_work'] / 'iter_30.pth').read_bytes())
+    proc = run_tool('test.py', CONFIG, file_server.url('good.pth'), '--work-dir',
+                    str(tmp_path / 't2'), *setup['options'])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert 'mIoU' in proc.stdout
+
+
 def test_classification_task_file_is_named_as_such():
     expected = ['backbone.prompt.embeddings', 'decode_head.conv_seg.weight']
     cls_file = {'backbone.prompt.embeddings': 0, 'backbone.signature': 0, 'head.fc.weight': 0}

@@ -7,6 +7,7 @@ gone): through MMSeg's ``init_model`` (which drops ``init_cfg``) and through
 :func:`vpt_seg.load_task_model` with no config (the one stored in the file). Outputs
 must be bit-identical to the original model's.
 """
+import copy
 import json
 import os
 import os.path as osp
@@ -21,7 +22,8 @@ from mmseg.registry import MODELS
 
 from vpt_seg import export_task, load_task_model
 from vpt_seg.models.prompted_vit import SIGNATURE_FIELDS
-from vpt_seg.task_file import TASK_FORMAT, read_task_file
+from vpt_seg.task_file import (FORMAT_VERSION, TASK_FORMAT, read_task_config, read_task_file,
+                               read_task_metadata)
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 STUDY = osp.join(ROOT, 'configs', 'study')
@@ -145,3 +147,318 @@ def test_pretrained_file_is_checked_by_its_weights_or_named_when_missing(pretrai
         moved.rename(vit_path)
     with pytest.raises(ValueError, match='must end in .safetensors'):
         export_task(cfg, str(tmp / 'deep.pth'), str(tmp / 'deep.pth2'))
+
+
+# ------------------------------------------------- a task file is data, read safely
+def _rewrite(src, dst, **changes):
+    """Copy a task file with header keys changed (None: removed)."""
+    from safetensors.torch import load_file, save_file
+    meta = dict(read_task_metadata(str(src)))
+    for key, value in changes.items():
+        if value is None:
+            meta.pop(key, None)
+        else:
+            meta[key] = value
+    save_file(load_file(str(src)), str(dst), metadata=meta)
+    return str(dst)
+
+
+def _tool(name):
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(name, osp.join(ROOT, 'tools', f'{name}.py'))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope='module')
+def deep(pretrained):
+    """A VPT-deep task file with the pretrained file beside it, its config and outputs."""
+    tmp, vit_path = pretrained
+    cfg = Config.fromfile(osp.join(STUDY, 'vpt-deep.py'))
+    cfg.model.backbone.init_cfg.checkpoint = str(vit_path)
+    torch.manual_seed(3)
+    model = MODELS.build(cfg.model)
+    model.init_weights()
+    model.eval()
+    ckpt = tmp / 'deep_task.pth'
+    torch.save({'state_dict': model.state_dict(), 'meta': {'dataset_meta': {
+        'classes': list(cfg.classes), 'palette': PALETTE}}}, ckpt)
+    pub = tmp / 'deep_pub'
+    pub.mkdir()
+    out = pub / 'deep.safetensors'
+    export_task(cfg, str(ckpt), str(out))
+    shutil.copy(vit_path, pub / vit_path.name)
+    x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(5))
+    return dict(cfg=cfg, file=out, ckpt=ckpt, vit=vit_path, x=x, expected=_outputs(model, x))
+
+
+def test_a_task_file_stores_its_config_as_data_that_builds_the_same_model(deep):
+    header = _header(deep['file'])['__metadata__']
+    assert header['format_version'] == FORMAT_VERSION == '2'
+    assert 'config' not in header  # no Python text
+    stored = json.loads(header['config_json'])
+    assert stored['model']['backbone']['type'] == 'PromptedVisionTransformer'
+    cfg = read_task_config(str(deep['file']))
+    assert cfg.to_dict() == deep['cfg'].to_dict()  # tuples come back as tuples
+    assert torch.equal(_outputs(load_task_model(None, str(deep['file'])), deep['x']),
+                       deep['expected'])
+
+
+PAYLOAD = "_x = __import__('pathlib').Path({marker!r}).write_text('ran')\n"
+
+
+@pytest.mark.parametrize('where', ['load_task_model', 'serve', 'MMSegInferencer'])
+def test_a_payload_in_the_header_runs_nowhere(deep, tmp_path, where):
+    """Python text under the old key, and a config whose 'type' names a function (MMEngine
+    would import and call it by name): neither runs, whoever loads the file."""
+    from mmseg.apis import MMSegInferencer
+    marker = str(tmp_path / 'marker')
+    data = json.loads(read_task_metadata(str(deep['file']))['config_json'])
+    data['model']['data_preprocessor'] = {'type': 'os.system', 'command': f'touch {marker}'}
+    text = PAYLOAD.format(marker=marker) + deep['cfg'].pretty_text
+    bad = _rewrite(deep['file'], tmp_path / 'bad.safetensors', config=text,
+                   config_json=json.dumps(data))
+    load = {'load_task_model': lambda: load_task_model(None, bad),
+            'serve': lambda: _tool('serve').task_config(None, bad),
+            'MMSegInferencer': lambda: MMSegInferencer(model=None, weights=bad,
+                                                       device='cpu')}[where]
+    with pytest.raises(ValueError, match=r"header key 'config_json': model.data_preprocessor."
+                       r"type: 'os.system' is not the name of a registered module"):
+        load()
+    assert not osp.exists(marker)
+
+
+def test_a_task_file_with_its_config_builds_in_mmseg_inferencer(deep):
+    from mmseg.apis import MMSegInferencer
+    inferencer = MMSegInferencer(model=None, weights=str(deep['file']), device='cpu')
+    assert torch.equal(_outputs(inferencer.model, deep['x']), deep['expected'])
+    assert inferencer.model.dataset_meta['classes'] == list(deep['cfg'].classes)
+
+
+def test_a_version_1_file_loads_with_its_config_named_and_is_never_parsed(deep, tmp_path):
+    from mmseg.apis import MMSegInferencer
+    from vpt_seg.task_file import load_from_safetensors
+    marker = str(tmp_path / 'marker')
+    old = _rewrite(deep['file'], deep['file'].parent / 'old.safetensors', format_version='1',
+                   config_json=None,
+                   config=PAYLOAD.format(marker=marker) + deep['cfg'].pretty_text)
+    try:
+        assert 'cfg' not in load_from_safetensors(old)['meta']  # never handed to MMEngine
+        assert torch.equal(_outputs(load_task_model(deep['cfg'], old), deep['x']),
+                           deep['expected'])
+        assert torch.equal(_outputs(init_model(copy.deepcopy(deep['cfg']), old, device='cpu'), deep['x']),
+                           deep['expected'])
+        with pytest.raises(ValueError, match=r'format version 1.*python tools/export_task.py '
+                           rf'CONFIG {old} NEW.safetensors'):
+            load_task_model(None, old)
+        with pytest.raises(ValueError, match='format version 1'):
+            _tool('serve').task_config(None, old)
+        with pytest.raises(ValueError, match='Cannot find the config'):
+            MMSegInferencer(model=None, weights=old, device='cpu')
+        # Re-exported as version 2, it loads alone again.
+        new = str(tmp_path / 'new.safetensors')
+        export_task(deep['cfg'], old, new)
+        shutil.copy(deep['vit'], tmp_path / deep['vit'].name)
+        assert read_task_metadata(new)['format_version'] == '2'
+        assert torch.equal(_outputs(load_task_model(None, new), deep['x']), deep['expected'])
+    finally:
+        os.remove(old)
+    assert not osp.exists(marker)
+
+
+@pytest.fixture
+def notes(monkeypatch):
+    from vpt_seg import task_file
+    from vpt_seg.models import prompted_vit
+    lines = []
+    monkeypatch.setattr(task_file, 'print_log', lambda msg, **kw: lines.append(msg))
+    monkeypatch.setattr(prompted_vit, 'print_log', lambda msg, **kw: lines.append(msg))
+    return lines
+
+
+@pytest.mark.parametrize('name', ['../vit.pth', '/ABS/vit.pth', 'sub/vit.pth', '..'])
+def test_pretrained_must_be_a_bare_name_next_to_the_task_file(deep, tmp_path, notes, name):
+    pub = tmp_path / 'pub' / 'inner'
+    pub.mkdir(parents=True)
+    (tmp_path / 'pub' / 'vit.pth').write_text('not weights')  # what '../vit.pth' reaches
+    (pub / 'sub').mkdir()
+    (pub / 'sub' / 'vit.pth').write_text('not weights')
+    name = name.replace('/ABS', str(tmp_path / 'pub'))
+    bad = _rewrite(deep['file'], pub / 'task.safetensors', pretrained=name,
+                   pretrained_path=str(deep['vit']))
+    model = load_task_model(None, bad)  # the matching file is still found
+    assert torch.equal(_outputs(model, deep['x']), deep['expected'])
+    assert any(f"header key 'pretrained' ({name!r}) is not a bare file name" in n and bad in n
+               for n in notes), notes
+    assert not any(': skipped, ' in n for n in notes), notes  # never read
+
+
+def test_pretrained_path_is_never_fetched(deep, tmp_path, notes, file_server):
+    url = file_server.url('vit.pth')
+    shutil.copy(deep['vit'], file_server.root / 'vit.pth')
+    pub = tmp_path / 'pub'
+    pub.mkdir()
+    bad = _rewrite(deep['file'], pub / 'task.safetensors', pretrained='missing.pth',
+                   pretrained_path=url)
+    cfg = copy.deepcopy(deep['cfg'])
+    cfg.model.backbone.init_cfg.checkpoint = str(deep['vit'])
+    assert torch.equal(_outputs(load_task_model(cfg, bad), deep['x']), deep['expected'])
+    assert any(f"header key 'pretrained_path' ({url!r}) is a URL, which is never fetched"
+               in n for n in notes), notes
+    alone = copy.deepcopy(deep['cfg'])
+    alone.model.backbone.init_cfg = None
+    with pytest.raises(FileNotFoundError, match='none exists'):
+        init_model(alone, bad, device='cpu')  # no init_cfg: nothing else to try
+    # The stored config's init_cfg is header data too: a URL there is dropped.
+    data = json.loads(read_task_metadata(str(deep['file']))['config_json'])
+    data['model']['backbone']['init_cfg']['checkpoint'] = url
+    shutil.copy(deep['vit'], pub / 'vit.pth')
+    bad = _rewrite(deep['file'], pub / 'task2.safetensors', pretrained='vit.pth',
+                   pretrained_path=url, config_json=json.dumps(data))
+    assert torch.equal(_outputs(load_task_model(None, bad), deep['x']), deep['expected'])
+    assert any('init_cfg.checkpoint' in n and 'never fetched: dropped' in n for n in notes)
+    assert file_server.requests == []
+
+
+@pytest.mark.parametrize('beside', ['missing', 'garbage', 'other weights', 'other ViT'])
+def test_a_bad_candidate_is_skipped_and_the_next_one_used(deep, tmp_path, notes, beside):
+    pub = tmp_path / 'pub'
+    pub.mkdir()
+    task = _rewrite(deep['file'], pub / 'task.safetensors', pretrained='vit.pth',
+                    pretrained_path=str(deep['vit']))
+    sd = torch.load(deep['vit'], weights_only=True)
+    if beside == 'garbage':
+        (pub / 'vit.pth').write_bytes(b'\x00garbage')
+    elif beside == 'other weights':
+        sd['layers.0.ln1.weight'] = sd['layers.0.ln1.weight'] + 1e-3
+        torch.save(sd, pub / 'vit.pth')
+    elif beside == 'other ViT':
+        torch.save({k: v for k, v in sd.items() if not k.startswith('layers.2.')},
+                   pub / 'vit.pth')
+    assert torch.equal(_outputs(init_model(copy.deepcopy(deep['cfg']), task, device='cpu'), deep['x']),
+                       deep['expected'])
+    if beside != 'missing':
+        assert any(n.startswith(f'{pub / "vit.pth"}: skipped') for n in notes), notes
+
+
+def test_dataset_meta_is_checked(deep, tmp_path):
+    bad = _rewrite(deep['file'], tmp_path / 'bad.safetensors', dataset_meta='{"classes": [')
+    for load in (lambda: load_task_model(None, bad),
+                 lambda: init_model(copy.deepcopy(deep['cfg']), bad, device='cpu')):
+        with pytest.raises(ValueError, match=rf"task file {bad}: header key 'dataset_meta': "
+                           'not valid JSON'):
+            load()
+    one = _rewrite(deep['file'], tmp_path / 'one.safetensors',
+                   dataset_meta=json.dumps({'classes': ['wall'], 'palette': [[1, 2, 3]]}))
+    for load in (lambda: load_task_model(None, one),
+                 lambda: load_task_model(deep['cfg'], one),
+                 lambda: init_model(copy.deepcopy(deep['cfg']), one, device='cpu')):
+        with pytest.raises(ValueError, match=rf"task file {one}: header key 'dataset_meta': 1 "
+                           r'classes, but the head has 8 \(model.decode_head.num_classes\)'):
+            load()
+
+
+# ------------------------------------- training checkpoints guard their frozen weights
+def test_a_training_checkpoint_refuses_other_frozen_weights(pretrained, tmp_path, notes,
+                                                            monkeypatch):
+    """A checkpoint records the pretrained path as the config named it (relative) and
+    absolute, and the frozen weights' sha256: a different file at the relative path in
+    another folder is skipped, a named one with other weights is refused."""
+    _, vit_path = pretrained
+    run, elsewhere = tmp_path / 'run', tmp_path / 'elsewhere'
+    for folder in (run, elsewhere):
+        (folder / 'pretrain').mkdir(parents=True)
+    shutil.copy(vit_path, run / 'pretrain' / 'vit.pth')
+    impostor = torch.load(vit_path, weights_only=True)  # same architecture, other values
+    impostor['layers.0.ln1.weight'] = impostor['layers.0.ln1.weight'] + 1e-3
+    torch.save(impostor, elsewhere / 'pretrain' / 'vit.pth')
+    cfg = Config.fromfile(osp.join(STUDY, 'vpt-deep.py'))
+    cfg.model.backbone.init_cfg.checkpoint = 'pretrain/vit.pth'
+    monkeypatch.chdir(run)
+    torch.manual_seed(4)
+    model = MODELS.build(cfg.model)
+    model.init_weights()
+    model.eval()
+    state = model.state_dict()
+    recorded = state._metadata['backbone']
+    assert recorded['pretrained'] == ['pretrain/vit.pth', str(run / 'pretrain' / 'vit.pth')]
+    digest = recorded['frozen_sha256']
+    assert digest == model.backbone.frozen_digest()
+    ckpt = str(tmp_path / 'iter_1.pth')
+    torch.save({'state_dict': state, 'meta': {}}, ckpt)
+    x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(6))
+    expected = _outputs(model, x)
+
+    monkeypatch.chdir(elsewhere)  # 'pretrain/vit.pth' is the impostor here
+    assert torch.equal(_outputs(load_task_model(cfg, ckpt), x), expected)
+    assert any(n.startswith('pretrain/vit.pth: skipped, not the frozen weights') for n in notes)
+    assert torch.equal(_outputs(init_model(copy.deepcopy(cfg), ckpt, device='cpu'), x),
+                       expected)
+    # Named by the user: that file is used, and its weights are still checked.
+    with pytest.raises(ValueError, match=r'elsewhere/pretrain/vit.pth \(named by init_cfg.'
+                       r'checkpoint\) holds other frozen weights than this checkpoint was '
+                       'trained on'):
+        load_task_model(cfg, ckpt, pretrained=str(elsewhere / 'pretrain' / 'vit.pth'))
+    named = copy.deepcopy(cfg)
+    named.model.backbone.init_cfg.checkpoint = str(vit_path)
+    named.model.backbone.prefer_init_cfg = True
+    notes.clear()
+    assert torch.equal(_outputs(load_task_model(named, ckpt), x), expected)
+    assert any(f'loading the frozen backbone from {vit_path}' in n for n in notes)
+    # Training's init_weights loaded the config's file (load_from, --resume), and it
+    # holds other weights: the recorded file replaces them before the task weights load.
+    resumed = MODELS.build(cfg.model)
+    resumed.init_weights()  # 'pretrain/vit.pth' here: the impostor
+    resumed.load_state_dict(torch.load(ckpt, weights_only=True)['state_dict'])
+    assert resumed.backbone.frozen_digest() == digest
+    assert torch.equal(_outputs(resumed.eval(), x), expected)
+    # Older checkpoints without a sha256 load as before.
+    state._metadata['backbone'].pop('frozen_sha256')
+    torch.save({'state_dict': state, 'meta': {}}, ckpt)
+    monkeypatch.chdir(run)
+    assert torch.equal(_outputs(load_task_model(cfg, ckpt), x), expected)
+    (run / 'pretrain' / 'vit.pth').unlink()
+    monkeypatch.chdir(elsewhere)
+    with pytest.raises(ValueError, match='none of the candidates holds the frozen weights'):
+        state._metadata['backbone']['frozen_sha256'] = digest
+        torch.save({'state_dict': state, 'meta': {}}, ckpt)
+        load_task_model(cfg, ckpt)
+
+
+def test_mmseg_apis_read_url_checkpoints_safely(deep, tmp_path, file_server):
+    from mmseg.apis import MMSegInferencer
+    from conftest import payload_pickle
+    from vpt_seg.checkpoint import UnreadableCheckpointError
+    marker = tmp_path / 'marker'
+    url = file_server.url('task.pth')
+    payload_pickle(file_server.root / 'task.pth', marker)
+    with pytest.raises(UnreadableCheckpointError, match=f"'{url}' .*Python object"):
+        init_model(copy.deepcopy(deep['cfg']), url, device='cpu')
+    with pytest.raises(UnreadableCheckpointError, match=f"'{url}' .*Python object"):
+        MMSegInferencer(model=copy.deepcopy(deep['cfg']), weights=url, device='cpu')
+    assert not marker.exists()
+    shutil.copy(deep['ckpt'], file_server.root / 'good.pth')
+    model = init_model(copy.deepcopy(deep['cfg']), file_server.url('good.pth'), device='cpu')
+    assert torch.equal(_outputs(model, deep['x']), deep['expected'])
+
+
+def test_serving_on_a_url_backbone_reads_it_safely(deep, tmp_path, file_server):
+    """serve.py BACKBONE=http://.../vit.pth: the shared backbone (and its final-norm
+    check) and every task's frozen weights come through the safe http loader."""
+    from conftest import payload_pickle
+    from vpt_seg.checkpoint import UnreadableCheckpointError
+    from vpt_seg.multitask import MultiTaskViT, build_shared_backbone
+    cfg = read_task_config(str(deep['file']))
+    shutil.copy(deep['vit'], file_server.root / 'vit.pth')
+    url = file_server.url('vit.pth')
+    shared = build_shared_backbone(cfg.model.backbone, pretrained=url)
+    assert not shared.final_norm  # the file has none: found in the downloaded file
+    mt = MultiTaskViT(shared)
+    model = mt.add_task('seg', load_task_model(cfg, str(deep['file']), pretrained=url))
+    assert torch.equal(_outputs(model, deep['x']), deep['expected'])
+    marker = tmp_path / 'marker'
+    payload_pickle(file_server.root / 'bad.pth', marker)
+    with pytest.raises(UnreadableCheckpointError, match='bad.pth.*Python object'):
+        build_shared_backbone(cfg.model.backbone, pretrained=file_server.url('bad.pth'))
+    assert not marker.exists()

@@ -8,6 +8,11 @@ The file holds the tuned tensors only (prompts, tuned biases, heads) and, in its
 the config, the ViT's signature and the name of the pretrained backbone file (see
 vpt_seg/task_file.py). Publish it with that backbone file beside it: tools/test.py,
 tools/serve.py, load_from, MMSeg's init_model and MMSegInferencer read it directly.
+
+A task file of an older format (version 1 stored its config as Python text, which is
+no longer run) is re-exported the same way, with its config named:
+
+    python tools/export_task.py CONFIG OLD.safetensors NEW.safetensors
 """
 import argparse
 import os.path as osp
@@ -15,7 +20,7 @@ import os.path as osp
 import vpt_seg  # noqa: F401  (compat fixes and registration before any mmseg import)
 from mmengine.config import Config, DictAction
 
-from vpt_seg.runner import resolve_config
+from vpt_seg.runner import mark_named_pretrained, resolve_config
 from vpt_seg.task_file import export_task
 
 
@@ -26,7 +31,8 @@ def main():
                'work_dirs/demo/iter_40.pth work_dirs/demo/seg_task.safetensors',
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('config', help='the config the task was trained with')
-    parser.add_argument('checkpoint', help='its task checkpoint (.pth, from tools/train.py)')
+    parser.add_argument('checkpoint', help='its task checkpoint (.pth, from tools/train.py), '
+                        'or a task file to rewrite in the current format (version 1 files)')
     parser.add_argument('out', help='the task file to write (.safetensors)')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                         help='override settings in the config, e.g. '
@@ -37,6 +43,7 @@ def main():
     cfg = Config.fromfile(resolve_config(args.config))
     if args.cfg_options:
         cfg.merge_from_dict(args.cfg_options)
+        mark_named_pretrained(cfg, args.cfg_options)
     meta = export_task(cfg, args.checkpoint, args.out)
     size = osp.getsize(args.out)
     print(f'task file {args.out}: {size / 2**10:.1f} KiB; loads with the pretrained backbone '

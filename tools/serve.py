@@ -53,7 +53,7 @@ from vpt_seg.multitask import MultiTaskViT, build_shared_backbone, load_task_mod
 from vpt_seg.runner import resolve_config
 from vpt_seg.serving import (OutputDir, check_task_name, input_size, label_map, load_image,
                              output_names, overlay, plan_batches, task_input, verify_batch)
-from vpt_seg.task_file import task_config_text
+from vpt_seg.task_file import read_task_config
 
 
 #: --verify: the largest difference (logits) still taken for float rounding.
@@ -127,10 +127,7 @@ def task_config(cfg_path, ckpt) -> Config:
     """A task's config: its file, or the one stored in its task file."""
     if cfg_path is not None:
         return Config.fromfile(cfg_path)
-    text = task_config_text(ckpt)
-    if not text:
-        raise ValueError(f'{ckpt}: no config stored in the file; give NAME=CONFIG.py:{ckpt}')
-    return Config.fromstring(text, file_format='.py')
+    return read_task_config(ckpt)  # data: nothing in the file is executed
 
 
 def _read_classes(dataset: dict):

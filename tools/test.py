@@ -86,7 +86,7 @@ def trigger_visualization_hook(cfg, args):
 
 def main():
     args = parse_args()
-    if not osp.isfile(args.checkpoint):
+    if '://' not in args.checkpoint and not osp.isfile(args.checkpoint):  # URLs: downloaded
         raise FileNotFoundError(f'checkpoint not found: {args.checkpoint!r}')
     cfg = load_cfg(args)
     cfg.load_from = args.checkpoint

@@ -129,12 +129,13 @@ _RESUME_HINT = ('If a run was killed while saving it, use an earlier checkpoint 
 
 
 def load_torch_file(path: str, map_location: Any = 'cpu', what: str = 'checkpoint',
-                    hint: str = _RESUME_HINT) -> Any:
+                    hint: str = _RESUME_HINT, name: Optional[str] = None) -> Any:
     """``torch.load(path, weights_only=True)`` with errors that name the file.
 
     The one reader of torch checkpoints: ``tools/test.py``, ``load_from``, ``--resume``
-    (through MMEngine's local loader, see :mod:`vpt_seg.engine.checkpoint_io`),
-    ``tools/serve.py`` and the pretrained-weights reader all call it.
+    (through MMEngine's loaders, local and remote, see :mod:`vpt_seg.engine.checkpoint_io`),
+    ``tools/serve.py`` and the pretrained-weights reader all call it. ``name``: where
+    the file came from (a URL), for the messages.
 
     Raises:
         FileNotFoundError: ``path`` is not a file.
@@ -148,8 +149,9 @@ def load_torch_file(path: str, map_location: Any = 'cpu', what: str = 'checkpoin
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # zip, pickle and EOF errors, each with its own type
+        where = repr(path) if name is None else f'{name!r} (downloaded to {path!r})'
         raise UnreadableCheckpointError(
-            f'{path!r} is not a readable {what}: {_load_error_reason(err, path)}. {hint}'
+            f'{where} is not a readable {what}: {_load_error_reason(err, path)}. {hint}'
         ) from None
 
 

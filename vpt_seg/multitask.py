@@ -44,12 +44,12 @@ from mmseg.registry import MODELS
 from mmseg.models.utils import resize
 from torch import nn
 
-from .checkpoint import check_task_state_dict, load_vit_checkpoint
+from .checkpoint import check_task_state_dict, load_vit_checkpoint, to_mmseg_state_dict
 from .models import vit_ops
 from .models.classifier import VPTClassifier
 from .models.prompted_vit import PromptedVisionTransformer
 from .prompt import PromptGroup, run_prompted_layers
-from .task_file import load_checkpoint_file, task_config_text
+from .task_file import check_class_count, load_checkpoint_file, read_task_config
 from .tuning import bias_parameters
 
 __all__ = ['MultiTaskViT', 'task_kind', 'shared_backbone_cfg', 'build_shared_backbone',
@@ -348,8 +348,12 @@ def build_shared_backbone(backbone_cfg: dict, pretrained: Optional[str] = None,
 
 def _has_final_norm(pretrained: str, prefix: Optional[str] = None) -> bool:
     """Whether a pretrained ViT file holds a final norm (MMSeg's ``ln1``)."""
-    if '://' in pretrained:
-        return True  # remote files: as before (MMSeg's and timm's ViTs have one)
+    if '://' in pretrained:  # downloaded once into the cache, read safely
+        from mmengine.runner.checkpoint import CheckpointLoader
+        source = to_mmseg_state_dict(
+            CheckpointLoader.load_checkpoint(pretrained, map_location='cpu', logger=None),
+            prefix=prefix)
+        return 'ln1.weight' in source.state_dict
     return 'ln1.weight' in load_vit_checkpoint(pretrained, prefix=prefix).state_dict
 
 
@@ -362,7 +366,9 @@ def load_task_model(config, checkpoint: str, pretrained: Optional[str] = None) -
         checkpoint: Its task checkpoint (tuned weights; full checkpoints load too) or
             task file.
         pretrained: Take the frozen backbone from this file instead of the config's
-            ``init_cfg`` (serving: the shared backbone's file).
+            ``init_cfg`` (serving: the shared backbone's file); it is the caller's
+            word, tried before the file the checkpoint records, and must hold the
+            frozen weights the checkpoint records (sha256).
 
     Returns:
         The model in eval mode; ``model.dataset_meta`` holds the classes (and palette)
@@ -373,11 +379,10 @@ def load_task_model(config, checkpoint: str, pretrained: Optional[str] = None) -
             tuned weights, other shapes, another ViT).
     """
     if config is None:
-        text = task_config_text(checkpoint)
-        if not text:
+        if not str(checkpoint).endswith('.safetensors'):
             raise ValueError(f'{checkpoint}: no config given and none stored in the file '
                              '(only task files made by tools/export_task.py carry one)')
-        cfg = Config.fromstring(text, file_format='.py')
+        cfg = read_task_config(checkpoint)  # data: nothing is executed
     else:
         cfg = Config.fromfile(config) if isinstance(config, str) else config
     init_default_scope(cfg.get('default_scope', 'mmseg'))
@@ -388,6 +393,8 @@ def load_task_model(config, checkpoint: str, pretrained: Optional[str] = None) -
             print_log(f'{checkpoint}: frozen weights from {pretrained} (the config names '
                       f'{own})', logger='current')
         model_cfg.backbone.init_cfg = dict(type='Pretrained', checkpoint=pretrained)
+        if model_cfg.backbone.get('type') == 'PromptedVisionTransformer':
+            model_cfg.backbone.prefer_init_cfg = True  # the caller's word
     model = MODELS.build(model_cfg)
     ckpt, state = load_checkpoint_file(checkpoint)
     check_task_state_dict(list(model.state_dict()), state, checkpoint)
@@ -398,5 +405,7 @@ def load_task_model(config, checkpoint: str, pretrained: Optional[str] = None) -
                          f' {err}') from None
     meta = ckpt.get('meta') or {}
     if meta.get('dataset_meta'):  # class names (and palette) the runner stored
+        if str(checkpoint).endswith('.safetensors'):
+            check_class_count(checkpoint, meta['dataset_meta'], model_cfg)
         model.dataset_meta = meta['dataset_meta']
     return model.eval()

@@ -11,7 +11,7 @@ from mmengine.config import Config
 from mmengine.logging import MMLogger
 
 __all__ = ['config_dirs', 'tools_dir', 'resolve_config', 'load_cfg', 'prepare_cfg',
-           'check_loader', 'setup_distributed', 'quiet_logger']
+           'check_loader', 'setup_distributed', 'quiet_logger', 'mark_named_pretrained']
 
 _PACKAGE = osp.dirname(osp.abspath(__file__))
 _SCOPE = 'vpt_seg::'
@@ -84,14 +84,29 @@ def quiet_logger(level: int = logging.WARNING):
         logger.setLevel(before)
 
 
+def mark_named_pretrained(cfg: Config, cfg_options) -> Config:
+    """When ``--cfg-options`` names ``model.backbone.init_cfg(.checkpoint)``, that file is
+    the user's word: set the backbone's ``prefer_init_cfg``, so a task checkpoint takes
+    its frozen weights from it rather than from the file it records (its sha256 is
+    still checked). An inherited ``init_cfg`` leaves the recorded file first."""
+    named = any(str(k).startswith('model.backbone.init_cfg') for k in (cfg_options or {}))
+    backbone = (cfg.get('model') or {}).get('backbone')
+    if named and isinstance(backbone, dict) and \
+            backbone.get('type') == 'PromptedVisionTransformer':
+        backbone['prefer_init_cfg'] = True
+    return cfg
+
+
 def load_cfg(args) -> Config:
     """Load ``args.config`` and apply the flags tools/train.py and tools/test.py share:
-    ``--launcher``, ``--cfg-options`` and ``--work-dir`` (default ``work_dirs/<config>``)."""
+    ``--launcher``, ``--cfg-options`` (see :func:`mark_named_pretrained`) and
+    ``--work-dir`` (default ``work_dirs/<config>``)."""
     args.config = resolve_config(args.config)
     cfg = Config.fromfile(args.config)
     cfg.launcher = args.launcher
     if args.cfg_options is not None:
         cfg.merge_from_dict(args.cfg_options)
+        mark_named_pretrained(cfg, args.cfg_options)
     if args.work_dir is not None:
         cfg.work_dir = args.work_dir
     elif cfg.get('work_dir', None) is None:

@@ -7,8 +7,9 @@ A training checkpoint is a pickle of the tuned weights plus MMEngine's bookkeepi
 in the safetensors header (strings only):
 
 ============================  ===========================================================
-``format``                    ``'vpt-seg-task'``; ``format_version`` ``'1'``
-``config``                    the whole config the task was trained with (MMEngine text)
+``format``                    ``'vpt-seg-task'``; ``format_version`` ``'2'``
+``config_json``               the whole config the task was trained with, as data: JSON of
+                              ``cfg.to_dict()``, tuples tagged (:mod:`.config_data`)
 ``signature``                 the ViT's architecture (JSON list, see ``signature_fields``)
 ``pretrained``                file name of the frozen backbone's weights
 ``pretrained_path``           that file's path as the config named it
@@ -17,30 +18,49 @@ in the safetensors header (strings only):
 ``frozen_sha256``             sha256 of the frozen weights as loaded (absent for ``Full``)
 ============================  ===========================================================
 
+A task file is data, and reading one never executes anything, whatever its header
+holds: the config is JSON, checked before anything is built (only registered module
+names, no imports, no ``_base_``: :func:`~vpt_seg.config_data.check_config_data`);
+``pretrained`` must be a bare file name and is looked for next to the task file only;
+``pretrained_path`` must be a local path (a URL is never fetched); ``dataset_meta``
+must parse and name as many classes as the head has; every error names the file and
+the header key. Version-1 files (config stored as Python text, which is never run)
+load when their config is named, and ``tools/export_task.py CONFIG OLD NEW`` rewrites
+them as version 2.
+
 Loading needs only the backbone's pretrained file, looked for next to the task file
-first, then at ``pretrained_path``, then at the backbone's ``init_cfg``; the first whose
-weights match ``frozen_sha256`` is used, and another file of the same architecture is
-refused.
+first, then at ``pretrained_path``, then at the backbone's ``init_cfg``; a candidate that
+is missing, unreadable or holds other weights than ``frozen_sha256`` is skipped with a
+note and the next one tried, so another file of the same architecture is refused.
 ``tools/test.py``, ``tools/serve.py``, ``load_from``, MMSeg's ``init_model`` and
 ``MMSegInferencer`` read task files directly: importing vpt_seg
 registers :func:`load_from_safetensors` with MMEngine's ``CheckpointLoader`` for paths
 ending in ``.safetensors``.
 """
 import json
+import logging
 import os.path as osp
+import re
 from collections import OrderedDict
-from typing import Dict, Optional, Tuple, Union
+from typing import Dict, List, Optional, Tuple, Union
 
 import torch
+from mmengine.config import Config
+from mmengine.logging import print_log
 from mmengine.runner.checkpoint import CheckpointLoader
 
 from .checkpoint import load_torch_file
+from .config_data import ConfigDataError, config_as_text, config_from_json, config_to_json
 
-__all__ = ['TASK_FORMAT', 'export_task', 'read_task_file', 'read_task_metadata',
-           'load_from_safetensors', 'load_checkpoint_file']
+__all__ = ['TASK_FORMAT', 'FORMAT_VERSION', 'export_task', 'read_task_file',
+           'read_task_metadata', 'read_task_config', 'pretrained_candidates',
+           'check_class_count', 'load_from_safetensors', 'load_checkpoint_file']
 
 TASK_FORMAT = 'vpt-seg-task'
-FORMAT_VERSION = '1'
+FORMAT_VERSION = '2'
+#: Versions this vpt-seg reads; version 1 stored the config as Python text, which is
+#: never run: its files load with their config named.
+READ_VERSIONS = ('1', '2')
 
 
 def _backbone_prefix(state_dict) -> str:
@@ -82,7 +102,7 @@ def export_task(config, checkpoint: str, out: str) -> Dict[str, str]:
     meta = {
         'format': TASK_FORMAT,
         'format_version': FORMAT_VERSION,
-        'config': cfg.pretty_text,
+        'config_json': config_to_json(cfg),
         'backbone_prefix': _backbone_prefix(tensors),
         'signature': json.dumps(signature.tolist() if signature is not None else None),
         'signature_fields': json.dumps(list(SIGNATURE_FIELDS)),
@@ -117,40 +137,188 @@ def read_task_metadata(path: str) -> Dict[str, str]:
         raise ValueError(f'cannot read {path!r} as safetensors: {err}') from err
 
 
+def _note(message: str):
+    print_log(message, logger='current', level=logging.WARNING)
+
+
+def _header_error(path: str, key: str, what: str) -> ValueError:
+    return ValueError(f"task file {path}: header key {key!r}: {what}")
+
+
+def _check_version(path: str, meta: Dict[str, str]) -> str:
+    version = meta.get('format_version')
+    if version not in READ_VERSIONS:
+        raise _header_error(path, 'format_version', f'{version!r}; this vpt-seg reads '
+                            f'versions {", ".join(READ_VERSIONS)}')
+    return version
+
+
+def _is_bare_name(name: str) -> bool:
+    return (bool(name) and name not in ('.', '..') and osp.basename(name) == name
+            and '/' not in name and '\\' not in name and not osp.isabs(name)
+            and '://' not in name and '\0' not in name)
+
+
+def pretrained_candidates(path: str, meta: Dict[str, str]) -> List[str]:
+    """Where a task file's header says its frozen weights are: ``pretrained`` next to the
+    task file (a bare file name only), then ``pretrained_path`` (a local path only).
+    A value that breaks the rule is skipped with a note naming the file and key."""
+    candidates = []
+    name = meta.get('pretrained')
+    if name:
+        if _is_bare_name(name):
+            candidates.append(osp.join(osp.dirname(osp.abspath(path)), name))
+        else:
+            _note(f"task file {path}: header key 'pretrained' ({name!r}) is not a bare file "
+                  'name (no folders, no "..", not absolute): skipped; the pretrained file is '
+                  'looked for next to the task file only')
+    local = meta.get('pretrained_path')
+    if local:
+        if '://' in local:
+            _note(f"task file {path}: header key 'pretrained_path' ({local!r}) is a URL, "
+                  'which is never fetched: skipped; download it yourself and put it next to '
+                  'the task file, or name it (init_cfg.checkpoint / pretrained=...)')
+        else:
+            candidates.append(local)
+    return candidates
+
+
+def _dataset_meta(path: str, meta: Dict[str, str]) -> Optional[dict]:
+    text = meta.get('dataset_meta')
+    if not text:
+        return None
+    try:
+        value = json.loads(text)
+    except ValueError as err:
+        raise _header_error(path, 'dataset_meta', f'not valid JSON ({err})') from None
+    classes = value.get('classes') if isinstance(value, dict) else None
+    if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
+        raise _header_error(path, 'dataset_meta', 'expected {"classes": [names...], '
+                            '"palette": [[r, g, b], ...]}')
+    palette = value.get('palette')
+    if palette is not None and (
+            not isinstance(palette, list) or len(palette) != len(classes) or not all(
+                isinstance(c, list) and len(c) == 3 and all(
+                    isinstance(v, int) and 0 <= v <= 255 for v in c) for c in palette)):
+        raise _header_error(path, 'dataset_meta', f'the palette must be {len(classes)} '
+                            '[r, g, b] colours (0-255), one per class')
+    return value
+
+
+def head_num_classes(model_cfg) -> Optional[Tuple[str, int]]:
+    """``(key, num_classes)`` of a segmentor's ``decode_head`` or a classifier's
+    ``head`` config; None when it has neither."""
+    for key in ('decode_head', 'head'):
+        head = model_cfg.get(key) if model_cfg is not None else None
+        if isinstance(head, dict) and isinstance(head.get('num_classes'), int):
+            return f'model.{key}.num_classes', head['num_classes']
+    return None
+
+
+def check_class_count(path: str, dataset_meta: Optional[dict], model_cfg) -> None:
+    """Raise if a task file's ``dataset_meta`` names another number of classes than
+    its head has."""
+    found = head_num_classes(model_cfg)
+    if not dataset_meta or found is None:
+        return
+    key, num = found
+    if len(dataset_meta['classes']) != num:
+        raise _header_error(path, 'dataset_meta', f'{len(dataset_meta["classes"])} classes, '
+                            f'but the head has {num} ({key}); the file is inconsistent')
+
+
+def read_task_config(path: str, meta: Optional[Dict[str, str]] = None) -> Config:
+    """The config stored in a task file, read as data (nothing is executed or imported,
+    see :mod:`vpt_seg.config_data`).
+
+    The stored ``init_cfg.checkpoint`` is header data like ``pretrained_path``: a URL
+    there is dropped with a note (the frozen weights come from the pretrained file next
+    to the task file).
+
+    Raises:
+        ValueError: a version-1 file (its config is Python text, which is never run):
+            name the config, or re-export it; no config in the file; a config that is
+            not plain, allowed data (naming the key and why).
+    """
+    meta = read_task_metadata(path) if meta is None else meta
+    if meta.get('format') != TASK_FORMAT:
+        raise ValueError(f'{path}: not a vpt-seg task file (no config stored); give its '
+                         'config')
+    version = _check_version(path, meta)
+    if version == '1':
+        raise ValueError(
+            f'task file {path} is format version 1: its stored config is Python text, '
+            'which vpt-seg no longer runs (a task file is data). Name the config it was '
+            'trained with (tools/test.py CONFIG, NAME=CONFIG.py:FILE for serve.py, '
+            'load_task_model(CONFIG, FILE)), or re-export it once as version 2: '
+            f'python tools/export_task.py CONFIG {path} NEW.safetensors')
+    if not meta.get('config_json'):
+        raise _header_error(path, 'config_json', 'missing')
+    try:
+        cfg = config_from_json(meta['config_json'])
+    except ConfigDataError as err:
+        raise _header_error(path, 'config_json', str(err)) from None
+    backbone = (cfg.get('model') or {}).get('backbone')
+    if isinstance(backbone, dict):
+        backbone.pop('prefer_init_cfg', None)  # the user's word, never the file's
+        init_cfg = backbone.get('init_cfg')
+        ckpt = init_cfg.get('checkpoint') if isinstance(init_cfg, dict) else None
+        if isinstance(ckpt, str) and '://' in ckpt:
+            _note(f"task file {path}: header key 'config_json': model.backbone.init_cfg."
+                  f'checkpoint {ckpt!r} is a URL, which is never fetched: dropped')
+            backbone['init_cfg'] = None
+    check_class_count(path, _dataset_meta(path, meta), cfg.get('model'))
+    return cfg
+
+
 def read_task_file(path: str) -> Tuple['OrderedDict[str, torch.Tensor]', Dict[str, str]]:
     """Tensors and header of a task file, ready for ``load_state_dict``.
 
     The state dict's ``_metadata`` tells the backbone where to find its frozen weights
-    (next to the task file, then as the config named it); a plain safetensors file of
-    weights reads as its tensors.
+    (:func:`pretrained_candidates`) and their sha256; a plain safetensors file of
+    weights reads as its tensors. Reading never executes anything: the header is JSON
+    strings, checked field by field.
+
+    Raises:
+        ValueError: a header field that is not what it should be, naming the file and
+            the key.
     """
     from safetensors.torch import load_file
     meta = read_task_metadata(path)
     state = OrderedDict(load_file(path, device='cpu'))
     state._metadata = OrderedDict()
     if meta.get('format') == TASK_FORMAT:
-        if meta.get('format_version') != FORMAT_VERSION:
-            raise ValueError(f'{path}: task file format version {meta.get("format_version")}, '
-                             f'this vpt-seg reads version {FORMAT_VERSION}')
-        candidates = []
-        if meta.get('pretrained'):
-            candidates.append(osp.join(osp.dirname(osp.abspath(path)), meta['pretrained']))
-        if meta.get('pretrained_path'):
-            candidates.append(meta['pretrained_path'])
+        version = _check_version(path, meta)
+        if version == '1':
+            _note(f'task file {path} is format version 1: its stored config (Python text) '
+                  'is not read; the config you name is used. Re-export it once: python '
+                  f'tools/export_task.py CONFIG {path} NEW.safetensors')
         prefix = meta.get('backbone_prefix', 'backbone.')
-        state._metadata[prefix[:-1]] = {'pretrained': candidates}
-        if meta.get('frozen_sha256'):
-            state._metadata[prefix[:-1]]['frozen_sha256'] = meta['frozen_sha256']
+        if not isinstance(prefix, str) or not re.fullmatch(r'(\w+\.)+', prefix):
+            raise _header_error(path, 'backbone_prefix', f'{prefix!r} is not a module prefix '
+                                "such as 'backbone.'")
+        digest = meta.get('frozen_sha256')
+        if digest and not re.fullmatch(r'[0-9a-f]{64}', digest):
+            raise _header_error(path, 'frozen_sha256', f'{digest!r:.80} is not a sha256 '
+                                'hex digest')
+        _dataset_meta(path, meta)  # parses, or names the key
+        state._metadata[prefix[:-1]] = {'pretrained': pretrained_candidates(path, meta)}
+        if digest:
+            state._metadata[prefix[:-1]]['frozen_sha256'] = digest
     return state, meta
 
 
-def _checkpoint_of(state, meta) -> dict:
-    """The task file as MMEngine's loaders return a checkpoint."""
+def _checkpoint_of(path: str, state, meta) -> dict:
+    """The task file as MMEngine's loaders return a checkpoint: ``meta['cfg']`` is the
+    stored config rendered as literal assignments (version 2; a version-1 file's text is
+    never handed on), for ``MMSegInferencer(model=None, weights=FILE)``."""
     info = {}
+    if meta.get('format') != TASK_FORMAT:
+        return {'state_dict': state, 'meta': info}
     if meta.get('dataset_meta'):
-        info['dataset_meta'] = json.loads(meta['dataset_meta'])
-    if meta.get('config'):
-        info['cfg'] = meta['config']
+        info['dataset_meta'] = _dataset_meta(path, meta)
+    if meta.get('format_version') == FORMAT_VERSION:
+        info['cfg'] = config_as_text(read_task_config(path, meta))
     return {'state_dict': state, 'meta': info}
 
 
@@ -159,12 +327,13 @@ def load_from_safetensors(filename: str, map_location=None) -> dict:
     """MMEngine checkpoint loader for local ``.safetensors`` files (task files and plain
     weights): ``{'state_dict': ..., 'meta': {'dataset_meta', 'cfg'}}``."""
     state, meta = read_task_file(filename)
+    ckpt = _checkpoint_of(filename, state, meta)
     if map_location not in (None, 'cpu'):
         device = map_location if not callable(map_location) else None
         if device is not None:
             for k in state:
                 state[k] = state[k].to(device)
-    return _checkpoint_of(state, meta)
+    return ckpt
 
 
 def load_checkpoint_file(path: str) -> Tuple[dict, Union[dict, 'OrderedDict']]:
@@ -183,6 +352,3 @@ def load_checkpoint_file(path: str) -> Tuple[dict, Union[dict, 'OrderedDict']]:
     return ckpt, state
 
 
-def task_config_text(path: str) -> Optional[str]:
-    """The config stored in a task file, if any."""
-    return read_task_metadata(path).get('config') if path.endswith('.safetensors') else None

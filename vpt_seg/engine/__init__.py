@@ -1,7 +1,8 @@
-from .checkpoint_io import load_from_local
+from .checkpoint_io import download_checkpoint, load_from_http, load_from_local
 from .hooks import (DataCheckHook, NonFiniteCheckHook, NonFiniteError, SafeCheckpointHook,
                     find_resumable_checkpoint)
 from .optim import TunedOptimWrapperConstructor
 
 __all__ = ['TunedOptimWrapperConstructor', 'SafeCheckpointHook', 'NonFiniteCheckHook',
-           'NonFiniteError', 'DataCheckHook', 'find_resumable_checkpoint', 'load_from_local']
+           'NonFiniteError', 'DataCheckHook', 'find_resumable_checkpoint', 'load_from_local',
+           'load_from_http', 'download_checkpoint']

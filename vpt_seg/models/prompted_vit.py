@@ -1,7 +1,7 @@
 """MMSeg's ``VisionTransformer`` with a frozen body and visual prompts (VPT)."""
 import logging
 import os.path as osp
-from typing import Optional, Sequence
+from typing import List, Optional, Sequence
 
 import torch
 from mmengine.logging import print_log
@@ -64,6 +64,12 @@ class PromptedVisionTransformer(VisionTransformer):
             backward pass instead of keeping its activations (activation checkpointing).
             With a frozen body only the block inputs stay alive, so VPT-deep trains at
             batch 16 in a fraction of the memory, for one more forward pass.
+        prefer_init_cfg: When a task checkpoint is loaded, take its frozen weights from
+            ``init_cfg``'s file only, not from the file the checkpoint records: the
+            user named it (``tools/*.py`` set this when ``--cfg-options`` names
+            ``model.backbone.init_cfg.checkpoint``; ``load_task_model(..., pretrained=)``
+            and serving too). Its weights must still match the sha256 the checkpoint
+            records. Default: the recorded file first, then ``init_cfg``'s.
 
     Every ``state_dict()`` carries a small buffer ``signature`` (:func:`vit_signature`):
     a task checkpoint made for another ViT (width, depth, heads, patch size, MLP) is
@@ -86,6 +92,7 @@ class PromptedVisionTransformer(VisionTransformer):
                  tune_bias: bool = False,
                  save_frozen: bool = False,
                  fast_path: Optional[bool] = None,
+                 prefer_init_cfg: bool = False,
                  **kwargs):
         frozen_exclude = kwargs.get('frozen_exclude', ['all'])
         if freeze and list(frozen_exclude) != ['all']:
@@ -122,6 +129,8 @@ class PromptedVisionTransformer(VisionTransformer):
         self.freeze = freeze
         self.tune_bias = tune_bias
         self.save_frozen = save_frozen
+        self.prefer_init_cfg = prefer_init_cfg
+        self._digest = (None, None)  # (key of the frozen tensors' versions, sha256)
         self.fast_path = vit_ops.fast_path_default() if fast_path is None else fast_path
         if self.fast_path:
             vit_ops.check_supported(self, type(self).__name__)
@@ -301,7 +310,10 @@ class PromptedVisionTransformer(VisionTransformer):
                 dict.fromkeys([path, osp.abspath(path)]))
         if module.save_frozen:
             return
-        for key in frozen_state_keys(module):
+        keys = frozen_state_keys(module)
+        if keys and path and module._frozen_loaded:  # what a later load checks against
+            local_metadata['frozen_sha256'] = module.frozen_digest()
+        for key in keys:
             state_dict.pop(prefix + key, None)
 
     def _check_signature(self, theirs: Optional[torch.Tensor], where: str = ''):
@@ -364,34 +376,101 @@ class PromptedVisionTransformer(VisionTransformer):
         if not frozen or present or self._loading_pretrained:
             return  # a full checkpoint (or the pretrained file itself): load as MMSeg does
         # A task checkpoint: the frozen weights come from the pretrained file.
+        digest = local_metadata.get('frozen_sha256')
         if not self._frozen_loaded:
+            self._load_frozen_for_task(local_metadata)
+        elif digest and self.frozen_digest() != digest:
+            # Loaded already (training's init_weights: load_from, --resume), from a file
+            # with other weights than the checkpoint was trained on.
+            if self.prefer_init_cfg:
+                raise ValueError(self._other_weights_message(self.pretrained_file,
+                                                             local_metadata))
+            print_log(f'{self.pretrained_file} (init_cfg) holds other frozen weights than '
+                      'this checkpoint was trained on (sha256 differs); loading them from '
+                      'the file the checkpoint records', logger='current',
+                      level=logging.WARNING)
             self._load_frozen_for_task(local_metadata)
         params = dict(self.named_parameters(prefix=prefix[:-1] if prefix else ''))
         for key in frozen:
             state_dict[key] = params[key].detach()
 
+    @staticmethod
+    def _recorded(local_metadata: dict) -> List[str]:
+        recorded = local_metadata.get('pretrained')
+        return [recorded] if isinstance(recorded, str) else list(recorded or [])
+
+    def _other_weights_message(self, path: str, local_metadata: dict) -> str:
+        recorded = self._recorded(local_metadata)
+        return (f'{path} (named by init_cfg.checkpoint) holds other frozen weights than '
+                'this checkpoint was trained on (same architecture, other values: its '
+                f'sha256 differs from the recorded {local_metadata["frozen_sha256"][:16]}...'
+                '). The file you name is used as given, so it must be the pretrained file '
+                'the task was trained with' + (f' (the checkpoint records {recorded})'
+                                               if recorded else '') + '.')
+
     def _load_frozen_for_task(self, local_metadata: dict):
-        """Load the frozen weights a task checkpoint leaves out: from the file the
-        checkpoint records (``local_metadata['pretrained']``: the training run's
-        ``init_cfg``, or a task file's neighbour), else from ``init_cfg``'s file; the
-        first that exists. The recorded file goes first because it is the one the task
-        was trained on, while a config's path may name another file where the task is
-        loaded (MMSeg's ``MMSegInferencer`` keeps ``init_cfg``)."""
+        """Load the frozen weights a task checkpoint leaves out.
+
+        The candidates, in order: the files the checkpoint records
+        (``local_metadata['pretrained']``: the training run's ``init_cfg``, or a task
+        file's neighbour and ``pretrained_path``), then ``init_cfg``'s file. The recorded
+        files go first because they are the ones the task was trained on, while a
+        config's path may name another file where the task is loaded (MMSeg's
+        ``MMSegInferencer`` keeps ``init_cfg``). With ``prefer_init_cfg`` (the user named
+        the file), ``init_cfg``'s file is the only candidate. A candidate that is
+        missing, unreadable, another ViT, or holds other weights than the recorded
+        ``frozen_sha256`` is skipped with a note and the next one tried.
+
+        Raises:
+            FileNotFoundError: no candidate exists.
+            ValueError: none holds the recorded weights (or none is readable).
+        """
         own = self.init_cfg.get('checkpoint') if isinstance(self.init_cfg, dict) \
             and self.init_cfg.get('type') == 'Pretrained' else None
-        recorded = local_metadata.get('pretrained')
-        recorded = [recorded] if isinstance(recorded, str) else list(recorded or [])
-        candidates = list(dict.fromkeys([p for p in recorded + [own] if p]))
-        existing = [p for p in candidates if '://' in p or osp.isfile(p)]
-        if not existing:
-            if not candidates:
-                raise ValueError(
-                    'this checkpoint holds only tuned parameters (a task checkpoint); the '
-                    'frozen backbone must come from its pretrained file, but the backbone '
-                    "has no init_cfg=dict(type='Pretrained', checkpoint=...) and the "
-                    'checkpoint records none (saved before checkpoints recorded it); load it '
-                    'with tools/test.py or vpt_seg.load_task_model(config, ckpt), or export '
-                    'it as a task file (tools/export_task.py).')
+        recorded = self._recorded(local_metadata)
+        if self.prefer_init_cfg and own:
+            candidates = [own]
+        else:
+            candidates = list(dict.fromkeys([p for p in recorded + [own] if p]))
+        if not candidates:
+            raise ValueError(
+                'this checkpoint holds only tuned parameters (a task checkpoint); the '
+                'frozen backbone must come from its pretrained file, but the backbone '
+                "has no init_cfg=dict(type='Pretrained', checkpoint=...) and the "
+                'checkpoint records none (saved before checkpoints recorded it); load it '
+                'with tools/test.py or vpt_seg.load_task_model(config, ckpt), or export '
+                'it as a task file (tools/export_task.py).')
+        digest = local_metadata.get('frozen_sha256')  # task files and checkpoints record it
+        skipped = []
+        for found in candidates:
+            if '://' not in found and not osp.isfile(found):
+                skipped.append(f'{found} (missing)')
+                continue
+            print_log(f'Task checkpoint: loading the frozen backbone from {found}' + (
+                f' (the file it was trained with; the config names {own})'
+                if own and found != own else ''), logger='current')
+            self.init_cfg = dict(self.init_cfg or {}, type='Pretrained', checkpoint=found)
+            self._loading_pretrained = True
+            try:
+                self.init_weights()
+            except (OSError, ValueError, RuntimeError) as err:  # unreadable, not this ViT
+                self._frozen_loaded = False
+                reason = str(err).strip().split('\n')[0]
+                skipped.append(f'{found} (cannot be used: {reason})')
+                print_log(f'{found}: skipped, {reason}', logger='current',
+                          level=logging.WARNING)
+                continue
+            finally:
+                self._loading_pretrained = False
+            if digest is None or self.frozen_digest() == digest:
+                return
+            self._frozen_loaded = False
+            if self.prefer_init_cfg:
+                raise ValueError(self._other_weights_message(found, local_metadata))
+            skipped.append(f'{found} (other weights: sha256 differs)')
+            print_log(f'{found}: skipped, not the frozen weights this task was trained on '
+                      '(sha256 differs)', logger='current', level=logging.WARNING)
+        if all(s.endswith('(missing)') for s in skipped):
             raise FileNotFoundError(
                 'this checkpoint holds only tuned parameters (a task checkpoint); its frozen '
                 f'backbone comes from the pretrained file, looked for at {candidates} (from '
@@ -400,34 +479,27 @@ class PromptedVisionTransformer(VisionTransformer):
                 '--cfg-options model.backbone.init_cfg.checkpoint=/path/to/vit.pth for the '
                 "tools, vpt_seg.load_task_model(config, ckpt, pretrained=...) in Python "
                 "(MMSeg's init_model drops init_cfg).")
-        digest = local_metadata.get('frozen_sha256')  # task files record it
-        for found in existing:
-            self.init_cfg = dict(self.init_cfg or {}, type='Pretrained', checkpoint=found)
-            print_log(f'Task checkpoint: loading the frozen backbone from {found}' + (
-                f' (the file it was trained with; the config names {own})'
-                if own and osp.abspath(own) != osp.abspath(found) else ''), logger='current')
-            self._loading_pretrained = True
-            try:
-                self.init_weights()
-            finally:
-                self._loading_pretrained = False
-            if digest is None or self.frozen_digest() == digest:
-                return
-            print_log(f'{found}: not the frozen weights this task was trained on (sha256 '
-                      'differs)', logger='current', level=logging.WARNING)
+        what = (f'the checkpoint records their sha256 {digest[:16]}...; same architecture, '
+                'other values' if digest else 'none is readable')
         raise ValueError(
-            f'none of {existing} holds the frozen weights this task was trained on (the '
-            f'task file records their sha256 {digest[:16]}...; same architecture, other '
-            'values): put the pretrained file the task was made with next to it.')
+            'none of the candidates holds the frozen weights this task was trained on '
+            f'({what}): ' + '; '.join(skipped) + '. Put the pretrained file the task was '
+            'made with next to it (a task file), or name it with --cfg-options '
+            'model.backbone.init_cfg.checkpoint=...')
 
     def frozen_digest(self) -> str:
         """sha256 of the frozen weights (names and values), as loaded: what a task file
         records, so another pretrained file of the same architecture is refused."""
         import hashlib
-        h = hashlib.sha256()
         params = dict(self.named_parameters())
-        for name in sorted(frozen_state_keys(self)):
+        names = sorted(frozen_state_keys(self))
+        key = tuple((params[n].data_ptr(), params[n]._version) for n in names)
+        if self._digest[0] == key:  # unchanged since the last call (every save asks)
+            return self._digest[1]
+        h = hashlib.sha256()
+        for name in names:
             t = params[name].detach().cpu().contiguous()
             h.update(f'{name}:{tuple(t.shape)}:{t.dtype};'.encode())
             h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-        return h.hexdigest()
+        self._digest = (key, h.hexdigest())
+        return self._digest[1]
