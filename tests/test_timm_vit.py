@@ -1,4 +1,5 @@
 """PromptedTimmViT against timm's own models, per family, and the paper's recurrences."""
+import glob
 import json
 import logging
 import os
@@ -476,9 +477,8 @@ def test_demo_dinov2_task_trains_and_tests(tmp_path):
     data = make_ade20k(str(tmp_path / 'data'), num_train=8, num_val=2, size=(64, 64), seed=0)
     cfg = Config.fromfile(DEMO)
     torch.manual_seed(0)
-    ref = timm.create_model(cfg.model.backbone.model_name, pretrained=False, num_classes=0,
-                            img_size=cfg.model.backbone.img_size,
-                            **cfg.model.backbone.model_kwargs)
+    name, kwargs = cfg.model.backbone.model_name, cfg.model.backbone.model_kwargs
+    ref = timm.create_model(name, pretrained=False, num_classes=0, img_size=56, **kwargs)
     weights = tmp_path / 'dinov2' / 'model.safetensors'
     weights.parent.mkdir()
     save_file({k: v.contiguous() for k, v in ref.state_dict().items()}, str(weights))
@@ -493,14 +493,33 @@ def test_demo_dinov2_task_trains_and_tests(tmp_path):
         return proc.stdout + proc.stderr
 
     work = tmp_path / 'work'
-    run('train.py', DEMO, '--work-dir', str(work), *options, 'train_cfg.max_iters=4',
-        'train_cfg.val_interval=4', 'default_hooks.checkpoint.interval=4',
-        'param_scheduler.0.end=4')
-    ckpt = torch.load(work / 'iter_4.pth', weights_only=True)
-    backbone = {k for k in ckpt['state_dict'] if k.startswith('backbone.')}
+    train = run('train.py', DEMO, '--work-dir', str(work), *options, 'train_cfg.max_iters=4',
+                'train_cfg.val_interval=4', 'default_hooks.checkpoint.interval=4',
+                'param_scheduler.0.end=4')
+    ckpt = work / 'iter_4.pth'
+    state = torch.load(ckpt, weights_only=True)['state_dict']
+    backbone = {k for k in state if k.startswith('backbone.')}
     assert backbone == {'backbone.prompt.embeddings', 'backbone.signature'}
-    log = run('test.py', DEMO, str(work / 'iter_4.pth'), '--work-dir', str(tmp_path / 't'),
-              *options)
+    log = run('test.py', DEMO, str(ckpt), '--work-dir', str(tmp_path / 't'), *options)
     assert 'loading the frozen backbone' in log
-    found = re.findall(r'mIoU: ([\d.]+)', log)
-    assert found and 0 <= float(found[-1]) <= 100
+
+    def miou(text):
+        found = re.findall(r'mIoU: ([\d.]+)', text)
+        assert found, text[-2000:]
+        return float(found[-1])
+    assert 0 <= miou(log) <= 100 and miou(log) == miou(train)  # same weights, same numbers
+
+    # MMSeg's API: init_model (the frozen weights come from the file the checkpoint records).
+    from mmseg.apis import inference_model, init_model
+    model = init_model(DEMO, str(ckpt), device='cpu')
+    assert torch.equal(model.backbone.prompt.embeddings, state['backbone.prompt.embeddings'])
+    # ... resampled to patch 8 on a 4x4 grid as timm itself loads the file into such a model
+    resampled = timm.create_model(name, pretrained=False, num_classes=0, img_size=32,
+                                  patch_size=8, **kwargs)
+    timm.models.load_checkpoint(resampled, str(weights), filter_fn=timm.models.
+                                vision_transformer.checkpoint_filter_fn)
+    theirs = resampled.state_dict()
+    for k, v in model.backbone.vit.state_dict().items():
+        assert torch.equal(v, theirs[k]), k
+    val = sorted(glob.glob(osp.join(data, 'images', 'validation', '*.jpg')))[0]
+    assert inference_model(model, val).pred_sem_seg.data.shape[-2:] == (64, 64)
