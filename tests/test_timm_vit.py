@@ -17,7 +17,6 @@ from mmseg.registry import MODELS
 from safetensors.torch import save_file
 from timm.layers import apply_rot_embed_cat
 
-from vpt_seg.models import PromptedTimmViT
 from vpt_seg.tuning import bias_parameters
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
@@ -217,7 +216,7 @@ def test_gradients_reach_only_tuned_parameters(files, name, patch, tune_bias):
         assert m.vit.blocks[0].attn.proj.bias.grad.abs().sum() > 0
 
 
-def test_tune_bias_says_which_biases_are_tuned(files, caplog):
+def test_tune_bias_says_which_biases_are_tuned(files):
     """EVA02 has no key bias: the log line says so instead of leaving it to guesswork."""
     name, patch = 'eva02_base_patch14_224', 14
     logger = MMLogger.get_current_instance()

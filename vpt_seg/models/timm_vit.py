@@ -20,10 +20,9 @@ Read top-down: the supported families, file finding and reading, fitting a state
 then the backbone.
 """
 import json
-import logging
 import os
 import os.path as osp
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Dict, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 from mmengine.logging import print_log
@@ -39,7 +38,8 @@ from ..tuning import freeze as freeze_module
 from .frozen import FrozenBackboneMixin
 
 __all__ = ['FAMILIES', 'TIMM_SIGNATURE_FIELDS', 'PromptedTimmViT', 'find_weights_file',
-           'read_timm_state_dict', 'fit_timm_state_dict', 'final_norm_attr']
+           'read_timm_state_dict', 'fit_timm_state_dict', 'final_norm_attr',
+           'write_hub_folder']
 
 #: The ViT families this backbone is tested on: (family, a timm name, what is special).
 FAMILIES = (
@@ -141,6 +141,20 @@ def find_weights_file(path: str, option: str = 'model.backbone.checkpoint'
     return path, None
 
 
+def write_hub_folder(vit: nn.Module, folder: str, model_name: str) -> str:
+    """Save a timm model as the hub publishes it: ``folder/model.safetensors`` and a
+    ``config.json`` naming its architecture (stand-in pretrained weights for demos and
+    tests). Returns the folder."""
+    from safetensors.torch import save_file
+    os.makedirs(folder, exist_ok=True)
+    save_file({k: v.detach().cpu().contiguous() for k, v in vit.state_dict().items()},
+              osp.join(folder, 'model.safetensors'))
+    with open(osp.join(folder, 'config.json'), 'w') as f:
+        json.dump(dict(architecture=model_name.split('.')[0], num_classes=0,
+                       num_features=getattr(vit, 'num_features', None)), f, indent=2)
+    return folder
+
+
 def read_timm_state_dict(path: str) -> Dict[str, torch.Tensor]:
     """A timm weights file as a flat state dict: read safely (safetensors, or
     ``torch.load(weights_only=True)``), unwrapped from a training checkpoint
@@ -207,10 +221,14 @@ def fit_timm_state_dict(state_dict: Mapping[str, torch.Tensor], vit: nn.Module,
         raise ValueError(f'{where} holds the weights of another model than this '
                          f'{type(vit).__name__} (another model_name or size?): '
                          + '; '.join(parts))
-    resampled = [f'{k} {tuple(state_dict[k].shape[-2:]) if k.endswith("weight") else tuple(state_dict[k].shape)}'
-                 f' -> {tuple(state[k].shape[-2:]) if k.endswith("weight") else tuple(state[k].shape)}'
-                 for k in ('patch_embed.proj.weight', 'pos_embed')
-                 if k in state_dict and k in state and state_dict[k].shape != state[k].shape]
+    resampled = []
+    kernel, grid = 'patch_embed.proj.weight', 'pos_embed'
+    if kernel in state_dict and kernel in state and state_dict[kernel].shape != state[kernel].shape:
+        resampled.append('patch embedding {}x{} -> {}x{}'.format(
+            *state_dict[kernel].shape[-2:], *state[kernel].shape[-2:]))
+    if grid in state_dict and grid in state and state_dict[grid].shape != state[grid].shape:
+        resampled.append(f'position embedding {state_dict[grid].shape[1]} -> '
+                         f'{state[grid].shape[1]} tokens')
     heads = sorted({k.split('.')[0] for k in dropped})
     summary = (f'{len(state)} tensors' + (f'; resampled {", ".join(resampled)}' if resampled else '')
                + (f'; ignored {", ".join(heads)} ({len(dropped)} tensors)' if heads else ''))
