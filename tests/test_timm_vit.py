@@ -1,4 +1,9 @@
-"""PromptedTimmViT against timm's own models, per family, and the paper's recurrences."""
+"""PromptedTimmViT against timm's own models, per family, and the paper's recurrences.
+
+Each family is a tiny model timm itself builds (width 32, 3 layers, 3x3 patches), saved
+with random weights as the hub publishes it (model.safetensors); the equality tests run on
+$VPT_SEG_TEST_DEVICE (CPU by default)."""
+import copy
 import glob
 import json
 import logging
@@ -82,10 +87,11 @@ def last_norm(ref):
 # --------------------------------------------------------------- equality, no prompts
 @pytest.mark.parametrize('final_norm', [False, True])
 @pytest.mark.parametrize('name,patch', FAMILIES, ids=IDS)
-def test_no_prompts_equals_timm_forward_intermediates(files, name, patch, final_norm):
+def test_no_prompts_equals_timm_forward_intermediates(files, name, patch, final_norm, device):
     path, ref = files[name]
-    m = build(name, patch, path, final_norm=final_norm)
-    x = image(patch)
+    ref = copy.deepcopy(ref).to(device)
+    m = build(name, patch, path, final_norm=final_norm).to(device)
+    x = image(patch).to(device)
     with torch.no_grad():
         ours = m(x)
         theirs = ref.forward_intermediates(x, indices=[0, 1, 2], output_fmt='NCHW',
@@ -173,10 +179,11 @@ def paper_forward(ref, m, x):
 
 @pytest.mark.parametrize('deep', [True, False], ids=['deep', 'shallow'])
 @pytest.mark.parametrize('name,patch', FAMILIES, ids=IDS)
-def test_prompts_follow_the_paper(files, name, patch, deep):
+def test_prompts_follow_the_paper(files, name, patch, deep, device):
     path, ref = files[name]
-    m = build(name, patch, path, num_prompts=3, deep=deep)
-    x = image(patch)
+    ref = copy.deepcopy(ref).to(device)
+    m = build(name, patch, path, num_prompts=3, deep=deep).to(device)
+    x = image(patch).to(device)
     with torch.no_grad():
         ours, theirs = m(x), paper_forward(ref, m, x)
     for a, b in zip(ours, theirs):
@@ -200,11 +207,11 @@ def test_prompts_change_the_maps_and_keep_rope_off_them(files):
 @pytest.mark.parametrize('tune_bias', [False, True], ids=['prompts', 'prompts+bias'])
 @pytest.mark.parametrize('name,patch', [FAMILIES[3], FAMILIES[4], FAMILIES[7]],
                          ids=[IDS[3], IDS[4], IDS[7]])
-def test_gradients_reach_only_tuned_parameters(files, name, patch, tune_bias):
+def test_gradients_reach_only_tuned_parameters(files, name, patch, tune_bias, device):
     path, _ = files[name]
     m = build(name, patch, path, num_prompts=2, tune_bias=tune_bias, prompt_dropout=0.1)
-    m.train()
-    sum(o.square().mean() for o in m(image(patch))).backward()
+    m.to(device).train()
+    sum(o.square().mean() for o in m(image(patch).to(device))).backward()
     biases = {id(p) for _, p in bias_parameters(m.vit)}
     for pname, p in m.named_parameters():
         tuned = pname == 'prompt.embeddings' or (tune_bias and id(p) in biases)
