@@ -458,6 +458,7 @@ def test_unreadable_file_is_named(tmp_path):
     (dict(out_indices=(3,)), 'outside the 3 layers'),
     (dict(prompt_layers=[5], num_prompts=2), 'outside the 3 layers'),
     (dict(model_kwargs=dict(TINY, no_such_option=1)), 'timm cannot build'),
+    (dict(init_cfg=dict(type='Pretrained', checkpoint='x.pth')), "checkpoint='x.pth'"),
 ])
 def test_options_the_family_cannot_honour(options, match):
     with pytest.raises(ValueError, match=match):

@@ -22,8 +22,10 @@ then the backbone.
 import json
 import os
 import os.path as osp
+import re
 from typing import Dict, Mapping, Optional, Sequence, Tuple, Union
 
+import timm
 import torch
 from mmengine.logging import print_log
 from mmengine.model import BaseModule
@@ -296,6 +298,11 @@ class PromptedTimmViT(FrozenBackboneMixin, BaseModule):
                  save_frozen: bool = False,
                  with_cp: bool = False,
                  init_cfg: Optional[dict] = None):
+        if isinstance(init_cfg, dict) and init_cfg.get('type') == 'Pretrained':
+            raise ValueError('PromptedTimmViT reads its weights from checkpoint=, not from '
+                             f"init_cfg (got init_cfg={init_cfg}); set checkpoint='"
+                             f"{init_cfg.get('checkpoint')}' (and _delete_=True when the "
+                             'config inherits an MMSeg ViT backbone)')
         super().__init__(init_cfg=init_cfg)
         if tune_bias and not freeze:
             raise ValueError('tune_bias=True tunes biases of a frozen backbone; with '
@@ -311,7 +318,6 @@ class PromptedTimmViT(FrozenBackboneMixin, BaseModule):
         for key, value in (('img_size', img_size), ('patch_size', patch_size)):
             if value is not None:
                 kwargs[key] = tuple(value) if isinstance(value, (list, tuple)) else value
-        import timm
         try:
             vit = timm.create_model(model_name, pretrained=False, num_classes=0,
                                     dynamic_img_size=dynamic_img_size, **kwargs)
@@ -339,11 +345,11 @@ class PromptedTimmViT(FrozenBackboneMixin, BaseModule):
         if final_norm and self._norm_attr is None:
             raise ValueError(f'final_norm=True, but {model_name} has no last LayerNorm '
                              '(norm and fc_norm are both Identity); set final_norm=False')
-        self._ignored = tuple(m for m in _HEADS + ('norm', 'fc_norm')
-                              if hasattr(vit, m) and (m in _HEADS or not final_norm
-                                                      or m != self._norm_attr))
-        for attr in ('norm', 'fc_norm'):
-            if attr in self._ignored and hasattr(vit, attr):
+        unused_norms = tuple(a for a in ('norm', 'fc_norm')
+                             if not (final_norm and a == self._norm_attr))
+        self._ignored = _HEADS + unused_norms
+        for attr in unused_norms:
+            if hasattr(vit, attr):
                 setattr(vit, attr, nn.Identity())
         if getattr(vit, 'attn_pool', None) is not None:
             vit.attn_pool = None
@@ -406,7 +412,6 @@ class PromptedTimmViT(FrozenBackboneMixin, BaseModule):
 
     def _report_biases(self):
         """One log line: which biases ``tune_bias`` tunes, and which layers have none."""
-        import re
         tuned = list(bias_parameters(self.vit))
         if not tuned:
             raise ValueError(f'tune_bias=True, but {self.model_name} has no bias terms')
