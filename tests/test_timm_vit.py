@@ -10,6 +10,7 @@ import logging
 import os
 import os.path as osp
 import re
+import shutil
 import subprocess
 import sys
 
@@ -478,7 +479,9 @@ DEMO = osp.join(ROOT, 'configs', 'demo', 'setr_vpt_tiny_dinov2_ade20k.py')
 
 
 def test_demo_dinov2_task_trains_and_tests(tmp_path):
-    """tools/train.py and tools/test.py on the tiny DINOv2-with-registers demo config."""
+    """tools/train.py, tools/test.py, MMSeg's init_model and tools/export_task.py on the
+    tiny DINOv2-with-registers demo config; the task file tests with only its pretrained
+    folder beside it."""
     from vpt_seg.datasets.synthetic import make_ade20k
     from mmengine.config import Config
     data = make_ade20k(str(tmp_path / 'data'), num_train=8, num_val=2, size=(64, 64), seed=0)
@@ -530,3 +533,14 @@ def test_demo_dinov2_task_trains_and_tests(tmp_path):
         assert torch.equal(v, theirs[k]), k
     val = sorted(glob.glob(osp.join(data, 'images', 'validation', '*.jpg')))[0]
     assert inference_model(model, val).pred_sem_seg.data.shape[-2:] == (64, 64)
+
+    # A task file, shared with only its pretrained folder beside it, tests the same.
+    shared = tmp_path / 'shared'
+    shared.mkdir()
+    run('export_task.py', DEMO, str(ckpt), str(shared / 'task.safetensors'), *options)
+    shutil.copytree(weights.parent, shared / weights.parent.name)
+    moved = run('test.py', DEMO, str(shared / 'task.safetensors'), '--work-dir',
+                str(tmp_path / 't2'), '--cfg-options', 'model.backbone.checkpoint=/nowhere',
+                *options[2:])
+    assert f'loading the frozen backbone from {shared / weights.parent.name}' in moved
+    assert miou(moved) == miou(train)
