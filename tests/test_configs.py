@@ -87,7 +87,8 @@ def test_count_params_tool_prints_the_timm_rows():
         [sys.executable, osp.join(ROOT, 'tools', 'count_params.py'),
          osp.join(ROOT, 'configs', 'setr_vpt-bias_dinov2_ade20k.py')],
         capture_output=True, text=True, check=True).stdout
-    rows = {line.split()[0]: line.split()[1:] for line in out.splitlines() if line.strip()}
+    rows = {' '.join(line.split()[:-3]): line.split()[-3:] for line in out.splitlines()
+            if line.strip()}
     assert rows['prompts'][:2] == ['2.46M', '2.46M']
-    assert rows['backbone'][:3] == ['biases', '0.27M', '0.27M']
+    assert rows['backbone biases'][:2] == ['0.27M', '0.27M']
     assert rows['heads'][0] == '13.14M' and rows['total'][0] == '15.87M'
