@@ -322,7 +322,8 @@ def _same_weights(m, ref):
         assert torch.equal(v, theirs[k]), k
 
 
-@pytest.mark.parametrize('layout', ['safetensors', 'hub-bin', 'hub-safetensors', 'pth'])
+@pytest.mark.parametrize('layout', ['safetensors', 'hub-bin', 'hub-safetensors', 'pth',
+                                    'meta-pth'])
 def test_checkpoint_round_trip_in_the_published_formats(files, tmp_path, layout):
     name, patch = FAMILIES[3]
     path, ref = files[name]
@@ -338,9 +339,14 @@ def test_checkpoint_round_trip_in_the_published_formats(files, tmp_path, layout)
             save_file(state, str(target / 'model.safetensors'))
         (target / 'config.json').write_text(json.dumps(
             dict(architecture=name, num_classes=0, pretrained_cfg=dict(tag='lvd142m'))))
-    else:
+    elif layout == 'pth':
         target = tmp_path / 'checkpoint.pth'
         torch.save(dict(state_dict={f'module.{k}': v for k, v in state.items()}, epoch=3), target)
+    else:  # DINOv2 as Meta publishes it: register_tokens, mask_token, [CLS] slot in pos_embed
+        target = tmp_path / 'dinov2_vitb14_reg4_pretrain.pth'
+        meta = dict(state, register_tokens=state.pop('reg_token'), mask_token=torch.zeros(1, 32))
+        meta['pos_embed'] = torch.cat([torch.zeros(1, 1, 32), state['pos_embed']], 1)
+        torch.save(meta, target)
     m = build(name, patch, str(target))
     _same_weights(m, ref)
     assert m.pretrained_file == str(target)
