@@ -39,6 +39,9 @@ def test_ade20k_config_builds_with_the_paper_setup(path):
     assert cfg.model.backbone.type == 'PromptedVisionTransformer'
     assert cfg.model.backbone.patch_bias is True
     assert cfg.model.decode_head.num_classes == 150 and cfg.crop_size == (512, 512)
+    # label maps of large images in bounded memory, also under --tta
+    assert (cfg.model.type, cfg.tta_model.type) == ('BoundedEncoderDecoder',
+                                                    'BoundedSegTTAModel')
     model = MODELS.build(cfg.model)
     backbone = model.backbone
     assert (backbone.cls_token.shape[-1], len(backbone.layers), backbone.patch_size) == (1024, 24, 16)
@@ -69,6 +72,18 @@ def test_timm_ade20k_configs_build_at_full_size(name):
     assert vit.out_indices == (9, 14, 19, 23) and vit.img_size == (512, 512)
     assert count_parameters(model, tuned_only=True) / 1e6 == pytest.approx(tuned, abs=0.01)
     assert not any(p.requires_grad for n, p in vit.named_parameters() if n.endswith('weight'))
+    assert (cfg.model.type, cfg.tta_model.type) == ('BoundedEncoderDecoder',
+                                                    'BoundedSegTTAModel')
+
+
+@pytest.mark.parametrize('path', ['demo/setr_vpt_tiny_ade20k.py',
+                                  'demo/setr_vpt_tiny_dinov2_ade20k.py', 'study/vpt-deep.py',
+                                  'study/head.py', 'study/full.py'])
+def test_small_segmentation_configs_use_the_bounded_segmentor(path):
+    cfg = Config.fromfile(osp.join(ROOT, 'configs', path))
+    assert cfg.model.type == 'BoundedEncoderDecoder'
+    if 'tta_model' in cfg:
+        assert cfg.tta_model.type == 'BoundedSegTTAModel'
 
 
 def test_count_params_tool_prints_parts_and_task_file_size():

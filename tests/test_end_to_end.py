@@ -209,10 +209,11 @@ def test_serve_runs_the_demo_task_on_a_backbone_without_final_norm(setup, task_f
                     f'seg={CONFIG}:{setup["work"] / "iter_20.pth"}', f'file={task_file}',
                     '--images', osp.join(setup['data'], 'images', 'validation'),
                     '--out-dir', str(out), '--verify')
-    worst = float(re.search(r'running each task alone: (\S+)', proc.stdout).group(1))
-    assert worst < 1e-4
+    worst = dict(re.findall(r'^(\w+): largest difference to its own model alone at \d+x\d+: '
+                            r'(\S+)$', proc.stdout, re.M))
+    assert sorted(worst) == ['file', 'seg'] and all(float(v) < 1e-4 for v in worst.values())
     for task in ('seg', 'file'):
         assert len([f for f in os.listdir(out / task) if not f.endswith('_overlay.png')]) == 4
-    a = Image.open(out / 'seg' / 'ADE_val_00000001.png')
-    b = Image.open(out / 'file' / 'ADE_val_00000001.png')
+    a = Image.open(out / 'seg' / 'ADE_val_00000001.jpg.png')  # the whole image name
+    b = Image.open(out / 'file' / 'ADE_val_00000001.jpg.png')
     assert np.array_equal(np.asarray(a), np.asarray(b))  # the same task, two file formats

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from vpt_seg.prompt import (VisualPrompt, insert_prompts, remove_prompts, replace_prompts,
-                            xavier_bound)
+from vpt_seg.prompt import (PromptGroup, VisualPrompt, insert_prompts, remove_prompts,
+                            replace_prompts, run_prompted_layers, xavier_bound)
 
 
 def _tokens(B=2, N=5, C=4, start=0.):
@@ -82,3 +82,55 @@ def test_invalid_options_are_clear_errors(kwargs, match):
     args.update(kwargs)
     with pytest.raises(ValueError, match=match):
         VisualPrompt(**args)
+
+
+def _attend(i, x, mask):
+    """A toy block that mixes tokens (attention with the identity projections)."""
+    scores = x @ x.transpose(1, 2) / x.shape[-1] ** 0.5                 # (B, N, N)
+    if mask is not None:
+        scores = scores.masked_fill(~mask[:, 0], float('-inf'))
+    return x + torch.tanh(scores.softmax(-1) @ x) * (i + 1)
+
+
+@pytest.mark.parametrize('num_prefix', [0, 1, 5])
+def test_mixed_groups_equal_each_group_alone(num_prefix):
+    """run_prompted_layers on a batch of several tasks (other lengths, deep, shallow,
+    a later first layer, none) gives each task what it gets alone."""
+    torch.manual_seed(0)
+    L, C = 4, 8
+    prompts = [VisualPrompt(3, C, L, deep=True, num_prefix=num_prefix),
+               VisualPrompt(5, C, L, deep=False, num_prefix=num_prefix),
+               VisualPrompt(2, C, L, layers=[2, 3], num_prefix=num_prefix),
+               VisualPrompt(0, C, L, num_prefix=num_prefix)]
+    outs = [(1, 3), (3,), (0, 2, 3), (1,)]
+    x = torch.randn(8, num_prefix + 6, C)
+    index = [torch.tensor([0, 5]), torch.tensor([1, 2]), torch.tensor([3, 7]),
+             torch.tensor([4, 6])]
+    norm = torch.nn.LayerNorm(C)
+    groups = [PromptGroup(p, idx, o, final_norm=k % 2 == 0)
+              for k, (p, idx, o) in enumerate(zip(prompts, index, outs))]
+    mixed = run_prompted_layers(x, groups, _attend, L, num_prefix, norm)
+    for g, got in zip(groups, mixed):
+        alone, = run_prompted_layers(x[g.index], [g._replace(index=None)], _attend, L,
+                                     num_prefix, norm)
+        assert sorted(got) == sorted(g.out_indices) == sorted(alone)
+        for layer in got:
+            assert got[layer].shape == (2, num_prefix + 6, C)
+            torch.testing.assert_close(got[layer], alone[layer], rtol=1e-5, atol=1e-6)
+
+
+def test_single_group_follows_the_recurrences():
+    """One group: prompts inserted after the prefix at the first prompted layer, replaced
+    at every later one, stripped from the outputs (VPT-deep written out)."""
+    torch.manual_seed(0)
+    L, C, K = 3, 8, 1
+    prompt = VisualPrompt(4, C, L, deep=True, num_prefix=K)
+    x = torch.randn(2, K + 5, C)
+    got, = run_prompted_layers(x, [PromptGroup(prompt, None, (0, 2))], _attend, L, K)
+    ref, h = {}, x
+    for i in range(L):
+        p = prompt.embeddings[i].expand(2, -1, -1)
+        h = _attend(i, torch.cat([h[:, :K], p, h[:, K:] if i == 0 else h[:, K + 4:]], 1), None)
+        ref[i] = torch.cat([h[:, :K], h[:, K + 4:]], 1)
+    for layer in (0, 2):
+        torch.testing.assert_close(got[layer], ref[layer])

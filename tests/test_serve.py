@@ -1,8 +1,11 @@
 """tools/serve.py gives what each task model's ``predict`` (what tools/test.py runs) gives,
 for every head kind: single-label linear and MLP heads (softmax), a multi-label head
-(image tags: sigmoid, every class above 0.5) and a segmentation head (label maps)."""
+(image tags: sigmoid, every class above 0.5) and a segmentation head (label maps), each
+at its own input size whatever the order of the tasks; its outputs never collide, never
+go through a link or outside --out-dir, and bad arguments are argparse errors."""
 import csv
 import json
+import os
 import os.path as osp
 import subprocess
 import sys
@@ -18,7 +21,10 @@ from mmseg.models.backbones import VisionTransformer
 from mmseg.registry import MODELS
 from mmseg.structures import SegDataSample
 
-from vpt_seg.multitask import load_task_model
+from vpt_seg.models import segmentor
+from vpt_seg.multitask import MultiTaskViT, build_shared_backbone, load_task_model
+from vpt_seg.serving import (input_size, label_map, output_names, plan_batches, task_input,
+                             verify_batch)
 
 init_default_scope('mmseg')
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
@@ -28,7 +34,7 @@ CLASSES = ('cat', 'dog', 'car', 'tree', 'sky', 'road')
 
 
 def _backbone(**kw):
-    return dict(type='PromptedVisionTransformer', **ARCH, **kw)
+    return dict(type='PromptedVisionTransformer', **dict(ARCH, **kw))
 
 
 def _cls(head, **kw):
@@ -41,6 +47,8 @@ TASKS = {
     'single': _cls(dict(type='LinearClsHead'), deep=True),
     'mlp': _cls(dict(type='MLPClsHead'), deep=False, tune_bias=True),
     'tags': _cls(dict(type='LinearClsHead', multi_label=True), deep=True),
+    # another input size: served at 48x48 (its own), not at the others' 32x32
+    'big': _cls(dict(type='LinearClsHead'), deep=True, img_size=(48, 48)),
     'seg': dict(
         type='EncoderDecoder',
         data_preprocessor=dict(type='SegDataPreProcessor', mean=[100., 110., 120.],
@@ -83,34 +91,42 @@ def served(tmp_path_factory):
     images = tmp / 'images'
     images.mkdir()
     rng = np.random.default_rng(0)
-    for i in range(5):
-        cv2.imwrite(str(images / f'img{i}.png'), rng.integers(0, 256, (32, 32, 3), np.uint8))
+    for i in range(5):  # one of another size and aspect: every task resizes it
+        shape = (40, 56, 3) if i == 4 else (32, 32, 3)
+        cv2.imwrite(str(images / f'img{i}.png'), rng.integers(0, 256, shape, np.uint8))
     out = tmp / 'out'
-    proc = subprocess.run(
-        [sys.executable, osp.join(ROOT, 'tools', 'serve.py'), pretrained,
-         *[f'{n}={c}:{k}' for n, (c, k) in specs.items()], '--images', str(images),
-         '--out-dir', str(out), '--batch-size', '6'],
-        capture_output=True, text=True, cwd=ROOT)
+    proc = _serve(pretrained, specs, images, out, '--batch-size', '6', '--verify')
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return dict(out=out, images=images, specs=specs, pretrained=pretrained)
+    return dict(tmp=tmp, out=out, images=images, specs=specs, pretrained=pretrained,
+                stdout=proc.stdout)
 
 
-def _predict(served, name, image):
-    """What tools/test.py computes for one image: the task model's own predict."""
+def _serve(backbone, specs, images, out, *args):
+    """tools/serve.py with ``specs`` {name: (config, checkpoint)} in their dict order."""
+    return subprocess.run(
+        [sys.executable, osp.join(ROOT, 'tools', 'serve.py'), str(backbone),
+         *[f'{n}={c}:{k}' for n, (c, k) in specs.items()], '--images', str(images),
+         '--out-dir', str(out), *args],
+        capture_output=True, text=True, cwd=ROOT)
+
+
+def _predict(served, name, image, images=None):
+    """What the task model alone gives for one image at its own input size: the image
+    resized (bilinear) to it, then the model's own predict (tools/test.py's code)."""
     cfg_path, ckpt = served['specs'][name]
     model = load_task_model(cfg_path, ckpt, pretrained=served['pretrained'])
-    img = cv2.imread(str(served['images'] / image), cv2.IMREAD_COLOR)  # BGR, as serve reads
-    data = model.data_preprocessor(
-        dict(inputs=[torch.from_numpy(img.transpose(2, 0, 1).copy())]), False)
+    img = cv2.imread(str((images or served['images']) / image), cv2.IMREAD_COLOR)  # BGR
+    own = input_size(model)
+    data = model.data_preprocessor(dict(inputs=[task_input(img, own)]), False)
     samples = None
     if name == 'seg':
-        samples = [SegDataSample(metainfo=dict(img_shape=(32, 32), ori_shape=(32, 32),
-                                               pad_shape=(32, 32)))]
+        samples = [SegDataSample(metainfo=dict(img_shape=own, ori_shape=img.shape[:2],
+                                               pad_shape=own))]
     with torch.no_grad():
         return model.predict(data['inputs'], samples)[0]
 
 
-@pytest.mark.parametrize('task', ['single', 'mlp', 'tags'])
+@pytest.mark.parametrize('task', ['single', 'mlp', 'tags', 'big'])
 def test_class_predictions_are_the_models_predict(served, task):
     with open(served['out'] / 'predictions.json') as f:
         rows = [r for r in json.load(f) if r['task'] == task]
@@ -142,7 +158,7 @@ def test_csv_lists_the_present_tags_of_a_multi_label_task(served):
         rows = {(r['image'], r['task']): r for r in json.load(f)}
     with open(served['out'] / 'predictions.csv') as f:
         table = list(csv.DictReader(f))
-    assert len(table) == len(rows) == 5 * 3
+    assert len(table) == len(rows) == 5 * 4
     for line in table:
         row = rows[line['image'], line['task']]
         if line['task'] == 'tags':
@@ -155,11 +171,180 @@ def test_csv_lists_the_present_tags_of_a_multi_label_task(served):
 def test_label_maps_are_the_segmentors_predict(served):
     for i in range(5):
         ref = _predict(served, 'seg', f'img{i}.png')
-        label = cv2.imread(str(served['out'] / 'seg' / f'img{i}.png'), cv2.IMREAD_UNCHANGED)
+        label = cv2.imread(str(served['out'] / 'seg' / f'img{i}.png.png'), cv2.IMREAD_UNCHANGED)
         expected = ref.pred_sem_seg.data[0].numpy()
-        assert label.shape == expected.shape == (32, 32)
+        assert label.shape == expected.shape == ((40, 56) if i == 4 else (32, 32))
         # equal, except where the reference's two best classes tie within float rounding
         top2 = ref.seg_logits.data.topk(2, dim=0).values
         near_tie = (top2[0] - top2[1]).numpy() < 1e-4
         assert ((label == expected) | near_tie).all(), f'img{i}'
         assert len(np.unique(expected)) > 1  # not a constant map
+
+
+def _outputs(out):
+    """Every file under a serve output folder: {relative path: bytes}."""
+    files = {}
+    for folder, _, names in os.walk(out):
+        for n in names:
+            path = osp.join(folder, n)
+            with open(path, 'rb') as f:
+                files[osp.relpath(path, out)] = f.read()
+    return files
+
+
+def test_the_order_of_the_tasks_changes_nothing(served):
+    """The reversed command line (the 48x48 task first) gives the same bytes."""
+    out = served['tmp'] / 'reversed'
+    specs = dict(reversed(list(served['specs'].items())))
+    proc = _serve(served['pretrained'], specs, served['images'], out, '--batch-size', '6')
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    first, second = _outputs(served['out']), _outputs(out)
+    assert sorted(first) == sorted(second)
+    assert len([f for f in first if f.startswith('seg' + os.sep)]) == 10
+    for name in first:
+        assert first[name] == second[name], name
+
+
+def test_verify_compares_each_task_with_its_own_model_at_its_own_size(served):
+    lines = [ln for ln in served['stdout'].splitlines() if 'largest difference' in ln]
+    assert sorted(ln.split(':')[0] for ln in lines) == sorted(served['specs'])
+    assert any(ln.startswith('big:') and '48x48' in ln for ln in lines)
+    for ln in lines:
+        assert float(ln.rsplit(':', 1)[1]) < 1e-4, ln
+
+
+def test_verify_catches_a_task_served_at_another_tasks_size(served):
+    """What serve.py did before: every image at the first task's size. verify_batch,
+    whose reference is prepared on its own at each task's size, reports it."""
+    mt = MultiTaskViT(build_shared_backbone(TASKS['single']['backbone'],
+                                            pretrained=served['pretrained']))
+    for name in ('single', 'big'):
+        mt.add_task(name, load_task_model(*served['specs'][name],
+                                          pretrained=served['pretrained']))
+    mt.eval()
+    img = cv2.imread(str(served['images'] / 'img4.png'), cv2.IMREAD_COLOR)
+    pairs = [('img4.png', 'single'), ('img4.png', 'big')]
+    for size, expect_big in [((32, 32), float('inf')), ((48, 48), 0.0)]:
+        tasks = [t for _, t in pairs]
+        with torch.no_grad():
+            outputs = mt(mt.preprocess([task_input(img, size)] * 2, tasks), tasks)
+        worst = verify_batch(mt, {'img4.png': img}, pairs, outputs)
+        if size == (32, 32):
+            assert worst['single'] < 1e-4
+        # class logits have the same shape at any size: a real difference, not inf
+        assert (worst['big'] > 1e-3) if expect_big else (worst['big'] < 1e-4)
+
+
+def test_batches_hold_one_input_size_and_same_size_tasks_share_them():
+    plan = plan_batches(['a.png', 'b.png'], {'z': (32, 32), 'big': (48, 48), 'a': (32, 32)}, 3)
+    assert plan == [((32, 32), [('a.png', 'a'), ('a.png', 'z'), ('b.png', 'a')]),
+                    ((32, 32), [('b.png', 'z')]),
+                    ((48, 48), [('a.png', 'big'), ('b.png', 'big')])]
+    # the order the tasks come in does not change the plan
+    assert plan == plan_batches(['a.png', 'b.png'],
+                                {'a': (32, 32), 'big': (48, 48), 'z': (32, 32)}, 3)
+
+
+def test_outputs_of_similar_names_do_not_collide(served):
+    """a.jpg / a.png and x.jpg / x_overlay.jpg in one folder: every image keeps its own
+    label map and overlay, each that image's prediction."""
+    images = served['tmp'] / 'similar'
+    images.mkdir()
+    rng = np.random.default_rng(1)
+    names = ['a.jpg', 'a.png', 'x.jpg', 'x_overlay.jpg']
+    for n in names:
+        cv2.imwrite(str(images / n), rng.integers(0, 256, (32, 32, 3), np.uint8))
+    out = served['tmp'] / 'similar_out'
+    proc = _serve(served['pretrained'], {'seg': served['specs']['seg']}, images, out)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    written = sorted(os.listdir(out / 'seg'))
+    assert written == sorted([f'{n}.png' for n in names] + [f'{n}_overlay.png' for n in names])
+    maps = {}
+    for n in names:
+        label = cv2.imread(str(out / 'seg' / f'{n}.png'), cv2.IMREAD_UNCHANGED)
+        ref = _predict(served, 'seg', n, images=images)
+        tie = ref.seg_logits.data.topk(2, dim=0).values
+        near = (tie[0] - tie[1]).numpy() < 1e-4
+        assert ((label == ref.pred_sem_seg.data[0].numpy()) | near).all(), n
+        maps[n] = label
+    assert not np.array_equal(maps['a.jpg'], maps['a.png'])
+
+
+def test_names_that_differ_in_case_only_are_refused():
+    with pytest.raises(ValueError, match=r"'A\.jpg' and 'a\.jpg'"):
+        output_names(['A.jpg', 'a.jpg'])
+
+
+@pytest.mark.parametrize('where', ['file', 'folder'])
+def test_a_symbolic_link_in_the_out_dir_is_refused_and_nothing_written_outside(
+        served, where):
+    outside = served['tmp'] / f'outside_{where}'
+    outside.mkdir()
+    victim = outside / 'img0.png.png'
+    victim.write_bytes(b'precious')
+    out = served['tmp'] / f'linked_{where}'
+    out.mkdir()
+    if where == 'file':
+        (out / 'seg').mkdir()
+        link = out / 'seg' / 'img0.png.png'
+        link.symlink_to(victim)
+    else:
+        link = out / 'seg'
+        link.symlink_to(outside, target_is_directory=True)
+    proc = _serve(served['pretrained'], {'seg': served['specs']['seg']}, served['images'], out)
+    assert proc.returncode == 1
+    assert f'{link} is a symbolic link (to {victim if where == "file" else outside})' \
+        in proc.stderr
+    assert victim.read_bytes() == b'precious'
+    assert sorted(os.listdir(outside)) == ['img0.png.png']
+
+
+@pytest.mark.parametrize('args,message', [
+    (['--batch-size', '0'], 'argument --batch-size: 0 must be >= 1'),
+    (['--batch-size', '-2'], 'argument --batch-size: -2 must be >= 1'),
+    (['--size', '0', '0'], 'argument --size: 0 must be >= 1'),
+    (['--size', '32', '-1'], 'argument --size: -1 must be >= 1'),
+    (['--task', '/tmp/abs'], 'task name \'/tmp/abs\''),
+    (['--task', 'a.b'], 'task name \'a.b\''),
+    (['--task', '../up'], 'task name \'../up\''),
+    (['--task', 'seg'], 'task names must be unique: seg'),
+])
+def test_bad_arguments_are_argparse_errors(served, args, message):
+    cfg, ckpt = served['specs']['seg']
+    tasks = [f'seg={cfg}:{ckpt}']
+    if args[0] == '--task':
+        tasks.append(f'{args[1]}={cfg}:{ckpt}')
+        args = []
+    proc = subprocess.run(
+        [sys.executable, osp.join(ROOT, 'tools', 'serve.py'), served['pretrained'], *tasks,
+         '--images', str(served['images']), '--out-dir', str(served['tmp'] / 'bad'), *args],
+        capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert message in proc.stderr and 'Traceback' not in proc.stderr
+    assert 'argument' in proc.stderr or 'unique' in proc.stderr
+    assert not (served['tmp'] / 'bad').exists()
+
+
+def test_label_maps_of_a_big_image_are_made_in_bands(served, monkeypatch):
+    """A 2000x1500 image: the labels of the full-resolution resize, from bands of rows
+    no larger than the budget."""
+    cfg, ckpt = served['specs']['seg']
+    model = load_task_model(cfg, ckpt, pretrained=served['pretrained'])
+    shapes, resize_rows = [], segmentor.resize_rows
+
+    def recording(*args):
+        out = resize_rows(*args)
+        shapes.append(tuple(out.shape))                                   # (C, rows, W)
+        return out
+    monkeypatch.setattr(segmentor, 'resize_rows', recording)
+    torch.manual_seed(0)
+    logits = torch.randn(5, 32, 32)
+    budget = 5 * 1500 * 4 * 100
+    labels = label_map(model, logits, (2000, 1500), budget=budget)
+    full = torch.nn.functional.interpolate(logits[None], size=(2000, 1500), mode='bilinear',
+                                           align_corners=False)[0]
+    top2 = full.topk(2, dim=0).values
+    near = (top2[0] - top2[1]).numpy() < 1e-4
+    assert labels.shape == (2000, 1500)
+    assert ((labels == full.argmax(0).numpy()) | near).all()
+    assert sum(s[1] for s in shapes) == 2000 and max(s[1] for s in shapes) <= 100

@@ -8,30 +8,41 @@ carries its config).
 
 BACKBONE is the shared frozen ViT: a config (its ``model.backbone`` and pretrained file)
 or a pretrained weights file (the architecture then comes from the first task's config).
-Every image of DIR goes through every task; batches mix tasks and run in one pass
-through the shared weights (see vpt_seg/multitask.py). Images are resized to ``--size``
-(default: the backbone's ``img_size``) for the pass; segmentation maps are resized back.
+Every image of DIR goes through every task. Each task gets exactly what its own model
+gives alone: its images go in at its own input size (``--size`` for every task, default
+each task backbone's ``img_size``), resized bilinearly, whole-image; batches hold one
+input size, and tasks of the same size share one pass through the shared weights (see
+vpt_seg/multitask.py). The order of the tasks on the command line changes nothing.
+Segmentation maps are resized back to the image's size in bands of rows (bounded memory,
+any photo size; vpt_seg/models/segmentor.py). Task names: letters, digits, ``_``, ``-``.
 
-Writes, under OUT:
-  <task>/<image>.png          label map (uint8, or uint16 above 255 classes)
-  <task>/<image>_overlay.png  the image blended with the class colours
+Writes, under OUT (names keep the whole image file name, so ``a.jpg`` and ``a.png`` or
+``x.jpg`` and ``x_overlay.jpg`` never overwrite each other; a symbolic link where a result
+goes is refused, nothing is written outside OUT, each file is replaced atomically):
+  <task>/<image>.png          label map (uint8, or uint16 above 256 classes), e.g.
+                              seg/a.jpg.png
+  <task>/<image>_overlay.png  the image blended with the class colours, seg/a.jpg_overlay.png
   predictions.json / .csv     class predictions, scored by the task model's own
                               ``postprocess`` (what ``predict`` and tools/test.py give):
                               softmax label, name, score and top-5 for a single-label
                               head; for a multi-label head (image tags) the sigmoid
-                              scores and every class above 0.5 (``labels``, ``names``)
+                              scores and every class above 0.5 (``labels``, ``names``);
+                              rows by image, then task name
+
+``--verify`` also runs each task's own model alone on every image, prepared on its own
+at the task's input size, prints the largest difference per task and exits 1 above
+1e-3 (float32 rounding is about 1e-6).
 """
 import argparse
 import csv
+import io
 import json
 import os
 import os.path as osp
 
 import vpt_seg  # noqa: F401  (compat fixes and registration before any mmseg import)
-import cv2
 import numpy as np
 import torch
-import torch.nn.functional as F
 from mmengine.config import Config
 from mmengine.registry import init_default_scope
 from mmengine.utils import ProgressBar
@@ -40,7 +51,13 @@ from mmseg.registry import DATASETS
 from vpt_seg.datasets.image_folder import IMG_EXTENSIONS
 from vpt_seg.multitask import MultiTaskViT, build_shared_backbone, load_task_model
 from vpt_seg.runner import resolve_config
+from vpt_seg.serving import (OutputDir, check_task_name, input_size, label_map, load_image,
+                             output_names, overlay, plan_batches, task_input, verify_batch)
 from vpt_seg.task_file import task_config_text
+
+
+#: --verify: the largest difference (logits) still taken for float rounding.
+VERIFY_ATOL = 1e-3
 
 
 def parse_args():
@@ -52,31 +69,58 @@ def parse_args():
                '--out-dir served\nA progress bar with the ETA runs over the batches.',
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('backbone', help='shared backbone: a config, or a weights file')
-    parser.add_argument('tasks', nargs='+', metavar='NAME=CONFIG:CHECKPOINT',
-                        help='task name, its config and its task checkpoint, or '
-                        'NAME=TASK.safetensors (a task file, config inside)')
+    parser.add_argument('tasks', nargs='+', metavar='NAME=CONFIG:CHECKPOINT', type=parse_task,
+                        help='task name (letters, digits, _ and -), its config and its task '
+                        'checkpoint, or NAME=TASK.safetensors (a task file, config inside)')
     parser.add_argument('--images', required=True, help='folder of images')
     parser.add_argument('--out-dir', required=True, help='where results go')
-    parser.add_argument('--size', type=int, nargs=2, metavar=('H', 'W'),
-                        help='input size of the shared pass (default: backbone img_size)')
-    parser.add_argument('--batch-size', type=int, default=8, help='(image, task) pairs per pass')
+    parser.add_argument('--size', type=positive_int, nargs=2, metavar=('H', 'W'),
+                        help="input size of every task (default: each task's own img_size)")
+    parser.add_argument('--batch-size', type=positive_int, default=8,
+                        help='(image, task) pairs per pass')
     parser.add_argument('--device', default='cpu')
     parser.add_argument('--verify', action='store_true',
                         help='also run each task alone and report the largest difference')
-    return parser.parse_args()
+    args = parser.parse_args()
+    names = [n for n, _, _ in args.tasks]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        parser.error(f'task names must be unique: {", ".join(dup)} given more than once')
+    return args
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'{text!r} is not an integer') from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f'{value} must be >= 1')
+    return value
 
 
 def parse_task(spec: str):
     """``(name, config or None, checkpoint)`` of ``NAME=CONFIG.py:CKPT`` or
     ``NAME=TASK.safetensors``."""
     name, sep, rest = spec.partition('=')
-    if sep and name and rest.endswith('.safetensors') and '.py:' not in rest:
+    if not sep:
+        raise argparse.ArgumentTypeError(f'task {spec!r}: expected NAME=CONFIG.py:CHECKPOINT '
+                                         'or NAME=TASK.safetensors')
+    try:
+        check_task_name(name)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f'{spec!r}: {err}') from None
+    if sep and rest.endswith('.safetensors') and '.py:' not in rest:
         return name, None, rest
     cfg, sep2, ckpt = rest.partition('.py:')
-    if not (sep and sep2 and name and ckpt):
-        raise ValueError(f'task {spec!r}: expected NAME=CONFIG.py:CHECKPOINT or '
-                         'NAME=TASK.safetensors')
-    return name, resolve_config(cfg + '.py'), ckpt
+    if not (sep2 and ckpt):
+        raise argparse.ArgumentTypeError(f'task {spec!r}: expected NAME=CONFIG.py:CHECKPOINT '
+                                         'or NAME=TASK.safetensors')
+    try:
+        return name, resolve_config(cfg + '.py'), ckpt
+    except FileNotFoundError as err:
+        raise argparse.ArgumentTypeError(f'task {name!r}: {err}') from None
 
 
 def task_config(cfg_path, ckpt) -> Config:
@@ -147,12 +191,15 @@ def class_prediction(model, logits: torch.Tensor, names, top: int = 5) -> dict:
 
 def main():
     args = parse_args()
-    specs = [parse_task(t) for t in args.tasks]
-    if len({n for n, _, _ in specs}) != len(specs):
-        raise ValueError('task names must be unique')
+    specs = args.tasks
     files = sorted(f for f in os.listdir(args.images) if f.lower().endswith(IMG_EXTENSIONS))
     if not files:
         raise FileNotFoundError(f'no images in {args.images}')
+    out = OutputDir(args.out_dir)   # refuse collisions and links before any work
+    out_names = output_names(files)
+    out.check(None, ['predictions.json', 'predictions.csv'])
+    for name, _, _ in specs:
+        out.check(name, [n for pair in out_names.values() for n in pair])
 
     if args.backbone.endswith('.py'):
         bcfg = Config.fromfile(resolve_config(args.backbone))
@@ -172,70 +219,64 @@ def main():
             model.decode_head.out_channels
         metas[name] = task_meta(model, cfg, num_classes)
     mt.to(args.device).eval()
-    size = tuple(args.size or shared.img_size)
+    sizes = {name: input_size(mt.tasks[name], args.size) for name in mt.tasks}
+    seg = sorted(n for n in mt.kinds if mt.kinds[n] == 'seg')
 
-    pairs = [(f, t) for f in files for t, _, _ in specs]
-    originals, rows, worst = {}, [], 0.0
-    os.makedirs(args.out_dir, exist_ok=True)
-    bar = ProgressBar(len(pairs))  # (image, task) pairs done, rate and ETA
-    for start in range(0, len(pairs), args.batch_size):
-        batch = pairs[start:start + args.batch_size]
-        images = []
-        for f, _ in batch:
-            if f not in originals:
-                img = cv2.imread(osp.join(args.images, f), cv2.IMREAD_COLOR)  # BGR, as LoadImageFromFile
-                if img is None:
-                    raise ValueError(f'cannot read {f}')
-                originals[f] = img
-            resized = cv2.resize(originals[f], (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
-            images.append(torch.from_numpy(resized.transpose(2, 0, 1).copy()).to(args.device))
+    rows, worst = [], {}
+    plan = plan_batches(files, sizes, args.batch_size)
+    bar = ProgressBar(sum(len(b) for _, b in plan))  # (image, task) pairs done, rate and ETA
+    for size, batch in plan:
+        originals = {f: load_image(osp.join(args.images, f)) for f, _ in batch}
         tasks = [t for _, t in batch]
+        images = [task_input(originals[f], size, args.device) for f, _ in batch]
         with torch.no_grad():
-            inputs = mt.preprocess(images, tasks)
-            outputs = mt(inputs, tasks)
-            if args.verify:
-                alone = mt.run_alone(inputs, tasks)
-                worst = max([worst] + [(a - b).abs().max().item() for a, b in zip(outputs, alone)])
-        for (f, task), out in zip(batch, outputs):
+            outputs = mt(mt.preprocess(images, tasks), tasks)
+        if args.verify:
+            for task, diff in verify_batch(mt, originals, batch, outputs, args.size,
+                                           args.device).items():
+                worst[task] = max(worst.get(task, 0.0), diff)
+        for (f, task), logits in zip(batch, outputs):
             names, palette = metas[task]
-            stem = osp.splitext(f)[0]
             if mt.kinds[task] == 'cls':
                 rows.append(dict(image=f, task=task,
-                                 **class_prediction(mt.tasks[task], out, names)))
+                                 **class_prediction(mt.tasks[task], logits, names)))
                 continue
             img = originals[f]
-            logits = F.interpolate(out[None].float(), size=img.shape[:2], mode='bilinear',
-                                   align_corners=False)[0]
-            label = logits.argmax(0).cpu().numpy()
-            os.makedirs(osp.join(args.out_dir, task), exist_ok=True)
+            label = label_map(mt.tasks[task], logits, img.shape[:2])
             dtype = np.uint8 if len(names) <= 256 else np.uint16
-            cv2.imwrite(osp.join(args.out_dir, task, f'{stem}.png'), label.astype(dtype))
-            colour = palette[label][..., ::-1]                          # RGB palette -> BGR
-            overlay = (0.5 * img + 0.5 * colour).astype(np.uint8)
-            cv2.imwrite(osp.join(args.out_dir, task, f'{stem}_overlay.png'), overlay)
+            label_name, overlay_name = out_names[f]
+            out.write_png(task, label_name, label.astype(dtype))
+            out.write_png(task, overlay_name, overlay(img, label, palette))
         for _ in batch:
             bar.update()
     print()
 
-    with open(osp.join(args.out_dir, 'predictions.json'), 'w') as fp:
-        json.dump(rows, fp, indent=1)
-    with open(osp.join(args.out_dir, 'predictions.csv'), 'w', newline='') as fp:
-        writer = csv.writer(fp)
-        writer.writerow(['image', 'task', 'label', 'name', 'score'])
-        for r in rows:  # multi-label: the classes present, ';'-separated
-            if r['multi_label']:
-                writer.writerow([r['image'], r['task'], ';'.join(map(str, r['labels'])),
-                                 ';'.join(r['names']),
-                                 ';'.join(f'{v:.4f}' for v in r['scores'])])
-            else:
-                writer.writerow([r['image'], r['task'], r['label'], r['name'],
-                                 f"{r['score']:.4f}"])
-    seg = [n for n in mt.kinds if mt.kinds[n] == 'seg']
+    order = {f: i for i, f in enumerate(files)}
+    rows.sort(key=lambda r: (order[r['image']], r['task']))
+    out.write(None, 'predictions.json', json.dumps(rows, indent=1).encode())
+    table = io.StringIO(newline='')
+    writer = csv.writer(table)
+    writer.writerow(['image', 'task', 'label', 'name', 'score'])
+    for r in rows:  # multi-label: the classes present, ';'-separated
+        if r['multi_label']:
+            writer.writerow([r['image'], r['task'], ';'.join(map(str, r['labels'])),
+                             ';'.join(r['names']),
+                             ';'.join(f'{v:.4f}' for v in r['scores'])])
+        else:
+            writer.writerow([r['image'], r['task'], r['label'], r['name'],
+                             f"{r['score']:.4f}"])
+    out.write(None, 'predictions.csv', table.getvalue().encode())
     print(f'{len(files)} images x {len(specs)} tasks served on one backbone; '
           f'segmentation maps in {", ".join(osp.join(args.out_dir, s) for s in seg) or "-"}; '
           f'class predictions in {osp.join(args.out_dir, "predictions.json")}')
     if args.verify:
-        print(f'largest difference to running each task alone: {worst:.3g}')
+        for task in sorted(worst):
+            print(f'{task}: largest difference to its own model alone at '
+                  f'{sizes[task][0]}x{sizes[task][1]}: {worst[task]:.3g}')
+        bad = sorted(t for t in worst if not worst[t] <= VERIFY_ATOL)
+        if bad:
+            raise SystemExit(f'--verify: {", ".join(bad)} differ from their own models '
+                             f'alone by more than {VERIFY_ATOL:g}')
 
 
 if __name__ == '__main__':

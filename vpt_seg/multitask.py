@@ -5,12 +5,14 @@ bias tuning the backbone's biases. :class:`MultiTaskViT` holds the frozen weight
 and any number of task models, and runs a batch whose images belong to *different*
 tasks in one pass through the shared weights:
 
-* **Prompts of other lengths / depths.** Every sample gets ``P = max P_t`` prompt slots
-  after the prefix ([CLS]). A task with ``P_t < P`` prompts, or a layer before its first
-  prompted layer (VPT-shallow carries its prompts on from layer 0, ``prompt_layers`` may
-  start later), has its unused slots masked out as attention *keys*, so no real token
-  sees them; they are dropped with the other prompt tokens at the outputs. Per token the
-  computation is therefore the task's own (LayerNorm and the MLP act token-wise).
+* **Prompts of other lengths / depths.** The batch runs through the same layer loop as
+  training, :func:`vpt_seg.prompt.run_prompted_layers`, with one group of samples per
+  task: every sample gets ``P = max P_t`` prompt slots after the prefix, and a task with
+  fewer prompts (or none yet at a layer) has its unused slots masked out as attention
+  *keys*, so no real token sees them; they are dropped with the other prompt tokens at
+  the outputs. Per token the computation is therefore the task's own (LayerNorm and the
+  MLP act token-wise). The backbone's own public steps (``embed_patches``,
+  ``add_prefix``, ``norm_pre``, ``run_block``, ``norm_out``, ``to_map``) do the rest.
 * **Bias-tuned tasks.** Each layer runs through the same functional blocks as training
   (:mod:`vpt_seg.models.vit_ops`) with a per-sample :class:`~vpt_seg.models.vit_ops.Biases`
   lookup: every bias is gathered from the sample's task (the shared bias for tasks that
@@ -46,7 +48,7 @@ from .checkpoint import check_task_state_dict, load_vit_checkpoint
 from .models import vit_ops
 from .models.classifier import VPTClassifier
 from .models.prompted_vit import PromptedVisionTransformer
-from .prompt import remove_prompts, replace_prompts
+from .prompt import PromptGroup, run_prompted_layers
 from .task_file import load_checkpoint_file, task_config_text
 from .tuning import bias_parameters
 
@@ -228,58 +230,25 @@ class MultiTaskViT(nn.Module):
         task_index = torch.empty(len(tasks), dtype=torch.long)
         for k, idx in enumerate(groups.values()):
             task_index[idx] = k
-        task_index = task_index.to(inputs.device)
-        biases = vit_ops.Biases(vit, vits, task_index)
-        vits[0]._check_input(inputs)
-        B = inputs.shape[0]
+        biases = vit_ops.Biases(vit, vits, task_index.to(inputs.device))
+        vits[0].check_input(inputs)
 
-        x, hw_shape = vit_ops.patch_embed(vit.patch_embed, inputs, biases)  # (B, HW, C)
-        x = torch.cat((vit.cls_token.expand(B, -1, -1), x), dim=1)      # (B, 1 + HW, C)
-        pos = torch.empty_like(x)
+        patches, hw_shape = vit.embed_patches(inputs, biases)           # (B, HW, C)
+        B, HW, C = patches.shape
+        x = patches.new_empty(B, vit.num_prefix_tokens + HW, C)         # (B, K + HW, C)
         for v, idx in zip(vits, groups.values()):  # each task's own img_size
-            pos[idx] = v._pos_embeding(x[idx], hw_shape, v.pos_embed)
-        x = pos
-        K = 1 if vit.with_cls_token else 0
-        if not vit.with_cls_token:
-            x = x[:, 1:]
-        if vit.pre_norm:
-            x = vit_ops.layer_norm(x, vit.pre_ln, biases)
-
-        outs = OrderedDict((n, []) for n in names)
-        for n, v, idx in zip(names, vits, groups.values()):
-            if v.out_origin:
-                outs[n].append(v._to_map(x[idx], hw_shape))
-
-        lengths = [v.prompt.num_tokens if v.prompt.layers else 0 for v in vits]
-        P = max(lengths)
-        C = x.shape[-1]
-        x = torch.cat((x[:, :K], x.new_zeros(B, P, C), x[:, K:]), dim=1)  # (B, K + P + HW, C)
-        slot = torch.arange(P, device=x.device)
-        last = len(vit.layers) - 1
-        for i, layer in enumerate(vit.layers):
-            fresh = [(v, idx) for v, idx in zip(vits, groups.values()) if i in v.prompt.layers]
-            if fresh:
-                slots = x[:, K:K + P].clone()                           # (B, P, C)
-                for v, idx in fresh:
-                    slots[idx, :v.prompt.num_tokens] = v.prompt.tokens(i, len(idx)).to(x.dtype)
-                x = replace_prompts(x, slots, K)
-            active = torch.tensor([n_t if v.prompt.carries_prompts(i) else 0
-                                   for n_t, v in zip(lengths, vits)], device=x.device)
-            mask = None
-            if P and bool((active[task_index] < P).any()):
-                keep = torch.ones(B, x.shape[1], dtype=torch.bool, device=x.device)
-                keep[:, K:K + P] = slot[None] < active[task_index][:, None]
-                mask = keep[:, None, None, :]                           # (B, 1, 1, N) keys
-            x = vit_ops.block(layer, x, mask, biases)
-            normed = None
-            if i == last and any(v.final_norm for v in vits):
-                normed = vit_ops.layer_norm(x, vit.norm1, biases)
-            for n, v, idx in zip(names, vits, groups.values()):
-                if i in v.out_indices:
-                    src = normed if (i == last and v.final_norm) else x
-                    tokens = remove_prompts(src[idx], P, K)             # (B_t, K + HW, C)
-                    outs[n].append(v._to_map(tokens, hw_shape))
-        return OrderedDict((n, (groups[n], tuple(outs[n]))) for n in names)
+            x[idx] = v.add_prefix(patches[idx], hw_shape)
+        x = vit.norm_pre(x, biases)
+        feats = run_prompted_layers(
+            x, [PromptGroup(v.prompt, idx, v.out_indices, v.final_norm)
+                for v, idx in zip(vits, groups.values())],
+            lambda i, x, mask: vit.run_block(i, x, mask, biases), len(vit.layers),
+            vit.num_prefix_tokens, lambda x: vit.norm_out(x, biases))
+        outs = OrderedDict()
+        for n, v, idx, f in zip(names, vits, groups.values(), feats):
+            origin = [v.to_map(x[idx], hw_shape)] if v.out_origin else []
+            outs[n] = (idx, tuple(origin + [v.to_map(f[i], hw_shape) for i in sorted(f)]))
+        return outs
 
     def forward(self, inputs: torch.Tensor, tasks: Sequence[str]) -> List[torch.Tensor]:
         """Run a mixed-task batch.

@@ -11,14 +11,21 @@ layer and *replaces* them with that layer's fresh tokens at every later prompted
 Prompts get no position embedding. :meth:`VisualPrompt.strip` removes them before the
 tokens are reshaped to feature maps. The module knows nothing of MMSeg or of any ViT
 implementation: it sees ``(B, N, C)`` tensors and layer indices.
+
+:func:`run_prompted_layers` is the layer loop every prompted backbone runs, written once:
+prompt insertion, the key mask for tasks whose prompts are shorter (or not yet inserted)
+in a batch that mixes tasks, the final norm and prompt stripping. Training, testing and
+multi-task serving call it with one group of samples or several; the blocks themselves
+come from the backbone as a callable.
 """
 import math
-from typing import Optional, Sequence
+from typing import Callable, Dict, List, NamedTuple, Optional, Sequence
 
 import torch
 from torch import nn
 
-__all__ = ['VisualPrompt', 'insert_prompts', 'replace_prompts', 'remove_prompts', 'xavier_bound']
+__all__ = ['VisualPrompt', 'PromptGroup', 'run_prompted_layers', 'insert_prompts',
+           'replace_prompts', 'remove_prompts', 'xavier_bound']
 
 PROMPT_INITS = ('xavier_uniform', 'normal', 'zeros')
 
@@ -156,3 +163,87 @@ class VisualPrompt(nn.Module):
     def extra_repr(self) -> str:
         return (f'num_tokens={self.num_tokens}, embed_dims={self.embed_dims}, '
                 f'layers={list(self.layers)}, init={self.init}')
+
+
+class PromptGroup(NamedTuple):
+    """Samples of a batch that share one task's prompts and outputs.
+
+    Attributes:
+        prompt: The task's :class:`VisualPrompt`.
+        index: ``(B_t,)`` indices of its samples in the batch; None: the whole batch.
+        out_indices: Layers whose outputs the task reads.
+        final_norm: Whether the task reads the last layer's output through the final norm.
+    """
+    prompt: VisualPrompt
+    index: Optional[torch.Tensor] = None
+    out_indices: Sequence[int] = ()
+    final_norm: bool = False
+
+
+def run_prompted_layers(x: torch.Tensor,
+                        groups: Sequence[PromptGroup],
+                        block: Callable[[int, torch.Tensor, Optional[torch.Tensor]], torch.Tensor],
+                        num_layers: int,
+                        num_prefix: int,
+                        norm: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
+                        ) -> List[Dict[int, torch.Tensor]]:
+    """Run ``num_layers`` blocks over prompted tokens: the one prompted layer loop.
+
+    Every sample gets ``P = max P_t`` prompt slots right after the ``num_prefix`` prefix
+    tokens ([CLS], registers), inserted at the first layer where any group gets prompts
+    and refilled at each layer with fresh prompts of the groups prompted there. A sample
+    whose task has fewer prompts (or none yet: VPT-shallow carries its prompts on, a
+    ``prompt_layers`` list may start later) has its unused slots masked out as attention
+    *keys*, so no real token sees them. With one group (a single model) no slot is ever
+    masked and the loop computes exactly VPT's recurrences.
+
+    Args:
+        x: ``(B, K + N, C)`` tokens entering the first block (prefix first).
+        groups: One :class:`PromptGroup` per task in the batch.
+        block: ``block(i, x, mask)`` runs layer ``i`` on ``(B, K + P + N, C)``;
+            ``mask`` is a boolean ``(B, 1, 1, K + P + N)`` key mask (True: attend) or None.
+        num_layers: Blocks to run.
+        num_prefix: ``K``.
+        norm: The final norm, for groups with ``final_norm``.
+
+    Returns:
+        Per group, ``{layer: (B_t, K + N, C)}`` for its ``out_indices``, prompts removed.
+    """
+    B, _, C = x.shape
+    K = num_prefix
+    single = len(groups) == 1 and groups[0].index is None
+    lengths = [g.prompt.num_tokens if g.prompt.layers else 0 for g in groups]
+    P = max(lengths, default=0)
+    inserted = False
+    outs: List[Dict[int, torch.Tensor]] = [{} for _ in groups]
+    last = num_layers - 1
+    for i in range(num_layers):
+        fresh = [g for g in groups if i in g.prompt.layers]
+        if fresh:
+            if single:  # one task: its own prompts are the slots
+                slots = groups[0].prompt.tokens(i, B).to(x.dtype)             # (B, P, C)
+            else:
+                slots = x[:, K:K + P].clone() if inserted else x.new_zeros(B, P, C)
+                for g in fresh:
+                    slots[g.index, :g.prompt.num_tokens] = g.prompt.tokens(
+                        i, len(g.index)).to(x.dtype)
+            x = replace_prompts(x, slots, K) if inserted else insert_prompts(x, slots, K)
+            inserted = True                                             # (B, K + P + N, C)
+        mask = None
+        if inserted and not single:
+            active = x.new_zeros(B, dtype=torch.long)
+            for g, n in zip(groups, lengths):
+                active[g.index] = n if g.prompt.carries_prompts(i) else 0
+            if bool((active < P).any()):
+                keep = torch.ones(B, x.shape[1], dtype=torch.bool, device=x.device)
+                keep[:, K:K + P] = torch.arange(P, device=x.device)[None] < active[:, None]
+                mask = keep[:, None, None, :]                           # (B, 1, 1, N) keys
+        x = block(i, x, mask)
+        normed = norm(x) if i == last and norm is not None and any(
+            g.final_norm for g in groups) else None
+        for g, out in zip(groups, outs):
+            if i in g.out_indices:
+                src = normed if (normed is not None and g.final_norm) else x
+                src = src if g.index is None else src[g.index]
+                out[i] = remove_prompts(src, P if inserted else 0, K)   # (B_t, K + N, C)
+    return outs

@@ -17,9 +17,12 @@ def _aux_head(in_index):  # MMSeg's SETR-PUP auxiliary head, ADE20k
                 loss_decode=dict(type='CrossEntropyLoss', use_sigmoid=False, loss_weight=0.4))
 
 
-model = dict(backbone={{_base_.vpt_backbone}},
+# BoundedEncoderDecoder: MMSeg's EncoderDecoder whose label maps of large images are
+# resized and argmaxed in bands of rows, in bounded memory (vpt_seg/models/segmentor.py).
+model = dict(type='BoundedEncoderDecoder', backbone={{_base_.vpt_backbone}},
              decode_head=dict(type='LeanSETRUPHead'),
              auxiliary_head=[_aux_head(0), _aux_head(1), _aux_head(2)])
+tta_model = dict(type='BoundedSegTTAModel')
 optim_wrapper = {{_base_.vpt_optim_wrapper}}
 default_hooks = {{_base_.vpt_default_hooks}}
 train_dataloader = dict(dataset=dict(pipeline={{_base_.vpt_train_pipeline}}))

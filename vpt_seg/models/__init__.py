@@ -7,3 +7,6 @@ from .cls_head import LinearClsHead, MLPClsHead  # noqa: E402
 from .classifier import VPTClassifier  # noqa: E402
 
 __all__ += ['LinearClsHead', 'MLPClsHead', 'VPTClassifier']
+from .segmentor import BoundedEncoderDecoder, BoundedSegTTAModel  # noqa: E402
+
+__all__ += ['BoundedEncoderDecoder', 'BoundedSegTTAModel']

@@ -12,7 +12,7 @@ from torch.utils.checkpoint import checkpoint
 
 from . import vit_ops
 from ..checkpoint import fit_state_dict, load_vit_checkpoint, to_mmseg_state_dict
-from ..prompt import VisualPrompt
+from ..prompt import PromptGroup, VisualPrompt, run_prompted_layers
 from ..tuning import freeze as freeze_module
 from ..tuning import frozen_state_keys
 
@@ -146,7 +146,15 @@ class PromptedVisionTransformer(VisionTransformer):
         self.register_load_state_dict_pre_hook(PromptedVisionTransformer._check_and_complete)
 
     # ------------------------------------------------------------------ forward
-    def _check_input(self, inputs: torch.Tensor):
+    # The steps of the forward, public so that multi-task serving runs the same ones
+    # (vpt_seg.multitask): patches, prefix and position, pre-norm, blocks, final norm, maps.
+    @property
+    def num_prefix_tokens(self) -> int:
+        """Tokens before the patches ([CLS] or none); prompts go right after them."""
+        return 1 if self.with_cls_token else 0
+
+    def check_input(self, inputs: torch.Tensor):
+        """Raise ``ValueError`` for inputs this backbone cannot embed."""
         if inputs.dim() != 4 or inputs.shape[1] != self.in_channels:
             raise ValueError(f'{type(self).__name__} expects (B, {self.in_channels}, H, W) '
                              f'images, got a tensor of shape {tuple(inputs.shape)}')
@@ -158,45 +166,58 @@ class PromptedVisionTransformer(VisionTransformer):
                 "and patch_pad=None; resize or crop the input, or set patch_pad='corner' "
                 'to pad it as MMSeg does.')
 
-    def _to_map(self, x: torch.Tensor, hw_shape) -> torch.Tensor:
+    def embed_patches(self, inputs: torch.Tensor, biases: vit_ops.Biases = vit_ops.SHARED_BIASES):
+        """``(B, 3, H, W) -> (B, HW, C)`` patch tokens and the grid ``(H / p, W / p)``."""
+        if self.fast_path or biases is not vit_ops.SHARED_BIASES:
+            return vit_ops.patch_embed(self.patch_embed, inputs, biases)
+        return self.patch_embed(inputs)
+
+    def add_prefix(self, x: torch.Tensor, hw_shape) -> torch.Tensor:
+        """``(B, HW, C) -> (B, K + HW, C)``: [CLS] and this backbone's position embedding
+        (resampled to the grid when it differs from ``img_size``'s)."""
+        x = torch.cat((self.cls_token.expand(x.shape[0], -1, -1), x), dim=1)
+        x = self._pos_embeding(x, hw_shape, self.pos_embed)
+        return x if self.with_cls_token else x[:, 1:]
+
+    def norm_pre(self, x: torch.Tensor, biases: vit_ops.Biases = vit_ops.SHARED_BIASES):
+        """The pre-norm (CLIP-style ViTs), or ``x`` unchanged."""
+        if not self.pre_norm:
+            return x
+        return vit_ops.layer_norm(x, self.pre_ln, biases) if self.fast_path or \
+            biases is not vit_ops.SHARED_BIASES else self.pre_ln(x)
+
+    def norm_out(self, x: torch.Tensor, biases: vit_ops.Biases = vit_ops.SHARED_BIASES):
+        """The final norm (``final_norm=True``)."""
+        return vit_ops.layer_norm(x, self.norm1, biases) if self.fast_path or \
+            biases is not vit_ops.SHARED_BIASES else self.norm1(x)
+
+    def run_block(self, i: int, x: torch.Tensor, mask: Optional[torch.Tensor] = None,
+                  biases: vit_ops.Biases = vit_ops.SHARED_BIASES) -> torch.Tensor:
+        """Transformer block ``i``, ``(B, N, C) -> (B, N, C)``; ``mask``: a boolean
+        ``(B, 1, 1, N)`` key mask, ``biases``: a per-sample bias lookup (serving)."""
+        layer = self.layers[i]
+        if not self.fast_path and mask is None and biases is vit_ops.SHARED_BIASES:
+            return layer(x)  # MMSeg's layer (it honours with_cp itself)
+        if layer.with_cp and x.requires_grad and torch.is_grad_enabled():
+            return checkpoint(vit_ops.block, layer, x, mask, biases, use_reentrant=False)
+        return vit_ops.block(layer, x, mask, biases)
+
+    def to_map(self, x: torch.Tensor, hw_shape):
         """``(B, K + HW, C) -> (B, C, H, W)`` (plus the [CLS] vector if asked for)."""
-        patches = x[:, 1:] if self.with_cls_token else x
+        patches = x[:, self.num_prefix_tokens:]
         B, _, C = patches.shape
         out = patches.reshape(B, hw_shape[0], hw_shape[1], C).permute(0, 3, 1, 2).contiguous()
         return [out, x[:, 0]] if self.output_cls_token else out
 
-    def _block(self, layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        """One transformer block, ``(B, N, C) -> (B, N, C)``."""
-        if not self.fast_path:
-            return layer(x)  # MMSeg's layer (it honours with_cp itself)
-        if layer.with_cp and x.requires_grad and torch.is_grad_enabled():
-            return checkpoint(vit_ops.block, layer, x, use_reentrant=False)
-        return vit_ops.block(layer, x)
-
     def forward(self, inputs: torch.Tensor):
-        self._check_input(inputs)
-        B = inputs.shape[0]
-        if self.fast_path:
-            x, hw_shape = vit_ops.patch_embed(self.patch_embed, inputs)  # (B, HW, C)
-        else:
-            x, hw_shape = self.patch_embed(inputs)
-        x = torch.cat((self.cls_token.expand(B, -1, -1), x), dim=1)      # (B, 1 + HW, C)
-        x = self._pos_embeding(x, hw_shape, self.pos_embed)
-        if not self.with_cls_token:
-            x = x[:, 1:]                                                 # (B, HW, C)
-        if self.pre_norm:
-            x = self.pre_ln(x)
-
-        outs = [self._to_map(x, hw_shape)] if self.out_origin else []
-        last = len(self.layers) - 1
-        for i, layer in enumerate(self.layers):
-            x = self.prompt(x, i)                                        # (B, K + P + HW, C)
-            x = self._block(layer, x)
-            if i == last and self.final_norm:
-                x = self.norm1(x)
-            if i in self.out_indices:
-                outs.append(self._to_map(self.prompt.strip(x, i), hw_shape))
-        return tuple(outs)
+        self.check_input(inputs)
+        x, hw_shape = self.embed_patches(inputs)                         # (B, HW, C)
+        x = self.norm_pre(self.add_prefix(x, hw_shape))                  # (B, K + HW, C)
+        outs = [self.to_map(x, hw_shape)] if self.out_origin else []
+        group = PromptGroup(self.prompt, None, self.out_indices, self.final_norm)
+        feats, = run_prompted_layers(x, [group], self.run_block, len(self.layers),
+                                     self.num_prefix_tokens, self.norm_out)
+        return tuple(outs + [self.to_map(feats[i], hw_shape) for i in sorted(feats)])
 
     def train(self, mode: bool = True):
         """Frozen parts stay in eval mode (no dropout, no drop-path): only the prompts'
