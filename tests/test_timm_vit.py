@@ -191,17 +191,44 @@ def test_prompts_follow_the_paper(files, name, patch, deep, device):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
-def test_prompts_change_the_maps_and_keep_rope_off_them(files):
-    """Prompts are not rotated: the same prompts at another RoPE offset would differ."""
+def test_rope_skips_prefix_and_prompt_slots(files):
+    """RoPE rotates the patches only: each EVA block skips [CLS] and the prompt slots it
+    sees (none before a later first prompted layer)."""
     name, patch = 'eva02_base_patch14_224', 14
     path, _ = files[name]
-    m = build(name, patch, path, num_prompts=3)
-    assert [b.attn.num_prefix_tokens for b in m.vit.blocks] == [1 + 3] * 3
-    shallow = build(name, patch, path, num_prompts=3, prompt_layers=[1])
-    assert [b.attn.num_prefix_tokens for b in shallow.vit.blocks] == [1, 4, 4]
     x = image(patch)
     with torch.no_grad():
-        assert not torch.allclose(m(x)[2], build(name, patch, path)(x)[2])
+        m = build(name, patch, path, num_prompts=3)
+        prompted = m(x)[2]
+        assert [b.attn.num_prefix_tokens for b in m.vit.blocks] == [1 + 3] * 3
+        later = build(name, patch, path, num_prompts=3, prompt_layers=[1])
+        later(x)
+        assert [b.attn.num_prefix_tokens for b in later.vit.blocks] == [1, 4, 4]
+        assert not torch.allclose(prompted, build(name, patch, path)(x)[2])
+
+
+@pytest.mark.parametrize('name,patch', [FAMILIES[3], FAMILIES[4], FAMILIES[7]],
+                         ids=[IDS[3], IDS[4], IDS[7]])
+def test_mixed_batch_through_the_one_layer_loop_gives_each_task_its_own(files, name, patch):
+    """run_prompted_layers with two tasks on one frozen timm ViT (3 deep prompts; 1 shallow
+    prompt from layer 1 on): timm's attn_mask hides the unused slots, RoPE skips them."""
+    from functools import partial
+
+    from vpt_seg.prompt import PromptGroup, run_prompted_layers
+    path, _ = files[name]
+    a = build(name, patch, path, num_prompts=3, deep=True)
+    b = build(name, patch, path, num_prompts=1, prompt_layers=[1])
+    x = image(patch, batch=4)
+    ia, ib = torch.tensor([0, 2]), torch.tensor([1, 3])
+    with torch.no_grad():
+        tokens, hw = a.embed_patches(x)
+        tokens = a.norm_pre(a.add_prefix(tokens, hw))
+        groups = [PromptGroup(a.prompt, ia, a.out_indices), PromptGroup(b.prompt, ib, b.out_indices)]
+        block = partial(a.run_block, rope=a.rotary_embedding(hw))
+        feats = run_prompted_layers(tokens, groups, block, 3, a.num_prefix_tokens, a.norm_out)
+        for model, index, out in ((a, ia, feats[0]), (b, ib, feats[1])):
+            for got, alone in zip([model.to_map(out[i], hw) for i in sorted(out)], model(x[index])):
+                torch.testing.assert_close(got, alone, rtol=1e-5, atol=1e-5)
 
 
 # ------------------------------------------------------------------- what is tuned

@@ -4,8 +4,8 @@ timm builds the architecture (``timm.create_model(model_name, pretrained=False,
 num_classes=0, ...)``); the weights come only from a local file in the formats timm
 publishes (``model.safetensors``, ``pytorch_model.bin``, ``.pth``, or the hub's folder
 with one of them and ``config.json``), read safely and converted by the family's own
-``checkpoint_filter_fn``. The layer loop runs timm's own blocks; prompts go in and out
-through :class:`~vpt_seg.prompt.VisualPrompt`:
+``checkpoint_filter_fn``. The layer loop is the one every prompted backbone runs
+(:func:`vpt_seg.prompt.run_prompted_layers`) over timm's own blocks:
 
     x = norm_pre(pos_embed([prefix, patch_embed(image)]))   # (B, K + HW, C), K = prefix tokens
     for i, block in enumerate(blocks):
@@ -14,7 +14,8 @@ through :class:`~vpt_seg.prompt.VisualPrompt`:
         map_i = strip(x, i)[:, K:] as (B, C, H, W)           # at out_indices
 
 Prompts sit right after all prefix tokens ([CLS] and registers), get no position
-embedding and no rotary embedding (EVA blocks that see prompts skip ``K + P`` tokens).
+embedding and no rotary embedding (EVA's attention skips every token before the patches:
+``K``, plus the ``P`` prompt slots where there are prompts).
 
 Read top-down: the supported families, file finding and reading, fitting a state dict,
 then the backbone.
@@ -23,6 +24,7 @@ import json
 import os
 import os.path as osp
 import re
+from functools import partial
 from typing import Dict, Mapping, Optional, Sequence, Tuple, Union
 
 import timm
@@ -34,9 +36,10 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint as activation_checkpoint
 
 from ..checkpoint import read_checkpoint
-from ..prompt import VisualPrompt
+from ..prompt import PromptGroup, VisualPrompt, run_prompted_layers
 from ..tuning import bias_parameters, format_count
 from ..tuning import freeze as freeze_module
+from . import vit_ops
 from .frozen import FrozenBackboneMixin
 
 __all__ = ['FAMILIES', 'TIMM_SIGNATURE_FIELDS', 'PromptedTimmViT', 'find_weights_file',
@@ -359,12 +362,7 @@ class PromptedTimmViT(FrozenBackboneMixin, BaseModule):
             num_tokens=num_prompts, embed_dims=vit.embed_dim, num_layers=depth, deep=deep,
             layers=prompt_layers, dropout=prompt_dropout, num_prefix=self.num_prefix,
             init=prompt_init, patch_size=self.patch_size, in_channels=self.in_channels)
-        # RoPE (EVA) rotates every token after the attention's num_prefix_tokens; where a
-        # block sees prompts they count as prefix, so only the patches are rotated.
-        self._eva = isinstance(vit, _vit_classes()[1])  # Eva's _pos_embed returns the rope
-        for i, block in enumerate(vit.blocks):
-            if self.prompt.carries_prompts(i) and hasattr(block.attn, 'num_prefix_tokens'):
-                block.attn.num_prefix_tokens = self.num_prefix + num_prompts
+        self._eva = isinstance(vit, _vit_classes()[1])
         if freeze:
             freeze_module(vit, tune_bias=tune_bias)
             if tune_bias:
@@ -429,7 +427,17 @@ class PromptedTimmViT(FrozenBackboneMixin, BaseModule):
                                            f'{", ".join(none)}' if none else ''),
                   logger='current')
 
-    def _check_input(self, inputs: torch.Tensor):
+    # -------------------------------------------------------------- forward
+    # The steps of the forward, public and named as PromptedVisionTransformer's, so that
+    # multi-task serving can run the same ones: patches, prefix and position, pre-norm,
+    # blocks (through vpt_seg.prompt.run_prompted_layers), final norm, maps.
+    @property
+    def num_prefix_tokens(self) -> int:
+        """Tokens before the patches ([CLS] and registers); prompts go right after them."""
+        return self.num_prefix
+
+    def check_input(self, inputs: torch.Tensor):
+        """Raise ``ValueError`` for inputs this backbone cannot embed."""
         if inputs.dim() != 4 or inputs.shape[1] != self.in_channels:
             raise ValueError(f'{type(self).__name__} expects (B, {self.in_channels}, H, W) '
                              f'images, got a tensor of shape {tuple(inputs.shape)}')
@@ -444,45 +452,79 @@ class PromptedTimmViT(FrozenBackboneMixin, BaseModule):
             raise ValueError(f'image size {h}x{w} differs from img_size {self.img_size} and '
                              'dynamic_img_size=False; set dynamic_img_size=True')
 
-    # -------------------------------------------------------------- forward
-    def _embed(self, inputs: torch.Tensor):
-        """Patches, prefix tokens and position: ``(B, K + HW, C)``, the grid, the RoPE."""
-        vit = self.vit
-        x = vit.patch_embed(inputs)                 # (B, h, w, C) dynamic, else (B, HW, C)
-        hw = vit.patch_embed.dynamic_feat_size(tuple(inputs.shape[-2:]))
-        if self._eva:
-            x, rope = vit._pos_embed(x)             # rope: (HW, 2 * head_dim) or None
-        else:
-            x, rope = vit._pos_embed(x), None
-            x = vit.patch_drop(x)
-        return vit.norm_pre(x), hw, rope            # (B, K + HW, C)
+    def embed_patches(self, inputs: torch.Tensor):
+        """timm's patch embedding: ``(B, 3, H, W) -> (B, H/p, W/p, C)`` tokens
+        (``(B, HW, C)`` without ``dynamic_img_size``) and the grid ``(H/p, W/p)``."""
+        grid = self.vit.patch_embed.dynamic_feat_size(tuple(inputs.shape[-2:]))
+        return self.vit.patch_embed(inputs), grid
 
-    def _block(self, block: nn.Module, x: torch.Tensor, rope) -> torch.Tensor:
-        kwargs = {} if rope is None else dict(rope=rope)
-        if self.with_cp and torch.is_grad_enabled() and (
-                x.requires_grad or any(p.requires_grad for p in block.parameters())):
-            return activation_checkpoint(block, x, use_reentrant=False, **kwargs)
+    def add_prefix(self, x: torch.Tensor, hw_shape) -> torch.Tensor:
+        """timm's ``_pos_embed``: ``-> (B, K + HW, C)``, [CLS] and registers before the
+        patches, the position embedding (resampled to the grid when it differs)."""
+        x = self.vit._pos_embed(x)
+        return x[0] if self._eva else x  # Eva also returns its rotary table
+
+    def rotary_embedding(self, hw_shape) -> Optional[torch.Tensor]:
+        """EVA's RoPE table for the patches of this grid, ``(HW, 2 * head_dim)``, exactly
+        as timm's ``Eva._pos_embed`` makes it; None for families without RoPE."""
+        rope = getattr(self.vit, 'rope', None)
+        if rope is None:
+            return None
+        if self.vit.dynamic_img_size or not hasattr(rope, 'feat_shape'):
+            return rope.get_embed(shape=tuple(hw_shape))
+        return rope.get_embed()
+
+    def norm_pre(self, x: torch.Tensor) -> torch.Tensor:
+        """The pre-norm (CLIP), or ``x`` unchanged (Identity)."""
+        return self.vit.norm_pre(x)
+
+    def norm_out(self, x: torch.Tensor) -> torch.Tensor:
+        """The final norm (``final_norm=True``): ``norm``, or EVA02's ``fc_norm``."""
+        return getattr(self.vit, self._norm_attr)(x)
+
+    @staticmethod
+    def _call_block(block: nn.Module, x: torch.Tensor, kwargs: dict) -> torch.Tensor:
+        rope = kwargs.get('rope')
+        if rope is not None:
+            # RoPE rotates the last HW tokens only: [CLS], registers and the prompt slots
+            # before them count as prefix (timm's EvaAttention skips num_prefix_tokens).
+            block.attn.num_prefix_tokens = x.shape[1] - rope.shape[-2]
         return block(x, **kwargs)
 
-    def _to_map(self, x: torch.Tensor, hw) -> torch.Tensor:
+    def run_block(self, i: int, x: torch.Tensor, mask: Optional[torch.Tensor] = None,
+                  biases: vit_ops.Biases = vit_ops.SHARED_BIASES,
+                  rope: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """timm's block ``i``, ``(B, N, C) -> (B, N, C)``; ``mask``: a boolean
+        ``(B, 1, 1, N)`` key mask (timm's ``attn_mask``); ``rope``: EVA's table from
+        :meth:`rotary_embedding`. Per-sample biases are not implemented for timm blocks."""
+        if biases is not vit_ops.SHARED_BIASES:
+            raise NotImplementedError(f'{type(self).__name__}: per-sample biases (serving '
+                                      'bias-tuned tasks in one batch) are not implemented')
+        block = self.vit.blocks[i]
+        kwargs = {} if mask is None else dict(attn_mask=mask)
+        if self._eva:
+            kwargs['rope'] = rope
+        if self.with_cp and torch.is_grad_enabled() and (
+                x.requires_grad or any(p.requires_grad for p in block.parameters())):
+            return activation_checkpoint(self._call_block, block, x, kwargs,
+                                         use_reentrant=False)
+        return self._call_block(block, x, kwargs)
+
+    def to_map(self, x: torch.Tensor, hw_shape) -> torch.Tensor:
         """``(B, K + HW, C) -> (B, C, H, W)``."""
         patches = x[:, self.num_prefix:]
         B, _, C = patches.shape
-        return patches.reshape(B, hw[0], hw[1], C).permute(0, 3, 1, 2).contiguous()
+        return patches.reshape(B, hw_shape[0], hw_shape[1], C).permute(0, 3, 1, 2).contiguous()
 
     def forward(self, inputs: torch.Tensor) -> Tuple[torch.Tensor, ...]:
-        self._check_input(inputs)
-        x, hw, rope = self._embed(inputs)
-        outs = []
-        last = len(self.vit.blocks) - 1
-        for i, block in enumerate(self.vit.blocks):
-            x = self.prompt(x, i)                   # (B, K + P + HW, C)
-            x = self._block(block, x, rope)
-            if i == last and self.final_norm:
-                x = getattr(self.vit, self._norm_attr)(x)
-            if i in self.out_indices:
-                outs.append(self._to_map(self.prompt.strip(x, i), hw))
-        return tuple(outs)
+        self.check_input(inputs)
+        x, hw_shape = self.embed_patches(inputs)
+        x = self.norm_pre(self.add_prefix(x, hw_shape))                  # (B, K + HW, C)
+        block = partial(self.run_block, rope=self.rotary_embedding(hw_shape))
+        group = PromptGroup(self.prompt, None, self.out_indices, self.final_norm)
+        feats, = run_prompted_layers(x, [group], block, len(self.vit.blocks),
+                                     self.num_prefix, self.norm_out)
+        return tuple(self.to_map(feats[i], hw_shape) for i in sorted(feats))
 
     def train(self, mode: bool = True):
         """Frozen parts stay in eval mode (no dropout, no drop-path): only the prompts'
