@@ -11,7 +11,16 @@ from mmseg.registry import MODELS
 from vpt_seg.tuning import count_parameters
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
-ADE_CONFIGS = sorted(glob.glob(osp.join(ROOT, 'configs', 'setr_*.py')))
+#: SETR-PUP on frozen timm ViT-Ls (PromptedTimmViT): tuned parameters in millions
+#: (heads 13.14M + prompts 24 x P x 1024 + biases), as tools/count_params.py prints them.
+TIMM_CONFIGS = {
+    'setr_vpt_dinov2_ade20k.py': ('vit_large_patch14_reg4_dinov2.lvd142m', 13.39),
+    'setr_vpt-bias_dinov2_ade20k.py': ('vit_large_patch14_reg4_dinov2.lvd142m', 15.87),
+    'setr_vpt_eva02_ade20k.py': ('eva02_large_patch14_224.mim_m38m', 13.39),
+    'setr_vpt-bias_eva02_ade20k.py': ('eva02_large_patch14_224.mim_m38m', 15.95),
+}
+ADE_CONFIGS = sorted(p for p in glob.glob(osp.join(ROOT, 'configs', 'setr_*.py'))
+                     if osp.basename(p) not in TIMM_CONFIGS)
 
 # Tunable parameters of SETR on ViT-L, Table 3 of Jia et al. (ECCV 2022), in millions.
 TABLE3 = {
@@ -47,7 +56,28 @@ def test_ade20k_config_builds_with_the_paper_setup(path):
                        if n.endswith('weight'))
 
 
-@pytest.mark.parametrize('path', ['demo/setr_vpt_tiny_ade20k.py', 'study/vpt-deep.py',
+@pytest.mark.parametrize('name', sorted(TIMM_CONFIGS))
+def test_timm_ade20k_configs_build_at_full_size(name):
+    """DINOv2-L/14 (registers) and EVA02-L/14 on the SETR-PUP base: 512 crops on a
+    32x32 grid (patch embedding resampled to 16 at load), ViT-L's out_indices."""
+    cfg = Config.fromfile(osp.join(ROOT, 'configs', name))
+    model_name, tuned = TIMM_CONFIGS[name]
+    backbone_cfg = cfg.model.backbone
+    assert backbone_cfg.type == 'PromptedTimmViT' and backbone_cfg.model_name == model_name
+    assert backbone_cfg.checkpoint.startswith('pretrain/') and cfg.crop_size == (512, 512)
+    assert 'patch_bias' not in backbone_cfg and 'init_cfg' not in backbone_cfg
+    model = MODELS.build(cfg.model)
+    vit = model.backbone
+    assert (vit.vit.embed_dim, len(vit.vit.blocks), vit.patch_size) == (1024, 24, 16)
+    assert vit.out_indices == (9, 14, 19, 23) and vit.img_size == (512, 512)
+    assert count_parameters(model, tuned_only=True) / 1e6 == pytest.approx(tuned, abs=0.01)
+    assert not any(p.requires_grad for n, p in vit.named_parameters() if n.endswith('weight'))
+    assert (cfg.model.type, cfg.tta_model.type) == ('BoundedEncoderDecoder',
+                                                    'BoundedSegTTAModel')
+
+
+@pytest.mark.parametrize('path', ['demo/setr_vpt_tiny_ade20k.py',
+                                  'demo/setr_vpt_tiny_dinov2_ade20k.py', 'study/vpt-deep.py',
                                   'study/head.py', 'study/full.py'])
 def test_small_segmentation_configs_use_the_bounded_segmentor(path):
     cfg = Config.fromfile(osp.join(ROOT, 'configs', path))
@@ -65,3 +95,15 @@ def test_count_params_tool_prints_parts_and_task_file_size():
     assert rows['prompts'][:2] == ['0.25M', '0.25M']
     assert rows['heads'][0] == '13.14M' and rows['total'][0] == '13.39M'
     assert 'task file' in out and 'MiB' in out
+
+
+def test_count_params_tool_prints_the_timm_rows():
+    out = subprocess.run(
+        [sys.executable, osp.join(ROOT, 'tools', 'count_params.py'),
+         osp.join(ROOT, 'configs', 'setr_vpt-bias_dinov2_ade20k.py')],
+        capture_output=True, text=True, check=True).stdout
+    rows = {' '.join(line.split()[:-3]): line.split()[-3:] for line in out.splitlines()
+            if line.strip()}
+    assert rows['prompts'][:2] == ['2.46M', '2.46M']
+    assert rows['backbone biases'][:2] == ['0.27M', '0.27M']
+    assert rows['heads'][0] == '13.14M' and rows['total'][0] == '15.87M'

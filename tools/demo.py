@@ -1,11 +1,14 @@
 """The embedded default: SETR + VPT-deep on generated ADE20k-layout data, on CPU, in minutes.
 
-    python tools/demo.py [--iters 200] [--work-dir work_dirs/demo]
+    python tools/demo.py [--iters 200] [--work-dir work_dirs/demo] [--backbone dinov2]
 
 1. writes a small dataset in the real ADE20k layout to data/ade_tiny (150 classes, 0 = ignore);
 2. writes a tiny randomly initialised ViT to pretrain/tiny_vit.pth, standing in for the
    pretrained backbone (no weights can be downloaded here; tools/study.py pretrains one);
-3. prompt-tunes configs/demo/setr_vpt_tiny_ade20k.py with tools/train.py;
+   with ``--backbone dinov2``, a tiny timm DINOv2-with-registers as a hub folder
+   (pretrain/tiny_dinov2_reg4/model.safetensors + config.json);
+3. prompt-tunes configs/demo/setr_vpt_tiny_ade20k.py (setr_vpt_tiny_dinov2_ade20k.py)
+   with tools/train.py;
 4. evaluates the task checkpoint with tools/test.py, which prints the mIoU table.
 """
 import argparse
@@ -23,7 +26,25 @@ from mmseg.registry import MODELS
 from vpt_seg.datasets.synthetic import make_ade20k
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
-CONFIG = osp.join(ROOT, 'configs', 'demo', 'setr_vpt_tiny_ade20k.py')
+CONFIGS = dict(vit=osp.join(ROOT, 'configs', 'demo', 'setr_vpt_tiny_ade20k.py'),
+               dinov2=osp.join(ROOT, 'configs', 'demo', 'setr_vpt_tiny_dinov2_ade20k.py'))
+
+
+def write_backbone(cfg) -> str:
+    """A randomly initialised stand-in for the config's pretrained backbone file."""
+    backbone = cfg.model.backbone
+    torch.manual_seed(0)
+    if backbone.type == 'PromptedTimmViT':  # timm's own model, saved as the hub does
+        import timm
+        from vpt_seg.models.timm_vit import write_hub_folder
+        vit = timm.create_model(backbone.model_name, pretrained=False, num_classes=0,
+                                **backbone.model_kwargs)
+        return write_hub_folder(vit, backbone.checkpoint, backbone.model_name)
+    vit = MODELS.build(dict(backbone, num_prompts=0, save_frozen=True, init_cfg=None))
+    vit.init_weights()
+    os.makedirs('pretrain', exist_ok=True)
+    torch.save(vit.state_dict(), 'pretrain/tiny_vit.pth')
+    return 'pretrain/tiny_vit.pth'
 
 
 def main():
@@ -36,28 +57,27 @@ def main():
     parser.add_argument('--iters', type=int, default=200, help='training iterations')
     parser.add_argument('--work-dir', default='work_dirs/demo',
                         help='where the task checkpoint and logs go (default: %(default)s)')
+    parser.add_argument('--backbone', choices=sorted(CONFIGS), default='vit',
+                        help="vit: MMSeg's ViT layout; dinov2: a timm DINOv2 with registers "
+                        '(PromptedTimmViT)')
     args = parser.parse_args()
+    config = CONFIGS[args.backbone]
 
     data = make_ade20k('data/ade_tiny', num_train=64, num_val=16, size=(64, 64),
                        task='target', seed=0)
     print(f'[demo] dataset in ADE20k layout: {data}')
-    cfg = Config.fromfile(CONFIG)
+    cfg = Config.fromfile(config)
     init_default_scope('mmseg')
-    torch.manual_seed(0)
-    vit = MODELS.build(dict(cfg.model.backbone, num_prompts=0, save_frozen=True, init_cfg=None))
-    vit.init_weights()
-    os.makedirs('pretrain', exist_ok=True)
-    torch.save(vit.state_dict(), 'pretrain/tiny_vit.pth')
-    print('[demo] stand-in pretrained ViT: pretrain/tiny_vit.pth')
+    print(f'[demo] stand-in pretrained ViT: {write_backbone(cfg)}')
 
     options = [f'train_cfg.max_iters={args.iters}', f'train_cfg.val_interval={args.iters}',
                f'default_hooks.checkpoint.interval={args.iters}',
                f'param_scheduler.0.end={args.iters}']
     tools = osp.join(ROOT, 'tools')
-    subprocess.run([sys.executable, osp.join(tools, 'train.py'), CONFIG, '--work-dir',
+    subprocess.run([sys.executable, osp.join(tools, 'train.py'), config, '--work-dir',
                     args.work_dir, '--cfg-options', *options], check=True)
     ckpt = osp.join(args.work_dir, f'iter_{args.iters}.pth')
-    subprocess.run([sys.executable, osp.join(tools, 'test.py'), CONFIG, ckpt,
+    subprocess.run([sys.executable, osp.join(tools, 'test.py'), config, ckpt,
                     '--work-dir', args.work_dir], check=True)
     print(f'[demo] task checkpoint (tuned weights + optimizer state): {ckpt}, '
           f'{osp.getsize(ckpt) / 2**10:.0f} KiB')

@@ -16,8 +16,9 @@ __all__ = ['BIAS_NAMES', 'bias_parameters', 'freeze', 'is_tuned', 'frozen_state_
            'count_parameters', 'parameter_report', 'format_count']
 
 #: Attribute names under which torch modules keep additive biases
-#: (``nn.MultiheadAttention`` packs q, k, v biases into ``in_proj_bias``).
-BIAS_NAMES = ('bias', 'in_proj_bias')
+#: (``nn.MultiheadAttention`` packs q, k, v biases into ``in_proj_bias``; timm's EVA and
+#: BEiT attention keep ``q_bias`` and ``v_bias``, the key having none).
+BIAS_NAMES = ('bias', 'in_proj_bias', 'q_bias', 'v_bias')
 
 
 def is_tuned(param: nn.Parameter) -> bool:

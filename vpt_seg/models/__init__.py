@@ -1,7 +1,8 @@
 from .prompted_vit import PromptedVisionTransformer
 from .setr_head import LeanSETRUPHead
+from .timm_vit import PromptedTimmViT
 
-__all__ = ['PromptedVisionTransformer', 'LeanSETRUPHead']
+__all__ = ['PromptedVisionTransformer', 'LeanSETRUPHead', 'PromptedTimmViT']
 from .cls_head import LinearClsHead, MLPClsHead  # noqa: E402
 from .classifier import VPTClassifier  # noqa: E402
 

@@ -1,0 +1,567 @@
+"""Any timm ViT by name, frozen, with visual prompts (VPT) and optional bias tuning.
+
+timm builds the architecture (``timm.create_model(model_name, pretrained=False,
+num_classes=0, ...)``); the weights come only from a local file in the formats timm
+publishes (``model.safetensors``, ``pytorch_model.bin``, ``.pth``, or the hub's folder
+with one of them and ``config.json``), read safely and converted by the family's own
+``checkpoint_filter_fn``. The layer loop is the one every prompted backbone runs
+(:func:`vpt_seg.prompt.run_prompted_layers`) over timm's own blocks:
+
+    x = norm_pre(pos_embed([prefix, patch_embed(image)]))   # (B, K + HW, C), K = prefix tokens
+    for i, block in enumerate(blocks):
+        x = prompt(x, i)                                     # (B, K + P + HW, C)
+        x = block(x)                  (EVA: block(x, rope=rope), rope on the HW patches only)
+        map_i = strip(x, i)[:, K:] as (B, C, H, W)           # at out_indices
+
+Prompts sit right after all prefix tokens ([CLS] and registers), get no position
+embedding and no rotary embedding (EVA's attention skips every token before the patches:
+``K``, plus the ``P`` prompt slots where there are prompts).
+
+Read top-down: the supported families, file finding and reading, fitting a state dict,
+then the backbone.
+"""
+import json
+import os
+import os.path as osp
+import re
+from functools import partial
+from typing import Dict, Mapping, Optional, Sequence, Tuple, Union
+
+import timm
+import torch
+from mmengine.logging import print_log
+from mmengine.model import BaseModule
+from mmseg.registry import MODELS
+from torch import nn
+from torch.utils.checkpoint import checkpoint as activation_checkpoint
+
+from ..checkpoint import read_checkpoint
+from ..prompt import PromptGroup, VisualPrompt, run_prompted_layers
+from ..tuning import bias_parameters, format_count
+from ..tuning import freeze as freeze_module
+from . import vit_ops
+from .frozen import FrozenBackboneMixin
+
+__all__ = ['FAMILIES', 'TIMM_SIGNATURE_FIELDS', 'PromptedTimmViT', 'find_weights_file',
+           'read_timm_state_dict', 'fit_timm_state_dict', 'final_norm_attr',
+           'write_hub_folder']
+
+#: The ViT families this backbone is tested on: (family, a timm name, what is special).
+FAMILIES = (
+    ('ViT / AugReg', 'vit_base_patch16_224.augreg_in21k', '[CLS]'),
+    ('DeiT-III', 'deit3_base_patch16_224', 'LayerScale, position embedding without [CLS]'),
+    ('DINOv2', 'vit_base_patch14_dinov2', 'patch 14, LayerScale'),
+    ('DINOv2 + registers', 'vit_base_patch14_reg4_dinov2', '[CLS] + 4 registers'),
+    ('EVA02', 'eva02_base_patch14_224', "timm's Eva: RoPE, SwiGLU, last norm in fc_norm"),
+    ('CLIP', 'vit_base_patch16_clip_224', 'pre-norm (norm_pre)'),
+    ('SigLIP', 'vit_base_patch16_siglip_224', 'no [CLS], attention-pool head (unused)'),
+    ('MAE', 'vit_base_patch16_224.mae', '[CLS]'),
+)
+#: timm modules whose ViT classes (``VisionTransformer``, ``Eva``) the backbone runs.
+_MODULES = ('timm.models.vision_transformer', 'timm.models.deit', 'timm.models.eva')
+
+#: What the ``signature`` buffer records, in order.
+TIMM_SIGNATURE_FIELDS = ('embed_dims', 'num_layers', 'num_heads', 'patch_size', 'in_channels',
+                         'feedforward_channels', 'num_prefix_tokens')
+
+#: Weight files of a hub folder, in the order timm's hub loader prefers them.
+HUB_FILES = ('model.safetensors', 'pytorch_model.bin')
+
+#: create_model arguments the backbone sets itself.
+_RESERVED = ('pretrained', 'num_classes', 'pretrained_cfg_overlay', 'checkpoint_path')
+
+#: Top-level modules of a timm ViT that hold no backbone weights for segmentation
+#: (classifier and pooling heads); the file's keys under them are ignored.
+_HEADS = ('head', 'head_dist', 'attn_pool')
+
+
+def _families_text() -> str:
+    return '; '.join(f'{f} ({n})' for f, n, _ in FAMILIES)
+
+
+def _vit_classes():
+    from timm.models.eva import Eva
+    from timm.models.vision_transformer import VisionTransformer
+    return VisionTransformer, Eva
+
+
+def check_model_name(model_name: str) -> None:
+    """Raise ``ValueError`` unless ``model_name`` is a timm ViT of a supported family."""
+    from timm.models import is_model, model_entrypoint, split_model_name_tag
+    arch, _ = split_model_name_tag(model_name)
+    if not is_model(arch):
+        raise ValueError(f'model_name={model_name!r} is not a timm model (timm.list_models() '
+                         f'lists them); supported ViT families: {_families_text()}')
+    module = model_entrypoint(arch).__module__
+    if module not in _MODULES:
+        raise ValueError(
+            f'model_name={model_name!r} ({module}) is not a plain ViT: PromptedTimmViT '
+            'prompts the token sequence of a ViT with one global attention over all tokens '
+            f'(no windows, stages or conv stem). Supported families: {_families_text()}')
+
+
+def final_norm_attr(vit: nn.Module) -> Optional[str]:
+    """The module that normalizes a timm ViT's last tokens: ``'norm'``, or ``'fc_norm'``
+    where ``norm`` is Identity and the last LayerNorm follows the pooling (timm's EVA02;
+    timm moves the MIM-pretrained final norm there); None if the model has neither."""
+    for attr in ('norm', 'fc_norm'):
+        if not isinstance(getattr(vit, attr, None), (nn.Identity, type(None))):
+            return attr
+    return None
+
+
+# ------------------------------------------------------------------ files
+def find_weights_file(path: str, option: str = 'model.backbone.checkpoint'
+                      ) -> Tuple[str, Optional[dict]]:
+    """The weights file at ``path`` and the hub folder's ``config.json`` (or None).
+
+    ``path`` is a file (``.safetensors``, ``.bin``, ``.pth``, ``.pt``) or a folder in the
+    hub's layout (``model.safetensors`` or ``pytorch_model.bin``, and ``config.json``), as
+    ``huggingface-cli download timm/<name> --local-dir <folder>`` writes it.
+
+    Raises:
+        FileNotFoundError: Nothing at ``path``, or a folder without a weights file; the
+            message names the path and ``option``.
+        ValueError: A URL or hub name (weights are read from local files only).
+    """
+    if '://' in path or path.startswith('hf-hub:') or path.startswith('hf_hub:'):
+        raise ValueError(f'{option}={path!r}: weights are read from local files only; '
+                         'download it first (e.g. huggingface-cli download timm/<name> '
+                         '--local-dir pretrain/<name>) and name the file or folder')
+    path = osp.expanduser(path)
+    if osp.isdir(path):
+        for name in HUB_FILES:
+            if osp.isfile(osp.join(path, name)):
+                config = None
+                if osp.isfile(osp.join(path, 'config.json')):
+                    with open(osp.join(path, 'config.json')) as f:
+                        config = json.load(f)
+                return osp.join(path, name), config
+        raise FileNotFoundError(f'{option}={path!r} is a folder without {" or ".join(HUB_FILES)} '
+                                '(the hub layout timm publishes); name the weights file itself')
+    if not osp.isfile(path):
+        raise FileNotFoundError(
+            f'pretrained backbone weights not found: {path!r} (from {option}). Put the file '
+            f'there, or point the config at it: --cfg-options {option}=/path/to/model.safetensors')
+    return path, None
+
+
+def write_hub_folder(vit: nn.Module, folder: str, model_name: str) -> str:
+    """Save a timm model as the hub publishes it: ``folder/model.safetensors`` and a
+    ``config.json`` naming its architecture (stand-in pretrained weights for demos and
+    tests). Returns the folder."""
+    from safetensors.torch import save_file
+    os.makedirs(folder, exist_ok=True)
+    save_file({k: v.detach().cpu().contiguous() for k, v in vit.state_dict().items()},
+              osp.join(folder, 'model.safetensors'))
+    with open(osp.join(folder, 'config.json'), 'w') as f:
+        json.dump(dict(architecture=model_name.split('.')[0], num_classes=0,
+                       num_features=getattr(vit, 'num_features', None)), f, indent=2)
+    return folder
+
+
+def read_timm_state_dict(path: str) -> Dict[str, torch.Tensor]:
+    """A timm weights file as a flat state dict: read safely (safetensors, or
+    ``torch.load(weights_only=True)``), unwrapped from a training checkpoint
+    (EMA weights first, as timm's loader), ``module.`` prefixes removed."""
+    from timm.models import clean_state_dict
+    obj = read_checkpoint(path)
+    while isinstance(obj, Mapping) and not any(isinstance(v, torch.Tensor) for v in obj.values()):
+        inner = next((obj[k] for k in ('state_dict_ema', 'model_ema', 'state_dict', 'model',
+                                       'module') if isinstance(obj.get(k), Mapping)), None)
+        if inner is None:
+            break
+        obj = inner
+    if not isinstance(obj, Mapping) or not obj:
+        raise ValueError(f'{path!r} holds no weights (expected a mapping of names to tensors)')
+    return clean_state_dict(dict(obj))
+
+
+def _filter_fn(vit: nn.Module):
+    """The family's own conversion (``checkpoint_filter_fn`` of the model's timm module)."""
+    import importlib
+    return importlib.import_module(type(vit).__module__).checkpoint_filter_fn
+
+
+def fit_timm_state_dict(state_dict: Mapping[str, torch.Tensor], vit: nn.Module,
+                        ignored: Sequence[str] = _HEADS, where: str = 'checkpoint'
+                        ) -> Tuple[Dict[str, torch.Tensor], str]:
+    """Convert a file's state dict with the family's ``checkpoint_filter_fn`` (which also
+    resamples the patch embedding and position grid to ``vit``'s, timm's
+    ``resample_patch_embed``/``resample_abs_pos_embed``) and check it against ``vit``.
+
+    Args:
+        state_dict: As read from the file.
+        vit: The timm model to load into.
+        ignored: Top-level module names whose keys are dropped (heads, unused norms).
+        where: The file, for messages.
+
+    Returns:
+        The state dict to load strictly, and a one-line summary.
+
+    Raises:
+        ValueError: The weights belong to another model (missing, unexpected or
+            differently shaped keys, all named) or cannot be converted.
+    """
+    filter_fn = _filter_fn(vit)
+    try:
+        state = filter_fn(dict(state_dict), vit)
+    except Exception as err:  # a foreign layout deep inside timm's conversion
+        raise ValueError(f'{where}: cannot convert these weights for {type(vit).__name__} '
+                         f'with {filter_fn.__module__}.checkpoint_filter_fn: '
+                         f'{type(err).__name__}: {err}') from None
+    dropped = sorted(k for k in state if k.split('.')[0] in ignored)
+    state = {k: v for k, v in state.items() if k not in dropped}
+    target = vit.state_dict()
+    missing = [k for k in target if k not in state]
+    unexpected = [k for k in state if k not in target]
+    shapes = [f'{k}: {tuple(state[k].shape)} in the file, {tuple(target[k].shape)} here'
+              for k in target if k in state and state[k].shape != target[k].shape]
+    if missing or unexpected or shapes:
+        def listing(keys):
+            return ', '.join(keys[:8]) + (f' ... ({len(keys)} in all)' if len(keys) > 8 else '')
+        parts = ([f'shapes differ: {listing(shapes)}'] if shapes else []) + (
+            [f'missing from the file: {listing(missing)}'] if missing else []) + (
+            [f'not in this model: {listing(unexpected)}'] if unexpected else [])
+        raise ValueError(f'{where} holds the weights of another model than this '
+                         f'{type(vit).__name__} (another model_name or size?): '
+                         + '; '.join(parts))
+    resampled = []
+    kernel, grid = 'patch_embed.proj.weight', 'pos_embed'
+    if kernel in state_dict and kernel in state and state_dict[kernel].shape != state[kernel].shape:
+        resampled.append('patch embedding {}x{} -> {}x{}'.format(
+            *state_dict[kernel].shape[-2:], *state[kernel].shape[-2:]))
+    if grid in state_dict and grid in state and state_dict[grid].shape != state[grid].shape:
+        resampled.append(f'position embedding {state_dict[grid].shape[1]} -> '
+                         f'{state[grid].shape[1]} tokens')
+    heads = sorted({k.split('.')[0] for k in dropped})
+    summary = (f'{len(state)} tensors' + (f'; resampled {", ".join(resampled)}' if resampled else '')
+               + (f'; ignored {", ".join(heads)} ({len(dropped)} tensors)' if heads else ''))
+    return state, summary
+
+
+# ---------------------------------------------------------------- backbone
+@MODELS.register_module()
+class PromptedTimmViT(FrozenBackboneMixin, BaseModule):
+    """A frozen timm ViT (any supported family) with visual prompts and bias tuning.
+
+    Args:
+        model_name: timm model name, with or without a pretrained tag
+            (``'vit_large_patch14_reg4_dinov2.lvd142m'``); see :data:`FAMILIES`.
+        checkpoint: Local weights: a ``.safetensors``/``.bin``/``.pth`` file or a hub
+            folder (``model.safetensors`` or ``pytorch_model.bin``, ``config.json``).
+            Loaded by :meth:`init_weights`; None = timm's random init.
+        model_kwargs: More arguments of ``timm.create_model`` (tests build tiny models of a
+            family with ``embed_dim``/``depth``/``num_heads``).
+        img_size: Training crop size: the position embedding is resampled to its grid
+            once, at load. None = the model's own.
+        patch_size: Build the model with another patch size; the file's patch embedding
+            is resampled to it at load (timm's ``resample_patch_embed``, FlexiViT's
+            pseudo-inverse resize). ``patch_size=16`` runs a patch-14 model (DINOv2,
+            EVA02) on 512 crops (a 32 x 32 grid). None = the model's own.
+        dynamic_img_size: timm's switch: inputs of another size than ``img_size`` (a
+            multiple of the patch) get the position grid resampled on the fly.
+        out_indices: Layers whose outputs become ``(B, C, H/p, W/p)`` maps.
+        final_norm: Normalize the last layer's output with the model's last LayerNorm:
+            ``norm``, or ``fc_norm`` token-wise where ``norm`` is Identity (EVA02). Where
+            the model has neither, ``True`` raises. Earlier layers are never normalized.
+        num_prompts, deep, prompt_layers, prompt_dropout, prompt_init: The prompts
+            (:class:`~vpt_seg.prompt.VisualPrompt`).
+        freeze: Freeze every pretrained weight; False = full fine-tuning.
+        tune_bias: With ``freeze``, tune every bias of the model (one log line names
+            the layers without a bias, e.g. EVA's key projection).
+        save_frozen: Put the frozen weights into ``state_dict()`` too.
+        with_cp: Recompute each block in the backward pass (activation checkpointing).
+        init_cfg: MMEngine's; unused (weights come from ``checkpoint``).
+
+    Shapes:
+        ``(B, 3, H, W)`` in (``H``, ``W`` multiples of the patch size); a tuple of
+        ``(B, C, H / p, W / p)`` maps out, one per ``out_indices``.
+    """
+
+    signature_fields = TIMM_SIGNATURE_FIELDS
+    pretrained_option = 'model.backbone.checkpoint'
+
+    def __init__(self,
+                 model_name: str,
+                 checkpoint: Optional[str] = None,
+                 model_kwargs: Optional[dict] = None,
+                 img_size: Union[int, Sequence[int], None] = None,
+                 patch_size: Optional[int] = None,
+                 dynamic_img_size: bool = True,
+                 out_indices: Union[int, Sequence[int]] = -1,
+                 final_norm: bool = False,
+                 num_prompts: int = 0,
+                 deep: bool = True,
+                 prompt_layers: Optional[Sequence[int]] = None,
+                 prompt_dropout: float = 0.0,
+                 prompt_init: str = 'xavier_uniform',
+                 freeze: bool = True,
+                 tune_bias: bool = False,
+                 save_frozen: bool = False,
+                 with_cp: bool = False,
+                 init_cfg: Optional[dict] = None):
+        if isinstance(init_cfg, dict) and init_cfg.get('type') == 'Pretrained':
+            raise ValueError('PromptedTimmViT reads its weights from checkpoint=, not from '
+                             f"init_cfg (got init_cfg={init_cfg}); set checkpoint='"
+                             f"{init_cfg.get('checkpoint')}' (and _delete_=True when the "
+                             'config inherits an MMSeg ViT backbone)')
+        super().__init__(init_cfg=init_cfg)
+        if tune_bias and not freeze:
+            raise ValueError('tune_bias=True tunes biases of a frozen backbone; with '
+                             'freeze=False every weight is tuned already.')
+        check_model_name(model_name)
+        kwargs = dict(model_kwargs or {})
+        clash = [k for k in _RESERVED + ('img_size', 'patch_size', 'dynamic_img_size')
+                 if k in kwargs]
+        if clash:
+            raise ValueError(f'model_kwargs {clash}: set by the backbone itself (weights come '
+                             'from checkpoint=, img_size/patch_size/dynamic_img_size are '
+                             "the backbone's own arguments)")
+        for key, value in (('img_size', img_size), ('patch_size', patch_size)):
+            if value is not None:
+                kwargs[key] = tuple(value) if isinstance(value, (list, tuple)) else value
+        try:
+            vit = timm.create_model(model_name, pretrained=False, num_classes=0,
+                                    dynamic_img_size=dynamic_img_size, **kwargs)
+        except TypeError as err:  # an argument the family's class does not take
+            raise ValueError(f'timm cannot build {model_name!r} with {kwargs}: {err}') from None
+        self._check_family(model_name, vit)
+        self.model_name = model_name
+        self.checkpoint = checkpoint
+        self.pretrained_file = checkpoint
+        self.freeze = freeze
+        self.tune_bias = tune_bias
+        self.save_frozen = save_frozen
+        self.with_cp = with_cp
+        self.final_norm = final_norm
+        self.num_prefix = vit.num_prefix_tokens
+        self.patch_size = vit.patch_embed.patch_size[0]
+        self.img_size = tuple(vit.patch_embed.img_size)
+        self.in_channels = vit.patch_embed.proj.in_channels
+        depth = len(vit.blocks)
+        self.out_indices = self._out_indices(out_indices, depth)
+
+        # What segmentation never uses goes: pooling/classifier heads and, unless
+        # final_norm, the last norm. Their keys in a file are ignored at load.
+        self._norm_attr = final_norm_attr(vit)
+        if final_norm and self._norm_attr is None:
+            raise ValueError(f'final_norm=True, but {model_name} has no last LayerNorm '
+                             '(norm and fc_norm are both Identity); set final_norm=False')
+        unused_norms = tuple(a for a in ('norm', 'fc_norm')
+                             if not (final_norm and a == self._norm_attr))
+        self._ignored = _HEADS + unused_norms
+        for attr in unused_norms:
+            if hasattr(vit, attr):
+                setattr(vit, attr, nn.Identity())
+        if getattr(vit, 'attn_pool', None) is not None:
+            vit.attn_pool = None
+        self.vit = vit
+
+        self.prompt = VisualPrompt(
+            num_tokens=num_prompts, embed_dims=vit.embed_dim, num_layers=depth, deep=deep,
+            layers=prompt_layers, dropout=prompt_dropout, num_prefix=self.num_prefix,
+            init=prompt_init, patch_size=self.patch_size, in_channels=self.in_channels)
+        self._eva = isinstance(vit, _vit_classes()[1])
+        if freeze:
+            freeze_module(vit, tune_bias=tune_bias)
+            if tune_bias:
+                self._report_biases()
+        self.register_buffer('signature', self._signature())
+        self.init_frozen_hooks()
+
+    # ---------------------------------------------------------- validation
+    @staticmethod
+    def _check_family(model_name: str, vit: nn.Module):
+        from timm.layers import PatchEmbed
+        if not isinstance(vit, _vit_classes()) or type(vit.patch_embed) is not PatchEmbed:
+            raise ValueError(f'model_name={model_name!r} builds a {type(vit).__name__} (patch '
+                             f'embedding {type(vit.patch_embed).__name__}), not a plain ViT; '
+                             f'supported families: {_families_text()}')
+        drop = getattr(vit, 'patch_drop', None)
+        if drop is not None and not isinstance(drop, nn.Identity):
+            raise ValueError('patch dropout (patch_drop_rate > 0) drops patch tokens, so '
+                             'they no longer form a map; PromptedTimmViT cannot honour it')
+        if getattr(vit, 'rope_mixed', False):
+            raise ValueError(f'{model_name}: mixed (per-layer learned) RoPE is not supported')
+        h, w = vit.patch_embed.img_size
+        p = vit.patch_embed.patch_size[0]
+        if h % p or w % p:
+            raise ValueError(
+                f'img_size {h}x{w} is not a multiple of the patch size {p}. Set '
+                f'patch_size to a divisor (patch_size=16 for 512 crops: the patch embedding '
+                'and position grid are resampled once at load) or img_size to a multiple '
+                f'of {p}.')
+
+    @staticmethod
+    def _out_indices(out_indices, depth: int) -> Tuple[int, ...]:
+        indices = [out_indices] if isinstance(out_indices, int) else list(out_indices)
+        bad = [i for i in indices if not -depth <= i < depth]
+        if bad:
+            raise ValueError(f'out_indices {bad} are outside the {depth} layers of the ViT')
+        return tuple(i % depth for i in indices)
+
+    def _signature(self) -> torch.Tensor:
+        block = self.vit.blocks[0]
+        mlp = next(m for m in block.mlp.modules() if isinstance(m, nn.Linear))
+        return torch.tensor([self.vit.embed_dim, len(self.vit.blocks), block.attn.num_heads,
+                             self.patch_size, self.in_channels, mlp.out_features,
+                             self.num_prefix])
+
+    def _report_biases(self):
+        """One log line: which biases ``tune_bias`` tunes, and which layers have none."""
+        tuned = list(bias_parameters(self.vit))
+        if not tuned:
+            raise ValueError(f'tune_bias=True, but {self.model_name} has no bias terms')
+
+        def generic(name):
+            return re.sub(r'^blocks\.\d+\.', 'blocks.*.', name)
+        names = list(dict.fromkeys(generic(n) for n, _ in tuned))
+        none = list(dict.fromkeys(
+            generic(n) for n, m in self.vit.named_modules()
+            if isinstance(m, (nn.Linear, nn.Conv2d, nn.LayerNorm)) and m.weight is not None
+            and getattr(m, 'bias', None) is None))
+        print_log(f'{type(self).__name__} tune_bias: {len(tuned)} bias tensors tuned '
+                  f'({format_count(sum(p.numel() for _, p in tuned))} parameters): '
+                  f'{", ".join(names)}' + (f'; layers without a bias (nothing to tune): '
+                                           f'{", ".join(none)}' if none else ''),
+                  logger='current')
+
+    # -------------------------------------------------------------- forward
+    # The steps of the forward, public and named as PromptedVisionTransformer's, so that
+    # multi-task serving can run the same ones: patches, prefix and position, pre-norm,
+    # blocks (through vpt_seg.prompt.run_prompted_layers), final norm, maps.
+    @property
+    def num_prefix_tokens(self) -> int:
+        """Tokens before the patches ([CLS] and registers); prompts go right after them."""
+        return self.num_prefix
+
+    def check_input(self, inputs: torch.Tensor):
+        """Raise ``ValueError`` for inputs this backbone cannot embed."""
+        if inputs.dim() != 4 or inputs.shape[1] != self.in_channels:
+            raise ValueError(f'{type(self).__name__} expects (B, {self.in_channels}, H, W) '
+                             f'images, got a tensor of shape {tuple(inputs.shape)}')
+        h, w = inputs.shape[-2:]
+        if h % self.patch_size or w % self.patch_size:
+            raise ValueError(
+                f'image size {h}x{w} is not a multiple of the patch size {self.patch_size}: '
+                f'crop or resize the input, or build the backbone with a patch size that '
+                f'divides it (patch_size=16 for 512 crops; the patch embedding is resampled '
+                'once at load)')
+        if not self.vit.dynamic_img_size and (h, w) != self.img_size:
+            raise ValueError(f'image size {h}x{w} differs from img_size {self.img_size} and '
+                             'dynamic_img_size=False; set dynamic_img_size=True')
+
+    def embed_patches(self, inputs: torch.Tensor):
+        """timm's patch embedding: ``(B, 3, H, W) -> (B, H/p, W/p, C)`` tokens
+        (``(B, HW, C)`` without ``dynamic_img_size``) and the grid ``(H/p, W/p)``."""
+        grid = self.vit.patch_embed.dynamic_feat_size(tuple(inputs.shape[-2:]))
+        return self.vit.patch_embed(inputs), grid
+
+    def add_prefix(self, x: torch.Tensor, hw_shape) -> torch.Tensor:
+        """timm's ``_pos_embed``: ``-> (B, K + HW, C)``, [CLS] and registers before the
+        patches, the position embedding (resampled to the grid when it differs)."""
+        x = self.vit._pos_embed(x)
+        return x[0] if self._eva else x  # Eva also returns its rotary table
+
+    def rotary_embedding(self, hw_shape) -> Optional[torch.Tensor]:
+        """EVA's RoPE table for the patches of this grid, ``(HW, 2 * head_dim)``, exactly
+        as timm's ``Eva._pos_embed`` makes it; None for families without RoPE."""
+        rope = getattr(self.vit, 'rope', None)
+        if rope is None:
+            return None
+        if self.vit.dynamic_img_size or not hasattr(rope, 'feat_shape'):
+            return rope.get_embed(shape=tuple(hw_shape))
+        return rope.get_embed()
+
+    def norm_pre(self, x: torch.Tensor) -> torch.Tensor:
+        """The pre-norm (CLIP), or ``x`` unchanged (Identity)."""
+        return self.vit.norm_pre(x)
+
+    def norm_out(self, x: torch.Tensor) -> torch.Tensor:
+        """The final norm (``final_norm=True``): ``norm``, or EVA02's ``fc_norm``."""
+        return getattr(self.vit, self._norm_attr)(x)
+
+    @staticmethod
+    def _call_block(block: nn.Module, x: torch.Tensor, kwargs: dict) -> torch.Tensor:
+        rope = kwargs.get('rope')
+        if rope is not None:
+            # RoPE rotates the last HW tokens only: [CLS], registers and the prompt slots
+            # before them count as prefix (timm's EvaAttention skips num_prefix_tokens).
+            block.attn.num_prefix_tokens = x.shape[1] - rope.shape[-2]
+        return block(x, **kwargs)
+
+    def run_block(self, i: int, x: torch.Tensor, mask: Optional[torch.Tensor] = None,
+                  biases: vit_ops.Biases = vit_ops.SHARED_BIASES,
+                  rope: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """timm's block ``i``, ``(B, N, C) -> (B, N, C)``; ``mask``: a boolean
+        ``(B, 1, 1, N)`` key mask (timm's ``attn_mask``); ``rope``: EVA's table from
+        :meth:`rotary_embedding`. Per-sample biases are not implemented for timm blocks."""
+        if biases is not vit_ops.SHARED_BIASES:
+            raise NotImplementedError(f'{type(self).__name__}: per-sample biases (serving '
+                                      'bias-tuned tasks in one batch) are not implemented')
+        block = self.vit.blocks[i]
+        kwargs = {} if mask is None else dict(attn_mask=mask)
+        if self._eva:
+            kwargs['rope'] = rope
+        if self.with_cp and torch.is_grad_enabled() and (
+                x.requires_grad or any(p.requires_grad for p in block.parameters())):
+            return activation_checkpoint(self._call_block, block, x, kwargs,
+                                         use_reentrant=False)
+        return self._call_block(block, x, kwargs)
+
+    def to_map(self, x: torch.Tensor, hw_shape) -> torch.Tensor:
+        """``(B, K + HW, C) -> (B, C, H, W)``."""
+        patches = x[:, self.num_prefix:]
+        B, _, C = patches.shape
+        return patches.reshape(B, hw_shape[0], hw_shape[1], C).permute(0, 3, 1, 2).contiguous()
+
+    def forward(self, inputs: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+        self.check_input(inputs)
+        x, hw_shape = self.embed_patches(inputs)
+        x = self.norm_pre(self.add_prefix(x, hw_shape))                  # (B, K + HW, C)
+        block = partial(self.run_block, rope=self.rotary_embedding(hw_shape))
+        group = PromptGroup(self.prompt, None, self.out_indices, self.final_norm)
+        feats, = run_prompted_layers(x, [group], block, len(self.vit.blocks),
+                                     self.num_prefix, self.norm_out)
+        return tuple(self.to_map(feats[i], hw_shape) for i in sorted(feats))
+
+    def train(self, mode: bool = True):
+        """Frozen parts stay in eval mode (no dropout, no drop-path): only the prompts'
+        dropout follows ``mode``."""
+        super().train(mode)
+        if self.freeze and mode:
+            self.vit.train(False)
+        return self
+
+    # ------------------------------------------------------------- weights
+    def configured_pretrained(self) -> Optional[str]:
+        return self.checkpoint
+
+    def init_weights(self):
+        """Load ``checkpoint`` (timm's random init stays when there is none)."""
+        if self.checkpoint is not None:
+            self.load_pretrained(self.checkpoint)
+        self._is_init = True
+
+    def load_pretrained(self, path: str) -> None:
+        """Load the timm weights at ``path`` (file or hub folder) into the model strictly.
+
+        Raises:
+            FileNotFoundError: Nothing at ``path`` (named, with the config key).
+            ValueError: The file is unreadable, or holds another model (another name
+                in its ``config.json``, or keys and shapes that differ: named).
+        """
+        file, config = find_weights_file(path, self.pretrained_option)
+        arch = self.model_name.split('.')[0]
+        theirs = (config or {}).get('architecture')
+        if theirs and theirs != arch:
+            raise ValueError(f'{path}: its config.json says architecture {theirs!r}, the '
+                             f'backbone builds {arch!r} (model_name={self.model_name!r})')
+        state, summary = fit_timm_state_dict(read_timm_state_dict(file), self.vit,
+                                             ignored=self._ignored, where=file)
+        self.vit.load_state_dict(state, strict=True)
+        self.pretrained_file = path
+        self._frozen_loaded = True
+        print_log(f'{type(self).__name__} ({self.model_name}): loaded {file}: {summary}',
+                  logger='current')
