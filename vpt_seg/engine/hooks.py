@@ -20,11 +20,13 @@ from mmengine.logging import print_log
 from mmengine.model import BaseTTAModel, is_model_wrapper
 from mmengine.optim import OptimWrapperDict
 from mmengine.registry import HOOKS
+from mmengine.runner import BaseLoop
 
 from ..checkpoint import check_task_state_dict
+from .lock import WorkDirLock, WorkDirLockedError
 
 __all__ = ['SafeCheckpointHook', 'NonFiniteCheckHook', 'NonFiniteError', 'DataCheckHook',
-           'find_resumable_checkpoint']
+           'find_resumable_checkpoint', 'WorkDirLockedError']
 
 
 class NonFiniteError(FloatingPointError):
@@ -133,15 +135,45 @@ class SafeCheckpointHook(CheckpointHook):
       ``tools/test.py`` that lacks tuned weights the model needs (its heads, its prompts)
       is refused, naming them and what the file looks like (a pretrained backbone, a
       classification task) instead of MMEngine's "missing keys" warning.
+    * **One run per work dir.** Training takes ``WORK_DIR/train.lock``
+      (:class:`~vpt_seg.engine.lock.WorkDirLock`, rank 0 only) before anything is loaded
+      or saved; a second run into the same work dir refuses, naming the run that holds it
+      (pid, host). The lock goes at the end of the run, when the process exits after an
+      error, and with the process itself under ``kill -9``: the next run (``--resume``)
+      takes a stale lock over with a note. Testing takes no lock.
     * Training into a work dir that already holds a run, without ``--resume``, warns.
     """
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._rng_state = None
+        self._lock = None
 
     # ------------------------------------------------------------- start-up
+    def _lock_work_dir(self, runner) -> None:
+        """Rank 0 takes the work dir's lock; every rank raises if it could not."""
+        from mmengine.dist import broadcast_object_list, get_world_size
+        error = None
+        if is_main_process():
+            self._lock = WorkDirLock(runner.work_dir)
+            try:
+                note = self._lock.acquire()
+            except WorkDirLockedError as err:
+                error = str(err)
+            else:
+                if note:
+                    print_log(note, logger='current', level=logging.WARNING)
+        if get_world_size() > 1:
+            shared = [error]
+            broadcast_object_list(shared, src=0)
+            error = shared[0]
+        if error is not None:
+            raise WorkDirLockedError(error)
+
     def before_run(self, runner) -> None:
+        # Runner.train() builds its loop before before_run; test() and val() do not.
+        if isinstance(runner._train_loop, BaseLoop):
+            self._lock_work_dir(runner)
         # Runs before MMEngine's load_or_resume: pick the checkpoint to resume from.
         if getattr(runner, '_resume', False) and runner._load_from is None:
             path, skipped = find_resumable_checkpoint(runner.work_dir, self.filename_tmpl)
@@ -155,6 +187,11 @@ class SafeCheckpointHook(CheckpointHook):
                           level=logging.WARNING)
             if path is not None:
                 runner._load_from = path  # MMEngine resumes from load_from when resume=True
+
+    def after_run(self, runner) -> None:
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
     def before_train(self, runner) -> None:
         pointer = osp.join(runner.work_dir, 'last_checkpoint')
