@@ -407,3 +407,74 @@ def test_img_size_not_a_multiple_of_the_patch_size_is_refused():
     with pytest.raises(ValueError, match=r'img_size 30x30 is not a multiple of patch_size 8'
                        r'.*Use img_size=\(24, 24\)'):
         MODELS.build(dict(cfg.model.backbone, img_size=30, init_cfg=None))
+
+
+def _other_dataset_checkpoint(setup, classes=8):
+    """The reference checkpoint as if trained on a dataset of ``classes`` classes: every
+    head's classifier cut to its first ``classes`` outputs."""
+    path = setup['tmp'] / f'classes{classes}.pth'
+    if not path.exists():
+        ckpt = torch.load(setup['reference_work'] / 'iter_30.pth', weights_only=False)
+        for key, value in ckpt['state_dict'].items():
+            if '.conv_seg.' in key:
+                ckpt['state_dict'][key] = value[:classes].clone()
+        torch.save(ckpt, path)
+    return path
+
+
+@pytest.mark.parametrize('num_classes', [10, 200])
+def test_head_of_another_class_count_than_the_dataset_fails_at_start_up(setup, num_classes):
+    work = setup['tmp'] / f'classes_{num_classes}'
+    proc = run_tool('train.py', CONFIG, '--work-dir', str(work), *setup['options'],
+                    f'model.decode_head.num_classes={num_classes}')
+    assert proc.returncode == 1
+    assert (f'ClassCountError: decode_head.num_classes={num_classes}, but the dataset of '
+            f'train_dataloader (ADE20KDataset, {setup["data"]}/images/training) has 150 '
+            'classes') in proc.stderr, proc.stderr[-3000:]
+    assert 'Set num_classes=150 in model.decode_head and every auxiliary head' in proc.stderr
+    assert 'Iter(train)' not in proc.stdout and not work.joinpath('train.lock').exists()
+
+
+def test_mmseg_tools_get_the_class_count_check_from_the_hook(setup, tmp_path):
+    """MMSeg's own tools/train.py builds the Runner straight from the config: the
+    checkpoint hook's before_run refuses, before the first iteration."""
+    from mmengine.runner import Runner
+    from vpt_seg.datasets.checks import ClassCountError
+    cfg = Config.fromfile(CONFIG)
+    cfg.merge_from_dict({'model.backbone.init_cfg.checkpoint': setup['vit'],
+                         'model.auxiliary_head': None, 'work_dir': str(tmp_path),
+                         'train_dataloader.dataset.data_root': setup['data'],
+                         'val_dataloader.dataset.data_root': setup['data'],
+                         'model.decode_head.num_classes': 10})
+    runner = Runner.from_cfg(cfg)
+    with pytest.raises(ClassCountError, match=r'decode_head.num_classes=10, but the dataset '
+                       r'of train_dataloader \(ADE20KDataset\) has 150 classes'):
+        runner.train()
+    assert not list(tmp_path.glob('iter_*'))
+
+
+def test_testing_a_checkpoint_of_another_dataset_is_refused(setup):
+    path = _other_dataset_checkpoint(setup)
+    proc = run_tool('test.py', CONFIG, str(path), '--work-dir', str(setup['tmp'] / 't_cls'),
+                    *setup['options'])
+    assert proc.returncode == 1
+    assert (f'ClassCountError: {path} has heads of 8 classes, this model 150 (the '
+            "dataset's): it was trained on another dataset, and its classifiers "
+            '(auxiliary_head.0.conv_seg, auxiliary_head.1.conv_seg, auxiliary_head.2.conv_seg, '
+            'decode_head.conv_seg) do not fit') in proc.stderr, proc.stderr[-3000:]
+    assert 'size mismatch' not in proc.stdout + proc.stderr
+    assert 'Iter(test)' not in proc.stdout
+
+
+def test_fine_tuning_from_another_dataset_names_the_layers_that_start_afresh(setup):
+    path = _other_dataset_checkpoint(setup)
+    work = setup['tmp'] / 'finetune'
+    proc = run_tool('train.py', CONFIG, '--work-dir', str(work), *setup['options'],
+                    f'load_from={path}', 'train_cfg.max_iters=2', 'train_cfg.val_interval=100')
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (f'load_from: {path} has heads of 8 classes, this model 150 (the dataset\'s); '
+            'auxiliary_head.0.conv_seg, auxiliary_head.1.conv_seg, auxiliary_head.2.conv_seg, '
+            'decode_head.conv_seg start afresh, every other weight is loaded from it.') \
+        in proc.stdout
+    assert 'size mismatch' not in proc.stdout + proc.stderr
+    assert proc.stdout.count('start afresh') == 1

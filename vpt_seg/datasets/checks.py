@@ -27,7 +27,8 @@ from mmseg.datasets.transforms import LoadAnnotations
 from mmseg.registry import TRANSFORMS
 
 __all__ = ['DataError', 'read_image', 'read_label', 'CheckedLoadImageFromFile',
-           'CheckedLoadAnnotations', 'check_split_layout', 'check_dataset']
+           'CheckedLoadAnnotations', 'check_split_layout', 'check_dataset',
+           'ClassCountError', 'head_classes', 'check_class_counts']
 
 LAYOUT = ('images/<split>/NAME.jpg with annotations/<split>/NAME.png (ADE20k: '
           'ADEChallengeData2016/{images,annotations}/{training,validation})')
@@ -194,6 +195,62 @@ class CheckedLoadAnnotations(LoadAnnotations):
             img_path=results.get('img_path', ''), backend=self.imdecode_backend,
             backend_args=self.backend_args)
         results['seg_fields'].append('gt_seg_map')
+
+
+class ClassCountError(ValueError):
+    """The segmentation heads classify another number of classes than the dataset has."""
+
+
+def head_classes(model) -> Dict[str, int]:
+    """``{'decode_head': n, 'auxiliary_head.0': n, ...}``: the ``num_classes`` of a
+    segmentor's heads, from its config (a dict; a TTA model's ``module`` is looked into)
+    or from the built model (an ``nn.Module``). Empty for models without such heads."""
+    if isinstance(model, Mapping):
+        while 'decode_head' not in model and isinstance(model.get('module'), Mapping):
+            model = model['module']
+        get = model.get
+    else:
+        get = lambda name: getattr(model, name, None)  # noqa: E731
+    found = {}
+    for name in ('decode_head', 'auxiliary_head'):
+        heads = get(name)
+        if heads is None:
+            continue
+        many = isinstance(heads, (list, tuple)) or type(heads).__name__ == 'ModuleList'
+        for i, head in enumerate(heads if many else [heads]):
+            n = head.get('num_classes') if isinstance(head, Mapping) else \
+                getattr(head, 'num_classes', None)
+            if n is not None:
+                found[f'{name}.{i}' if many else name] = n
+    return found
+
+
+def check_class_counts(heads: Mapping[str, int], classes: Optional[Sequence[str]],
+                       where: str):
+    """Refuse heads whose ``num_classes`` is not the dataset's class count.
+
+    Args:
+        heads: From :func:`head_classes`.
+        classes: The dataset's classes (its ``METAINFO``, or the config's
+            ``metainfo=dict(classes=...)``); None or empty: not checked.
+        where: What the dataset is, for the message (``'train_dataloader: ADE20KDataset'``).
+
+    Raises:
+        ClassCountError: naming each head's count and the dataset's.
+    """
+    if not classes:
+        return
+    bad = {name: n for name, n in heads.items() if n != len(classes)}
+    if not bad:
+        return
+    counts = ', '.join(f'{name}.num_classes={n}' for name, n in bad.items())
+    raise ClassCountError(
+        f'{counts}, but the dataset of {where} has {len(classes)} classes (its METAINFO, or '
+        "the config's metainfo=dict(classes=...)): heads with fewer classes fail on the "
+        'first label above them, heads with more train outputs no label has, and a test '
+        f'reports a wrong mIoU. Set num_classes={len(classes)} in model.decode_head and '
+        'every auxiliary head, or give the dataset the classes of your labels '
+        '(dataset.metainfo=dict(classes=(...))).')
 
 
 def check_split_layout(data_list: Sequence[dict], where: str):

@@ -148,6 +148,7 @@ class SafeCheckpointHook(CheckpointHook):
         super().__init__(*args, **kwargs)
         self._rng_state = None
         self._lock = None
+        self._training = False
 
     # ------------------------------------------------------------- start-up
     def _lock_work_dir(self, runner) -> None:
@@ -170,9 +171,24 @@ class SafeCheckpointHook(CheckpointHook):
         if error is not None:
             raise WorkDirLockedError(error)
 
+    def _check_class_counts(self, runner) -> None:
+        """Each built loop's dataset against the heads' ``num_classes`` (MMSeg's own tools
+        run no :func:`vpt_seg.runner.prepare_cfg`)."""
+        from ..datasets.checks import check_class_counts, head_classes
+        heads = head_classes(_unwrap(runner.model))
+        for name in ('train', 'val', 'test'):
+            loop = getattr(runner, f'_{name}_loop', None)
+            if heads and isinstance(loop, BaseLoop):
+                dataset = loop.dataloader.dataset
+                classes = getattr(dataset, 'metainfo', {}).get('classes')
+                check_class_counts(heads, classes,
+                                   f'{name}_dataloader ({type(dataset).__name__})')
+
     def before_run(self, runner) -> None:
+        self._check_class_counts(runner)
         # Runner.train() builds its loop before before_run; test() and val() do not.
-        if isinstance(runner._train_loop, BaseLoop):
+        self._training = isinstance(runner._train_loop, BaseLoop)
+        if self._training:
             self._lock_work_dir(runner)
         # Runs before MMEngine's load_or_resume: pick the checkpoint to resume from.
         if getattr(runner, '_resume', False) and runner._load_from is None:
@@ -210,10 +226,47 @@ class SafeCheckpointHook(CheckpointHook):
         state = checkpoint.get('state_dict', checkpoint)
         state = {re.sub(r'^module\.', '', k): v for k, v in state.items()}
         model = _unwrap(runner.model)
-        check_task_state_dict(list(model.state_dict().keys()), state,
-                              str(runner._load_from or 'the checkpoint'))
-        if getattr(runner, '_resume', False):
+        name = str(runner._load_from or 'the checkpoint')
+        own = model.state_dict()
+        check_task_state_dict(list(own.keys()), state, name)
+        resume = getattr(runner, '_resume', False)
+        self._head_classes(checkpoint, state, own, name,
+                           fine_tune=getattr(self, '_training', False) and not resume)
+        if resume:
             self._rng_state = checkpoint.get('rng_state')
+
+    @staticmethod
+    def _head_classes(checkpoint: dict, state: dict, own: dict, name: str,
+                      fine_tune: bool) -> None:
+        """Head tensors of another class count than the model's (a checkpoint of another
+        dataset): refused when testing or resuming; when fine-tuning (``load_from``),
+        dropped from the checkpoint before MMEngine loads it, so those layers keep their
+        fresh initialisation, and named in one line instead of MMEngine's size-mismatch
+        report."""
+        from ..datasets.checks import ClassCountError
+        heads = ('decode_head.', 'auxiliary_head.', 'head.')
+        mismatched = [k for k, v in state.items() if k.startswith(heads) and k in own
+                      and hasattr(v, 'shape') and tuple(v.shape) != tuple(own[k].shape)]
+        if not mismatched:
+            return
+        layers = sorted({k.rsplit('.', 1)[0] for k in mismatched})
+        # the classifier's weight is (num_classes, C, ...): its first dimension
+        ckpt_n = {int(state[k].shape[0]) for k in mismatched if k.endswith('.weight')}
+        own_n = {int(own[k].shape[0]) for k in mismatched if k.endswith('.weight')}
+        counts = (f'{name} has heads of {"/".join(map(str, sorted(ckpt_n)))} classes, this '
+                  f'model {"/".join(map(str, sorted(own_n)))} (the dataset\'s)')
+        if not fine_tune:
+            raise ClassCountError(
+                f'{counts}: it was trained on another dataset, and its classifiers '
+                f'({", ".join(layers)}) do not fit this model; tested or resumed with them '
+                'left at random the numbers would mean nothing. Test it with the config '
+                'and dataset it was trained with, or fine-tune from it with load_from.')
+        target = checkpoint['state_dict'] if 'state_dict' in checkpoint else checkpoint
+        for key in list(target):
+            if re.sub(r'^module\.', '', key) in mismatched:
+                del target[key]
+        print_log(f'load_from: {counts}; {", ".join(layers)} start afresh, every other '
+                  'weight is loaded from it.', logger='current', level=logging.WARNING)
 
     def before_train_epoch(self, runner) -> None:
         if self._rng_state is None:
