@@ -16,7 +16,7 @@ from mmengine.registry import init_default_scope
 from mmseg.registry import DATASETS
 
 from vpt_seg.datasets import check_dataset
-from vpt_seg.datasets.checks import ClassCountError
+from vpt_seg.datasets.checks import ClassCountError, DataError
 from vpt_seg.runner import check_loader, load_cfg
 
 LOADERS = dict(train='train_dataloader', val='val_dataloader', test='test_dataloader')
@@ -64,9 +64,9 @@ def main():
         if cfg.get(loader) is None:
             continue
         try:  # layout first: missing folders, empty split, images without annotations,
-            # heads of another class count
+            # a split without a valid label, heads of another class count
             check_loader(cfg, loader)
-        except (FileNotFoundError, ClassCountError) as err:
+        except (FileNotFoundError, ClassCountError, DataError) as err:
             print(f'{split}: PROBLEM: {err}')
             bad += 1
             continue

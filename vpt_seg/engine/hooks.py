@@ -171,21 +171,25 @@ class SafeCheckpointHook(CheckpointHook):
         if error is not None:
             raise WorkDirLockedError(error)
 
-    def _check_class_counts(self, runner) -> None:
-        """Each built loop's dataset against the heads' ``num_classes`` (MMSeg's own tools
-        run no :func:`vpt_seg.runner.prepare_cfg`)."""
-        from ..datasets.checks import check_class_counts, head_classes
+    def _check_data_fits(self, runner) -> None:
+        """Each built loop's dataset against the heads' ``num_classes``, and not without a
+        single valid label: the start-up checks of :func:`vpt_seg.runner.prepare_cfg`,
+        for MMSeg's own tools, which do not run it."""
+        from ..datasets.checks import check_class_counts, check_split_has_labels, head_classes
         heads = head_classes(_unwrap(runner.model))
         for name in ('train', 'val', 'test'):
             loop = getattr(runner, f'_{name}_loop', None)
-            if heads and isinstance(loop, BaseLoop):
-                dataset = loop.dataloader.dataset
-                classes = getattr(dataset, 'metainfo', {}).get('classes')
-                check_class_counts(heads, classes,
-                                   f'{name}_dataloader ({type(dataset).__name__})')
+            if not heads or not isinstance(loop, BaseLoop):
+                continue
+            dataset = loop.dataloader.dataset
+            where = f'{name}_dataloader ({type(dataset).__name__})'
+            check_class_counts(heads, getattr(dataset, 'metainfo', {}).get('classes'), where)
+            if hasattr(dataset, 'ignore_index') and hasattr(dataset, 'get_data_info'):
+                check_split_has_labels((dataset.get_data_info(i) for i in range(len(dataset))),
+                                       where, dataset.ignore_index)
 
     def before_run(self, runner) -> None:
-        self._check_class_counts(runner)
+        self._check_data_fits(runner)
         # Runner.train() builds its loop before before_run; test() and val() do not.
         self._training = isinstance(runner._train_loop, BaseLoop)
         if self._training:
