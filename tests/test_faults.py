@@ -478,3 +478,33 @@ def test_fine_tuning_from_another_dataset_names_the_layers_that_start_afresh(set
         in proc.stdout
     assert 'size mismatch' not in proc.stdout + proc.stderr
     assert proc.stdout.count('start afresh') == 1
+
+
+@pytest.mark.parametrize('bad,message', [
+    ('label_200', "has label values outside the 150 classes: 200 (class id 199)"),
+    ('rgb', 'has shape (64, 64, 3): expected one channel of class ids'),
+])
+def test_tta_uses_the_checked_loaders(setup, tmp_path, bad, message):
+    import shutil
+
+    import cv2
+    data = shutil.copytree(setup['data'], tmp_path / 'data')
+    path = data / 'annotations' / 'validation' / 'ADE_val_00000002.png'
+    label = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if bad == 'label_200':
+        label[3, 3] = 200
+    else:
+        label = cv2.merge([label, label, label])
+    cv2.imwrite(str(path), label)
+    ckpt = str(setup['reference_work'] / 'iter_30.pth')
+    for config in (CONFIG, setup['config']('tta_mmseg')):
+        extra = [] if config == CONFIG else [  # a config with MMSeg's own TTA loaders
+            'tta_pipeline.0.type=LoadImageFromFile',
+            'tta_pipeline.1.transforms.2.0.type=LoadAnnotations',
+            'tta_pipeline.1.transforms.2.0.num_classes=None']
+        proc = run_tool('test.py', config, ckpt, '--tta', '--work-dir', str(tmp_path / 'w'),
+                        *setup['options'], f'test_dataloader.dataset.data_root={data}', *extra)
+        assert proc.returncode == 1
+        assert f"DataError: annotation '{path}' {message}" in proc.stderr, proc.stderr[-3000:]
+        assert 'IndexError' not in proc.stderr, proc.stderr[-5000:]
+        assert 'mIoU:' not in proc.stdout

@@ -29,7 +29,7 @@ from mmseg.registry import TRANSFORMS
 __all__ = ['DataError', 'read_image', 'read_label', 'CheckedLoadImageFromFile',
            'CheckedLoadAnnotations', 'check_split_layout', 'check_dataset',
            'ClassCountError', 'head_classes', 'check_class_counts', 'check_split_has_labels',
-           'exif_orientation']
+           'exif_orientation', 'use_checked_loaders']
 
 LAYOUT = ('images/<split>/NAME.jpg with annotations/<split>/NAME.png (ADE20k: '
           'ADEChallengeData2016/{images,annotations}/{training,validation})')
@@ -298,6 +298,35 @@ def check_class_counts(heads: Mapping[str, int], classes: Optional[Sequence[str]
         f'reports a wrong mIoU. Set num_classes={len(classes)} in model.decode_head and '
         'every auxiliary head, or give the dataset the classes of your labels '
         '(dataset.metainfo=dict(classes=(...))).')
+
+
+_CHECKED = {'LoadImageFromFile': 'CheckedLoadImageFromFile',
+            'LoadAnnotations': 'CheckedLoadAnnotations'}
+
+
+def use_checked_loaders(pipeline: Sequence, num_classes: Optional[int] = None) -> List:
+    """A pipeline config with MMCV's/MMSeg's ``LoadImageFromFile`` and ``LoadAnnotations``
+    replaced by the checked loaders (same arguments), inside ``TestTimeAug`` branches too;
+    ``CheckedLoadAnnotations`` without ``num_classes`` gets ``num_classes``.
+
+    ``tools/test.py --tta`` runs a config's ``tta_pipeline`` through it, so a config
+    inheriting MMSeg's unchecked TTA pipeline is checked like the rest."""
+    out = []
+    for step in pipeline:
+        if isinstance(step, (list, tuple)):  # a TestTimeAug branch
+            out.append(use_checked_loaders(step, num_classes))
+            continue
+        step = dict(step)
+        kind = step.get('type')
+        kind = kind.split('.')[-1] if isinstance(kind, str) else kind
+        if kind in _CHECKED:
+            step['type'] = _CHECKED[kind]
+        if step.get('type') == 'CheckedLoadAnnotations' and step.get('num_classes') is None:
+            step['num_classes'] = num_classes
+        if isinstance(step.get('transforms'), (list, tuple)):
+            step['transforms'] = use_checked_loaders(step['transforms'], num_classes)
+        out.append(step)
+    return out
 
 
 def check_split_layout(data_list: Sequence[dict], where: str):
