@@ -4,14 +4,20 @@ Two layers share the checks of :func:`read_image` and :func:`read_label`:
 
 * **On load**, in the pipeline: :class:`CheckedLoadImageFromFile` and
   :class:`CheckedLoadAnnotations` (MMSeg's transforms, same arguments) fail on the first
-  bad file, naming it: an image that is missing, truncated or not an image; an
-  annotation that is missing, not single-channel, 16-bit with values over 255 (MMSeg
-  would wrap them to 0..255), of another size than its image, or with class ids outside
-  ``0..num_classes-1`` other than the ignore value.
+  bad file, naming it: an image that is missing, truncated, not an image, or a photo
+  with an EXIF Orientation other than 1 (decoded turned upright while its annotation is
+  read as stored); an annotation that is missing, JPEG data (lossy, whatever its name),
+  not single-channel, 16-bit with values over 255 (MMSeg would wrap them to 0..255), of
+  another size than its image, or with class ids outside ``0..num_classes-1`` other than
+  the ignore value. Annotations are read as MMSeg's ``LoadAnnotations`` reads them
+  (pillow, ``'unchanged'``): a palette PNG gives its indices, a ``1xW`` one stays ``1xW``.
 * **Before training**, :func:`check_dataset` scans a whole split the same way and reports
   every problem at once with a class histogram (``tools/check_data.py CONFIG``, or
   :class:`~vpt_seg.engine.DataCheckHook` at start-up); :func:`check_split_layout` refuses an
-  empty split or images without annotations when the dataset is built.
+  empty split or images without annotations when the dataset is built, and
+  :func:`check_split_has_labels` a split without a single valid label (reading up to the
+  first labelled file); :func:`check_class_counts` heads whose ``num_classes`` is not
+  the dataset's.
 
 Policy: nothing is skipped. A bad file is an error, never a silent gap in the data: a
 skipped image would change what the run trains on without a trace in its numbers.
