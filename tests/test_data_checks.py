@@ -250,3 +250,25 @@ def test_palette_and_one_row_annotations_are_accepted_as_mmseg_reads_them(data):
     proc = check_data_tool(DEMO, data, 'train')
     assert proc.returncode == 0, proc.stdout[-2000:]
     assert 'No problems found.' in proc.stdout
+
+
+def _loader_types(pipeline):
+    for step in pipeline:
+        if isinstance(step, (list, tuple)):
+            yield from _loader_types(step)
+        else:
+            yield step['type']
+            yield from _loader_types(step.get('transforms') or [])
+
+
+@pytest.mark.parametrize('name', sorted(
+    osp.relpath(p, osp.join(ROOT, 'configs')) for p in
+    __import__('glob').glob(osp.join(ROOT, 'configs', '**', '*.py'), recursive=True)
+    if '_base_' not in p))
+def test_every_shipped_tta_pipeline_uses_the_checked_loaders(name):
+    cfg = Config.fromfile(osp.join(ROOT, 'configs', name))
+    if 'tta_pipeline' not in cfg:
+        return
+    types = list(_loader_types(cfg.tta_pipeline))
+    assert 'CheckedLoadImageFromFile' in types and 'CheckedLoadAnnotations' in types
+    assert not {'LoadImageFromFile', 'LoadAnnotations'} & set(types), types
