@@ -9,3 +9,4 @@ default_hooks = {{_base_.vpt_default_hooks}}
 train_dataloader = dict(dataset=dict(pipeline={{_base_.vpt_train_pipeline}}))
 val_dataloader = dict(dataset=dict(pipeline={{_base_.vpt_test_pipeline}}))
 test_dataloader = val_dataloader
+tta_pipeline = {{_base_.vpt_tta_pipeline}}

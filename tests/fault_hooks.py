@@ -5,6 +5,7 @@ never part of the package.
 """
 import os
 import signal
+import time
 
 import torch
 from mmengine.fileio.backends import LocalBackend
@@ -30,12 +31,14 @@ class FaultHook(Hook):
 
     * ``'kill'``: SIGKILL after the iteration (before its checkpoint is written);
     * ``'kill_saving'``: SIGKILL while that iteration's checkpoint file is half written;
-    * ``'nan'``: the data preprocessor's std becomes 0 (inputs, then the loss, non-finite).
+    * ``'nan'``: the data preprocessor's std becomes 0 (inputs, then the loss, non-finite);
+    * ``'pause'``: after the iteration, create the file ``marker`` and wait (at most two
+      minutes) until someone deletes it.
     """
     priority = 'HIGHEST'
 
-    def __init__(self, at, fault):
-        self.at, self.fault = at, fault
+    def __init__(self, at, fault, marker=None):
+        self.at, self.fault, self.marker = at, fault, marker
 
     def before_train(self, runner):
         if self.fault != 'kill_saving':
@@ -60,6 +63,12 @@ class FaultHook(Hook):
     def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
         if self.fault == 'kill' and runner.iter + 1 == self.at:
             os.kill(os.getpid(), signal.SIGKILL)
+        if self.fault == 'pause' and runner.iter + 1 == self.at:
+            with open(self.marker, 'w') as f:
+                f.write(str(os.getpid()))
+            deadline = time.monotonic() + 120
+            while os.path.exists(self.marker) and time.monotonic() < deadline:
+                time.sleep(0.2)
 
 
 def finite(path):

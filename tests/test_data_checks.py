@@ -153,3 +153,122 @@ def test_check_data_tool_reports_and_exits_non_zero(data):
     assert f"PROBLEM: annotation '{ann(data, 2)}' is uint16 with values up to 300" in proc.stdout
     assert 'val: 1 images' in proc.stdout
     assert '1 problems' in proc.stdout
+
+
+def check_data_tool(cfg_path, data, *splits):
+    return subprocess.run(
+        [sys.executable, osp.join(ROOT, 'tools', 'check_data.py'), cfg_path, '--cfg-options',
+         f'train_dataloader.dataset.data_root={data}',
+         f'val_dataloader.dataset.data_root={data}', *(['--splits', *splits] if splits else [])],
+        capture_output=True, text=True, cwd=ROOT)
+
+
+def test_split_without_a_valid_label_is_refused_at_start_up_and_by_the_scans(data):
+    for i in (1, 2, 3):  # 0 everywhere: all ignored after reduce_zero_label
+        cv2.imwrite(ann(data, i), np.zeros((32, 32), np.uint8))
+    cfg = config(DEMO, data)
+    message = ('no valid label: every pixel of its 3 annotations is ignored (255 after '
+               'mapping), so training would run with loss 0 and testing report mIoU nan '
+               '(reduce_zero_label=True makes 0 in a file the ignore value)')
+    with pytest.raises(DataError) as err:
+        prepare_cfg(cfg, training=True)
+    assert str(err.value).startswith(f'train_dataloader: {data}/images/training: {message}')
+    report = check_dataset(dataset(cfg), progress=False)
+    assert report['problems'] == [message + '. Check the annotation folder, '
+                                  'reduce_zero_label and metainfo.classes.']
+    runner = SimpleNamespace(train_dataloader=SimpleNamespace(dataset=dataset(cfg)),
+                             val_loop=None)
+    with pytest.raises(DataError, match='1 problems in the train data:\n  no valid label'):
+        DataCheckHook().before_train(runner)
+    proc = check_data_tool(DEMO, data, 'train')
+    assert proc.returncode == 1 and f'train: PROBLEM: train_dataloader: {data}' in proc.stdout
+
+
+def test_one_labelled_pixel_is_enough(data):
+    for i in (1, 2, 3):
+        label = np.zeros((32, 32), np.uint8)
+        label[5, 5] = 3 if i == 3 else 0
+        cv2.imwrite(ann(data, i), label)
+    prepare_cfg(config(DEMO, data), training=True)
+
+
+def test_jpeg_annotation_under_a_png_name_is_named(data):
+    label = cv2.imread(ann(data), cv2.IMREAD_UNCHANGED)
+    ok, jpeg = cv2.imencode('.jpg', label)
+    with open(ann(data), 'wb') as f:
+        f.write(jpeg.tobytes())
+    message = (f"annotation '{ann(data)}' is JPEG data under a .png name: JPEG is lossy, "
+               'so its class ids are changed around every edge')
+    with pytest.raises(DataError) as err:
+        dataset(config(DEMO, data))[0]
+    assert str(err.value).startswith(message)
+    assert check_dataset(dataset(config(DEMO, data)), progress=False)['problems'][0] \
+        .startswith(message)
+
+
+@pytest.mark.parametrize('size', [(32, 32), (32, 24)])  # square: it would load misaligned
+def test_exif_rotated_photo_is_named(data, size):
+    from PIL import Image
+    h, w = size
+    photo = Image.fromarray(np.random.RandomState(0).randint(0, 255, (h, w, 3), np.uint8))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # shown rotated 90 degrees clockwise
+    photo.save(img(data), 'JPEG', exif=exif.tobytes())
+    cv2.imwrite(ann(data), np.ones((h, w), np.uint8))
+    message = (f"image '{img(data)}' has EXIF Orientation 6 (stored rotated 90 degrees "
+               'clockwise): the image decoders turn it upright while its annotation is read '
+               'as stored')
+    with pytest.raises(DataError) as err:
+        dataset(config(DEMO, data))[0]
+    assert str(err.value).startswith(message)
+    report = check_dataset(dataset(config(DEMO, data)), progress=False)
+    assert report['problems'][0].startswith(message)
+
+
+def test_palette_and_one_row_annotations_are_accepted_as_mmseg_reads_them(data):
+    from PIL import Image
+    label = cv2.imread(ann(data, 1), cv2.IMREAD_UNCHANGED)
+    palette = Image.fromarray(label, 'P')
+    palette.putpalette([(i * 37) % 256 for i in range(768)])  # colours unlike the ids
+    palette.save(ann(data, 1))
+    cv2.imwrite(img(data, 2), np.full((1, 32, 3), 128, np.uint8))
+    row = np.arange(1, 33, dtype=np.uint8)[None]
+    cv2.imwrite(ann(data, 2), row)
+    ds = dataset(config(DEMO, data))
+    assert check_dataset(ds, progress=False)['problems'] == []
+    # class ids are the palette indices, as in MMSeg's LoadAnnotations (pillow, unchanged)
+    ids = np.where(label == 0, 255, label.astype(np.int64) - 1)
+    from vpt_seg.datasets import CheckedLoadAnnotations
+    from vpt_seg.datasets.checks import read_label
+    loader = CheckedLoadAnnotations(reduce_zero_label=True, num_classes=150)
+    for i, shape in ((0, (32, 32)), (1, (1, 32))):
+        info = dict(ds.get_data_info(i), seg_fields=[], ori_shape=shape)
+        assert loader(info)['gt_seg_map'].shape == shape
+    assert np.array_equal(loader(dict(ds.get_data_info(0), seg_fields=[]))['gt_seg_map'], ids)
+    assert np.array_equal(read_label(ann(data, 1), reduce_zero_label=True), ids)
+    assert read_label(ann(data, 2), img_shape=(1, 32)).shape == (1, 32)
+    proc = check_data_tool(DEMO, data, 'train')
+    assert proc.returncode == 0, proc.stdout[-2000:]
+    assert 'No problems found.' in proc.stdout
+
+
+def _loader_types(pipeline):
+    for step in pipeline:
+        if isinstance(step, (list, tuple)):
+            yield from _loader_types(step)
+        else:
+            yield step['type']
+            yield from _loader_types(step.get('transforms') or [])
+
+
+@pytest.mark.parametrize('name', sorted(
+    osp.relpath(p, osp.join(ROOT, 'configs')) for p in
+    __import__('glob').glob(osp.join(ROOT, 'configs', '**', '*.py'), recursive=True)
+    if '_base_' not in p))
+def test_every_shipped_tta_pipeline_uses_the_checked_loaders(name):
+    cfg = Config.fromfile(osp.join(ROOT, 'configs', name))
+    if 'tta_pipeline' not in cfg:
+        return
+    types = list(_loader_types(cfg.tta_pipeline))
+    assert 'CheckedLoadImageFromFile' in types and 'CheckedLoadAnnotations' in types
+    assert not {'LoadImageFromFile', 'LoadAnnotations'} & set(types), types

@@ -9,7 +9,9 @@ import os
 import os.path as osp
 import re
 import signal
+import socket
 import subprocess
+import time
 import sys
 from types import SimpleNamespace
 
@@ -58,13 +60,13 @@ def setup(tmp_path_factory):
         f'{loader}.dataset.data_root={data}'
         for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader')]
 
-    def config(name, fault=None, at=0):
+    def config(name, fault=None, at=0, **fault_args):
         """A config for run ``name``: the demo, 30 iterations, a checkpoint every 10
         (only the newest kept, as the study and classification configs do), losses
         recorded to ``name.txt``, and the fault."""
         hooks = [dict(type='RecordLossHook', path=str(tmp / f'{name}.txt'))]
         if fault:
-            hooks.append(dict(type='FaultHook', at=at, fault=fault))
+            hooks.append(dict(type='FaultHook', at=at, fault=fault, **fault_args))
         path = tmp / f'{name}.py'
         path.write_text(
             f'_base_ = [{CONFIG!r}]\n'
@@ -93,9 +95,15 @@ def test_kill_mid_run_then_resume_continues_exactly(setup):
     assert sorted(p.name for p in work.glob('iter_*')) == ['iter_20.pth']
     assert pointer(work) == str(work / 'iter_20.pth')
 
+    assert (work / 'train.lock').exists()  # left behind by the killed run
+
     proc = run_tool('train.py', cfg, '--work-dir', str(work), '--resume', *setup['options'],
                     'custom_hooks.1.at=0')
     assert proc.returncode == 0, proc.stderr[-3000:]
+    # The stale lock is taken over with a note naming the run that left it.
+    assert re.search(rf'{re.escape(str(work))}: taking over the lock of an earlier run that '
+                     rf"is gone \(pid \d+ on host '{re.escape(socket.gethostname())}'",
+                     proc.stdout), proc.stdout[-3000:]
     assert 'resumed epoch: 0, iter: 20' in proc.stdout
     got = losses(setup['tmp'] / 'kill.txt')
     # Exactly the uninterrupted run: data order, augmentation and dropout RNG restored.
@@ -132,6 +140,72 @@ def test_kill_while_saving_keeps_the_previous_checkpoint_and_resume_skips_a_brok
     assert sorted(p.name for p in work.glob('iter_*')) == ['iter_30.pth']
 
 
+def test_a_second_run_into_a_busy_work_dir_refuses_and_the_first_is_unharmed(setup):
+    work, tmp = setup['tmp'] / 'busy', setup['tmp']
+    marker = tmp / 'busy.paused'
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [ROOT, TESTS] + [p for p in os.environ.get('PYTHONPATH', '').split(os.pathsep) if p]))
+    first = subprocess.Popen(
+        [sys.executable, osp.join(ROOT, 'tools', 'train.py'),
+         setup['config']('busy', 'pause', at=5, marker=str(marker)), '--work-dir', str(work),
+         *setup['options']], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not marker.exists() and first.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert marker.exists(), 'the first run never reached iteration 5'
+        for resume in ([], ['--resume']):
+            proc = run_tool('train.py', setup['config']('second'), '--work-dir', str(work),
+                            *resume, *setup['options'])
+            assert proc.returncode == 1
+            assert (f'WorkDirLockedError: work dir {work} is in use by another training run '
+                    f"(pid {first.pid} on host {socket.gethostname()!r}, started ") \
+                in proc.stderr, proc.stderr[-3000:]
+            assert 'Use another --work-dir, or wait for that run to end.' in proc.stderr
+            assert not (tmp / 'second.txt').exists()  # it never trained
+        marker.unlink()
+        out, err = first.communicate(timeout=300)
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.communicate()
+    assert first.returncode == 0, err[-3000:]
+    # The first run computed and kept exactly what it would have alone.
+    assert losses(tmp / 'busy.txt') == setup['reference']
+    assert sorted(p.name for p in work.glob('iter_*')) == ['iter_30.pth']
+    assert not (work / 'train.lock').exists()
+
+
+def test_lock_of_another_host_is_not_taken_over(tmp_path):
+    from vpt_seg.engine import WorkDirLock, WorkDirLockedError
+    (tmp_path / 'train.lock').write_text(
+        '{"pid": 1234, "host": "node-7", "started": "2026-01-01T00:00:00"}')
+    with pytest.raises(WorkDirLockedError) as err:
+        WorkDirLock(str(tmp_path)).acquire()
+    assert (f"work dir {tmp_path} is in use by another training run (pid 1234 on host "
+            f"'node-7', started 2026-01-01T00:00:00)") in str(err.value)
+    assert f'delete {tmp_path / "train.lock"}' in str(err.value)
+
+
+def test_stale_lock_of_a_dead_process_is_taken_over_and_released(tmp_path):
+    from vpt_seg.engine import WorkDirLock
+    dead = subprocess.Popen([sys.executable, '-c', 'pass'])
+    dead.wait()
+    (tmp_path / 'train.lock').write_text(
+        f'{{"pid": {dead.pid}, "host": "{socket.gethostname()}", "started": "x"}}')
+    lock = WorkDirLock(str(tmp_path))
+    note = lock.acquire()
+    assert note.startswith(f'{tmp_path}: taking over the lock of an earlier run that is gone '
+                           f'(pid {dead.pid} on host')
+    assert f'"pid": {os.getpid()}' in (tmp_path / 'train.lock').read_text()
+    again = WorkDirLock(str(tmp_path))
+    assert again.acquire() is None  # this process again (an earlier run that raised)
+    assert not lock.held and again.held
+    again.release()
+    assert not (tmp_path / 'train.lock').exists()
+
+
 def test_find_resumable_checkpoint_names_what_it_skips(tmp_path):
     torch.save({'meta': {}}, tmp_path / 'iter_10.pth')
     (tmp_path / 'iter_20.pth').write_bytes(b'garbage')
@@ -156,6 +230,7 @@ def test_nan_at_iteration_k_stops_there_and_keeps_the_last_good_checkpoint(setup
     assert max(losses(setup['tmp'] / 'nan.txt')) == 14  # iteration 15 never finished
     assert sorted(p.name for p in work.glob('iter_*')) == ['iter_10.pth']
     assert pointer(work) == str(work / 'iter_10.pth') and finite(work / 'iter_10.pth')
+    assert not (work / 'train.lock').exists()  # released when the failed run exited
 
 
 def test_huge_lr_stops_and_a_rerun_without_resume_warns_and_loses_nothing(setup):
@@ -332,3 +407,104 @@ def test_img_size_not_a_multiple_of_the_patch_size_is_refused():
     with pytest.raises(ValueError, match=r'img_size 30x30 is not a multiple of patch_size 8'
                        r'.*Use img_size=\(24, 24\)'):
         MODELS.build(dict(cfg.model.backbone, img_size=30, init_cfg=None))
+
+
+def _other_dataset_checkpoint(setup, classes=8):
+    """The reference checkpoint as if trained on a dataset of ``classes`` classes: every
+    head's classifier cut to its first ``classes`` outputs."""
+    path = setup['tmp'] / f'classes{classes}.pth'
+    if not path.exists():
+        ckpt = torch.load(setup['reference_work'] / 'iter_30.pth', weights_only=False)
+        for key, value in ckpt['state_dict'].items():
+            if '.conv_seg.' in key:
+                ckpt['state_dict'][key] = value[:classes].clone()
+        torch.save(ckpt, path)
+    return path
+
+
+@pytest.mark.parametrize('num_classes', [10, 200])
+def test_head_of_another_class_count_than_the_dataset_fails_at_start_up(setup, num_classes):
+    work = setup['tmp'] / f'classes_{num_classes}'
+    proc = run_tool('train.py', CONFIG, '--work-dir', str(work), *setup['options'],
+                    f'model.decode_head.num_classes={num_classes}')
+    assert proc.returncode == 1
+    assert (f'ClassCountError: decode_head.num_classes={num_classes}, but the dataset of '
+            f'train_dataloader (ADE20KDataset, {setup["data"]}/images/training) has 150 '
+            'classes') in proc.stderr, proc.stderr[-3000:]
+    assert 'Set num_classes=150 in model.decode_head and every auxiliary head' in proc.stderr
+    assert 'Iter(train)' not in proc.stdout and not work.joinpath('train.lock').exists()
+
+
+def test_mmseg_tools_get_the_class_count_check_from_the_hook(setup, tmp_path):
+    """MMSeg's own tools/train.py builds the Runner straight from the config: the
+    checkpoint hook's before_run refuses, before the first iteration."""
+    from mmengine.runner import Runner
+    from vpt_seg.datasets.checks import ClassCountError
+    cfg = Config.fromfile(CONFIG)
+    cfg.merge_from_dict({'model.backbone.init_cfg.checkpoint': setup['vit'],
+                         'model.auxiliary_head': None, 'work_dir': str(tmp_path),
+                         'train_dataloader.dataset.data_root': setup['data'],
+                         'val_dataloader.dataset.data_root': setup['data'],
+                         'model.decode_head.num_classes': 10})
+    runner = Runner.from_cfg(cfg)
+    with pytest.raises(ClassCountError, match=r'decode_head.num_classes=10, but the dataset '
+                       r'of train_dataloader \(ADE20KDataset\) has 150 classes'):
+        runner.train()
+    assert not list(tmp_path.glob('iter_*'))
+
+
+def test_testing_a_checkpoint_of_another_dataset_is_refused(setup):
+    path = _other_dataset_checkpoint(setup)
+    proc = run_tool('test.py', CONFIG, str(path), '--work-dir', str(setup['tmp'] / 't_cls'),
+                    *setup['options'])
+    assert proc.returncode == 1
+    assert (f'ClassCountError: {path} has heads of 8 classes, this model 150 (the '
+            "dataset's): it was trained on another dataset, and its classifiers "
+            '(auxiliary_head.0.conv_seg, auxiliary_head.1.conv_seg, auxiliary_head.2.conv_seg, '
+            'decode_head.conv_seg) do not fit') in proc.stderr, proc.stderr[-3000:]
+    assert 'size mismatch' not in proc.stdout + proc.stderr
+    assert 'Iter(test)' not in proc.stdout
+
+
+def test_fine_tuning_from_another_dataset_names_the_layers_that_start_afresh(setup):
+    path = _other_dataset_checkpoint(setup)
+    work = setup['tmp'] / 'finetune'
+    proc = run_tool('train.py', CONFIG, '--work-dir', str(work), *setup['options'],
+                    f'load_from={path}', 'train_cfg.max_iters=2', 'train_cfg.val_interval=100')
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (f'load_from: {path} has heads of 8 classes, this model 150 (the dataset\'s); '
+            'auxiliary_head.0.conv_seg, auxiliary_head.1.conv_seg, auxiliary_head.2.conv_seg, '
+            'decode_head.conv_seg start afresh, every other weight is loaded from it.') \
+        in proc.stdout
+    assert 'size mismatch' not in proc.stdout + proc.stderr
+    assert proc.stdout.count('start afresh') == 1
+
+
+@pytest.mark.parametrize('bad,message', [
+    ('label_200', "has label values outside the 150 classes: 200 (class id 199)"),
+    ('rgb', 'has shape (64, 64, 3): expected one channel of class ids'),
+])
+def test_tta_uses_the_checked_loaders(setup, tmp_path, bad, message):
+    import shutil
+
+    import cv2
+    data = shutil.copytree(setup['data'], tmp_path / 'data')
+    path = data / 'annotations' / 'validation' / 'ADE_val_00000002.png'
+    label = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if bad == 'label_200':
+        label[3, 3] = 200
+    else:
+        label = cv2.merge([label, label, label])
+    cv2.imwrite(str(path), label)
+    ckpt = str(setup['reference_work'] / 'iter_30.pth')
+    for config in (CONFIG, setup['config']('tta_mmseg')):
+        extra = [] if config == CONFIG else [  # a config with MMSeg's own TTA loaders
+            'tta_pipeline.0.type=LoadImageFromFile',
+            'tta_pipeline.1.transforms.2.0.type=LoadAnnotations',
+            'tta_pipeline.1.transforms.2.0.num_classes=None']
+        proc = run_tool('test.py', config, ckpt, '--tta', '--work-dir', str(tmp_path / 'w'),
+                        *setup['options'], f'test_dataloader.dataset.data_root={data}', *extra)
+        assert proc.returncode == 1
+        assert f"DataError: annotation '{path}' {message}" in proc.stderr, proc.stderr[-3000:]
+        assert 'IndexError' not in proc.stderr, proc.stderr[-5000:]
+        assert 'mIoU:' not in proc.stdout

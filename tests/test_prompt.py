@@ -134,3 +134,51 @@ def test_single_group_follows_the_recurrences():
         ref[i] = torch.cat([h[:, :K], h[:, K + 4:]], 1)
     for layer in (0, 2):
         torch.testing.assert_close(got[layer], ref[layer])
+
+
+@pytest.mark.parametrize('kwargs,message', [
+    # what --cfg-options model.backbone.num_prompts=abc / =2.5 hand the backbone
+    (dict(num_tokens='abc'), "num_prompts (num_tokens) must be an integer >= 0 (prompt "
+     "tokens per prompted layer; 0 = no prompts), got 'abc' (str)"),
+    (dict(num_tokens=2.5), 'num_prompts (num_tokens) must be an integer >= 0 (prompt tokens '
+     'per prompted layer; 0 = no prompts), got 2.5 (float)'),
+    (dict(num_tokens=True), 'num_prompts (num_tokens) must be an integer >= 0'),
+    (dict(num_tokens=None), 'num_prompts (num_tokens) must be an integer >= 0'),
+    (dict(deep='yes'), "deep must be True (VPT-deep) or False (VPT-shallow), got 'yes' (str)"),
+    (dict(deep=2), 'deep must be True .* got 2 \\(int\\)'),
+    (dict(layers=3), 'prompt_layers must be None or a list of layer indices in 0..3, e.g. '
+     '\\[0, 1, 2\\] \\(overrides deep\\), got 3 \\(int\\)'),
+    (dict(layers='012'), "prompt_layers must be None or a list .* got '012' \\(str\\)"),
+    (dict(layers=[0, 1.5]), 'prompt_layers must be None or a list .* got \\[0, 1.5\\]'),
+    (dict(layers=[0, 7]), 'prompt layers \\[7\\] are outside the 4 layers of the ViT'),
+    (dict(dropout='abc'), "prompt_dropout \\(dropout\\) must be a probability in \\[0, 1\\), "
+     "got 'abc' \\(str\\)"),
+    (dict(dropout=1.0), 'prompt_dropout \\(dropout\\) must be a probability in \\[0, 1\\)'),
+    (dict(dropout=-0.1), 'prompt_dropout \\(dropout\\) must be a probability'),
+])
+def test_option_of_the_wrong_type_is_named_with_what_it_accepts(kwargs, message):
+    args = dict(num_tokens=2, embed_dims=8, num_layers=4)
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=message if '\\' in message else None) as err:
+        VisualPrompt(**args)
+    if '\\' not in message:
+        assert message in str(err.value)
+
+
+@pytest.mark.parametrize('option,value', [('num_prompts', 'abc'), ('num_prompts', 2.5),
+                                          ('prompt_dropout', 'abc'), ('deep', 'abc')])
+def test_backbone_option_from_the_command_line_is_a_value_error(option, value):
+    """``--cfg-options model.backbone.num_prompts=abc``: a ValueError naming the option
+    when the backbone is built, not a TypeError from deep inside it."""
+    from mmseg.registry import MODELS
+    import vpt_seg  # noqa: F401
+    cfg = dict(type='PromptedVisionTransformer', img_size=(16, 16), patch_size=8,
+               embed_dims=8, num_layers=2, num_heads=2, num_prompts=2)
+    cfg[option] = value
+    with pytest.raises(ValueError, match=option):
+        MODELS.build(cfg)
+
+
+def test_valid_options_are_normalised():
+    vp = VisualPrompt(3, 8, num_layers=4, deep=1, layers=(2, 1, 2), dropout=0)
+    assert vp.layers == (1, 2) and vp.num_tokens == 3 and vp.deep

@@ -16,6 +16,7 @@ from mmengine.registry import init_default_scope
 from mmseg.registry import DATASETS
 
 from vpt_seg.datasets import check_dataset
+from vpt_seg.datasets.checks import ClassCountError, DataError
 from vpt_seg.runner import check_loader, load_cfg
 
 LOADERS = dict(train='train_dataloader', val='val_dataloader', test='test_dataloader')
@@ -62,9 +63,10 @@ def main():
         loader = LOADERS[split]
         if cfg.get(loader) is None:
             continue
-        try:  # layout first: missing folders, empty split, images without annotations
+        try:  # layout first: missing folders, empty split, images without annotations,
+            # a split without a valid label, heads of another class count
             check_loader(cfg, loader)
-        except FileNotFoundError as err:
+        except (FileNotFoundError, ClassCountError, DataError) as err:
             print(f'{split}: PROBLEM: {err}')
             bad += 1
             continue

@@ -16,6 +16,7 @@ import vpt_seg  # noqa: F401  (compat fixes and registration before any mmseg im
 from mmengine.config import DictAction
 from mmengine.runner import Runner
 
+from vpt_seg.datasets.checks import head_classes, use_checked_loaders
 from vpt_seg.runner import load_cfg, prepare_cfg, setup_distributed
 
 
@@ -96,7 +97,10 @@ def main():
     if args.tta:
         if 'tta_model' not in cfg or 'tta_pipeline' not in cfg:
             raise ValueError(f'--tta needs tta_model and tta_pipeline in {args.config}')
-        cfg.test_dataloader.dataset.pipeline = cfg.tta_pipeline
+        # the checked loaders also where a config keeps MMSeg's unchecked TTA pipeline
+        num_classes = head_classes(cfg.model).get('decode_head')
+        cfg.test_dataloader.dataset.pipeline = use_checked_loaders(cfg.tta_pipeline,
+                                                                   num_classes)
         cfg.tta_model.module = cfg.model
         cfg.model = cfg.tta_model
     if args.out is not None:

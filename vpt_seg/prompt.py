@@ -19,13 +19,14 @@ multi-task serving call it with one group of samples or several; the blocks them
 come from the backbone as a callable.
 """
 import math
+import numbers
 from typing import Callable, Dict, List, NamedTuple, Optional, Sequence
 
 import torch
 from torch import nn
 
-__all__ = ['VisualPrompt', 'PromptGroup', 'run_prompted_layers', 'insert_prompts',
-           'replace_prompts', 'remove_prompts', 'xavier_bound']
+__all__ = ['VisualPrompt', 'check_prompt_options', 'PromptGroup', 'run_prompted_layers',
+           'insert_prompts', 'replace_prompts', 'remove_prompts', 'xavier_bound']
 
 PROMPT_INITS = ('xavier_uniform', 'normal', 'zeros')
 
@@ -50,6 +51,50 @@ def remove_prompts(x: torch.Tensor, num_prompts: int, num_prefix: int) -> torch.
 def xavier_bound(patch_size: int, in_channels: int, embed_dims: int) -> float:
     """The paper's prompt init bound: Xavier-uniform with fan-in of one flattened patch."""
     return math.sqrt(6.0 / (in_channels * patch_size * patch_size + embed_dims))
+
+
+def _integer(value) -> bool:
+    """An int (numpy's too), not a bool and not a float that happens to be whole."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def check_prompt_options(num_tokens, deep, layers, dropout, init: str, num_layers: int):
+    """Validate the prompt options in one place; each error names the option as the
+    backbone's config spells it (``model.backbone.num_prompts``, ...) and what it accepts.
+
+    Returns:
+        ``(num_tokens, deep, layers, dropout)`` as ``int, bool, list of int or None, float``.
+
+    Raises:
+        ValueError: an option of the wrong type or out of range.
+    """
+    def refuse(option, accepts, value):
+        return ValueError(f'{option} must be {accepts}, got {value!r} '
+                          f'({type(value).__name__})')
+
+    if not _integer(num_tokens) or num_tokens < 0:
+        raise refuse('num_prompts (num_tokens)', 'an integer >= 0 (prompt tokens per '
+                     'prompted layer; 0 = no prompts)', num_tokens)
+    if not (isinstance(deep, numbers.Integral) and deep in (0, 1)):
+        raise refuse('deep', 'True (VPT-deep) or False (VPT-shallow)', deep)
+    if layers is not None:
+        accepts = (f'None or a list of layer indices in 0..{num_layers - 1}, e.g. [0, 1, 2] '
+                   '(overrides deep)')
+        if (isinstance(layers, (str, bytes)) or not isinstance(layers, Sequence)
+                or not all(_integer(i) for i in layers)):
+            raise refuse('prompt_layers', accepts, layers)
+        bad = [int(i) for i in layers if not 0 <= i < num_layers]
+        if bad:
+            raise ValueError(f'prompt layers {bad} are outside the {num_layers} layers of '
+                             f'the ViT: prompt_layers must be {accepts}')
+        layers = [int(i) for i in layers]
+    if (not isinstance(dropout, numbers.Real) or isinstance(dropout, bool)
+            or not 0.0 <= dropout < 1.0):
+        raise refuse('prompt_dropout (dropout)', 'a probability in [0, 1)', dropout)
+    if init not in PROMPT_INITS:
+        raise ValueError(f'prompt init (prompt_init) must be one of {PROMPT_INITS}, '
+                         f'got {init!r}')
+    return int(num_tokens), bool(deep), layers, float(dropout)
 
 
 class VisualPrompt(nn.Module):
@@ -90,18 +135,11 @@ class VisualPrompt(nn.Module):
                  patch_size: int = 16,
                  in_channels: int = 3):
         super().__init__()
-        if num_tokens < 0:
-            raise ValueError(f'num_tokens must be >= 0, got {num_tokens}')
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f'prompt dropout must be in [0, 1), got {dropout}')
-        if init not in PROMPT_INITS:
-            raise ValueError(f'prompt init must be one of {PROMPT_INITS}, got {init!r}')
+        num_tokens, deep, layers, dropout = check_prompt_options(
+            num_tokens, deep, layers, dropout, init, num_layers)
         if layers is None:
             layers = range(num_layers) if deep else [0]
-        layers = sorted(set(int(i) for i in layers)) if num_tokens else []
-        bad = [i for i in layers if not 0 <= i < num_layers]
-        if bad:
-            raise ValueError(f'prompt layers {bad} are outside the {num_layers} layers of the ViT')
+        layers = sorted(set(layers)) if num_tokens else []
 
         self.num_tokens = num_tokens
         self.embed_dims = embed_dims

@@ -115,12 +115,16 @@ def load_cfg(args) -> Config:
 
 
 def prepare_cfg(cfg: Config, training: bool) -> Config:
-    """Fail early, naming the folder or file, when a dataset is not where the config says:
-    a missing folder, an empty split, images without annotations.
+    """Fail early, naming the folder or file, when a dataset is not where the config says
+    (a missing folder, an empty split, images without annotations, a split without a
+    single valid label) or does not fit the model (heads with another ``num_classes``
+    than the dataset's classes).
 
     Raises:
         FileNotFoundError: a dataset folder (``data_root``/``data_prefix``) is missing or
             holds no images, or images have no annotation.
+        DataError: every pixel of the split is ignored.
+        ClassCountError: a head's ``num_classes`` is not the dataset's class count.
     """
     loaders = ('train_dataloader', 'val_dataloader') if training else ('test_dataloader',)
     for loader in loaders:
@@ -136,6 +140,7 @@ def check_loader(cfg: Config, loader: str):
     Raises:
         FileNotFoundError: a dataset folder is missing or holds no images, or images have
             no annotation.
+        ClassCountError: a head's ``num_classes`` is not the dataset's class count.
     """
     for key, path in _dataset_dirs(cfg[loader]['dataset']):
         if path and '://' not in path and not osp.isdir(path):
@@ -153,7 +158,8 @@ def _check_layout(cfg: Config, loader: str):
     from mmseg.datasets import BaseSegDataset
     from mmseg.registry import DATASETS
 
-    from .datasets.checks import check_split_layout
+    from .datasets.checks import (check_class_counts, check_split_has_labels,
+                                  check_split_layout, head_classes)
     dataset = cfg[loader]['dataset']
     if dataset.get('type') in ('ConcatDataset', 'RepeatDataset', 'ClassBalancedDataset'):
         return
@@ -162,7 +168,11 @@ def _check_layout(cfg: Config, loader: str):
     if isinstance(built, BaseSegDataset):
         prefix = dict(dataset.get('data_prefix') or {})
         where = osp.join(dataset.get('data_root', '') or '', prefix.get('img_path', ''))
-        check_split_layout(built.load_data_list(), f'{loader}: {where}')
+        data_list = built.load_data_list()
+        check_split_layout(data_list, f'{loader}: {where}')
+        check_split_has_labels(data_list, f'{loader}: {where}', built.ignore_index)
+        check_class_counts(head_classes(cfg.model), built.metainfo.get('classes'),
+                           f'{loader} ({type(built).__name__}, {where})')
 
 
 def setup_distributed(cfg: Config) -> Config:

@@ -51,3 +51,16 @@ vpt_test_pipeline = [
     dict(type='CheckedLoadAnnotations', reduce_zero_label=True, num_classes=150),
     dict(type='PackSegInputs')
 ]
+# MMSeg's ADE20k test-time augmentation (multi-scale 0.5-1.75 + flip, `--tta`) with the same
+# checked loaders: MMSeg's own would accept a label of 200 and fail on an RGB annotation
+# with a bare IndexError.
+vpt_tta_pipeline = [
+    dict(type='CheckedLoadImageFromFile', backend_args=None),
+    dict(type='TestTimeAug', transforms=[
+        [dict(type='Resize', scale_factor=r, keep_ratio=True)
+         for r in [0.5, 0.75, 1.0, 1.25, 1.5, 1.75]],
+        [dict(type='RandomFlip', prob=0., direction='horizontal'),
+         dict(type='RandomFlip', prob=1., direction='horizontal')],
+        [dict(type='CheckedLoadAnnotations', reduce_zero_label=True, num_classes=150)],
+        [dict(type='PackSegInputs')]])
+]

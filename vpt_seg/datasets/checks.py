@@ -4,20 +4,26 @@ Two layers share the checks of :func:`read_image` and :func:`read_label`:
 
 * **On load**, in the pipeline: :class:`CheckedLoadImageFromFile` and
   :class:`CheckedLoadAnnotations` (MMSeg's transforms, same arguments) fail on the first
-  bad file, naming it: an image that is missing, truncated or not an image; an
-  annotation that is missing, not single-channel, 16-bit with values over 255 (MMSeg
-  would wrap them to 0..255), of another size than its image, or with class ids outside
-  ``0..num_classes-1`` other than the ignore value.
+  bad file, naming it: an image that is missing, truncated, not an image, or a photo
+  with an EXIF Orientation other than 1 (decoded turned upright while its annotation is
+  read as stored); an annotation that is missing, JPEG data (lossy, whatever its name),
+  not single-channel, 16-bit with values over 255 (MMSeg would wrap them to 0..255), of
+  another size than its image, or with class ids outside ``0..num_classes-1`` other than
+  the ignore value. Annotations are read as MMSeg's ``LoadAnnotations`` reads them
+  (pillow, ``'unchanged'``): a palette PNG gives its indices, a ``1xW`` one stays ``1xW``.
 * **Before training**, :func:`check_dataset` scans a whole split the same way and reports
   every problem at once with a class histogram (``tools/check_data.py CONFIG``, or
   :class:`~vpt_seg.engine.DataCheckHook` at start-up); :func:`check_split_layout` refuses an
-  empty split or images without annotations when the dataset is built.
+  empty split or images without annotations when the dataset is built, and
+  :func:`check_split_has_labels` a split without a single valid label (reading up to the
+  first labelled file); :func:`check_class_counts` heads whose ``num_classes`` is not
+  the dataset's.
 
 Policy: nothing is skipped. A bad file is an error, never a silent gap in the data: a
 skipped image would change what the run trains on without a trace in its numbers.
 """
 import os.path as osp
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import mmcv
 import mmengine.fileio as fileio
@@ -27,7 +33,9 @@ from mmseg.datasets.transforms import LoadAnnotations
 from mmseg.registry import TRANSFORMS
 
 __all__ = ['DataError', 'read_image', 'read_label', 'CheckedLoadImageFromFile',
-           'CheckedLoadAnnotations', 'check_split_layout', 'check_dataset']
+           'CheckedLoadAnnotations', 'check_split_layout', 'check_dataset',
+           'ClassCountError', 'head_classes', 'check_class_counts', 'check_split_has_labels',
+           'exif_orientation', 'use_checked_loaders']
 
 LAYOUT = ('images/<split>/NAME.jpg with annotations/<split>/NAME.png (ADE20k: '
           'ADEChallengeData2016/{images,annotations}/{training,validation})')
@@ -46,6 +54,30 @@ def _truncated(data: bytes) -> bool:
     return False
 
 
+def _is_jpeg(data: bytes) -> bool:
+    return data[:3] == b'\xff\xd8\xff'
+
+
+# EXIF Orientation (tag 0x0112) values other than 1: how a viewer must turn the stored
+# pixels to show the photo upright.
+_ORIENTATIONS = {2: 'mirrored', 3: 'rotated 180 degrees', 4: 'flipped upside down',
+                 5: 'mirrored and rotated 90 degrees', 6: 'rotated 90 degrees clockwise',
+                 7: 'mirrored and rotated 270 degrees', 8: 'rotated 90 degrees counter-clockwise'}
+
+
+def exif_orientation(data: bytes) -> int:
+    """The EXIF Orientation of an encoded image (1, upright as stored, when it has none)."""
+    import io
+
+    from PIL import Image
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            value = im.getexif().get(0x0112, 1)
+    except Exception:  # not something PIL reads: the decoder names the problem
+        return 1
+    return value if isinstance(value, int) else 1
+
+
 def _read_bytes(path: str, what: str, backend_args=None) -> bytes:
     try:
         return fileio.get(path, backend_args=backend_args)
@@ -56,11 +88,22 @@ def _read_bytes(path: str, what: str, backend_args=None) -> bytes:
 
 def read_image(path: str, flag: str = 'color', backend: str = 'cv2',
                backend_args=None) -> np.ndarray:
-    """Decode an image, refusing truncated and unreadable files by name."""
+    """Decode an image, refusing by name truncated and unreadable files, and photos with an
+    EXIF Orientation other than 1 (the decoders turn those upright, their annotations
+    are read as stored: policy "detect and name", see the README)."""
     data = _read_bytes(path, 'image', backend_args)
     if _truncated(data):
         raise DataError(f'image {path!r} is truncated (its last bytes are missing); '
                         're-copy or remove it')
+    orientation = exif_orientation(data)
+    if orientation != 1:
+        raise DataError(
+            f'image {path!r} has EXIF Orientation {orientation} (stored '
+            f'{_ORIENTATIONS.get(orientation, "turned")}): the image decoders turn it upright '
+            'while its annotation is read as stored, so labels would not line up with '
+            'pixels. Write the image with the turn applied and the tag removed, turning its '
+            'annotation the same way if it was drawn on the stored pixels (e.g. PIL: '
+            'ImageOps.exif_transpose(Image.open(path)).save(path)).')
     try:
         img = mmcv.imfrombytes(data, flag=flag, backend=backend)
     except Exception as err:  # the decoders raise their own types
@@ -91,12 +134,17 @@ def map_labels(raw: np.ndarray, reduce_zero_label: bool,
 def read_label(path: str, *, img_shape: Optional[Tuple[int, int]] = None,
                reduce_zero_label: bool = False, label_map: Optional[Mapping] = None,
                num_classes: Optional[int] = None, ignore_index: int = 255,
-               img_path: str = '', backend: str = 'cv2', backend_args=None) -> np.ndarray:
+               img_path: str = '', backend: str = 'pillow', backend_args=None) -> np.ndarray:
     """Decode an annotation and check it; returns the training ids ``(H, W)`` uint8.
+
+    Read as MMSeg's ``LoadAnnotations`` reads it (``flag='unchanged'``, the pillow backend
+    by default): a palette-mode (``P``) PNG gives its palette indices as class ids (OpenCV
+    would expand it to colours), and a ``1xW`` annotation stays ``1xW``.
 
     Raises:
         FileNotFoundError: no such file (the message gives the image and the layout).
-        DataError: not decodable, not one channel, values over 255, another size than
+        DataError: not decodable, JPEG data (lossy), not one channel, values over 255,
+            another size than
             ``img_shape``, or class ids outside ``0..num_classes-1`` other than
             ``ignore_index`` (naming the value as stored in the file).
     """
@@ -107,10 +155,16 @@ def read_label(path: str, *, img_shape: Optional[Tuple[int, int]] = None,
                                 if img_path else str(err)) from None
     if _truncated(data):
         raise DataError(f'annotation {path!r} is truncated; re-copy or remove it')
+    if _is_jpeg(data):
+        named = ' under a .png name' if path.lower().endswith('.png') else ''
+        raise DataError(f'annotation {path!r} is JPEG data{named}: JPEG is lossy, so its class '
+                        'ids are changed around every edge. Export the labels losslessly '
+                        '(PNG, one channel of class ids) from their source.')
     raw = mmcv.imfrombytes(data, flag='unchanged', backend=backend)
     if raw is None:
         raise DataError(f'annotation {path!r} cannot be read: not an image file')
-    raw = raw.squeeze()
+    if raw.ndim == 3 and raw.shape[2] == 1:
+        raw = raw[..., 0]
     if raw.ndim != 2:
         raise DataError(f'annotation {path!r} has shape {raw.shape}: expected one channel '
                         'of class ids (a grey or palette PNG), not a colour image')
@@ -196,6 +250,91 @@ class CheckedLoadAnnotations(LoadAnnotations):
         results['seg_fields'].append('gt_seg_map')
 
 
+class ClassCountError(ValueError):
+    """The segmentation heads classify another number of classes than the dataset has."""
+
+
+def head_classes(model) -> Dict[str, int]:
+    """``{'decode_head': n, 'auxiliary_head.0': n, ...}``: the ``num_classes`` of a
+    segmentor's heads, from its config (a dict; a TTA model's ``module`` is looked into)
+    or from the built model (an ``nn.Module``). Empty for models without such heads."""
+    if isinstance(model, Mapping):
+        while 'decode_head' not in model and isinstance(model.get('module'), Mapping):
+            model = model['module']
+        get = model.get
+    else:
+        get = lambda name: getattr(model, name, None)  # noqa: E731
+    found = {}
+    for name in ('decode_head', 'auxiliary_head'):
+        heads = get(name)
+        if heads is None:
+            continue
+        many = isinstance(heads, (list, tuple)) or type(heads).__name__ == 'ModuleList'
+        for i, head in enumerate(heads if many else [heads]):
+            n = head.get('num_classes') if isinstance(head, Mapping) else \
+                getattr(head, 'num_classes', None)
+            if n is not None:
+                found[f'{name}.{i}' if many else name] = n
+    return found
+
+
+def check_class_counts(heads: Mapping[str, int], classes: Optional[Sequence[str]],
+                       where: str):
+    """Refuse heads whose ``num_classes`` is not the dataset's class count.
+
+    Args:
+        heads: From :func:`head_classes`.
+        classes: The dataset's classes (its ``METAINFO``, or the config's
+            ``metainfo=dict(classes=...)``); None or empty: not checked.
+        where: What the dataset is, for the message (``'train_dataloader: ADE20KDataset'``).
+
+    Raises:
+        ClassCountError: naming each head's count and the dataset's.
+    """
+    if not classes:
+        return
+    bad = {name: n for name, n in heads.items() if n != len(classes)}
+    if not bad:
+        return
+    counts = ', '.join(f'{name}.num_classes={n}' for name, n in bad.items())
+    raise ClassCountError(
+        f'{counts}, but the dataset of {where} has {len(classes)} classes (its METAINFO, or '
+        "the config's metainfo=dict(classes=...)): heads with fewer classes fail on the "
+        'first label above them, heads with more train outputs no label has, and a test '
+        f'reports a wrong mIoU. Set num_classes={len(classes)} in model.decode_head and '
+        'every auxiliary head, or give the dataset the classes of your labels '
+        '(dataset.metainfo=dict(classes=(...))).')
+
+
+_CHECKED = {'LoadImageFromFile': 'CheckedLoadImageFromFile',
+            'LoadAnnotations': 'CheckedLoadAnnotations'}
+
+
+def use_checked_loaders(pipeline: Sequence, num_classes: Optional[int] = None) -> List:
+    """A pipeline config with MMCV's/MMSeg's ``LoadImageFromFile`` and ``LoadAnnotations``
+    replaced by the checked loaders (same arguments), inside ``TestTimeAug`` branches too;
+    ``CheckedLoadAnnotations`` without ``num_classes`` gets ``num_classes``.
+
+    ``tools/test.py --tta`` runs a config's ``tta_pipeline`` through it, so a config
+    inheriting MMSeg's unchecked TTA pipeline is checked like the rest."""
+    out = []
+    for step in pipeline:
+        if isinstance(step, (list, tuple)):  # a TestTimeAug branch
+            out.append(use_checked_loaders(step, num_classes))
+            continue
+        step = dict(step)
+        kind = step.get('type')
+        kind = kind.split('.')[-1] if isinstance(kind, str) else kind
+        if kind in _CHECKED:
+            step['type'] = _CHECKED[kind]
+        if step.get('type') == 'CheckedLoadAnnotations' and step.get('num_classes') is None:
+            step['num_classes'] = num_classes
+        if isinstance(step.get('transforms'), (list, tuple)):
+            step['transforms'] = use_checked_loaders(step['transforms'], num_classes)
+        out.append(step)
+    return out
+
+
 def check_split_layout(data_list: Sequence[dict], where: str):
     """Refuse an empty split, and images without an annotation, naming them.
 
@@ -210,6 +349,53 @@ def check_split_layout(data_list: Sequence[dict], where: str):
         raise FileNotFoundError(
             f'{where}: {len(lost)} of {len(data_list)} images have no annotation, e.g. '
             f'{shown} (expected {lost[0]["seg_map_path"]!r}). Expected layout: {LAYOUT}')
+
+
+def _no_label_message(count: int, ignore: int, reduce_zero_label: bool,
+                      label_map) -> str:
+    why = []
+    if reduce_zero_label:
+        why.append('reduce_zero_label=True makes 0 in a file the ignore value')
+    if label_map:
+        why.append("the config's metainfo classes map every other id to "
+                   f'{ignore}')
+    return (f'no valid label: every pixel of its {count} annotations is ignored ({ignore}'
+            f'{" after mapping" if why else ""}), so training would run with loss 0 and '
+            f'testing report mIoU nan{" (" + "; ".join(why) + ")" if why else ""}. Check '
+            'the annotation folder, reduce_zero_label and metainfo.classes.')
+
+
+def check_split_has_labels(data_list: Iterable[dict], where: str, ignore_index: int = 255):
+    """Refuse a split with no valid label at all (every pixel ``ignore_index``).
+
+    Reads annotations in order up to the first one with a label, so a normal split costs
+    one file; only a split without labels is read through (then it is refused). Files that
+    do not decode are left to the loaders and ``tools/check_data.py``, which name them.
+
+    Args:
+        data_list: The dataset's items (``seg_map_path``, ``reduce_zero_label``,
+            ``label_map``), e.g. ``dataset.load_data_list()``; read lazily.
+
+    Raises:
+        DataError: no annotation of the split has a pixel other than ``ignore_index``.
+    """
+    seen, first = 0, None
+    for info in data_list:
+        if not info.get('seg_map_path'):
+            continue
+        first = first or info
+        try:
+            label = read_label(info['seg_map_path'],
+                               reduce_zero_label=info.get('reduce_zero_label', False),
+                               label_map=info.get('label_map'))
+        except (DataError, FileNotFoundError):
+            continue
+        seen += 1
+        if (label != ignore_index).any():
+            return
+    if seen:
+        raise DataError(f'{where}: ' + _no_label_message(
+            seen, ignore_index, first.get('reduce_zero_label', False), first.get('label_map')))
 
 
 def check_dataset(dataset, progress: bool = True) -> Dict:
@@ -249,6 +435,11 @@ def check_dataset(dataset, progress: bool = True) -> Dict:
             bar.update()
     if bar is not None:
         print()
+    read = int(hist.sum())
+    if read and read == hist[ignore]:
+        first = items[0]
+        problems.append(_no_label_message(
+            len(items), ignore, first.get('reduce_zero_label', False), first.get('label_map')))
     return dict(num_images=len(items), problems=problems, num_classes=num_classes,
                 histogram={int(i): int(n) for i, n in enumerate(hist) if n},
                 sizes=sizes, classes=tuple(meta.get('classes', ())), ignore_index=ignore)

@@ -20,11 +20,13 @@ from mmengine.logging import print_log
 from mmengine.model import BaseTTAModel, is_model_wrapper
 from mmengine.optim import OptimWrapperDict
 from mmengine.registry import HOOKS
+from mmengine.runner import BaseLoop
 
 from ..checkpoint import check_task_state_dict
+from .lock import WorkDirLock, WorkDirLockedError
 
 __all__ = ['SafeCheckpointHook', 'NonFiniteCheckHook', 'NonFiniteError', 'DataCheckHook',
-           'find_resumable_checkpoint']
+           'find_resumable_checkpoint', 'WorkDirLockedError']
 
 
 class NonFiniteError(FloatingPointError):
@@ -133,15 +135,65 @@ class SafeCheckpointHook(CheckpointHook):
       ``tools/test.py`` that lacks tuned weights the model needs (its heads, its prompts)
       is refused, naming them and what the file looks like (a pretrained backbone, a
       classification task) instead of MMEngine's "missing keys" warning.
+    * **One run per work dir.** Training takes ``WORK_DIR/train.lock``
+      (:class:`~vpt_seg.engine.lock.WorkDirLock`, rank 0 only) before anything is loaded
+      or saved; a second run into the same work dir refuses, naming the run that holds it
+      (pid, host). The lock goes at the end of the run, when the process exits after an
+      error, and with the process itself under ``kill -9``: the next run (``--resume``)
+      takes a stale lock over with a note. Testing takes no lock.
     * Training into a work dir that already holds a run, without ``--resume``, warns.
     """
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._rng_state = None
+        self._lock = None
+        self._training = False
 
     # ------------------------------------------------------------- start-up
+    def _lock_work_dir(self, runner) -> None:
+        """Rank 0 takes the work dir's lock; every rank raises if it could not."""
+        from mmengine.dist import broadcast_object_list, get_world_size
+        error = None
+        if is_main_process():
+            self._lock = WorkDirLock(runner.work_dir)
+            try:
+                note = self._lock.acquire()
+            except WorkDirLockedError as err:
+                error = str(err)
+            else:
+                if note:
+                    print_log(note, logger='current', level=logging.WARNING)
+        if get_world_size() > 1:
+            shared = [error]
+            broadcast_object_list(shared, src=0)
+            error = shared[0]
+        if error is not None:
+            raise WorkDirLockedError(error)
+
+    def _check_data_fits(self, runner) -> None:
+        """Each built loop's dataset against the heads' ``num_classes``, and not without a
+        single valid label: the start-up checks of :func:`vpt_seg.runner.prepare_cfg`,
+        for MMSeg's own tools, which do not run it."""
+        from ..datasets.checks import check_class_counts, check_split_has_labels, head_classes
+        heads = head_classes(_unwrap(runner.model))
+        for name in ('train', 'val', 'test'):
+            loop = getattr(runner, f'_{name}_loop', None)
+            if not heads or not isinstance(loop, BaseLoop):
+                continue
+            dataset = loop.dataloader.dataset
+            where = f'{name}_dataloader ({type(dataset).__name__})'
+            check_class_counts(heads, getattr(dataset, 'metainfo', {}).get('classes'), where)
+            if hasattr(dataset, 'ignore_index') and hasattr(dataset, 'get_data_info'):
+                check_split_has_labels((dataset.get_data_info(i) for i in range(len(dataset))),
+                                       where, dataset.ignore_index)
+
     def before_run(self, runner) -> None:
+        self._check_data_fits(runner)
+        # Runner.train() builds its loop before before_run; test() and val() do not.
+        self._training = isinstance(runner._train_loop, BaseLoop)
+        if self._training:
+            self._lock_work_dir(runner)
         # Runs before MMEngine's load_or_resume: pick the checkpoint to resume from.
         if getattr(runner, '_resume', False) and runner._load_from is None:
             path, skipped = find_resumable_checkpoint(runner.work_dir, self.filename_tmpl)
@@ -155,6 +207,11 @@ class SafeCheckpointHook(CheckpointHook):
                           level=logging.WARNING)
             if path is not None:
                 runner._load_from = path  # MMEngine resumes from load_from when resume=True
+
+    def after_run(self, runner) -> None:
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
     def before_train(self, runner) -> None:
         pointer = osp.join(runner.work_dir, 'last_checkpoint')
@@ -173,10 +230,47 @@ class SafeCheckpointHook(CheckpointHook):
         state = checkpoint.get('state_dict', checkpoint)
         state = {re.sub(r'^module\.', '', k): v for k, v in state.items()}
         model = _unwrap(runner.model)
-        check_task_state_dict(list(model.state_dict().keys()), state,
-                              str(runner._load_from or 'the checkpoint'))
-        if getattr(runner, '_resume', False):
+        name = str(runner._load_from or 'the checkpoint')
+        own = model.state_dict()
+        check_task_state_dict(list(own.keys()), state, name)
+        resume = getattr(runner, '_resume', False)
+        self._head_classes(checkpoint, state, own, name,
+                           fine_tune=getattr(self, '_training', False) and not resume)
+        if resume:
             self._rng_state = checkpoint.get('rng_state')
+
+    @staticmethod
+    def _head_classes(checkpoint: dict, state: dict, own: dict, name: str,
+                      fine_tune: bool) -> None:
+        """Head tensors of another class count than the model's (a checkpoint of another
+        dataset): refused when testing or resuming; when fine-tuning (``load_from``),
+        dropped from the checkpoint before MMEngine loads it, so those layers keep their
+        fresh initialisation, and named in one line instead of MMEngine's size-mismatch
+        report."""
+        from ..datasets.checks import ClassCountError
+        heads = ('decode_head.', 'auxiliary_head.', 'head.')
+        mismatched = [k for k, v in state.items() if k.startswith(heads) and k in own
+                      and hasattr(v, 'shape') and tuple(v.shape) != tuple(own[k].shape)]
+        if not mismatched:
+            return
+        layers = sorted({k.rsplit('.', 1)[0] for k in mismatched})
+        # the classifier's weight is (num_classes, C, ...): its first dimension
+        ckpt_n = {int(state[k].shape[0]) for k in mismatched if k.endswith('.weight')}
+        own_n = {int(own[k].shape[0]) for k in mismatched if k.endswith('.weight')}
+        counts = (f'{name} has heads of {"/".join(map(str, sorted(ckpt_n)))} classes, this '
+                  f'model {"/".join(map(str, sorted(own_n)))} (the dataset\'s)')
+        if not fine_tune:
+            raise ClassCountError(
+                f'{counts}: it was trained on another dataset, and its classifiers '
+                f'({", ".join(layers)}) do not fit this model; tested or resumed with them '
+                'left at random the numbers would mean nothing. Test it with the config '
+                'and dataset it was trained with, or fine-tune from it with load_from.')
+        target = checkpoint['state_dict'] if 'state_dict' in checkpoint else checkpoint
+        for key in list(target):
+            if re.sub(r'^module\.', '', key) in mismatched:
+                del target[key]
+        print_log(f'load_from: {counts}; {", ".join(layers)} start afresh, every other '
+                  'weight is loaded from it.', logger='current', level=logging.WARNING)
 
     def before_train_epoch(self, runner) -> None:
         if self._rng_state is None:
