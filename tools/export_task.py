@@ -15,6 +15,7 @@ no longer run) is re-exported the same way, with its config named:
     python tools/export_task.py CONFIG OLD.safetensors NEW.safetensors
 """
 import argparse
+import os
 import os.path as osp
 
 import vpt_seg  # noqa: F401  (compat fixes and registration before any mmseg import)
@@ -44,6 +45,7 @@ def main():
     if args.cfg_options:
         cfg.merge_from_dict(args.cfg_options)
         mark_named_pretrained(cfg, args.cfg_options)
+    os.makedirs(osp.dirname(osp.abspath(args.out)), exist_ok=True)  # as MMSeg's --out
     meta = export_task(cfg, args.checkpoint, args.out)
     size = osp.getsize(args.out)
     print(f'task file {args.out}: {size / 2**10:.1f} KiB; loads with the pretrained backbone '
