@@ -50,7 +50,8 @@ from .tuning import frozen_state_keys
 
 __all__ = ['record_pretrained', 'check_signature', 'check_shapes', 'prepare_state_dict',
            'frozen_candidates', 'complete_frozen', 'frozen_digest', 'load_checkpoint_file',
-           'check_task_state_dict', 'configured_in_cfg', 'load_task_model', 'export_task']
+           'check_task_state_dict', 'check_task_checkpoint', 'configured_in_cfg',
+           'load_task_model', 'export_task']
 
 
 def _listing(keys: Sequence[str], limit: int = 12) -> str:
@@ -88,6 +89,7 @@ def record_pretrained(backbone: nn.Module, state_dict, prefix: str, local_metada
     ``local_metadata['pretrained']`` (as configured, relative to the run's folder, and
     absolute), the frozen weights' sha256 once they came from a file, and no frozen
     weights unless ``save_frozen``."""
+    local_metadata['backbone_type'] = type(backbone).__name__  # named when refused
     path = backbone.pretrained_file
     if path:
         local_metadata['pretrained'] = [path] if '://' in path else list(
@@ -101,18 +103,21 @@ def record_pretrained(backbone: nn.Module, state_dict, prefix: str, local_metada
         state_dict.pop(prefix + key, None)
 
 
-def check_signature(backbone: nn.Module, theirs: Optional[torch.Tensor], where: str = ''):
+def check_signature(backbone: nn.Module, theirs: Optional[torch.Tensor], where: str = '',
+                    theirs_type: Optional[str] = None):
     """Raise ``ValueError`` if a checkpoint's ``signature`` (None: it has none, as
     pretrained files and MMSeg checkpoints) records another ViT than ``backbone``'s,
-    naming the fields that differ."""
+    naming the fields that differ (``theirs_type``: the backbone class the checkpoint
+    records, named when it is another kind)."""
     ours = backbone.signature
     if theirs is None or (theirs.shape == ours.shape and torch.equal(theirs.cpu(), ours.cpu())):
         return
     fields = backbone.signature_fields
     if theirs.shape != ours.shape:
+        kind = f' ({theirs_type})' if isinstance(theirs_type, str) and theirs_type else ''
         diff = (f'{theirs.numel()} signature fields in the checkpoint, {ours.numel()} '
                 f'here ({type(backbone).__name__}: {", ".join(fields)}): a checkpoint of '
-                'another kind of backbone')
+                f'another kind of backbone{kind}')
     else:
         diff = ', '.join(f'{f} {int(a)} in the checkpoint vs {int(b)} here'
                          for f, a, b in zip(fields, theirs.tolist(), ours.tolist()) if a != b)
@@ -165,7 +170,8 @@ def prepare_state_dict(backbone: nn.Module, state_dict, prefix: str, local_metad
         FileNotFoundError: no candidate for the frozen weights exists.
     """
     sig_key = prefix + 'signature'
-    check_signature(backbone, state_dict.get(sig_key))
+    check_signature(backbone, state_dict.get(sig_key),
+                    theirs_type=local_metadata.get('backbone_type'))
     if sig_key not in state_dict:  # a pretrained file or an MMSeg checkpoint
         state_dict[sig_key] = backbone.signature.clone()
     backbone.check_checkpoint_fits(state_dict, prefix)
@@ -337,6 +343,33 @@ def check_task_state_dict(expected: Collection[str], state_dict: Mapping[str, An
         'Give the task checkpoint this config wrote (work_dirs/<config>/iter_*.pth).')
 
 
+def check_task_checkpoint(model: nn.Module, state_dict: Mapping[str, Any], path: str,
+                          expected: Optional[Collection[str]] = None,
+                          metadata: Optional[Mapping] = None):
+    """Before a model loads a checkpoint: refuse one made for another backbone (by its
+    ``signature``, naming the backbone kind it records), then one that lacks tuned
+    weights the model needs (:func:`check_task_state_dict`). The kind goes first: a
+    DINOv2 task on an MMSeg-layout config differs in its heads too, but the backbone is
+    what to fix.
+
+    Args:
+        model: The model about to load it (``model.backbone``: a prompted backbone).
+        state_dict: The checkpoint's (``module.`` prefixes already removed).
+        path: The file, for messages.
+        expected: ``model.state_dict()``'s keys, if known already.
+        metadata: The state dict's ``_metadata`` (default: ``state_dict._metadata``).
+    """
+    backbone = getattr(model, 'backbone', None)
+    signature = state_dict.get('backbone.signature')
+    if signature is not None and getattr(backbone, 'signature_fields', None):
+        metadata = getattr(state_dict, '_metadata', None) if metadata is None else metadata
+        recorded = (metadata or {}).get('backbone') or {}
+        check_signature(backbone, signature, f'{path}: ',
+                        theirs_type=recorded.get('backbone_type'))
+    check_task_state_dict(list(model.state_dict()) if expected is None else expected,
+                          state_dict, path)
+
+
 def configured_in_cfg(backbone_cfg) -> Optional[str]:
     """The pretrained file a ``model.backbone`` config names, at its backbone's
     ``pretrained_option`` (``init_cfg.checkpoint`` for MMSeg's layout, ``checkpoint``
@@ -403,7 +436,7 @@ def load_task_model(config, checkpoint: str, pretrained: Optional[str] = None) -
     if pretrained is not None and hasattr(model.backbone, 'prefer_configured'):
         model.backbone.prefer_configured = True  # the caller's word
     ckpt, state = load_checkpoint_file(checkpoint)
-    check_task_state_dict(list(model.state_dict()), state, checkpoint)
+    check_task_checkpoint(model, state, checkpoint)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as err:

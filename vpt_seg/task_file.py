@@ -309,9 +309,22 @@ def read_task_file(path: str) -> Tuple['OrderedDict[str, torch.Tensor]', Dict[st
                                 'hex digest')
         _dataset_meta(path, meta)  # parses, or names the key
         state._metadata[prefix[:-1]] = {'pretrained': pretrained_candidates(path, meta)}
+        kind = _backbone_type(meta)
+        if kind:
+            state._metadata[prefix[:-1]]['backbone_type'] = kind
         if digest:
             state._metadata[prefix[:-1]]['frozen_sha256'] = digest
     return state, meta
+
+
+def _backbone_type(meta: Dict[str, str]) -> Optional[str]:
+    """``model.backbone.type`` of the stored config (a version-2 file), for messages
+    only; None where it cannot be read."""
+    try:
+        kind = json.loads(meta.get('config_json') or '{}')['model']['backbone']['type']
+    except (ValueError, KeyError, TypeError):
+        return None
+    return kind if isinstance(kind, str) and re.fullmatch(r'\w{1,80}', kind) else None
 
 
 def _checkpoint_of(path: str, state, meta) -> dict:
