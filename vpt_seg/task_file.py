@@ -259,8 +259,7 @@ def read_task_config(path: str, meta: Optional[Dict[str, str]] = None) -> Config
         raise _header_error(path, 'config_json', str(err)) from None
     backbone = (cfg.get('model') or {}).get('backbone')
     if isinstance(backbone, dict):
-        for key in ('prefer_init_cfg', 'prefer_checkpoint'):  # the user's word, never
-            backbone.pop(key, None)                         # the file's
+        backbone.pop('prefer_init_cfg', None)  # the user's word, never the file's
         option = pretrained_option_of(backbone)
         keys = option.split('.')[2:]  # ['init_cfg', 'checkpoint'] or ['checkpoint']
         owner = backbone

@@ -272,11 +272,6 @@ class PromptedTimmViT(FrozenBackboneMixin, BaseModule):
             the layers without a bias, e.g. EVA's key projection).
         save_frozen: Put the frozen weights into ``state_dict()`` too.
         with_cp: Recompute each block in the backward pass (activation checkpointing).
-        prefer_checkpoint: When a task checkpoint is loaded, take its frozen weights from
-            ``checkpoint`` only, not from the file the checkpoint records: the user named
-            it (``tools/*.py`` set this when ``--cfg-options`` names
-            ``model.backbone.checkpoint``). Its weights must still match the recorded
-            sha256. Default: the recorded file first, then ``checkpoint``.
         init_cfg: MMEngine's; unused (weights come from ``checkpoint``).
 
     Shapes:
@@ -304,7 +299,6 @@ class PromptedTimmViT(FrozenBackboneMixin, BaseModule):
                  freeze: bool = True,
                  tune_bias: bool = False,
                  save_frozen: bool = False,
-                 prefer_checkpoint: bool = False,
                  with_cp: bool = False,
                  init_cfg: Optional[dict] = None):
         if isinstance(init_cfg, dict) and init_cfg.get('type') == 'Pretrained':
@@ -339,7 +333,6 @@ class PromptedTimmViT(FrozenBackboneMixin, BaseModule):
         self.freeze = freeze
         self.tune_bias = tune_bias
         self.save_frozen = save_frozen
-        self.prefer_configured = prefer_checkpoint
         self.with_cp = with_cp
         self.final_norm = final_norm
         self.num_prefix = vit.num_prefix_tokens
