@@ -269,10 +269,11 @@ def test_a_version_1_file_loads_with_its_config_named_and_is_never_parsed(deep, 
 
 @pytest.fixture
 def notes(monkeypatch):
-    from vpt_seg import task_file
+    from vpt_seg import loading, task_file
     from vpt_seg.models import prompted_vit
     lines = []
     monkeypatch.setattr(task_file, 'print_log', lambda msg, **kw: lines.append(msg))
+    monkeypatch.setattr(loading, 'print_log', lambda msg, **kw: lines.append(msg))
     monkeypatch.setattr(prompted_vit, 'print_log', lambda msg, **kw: lines.append(msg))
     return lines
 
@@ -462,3 +463,125 @@ def test_serving_on_a_url_backbone_reads_it_safely(deep, tmp_path, file_server):
     with pytest.raises(UnreadableCheckpointError, match='bad.pth.*Python object'):
         build_shared_backbone(cfg.model.backbone, pretrained=file_server.url('bad.pth'))
     assert not marker.exists()
+
+
+# ------------------------------------------------------- a timm (DINOv2) task
+DINO = osp.join(ROOT, 'configs', 'demo', 'setr_vpt_tiny_dinov2_ade20k.py')
+MMSEG_TASK = osp.join(STUDY, 'vpt-deep.py')  # the MMSeg-layout tiny ViT
+
+
+@pytest.fixture(scope='module')
+def dinov2(tmp_path_factory):
+    """A tiny DINOv2-with-registers task (the demo config, timm's own class) trained on
+    a stand-in hub folder, saved as a training checkpoint, and its outputs."""
+    import timm
+
+    from vpt_seg.models.timm_vit import write_hub_folder
+    tmp = tmp_path_factory.mktemp('dinov2_task')
+    cfg = Config.fromfile(DINO)
+    b = cfg.model.backbone
+    torch.manual_seed(0)
+    ref = timm.create_model(b.model_name, pretrained=False, num_classes=0, img_size=56,
+                            **b.model_kwargs)
+    with torch.no_grad():
+        for p in ref.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    hub = write_hub_folder(ref, str(tmp / 'train' / 'tiny_dinov2_reg4'), b.model_name)
+    cfg.model.backbone.checkpoint = hub
+    torch.manual_seed(1)
+    model = MODELS.build(cfg.model)
+    model.init_weights()
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(0.1 * torch.randn_like(p))
+    model.eval()
+    ckpt = tmp / 'iter_4.pth'
+    torch.save({'state_dict': model.state_dict(), 'meta': {}}, ckpt)
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    return dict(tmp=tmp, cfg=cfg, hub=hub, ref=ref, model=model, ckpt=str(ckpt), x=x,
+                expected=_outputs(model, x))
+
+
+def test_a_dinov2_task_file_loads_with_only_its_hub_folder_beside_it(dinov2):
+    from vpt_seg.models.timm_vit import TIMM_SIGNATURE_FIELDS
+    d = dinov2
+    pub = d['tmp'] / 'published'
+    pub.mkdir()
+    out = str(pub / 'dinov2.safetensors')
+    meta = export_task(d['cfg'], d['ckpt'], out)
+    backbone = d['model'].backbone
+    assert json.loads(meta['signature_fields']) == list(TIMM_SIGNATURE_FIELDS)
+    assert json.loads(meta['signature']) == backbone.signature.tolist()
+    assert meta['pretrained'] == 'tiny_dinov2_reg4'  # the hub folder's name
+    assert meta['pretrained_path'] == d['hub']       # as checkpoint= names it
+    assert meta['frozen_sha256'] == backbone.frozen_digest()
+    tensors = set(_header(out)) - {'__metadata__'}
+    assert tensors == set(d['model'].state_dict())
+    assert not any(k.startswith('backbone.vit.') for k in tensors)  # frozen: left out
+    shutil.copytree(d['hub'], pub / 'tiny_dinov2_reg4')
+    moved = d['hub'] + '.away'
+    os.rename(d['hub'], moved)  # the path the config names is gone
+    try:
+        for config in (None, copy.deepcopy(d['cfg'])):
+            model = load_task_model(config, out)
+            assert model.backbone.pretrained_file == str(pub / 'tiny_dinov2_reg4')
+            assert torch.equal(_outputs(model, d['x']), d['expected'])
+        assert torch.equal(_outputs(init_model(copy.deepcopy(d['cfg']), out, device='cpu'),
+                                    d['x']), d['expected'])
+    finally:
+        os.rename(moved, d['hub'])
+
+
+def test_a_task_of_one_backbone_kind_is_refused_by_another_by_name(dinov2, pretrained):
+    d = dinov2
+    out = str(d['tmp'] / 'kind.safetensors')
+    export_task(d['cfg'], d['ckpt'], out)
+    mmseg_cfg = Config.fromfile(MMSEG_TASK)
+    mmseg_cfg.model.backbone.init_cfg.checkpoint = str(pretrained[1])
+    for checkpoint in (out, d['ckpt']):  # a task file and a .pth task checkpoint
+        with pytest.raises(ValueError, match=r'7 signature fields in the checkpoint, 6 here '
+                           r'\(PromptedVisionTransformer: .*\): a checkpoint of another kind '
+                           r'of backbone \(PromptedTimmViT\)'):
+            load_task_model(mmseg_cfg, checkpoint)
+    # The reverse: an MMSeg-layout task onto the DINOv2 config.
+    torch.manual_seed(4)
+    model = MODELS.build(mmseg_cfg.model)
+    model.init_weights()
+    torch.save({'state_dict': model.state_dict(), 'meta': {}}, d['tmp'] / 'mmseg.pth')
+    mmseg_file = str(d['tmp'] / 'mmseg.safetensors')
+    export_task(mmseg_cfg, str(d['tmp'] / 'mmseg.pth'), mmseg_file)
+    for checkpoint in (mmseg_file, str(d['tmp'] / 'mmseg.pth')):
+        with pytest.raises(ValueError, match=r'6 signature fields in the checkpoint, 7 here '
+                           r'\(PromptedTimmViT: .*num_prefix_tokens\): a checkpoint of another '
+                           r'kind of backbone \(PromptedVisionTransformer\)'):
+            load_task_model(copy.deepcopy(d['cfg']), checkpoint)
+
+
+def test_a_dinov2_task_checkpoint_refuses_other_frozen_weights_at_its_recorded_path(dinov2):
+    import timm
+
+    from vpt_seg.models.timm_vit import write_hub_folder
+    d = dinov2
+    recorded = torch.load(d['ckpt'], weights_only=True)['state_dict']._metadata['backbone']
+    assert d['hub'] in recorded['pretrained'] and 'frozen_sha256' in recorded
+    b = d['cfg'].model.backbone
+    torch.manual_seed(5)  # same architecture, other values
+    impostor = timm.create_model(b.model_name, pretrained=False, num_classes=0, img_size=56,
+                                 **b.model_kwargs)
+    kept = d['hub'] + '.kept'
+    os.rename(d['hub'], kept)
+    write_hub_folder(impostor, d['hub'], b.model_name)
+    try:
+        with pytest.raises(ValueError, match='none of the candidates holds the frozen weights '
+                           r'this task was trained on .*sha256 differs') as err:
+            load_task_model(copy.deepcopy(d['cfg']), d['ckpt'])
+        assert d['hub'] in str(err.value)
+        with pytest.raises(ValueError, match=r'\(named by checkpoint\) holds other frozen '
+                           'weights'):
+            load_task_model(copy.deepcopy(d['cfg']), d['ckpt'], pretrained=d['hub'])
+    finally:
+        shutil.rmtree(d['hub'])
+        os.rename(kept, d['hub'])
+    assert torch.equal(_outputs(load_task_model(copy.deepcopy(d['cfg']), d['ckpt']), d['x']),
+                       d['expected'])

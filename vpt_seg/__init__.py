@@ -11,7 +11,7 @@ from .engine import *  # noqa: F401,F403
 from .datasets import *  # noqa: F401,F403
 from .evaluation import *  # noqa: F401,F403
 from .prompt import VisualPrompt
-from .task_file import export_task, read_task_file  # registers .safetensors with MMEngine
-from .multitask import load_task_model
+from .task_file import read_task_file  # registers .safetensors with MMEngine
+from .loading import export_task, load_task_model
 
 __version__ = '0.1.0'

@@ -34,7 +34,7 @@ from timm.layers import resample_abs_pos_embed
 
 __all__ = ['FORMATS', 'ViTCheckpoint', 'FitReport', 'UnreadableCheckpointError',
            'read_checkpoint', 'load_torch_file',
-           'describe_state_dict', 'check_task_state_dict', 'detect_format',
+           'describe_state_dict', 'detect_format',
            'convert_timm_to_mmseg', 'convert_jax_npz', 'to_mmseg_state_dict',
            'load_vit_checkpoint', 'load_vit_state_dict', 'resample_pos_embed',
            'fit_state_dict', 'infer_backbone_kwargs', 'is_ignorable']
@@ -204,36 +204,6 @@ def describe_state_dict(state_dict: Mapping[str, Any]) -> str:
         return 'a segmentation task file with ' + ', '.join(
             t for t in tops if t.endswith('head')) + ' (another config\'s heads?)'
     return f'a file with {len(state_dict)} keys under {", ".join(tops[:8]) or "nothing"}'
-
-
-def check_task_state_dict(expected: Collection[str], state_dict: Mapping[str, Any],
-                          path: str = 'checkpoint'):
-    """Raise if a checkpoint lacks tuned weights a model needs (its heads, its prompts).
-
-    Args:
-        expected: The keys of the model's ``state_dict()`` (frozen weights are not in
-            it, they come from the pretrained file).
-        state_dict: The checkpoint's (``module.`` prefixes already removed).
-        path: The file, for the message.
-
-    Raises:
-        ValueError: Naming the missing parts (``decode_head``: 12 tensors, ...) and what
-            the file looks like instead.
-    """
-    missing = [k for k in expected if k not in state_dict and not k.endswith('signature')]
-    if not missing:
-        return
-    parts: Dict[str, int] = {}
-    for key in missing:
-        part = key.split('.')[0]
-        if part == 'backbone':
-            part = 'backbone.' + key.split('.')[1]
-        parts[part] = parts.get(part, 0) + 1
-    raise ValueError(
-        f'{path} lacks tuned weights this model needs: '
-        + ', '.join(f'{p} ({n} tensors)' for p, n in parts.items())
-        + f', e.g. {missing[0]}. The file looks like {describe_state_dict(state_dict)}. '
-        'Give the task checkpoint this config wrote (work_dirs/<config>/iter_*.pth).')
 
 
 def _unwrap(obj: Any) -> Mapping[str, Any]:

@@ -31,25 +31,21 @@ their eps, activation, [CLS] token, pre-norm) and the frozen weights themselves
 tasks (``freeze=False``) own a whole ViT and cannot share it.
 """
 import copy
-import os.path as osp
 from collections import OrderedDict
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
-from mmengine.config import Config
-from mmengine.logging import print_log
-from mmengine.registry import init_default_scope
 from mmseg.models.backbones import VisionTransformer
 from mmseg.registry import MODELS
 from mmseg.models.utils import resize
 from torch import nn
 
-from .checkpoint import check_task_state_dict, load_vit_checkpoint, to_mmseg_state_dict
+from .checkpoint import load_vit_checkpoint, to_mmseg_state_dict
 from .models import vit_ops
 from .models.classifier import VPTClassifier
+from .loading import load_task_model  # noqa: F401  (its home before; re-exported)
 from .models.prompted_vit import PromptedVisionTransformer
 from .prompt import PromptGroup, run_prompted_layers
-from .task_file import check_class_count, load_checkpoint_file, read_task_config
 from .tuning import bias_parameters
 
 __all__ = ['MultiTaskViT', 'task_kind', 'shared_backbone_cfg', 'build_shared_backbone',
@@ -355,57 +351,3 @@ def _has_final_norm(pretrained: str, prefix: Optional[str] = None) -> bool:
             prefix=prefix)
         return 'ln1.weight' in source.state_dict
     return 'ln1.weight' in load_vit_checkpoint(pretrained, prefix=prefix).state_dict
-
-
-def load_task_model(config, checkpoint: str, pretrained: Optional[str] = None) -> nn.Module:
-    """Build a task model from its config and load its task checkpoint.
-
-    Args:
-        config: Config file or :class:`~mmengine.config.Config` of the task; None: the
-            config stored in a task file (``.safetensors``, see :mod:`vpt_seg.task_file`).
-        checkpoint: Its task checkpoint (tuned weights; full checkpoints load too) or
-            task file.
-        pretrained: Take the frozen backbone from this file instead of the config's
-            ``init_cfg`` (serving: the shared backbone's file); it is the caller's
-            word, tried before the file the checkpoint records, and must hold the
-            frozen weights the checkpoint records (sha256).
-
-    Returns:
-        The model in eval mode; ``model.dataset_meta`` holds the classes (and palette)
-        stored in the checkpoint by MMEngine's runner, when there are any.
-
-    Raises:
-        ValueError: the checkpoint does not fit the config (missing or unexpected
-            tuned weights, other shapes, another ViT).
-    """
-    if config is None:
-        if not str(checkpoint).endswith('.safetensors'):
-            raise ValueError(f'{checkpoint}: no config given and none stored in the file '
-                             '(only task files made by tools/export_task.py carry one)')
-        cfg = read_task_config(checkpoint)  # data: nothing is executed
-    else:
-        cfg = Config.fromfile(config) if isinstance(config, str) else config
-    init_default_scope(cfg.get('default_scope', 'mmseg'))
-    model_cfg = copy.deepcopy(cfg.model)
-    if pretrained is not None:
-        own = _pretrained_of(model_cfg.backbone)
-        if own and osp.abspath(own) != osp.abspath(pretrained):
-            print_log(f'{checkpoint}: frozen weights from {pretrained} (the config names '
-                      f'{own})', logger='current')
-        model_cfg.backbone.init_cfg = dict(type='Pretrained', checkpoint=pretrained)
-        if model_cfg.backbone.get('type') == 'PromptedVisionTransformer':
-            model_cfg.backbone.prefer_init_cfg = True  # the caller's word
-    model = MODELS.build(model_cfg)
-    ckpt, state = load_checkpoint_file(checkpoint)
-    check_task_state_dict(list(model.state_dict()), state, checkpoint)
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as err:
-        raise ValueError(f'{checkpoint} does not fit {getattr(cfg, "filename", "the config")}:'
-                         f' {err}') from None
-    meta = ckpt.get('meta') or {}
-    if meta.get('dataset_meta'):  # class names (and palette) the runner stored
-        if str(checkpoint).endswith('.safetensors'):
-            check_class_count(checkpoint, meta['dataset_meta'], model_cfg)
-        model.dataset_meta = meta['dataset_meta']
-    return model.eval()

@@ -28,13 +28,13 @@ the header key. Version-1 files (config stored as Python text, which is never ru
 load when their config is named, and ``tools/export_task.py CONFIG OLD NEW`` rewrites
 them as version 2.
 
-Loading needs only the backbone's pretrained file, looked for next to the task file
-first, then at ``pretrained_path``, then at the backbone's ``init_cfg``; a candidate that
-is missing, unreadable or holds other weights than ``frozen_sha256`` is skipped with a
-note and the next one tried, so another file of the same architecture is refused.
-``tools/test.py``, ``tools/serve.py``, ``load_from``, MMSeg's ``init_model`` and
-``MMSegInferencer`` read task files directly: importing vpt_seg
-registers :func:`load_from_safetensors` with MMEngine's ``CheckpointLoader`` for paths
+This module is the file format: the header, its checks, and where the header says the
+frozen weights are (:func:`pretrained_candidates`: next to the task file first, then
+``pretrained_path``). Loading a task, and which candidate's weights are taken, is
+:mod:`vpt_seg.loading`'s: :func:`vpt_seg.loading.export_task` writes these files and
+:func:`vpt_seg.loading.load_task_model` reads them. ``tools/test.py``,
+``tools/serve.py``, ``load_from``, MMSeg's ``init_model`` and ``MMSegInferencer`` read
+task files directly: importing vpt_seg registers :func:`load_from_safetensors` with MMEngine's ``CheckpointLoader`` for paths
 ending in ``.safetensors``.
 """
 import json
@@ -42,19 +42,18 @@ import logging
 import os.path as osp
 import re
 from collections import OrderedDict
-from typing import Dict, List, Optional, Tuple, Union
+from typing import Dict, List, Optional, Tuple
 
 import torch
 from mmengine.config import Config
 from mmengine.logging import print_log
 from mmengine.runner.checkpoint import CheckpointLoader
 
-from .checkpoint import load_torch_file
 from .config_data import ConfigDataError, config_as_text, config_from_json, config_to_json
 
-__all__ = ['TASK_FORMAT', 'FORMAT_VERSION', 'export_task', 'read_task_file',
+__all__ = ['TASK_FORMAT', 'FORMAT_VERSION', 'write_task_file', 'read_task_file',
            'read_task_metadata', 'read_task_config', 'pretrained_candidates',
-           'check_class_count', 'load_from_safetensors', 'load_checkpoint_file']
+           'pretrained_option_of', 'check_class_count', 'load_from_safetensors']
 
 TASK_FORMAT = 'vpt-seg-task'
 FORMAT_VERSION = '2'
@@ -68,49 +67,49 @@ def _backbone_prefix(state_dict) -> str:
     return min(sigs, key=len) if sigs else 'backbone.'
 
 
-def export_task(config, checkpoint: str, out: str) -> Dict[str, str]:
-    """Write a task checkpoint as a portable task file.
+def pretrained_option_of(backbone_cfg) -> str:
+    """The config key of a ``model.backbone`` config's pretrained file: its registered
+    class's ``pretrained_option`` (``model.backbone.checkpoint`` for
+    ``PromptedTimmViT``), ``model.backbone.init_cfg.checkpoint`` for MMSeg's layout."""
+    from mmseg.registry import MODELS
+    kind = backbone_cfg.get('type') if isinstance(backbone_cfg, dict) else None
+    cls = MODELS.get(kind) if isinstance(kind, str) else kind
+    return getattr(cls, 'pretrained_option', None) or 'model.backbone.init_cfg.checkpoint'
+
+
+def write_task_file(out: str, model, cfg, pretrained: str, pretrained_path: str,
+                    frozen_sha256: Optional[str] = None) -> Dict[str, str]:
+    """Write ``model``'s ``state_dict()`` and the header (see the module docstring) to
+    ``out``; :func:`vpt_seg.loading.export_task` loads the task and calls this.
 
     Args:
-        config: The task's config file (or :class:`~mmengine.config.Config`).
-        checkpoint: Its training or task checkpoint (``.pth``).
-        out: The task file to write (``.safetensors``).
+        out: The task file (``.safetensors``).
+        model: The loaded task model.
+        cfg: Its config (stored as data, ``config_json``).
+        pretrained: The file (or hub folder) its frozen weights were loaded from.
+        pretrained_path: That file's path as the config names it.
+        frozen_sha256: sha256 of the frozen weights (None: nothing is frozen).
 
     Returns:
         The metadata written.
-
-    Raises:
-        ValueError: ``out`` does not end in ``.safetensors``, or the checkpoint does not
-            fit the config (see :func:`vpt_seg.multitask.load_task_model`).
     """
-    from mmengine.config import Config
     from safetensors.torch import save_file
-
-    from .multitask import load_task_model
-    from .runner import resolve_config
-    if not out.endswith('.safetensors'):
-        raise ValueError(f'task file {out!r}: the name must end in .safetensors')
-    cfg = Config.fromfile(resolve_config(config)) if isinstance(config, str) else config
-    model = load_task_model(cfg, checkpoint)
     state = model.state_dict()
     tensors = OrderedDict((k, v.detach().cpu().contiguous()) for k, v in state.items())
-    backbone = model.backbone
-    pretrained = getattr(backbone, 'pretrained_file', None) or ''
-    init_cfg = cfg.model.backbone.get('init_cfg') or {}
-    signature = tensors.get(_backbone_prefix(tensors) + 'signature')
-    from .models.prompted_vit import SIGNATURE_FIELDS
+    prefix = _backbone_prefix(tensors)
+    signature = tensors.get(prefix + 'signature')
     meta = {
         'format': TASK_FORMAT,
         'format_version': FORMAT_VERSION,
         'config_json': config_to_json(cfg),
-        'backbone_prefix': _backbone_prefix(tensors),
+        'backbone_prefix': prefix,
         'signature': json.dumps(signature.tolist() if signature is not None else None),
-        'signature_fields': json.dumps(list(SIGNATURE_FIELDS)),
-        'pretrained': osp.basename(pretrained),
-        'pretrained_path': str(init_cfg.get('checkpoint') or pretrained),
+        'signature_fields': json.dumps(list(getattr(model.backbone, 'signature_fields', ()))),
+        'pretrained': osp.basename(pretrained.rstrip('/\\')),
+        'pretrained_path': str(pretrained_path or ''),
     }
-    if any(not p.requires_grad for p in backbone.parameters()):
-        meta['frozen_sha256'] = backbone.frozen_digest()
+    if frozen_sha256:
+        meta['frozen_sha256'] = frozen_sha256
     dataset_meta = getattr(model, 'dataset_meta', None)
     if dataset_meta:
         meta['dataset_meta'] = json.dumps(
@@ -261,12 +260,19 @@ def read_task_config(path: str, meta: Optional[Dict[str, str]] = None) -> Config
     backbone = (cfg.get('model') or {}).get('backbone')
     if isinstance(backbone, dict):
         backbone.pop('prefer_init_cfg', None)  # the user's word, never the file's
-        init_cfg = backbone.get('init_cfg')
-        ckpt = init_cfg.get('checkpoint') if isinstance(init_cfg, dict) else None
+        option = pretrained_option_of(backbone)
+        keys = option.split('.')[2:]  # ['init_cfg', 'checkpoint'] or ['checkpoint']
+        owner = backbone
+        for key in keys[:-1]:
+            owner = owner.get(key) if isinstance(owner, dict) else None
+        ckpt = owner.get(keys[-1]) if isinstance(owner, dict) else None
         if isinstance(ckpt, str) and '://' in ckpt:
-            _note(f"task file {path}: header key 'config_json': model.backbone.init_cfg."
-                  f'checkpoint {ckpt!r} is a URL, which is never fetched: dropped')
-            backbone['init_cfg'] = None
+            _note(f"task file {path}: header key 'config_json': {option} {ckpt!r} is a "
+                  'URL, which is never fetched: dropped')
+            if keys == ['init_cfg', 'checkpoint']:
+                backbone['init_cfg'] = None
+            else:
+                owner[keys[-1]] = None
     check_class_count(path, _dataset_meta(path, meta), cfg.get('model'))
     return cfg
 
@@ -303,9 +309,22 @@ def read_task_file(path: str) -> Tuple['OrderedDict[str, torch.Tensor]', Dict[st
                                 'hex digest')
         _dataset_meta(path, meta)  # parses, or names the key
         state._metadata[prefix[:-1]] = {'pretrained': pretrained_candidates(path, meta)}
+        kind = _backbone_type(meta)
+        if kind:
+            state._metadata[prefix[:-1]]['backbone_type'] = kind
         if digest:
             state._metadata[prefix[:-1]]['frozen_sha256'] = digest
     return state, meta
+
+
+def _backbone_type(meta: Dict[str, str]) -> Optional[str]:
+    """``model.backbone.type`` of the stored config (a version-2 file), for messages
+    only; None where it cannot be read."""
+    try:
+        kind = json.loads(meta.get('config_json') or '{}')['model']['backbone']['type']
+    except (ValueError, KeyError, TypeError):
+        return None
+    return kind if isinstance(kind, str) and re.fullmatch(r'\w{1,80}', kind) else None
 
 
 def _checkpoint_of(path: str, state, meta) -> dict:
@@ -334,21 +353,3 @@ def load_from_safetensors(filename: str, map_location=None) -> dict:
             for k in state:
                 state[k] = state[k].to(device)
     return ckpt
-
-
-def load_checkpoint_file(path: str) -> Tuple[dict, Union[dict, 'OrderedDict']]:
-    """``(checkpoint, state_dict)`` of a task file (``.safetensors``) or a torch
-    checkpoint (``.pth``, read with ``weights_only=True``); ``module.`` prefixes dropped,
-    the state dict's ``_metadata`` kept."""
-    if path.endswith('.safetensors'):
-        ckpt = load_from_safetensors(path)
-    else:
-        ckpt = load_torch_file(path, what='task checkpoint')
-    state = ckpt.get('state_dict', ckpt)
-    metadata = getattr(state, '_metadata', None)
-    state = OrderedDict((k[7:] if k.startswith('module.') else k, v) for k, v in state.items())
-    if metadata is not None:
-        state._metadata = metadata
-    return ckpt, state
-
-

@@ -22,7 +22,7 @@ from mmengine.optim import OptimWrapperDict
 from mmengine.registry import HOOKS
 from mmengine.runner import BaseLoop
 
-from ..checkpoint import check_task_state_dict
+from ..loading import check_task_checkpoint
 from .lock import WorkDirLock, WorkDirLockedError
 
 __all__ = ['SafeCheckpointHook', 'NonFiniteCheckHook', 'NonFiniteError', 'DataCheckHook',
@@ -232,7 +232,9 @@ class SafeCheckpointHook(CheckpointHook):
         model = _unwrap(runner.model)
         name = str(runner._load_from or 'the checkpoint')
         own = model.state_dict()
-        check_task_state_dict(list(own.keys()), state, name)
+        check_task_checkpoint(model, state, name, expected=list(own.keys()),
+                              metadata=getattr(checkpoint.get('state_dict', checkpoint),
+                                               '_metadata', None))
         resume = getattr(runner, '_resume', False)
         self._head_classes(checkpoint, state, own, name,
                            fine_tune=getattr(self, '_training', False) and not resume)

@@ -1,7 +1,7 @@
 """MMSeg's ``VisionTransformer`` with a frozen body and visual prompts (VPT)."""
 import logging
 import os.path as osp
-from typing import List, Optional, Sequence
+from typing import Optional, Sequence
 
 import torch
 from mmengine.logging import print_log
@@ -11,10 +11,11 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from . import vit_ops
+from .. import loading
 from ..checkpoint import fit_state_dict, load_vit_checkpoint, to_mmseg_state_dict
 from ..prompt import PromptGroup, VisualPrompt, run_prompted_layers
 from ..tuning import freeze as freeze_module
-from ..tuning import frozen_state_keys
+from .frozen import FrozenBackboneMixin
 
 #: What a backbone's ``signature`` buffer records, in order.
 SIGNATURE_FIELDS = ('embed_dims', 'num_layers', 'num_heads', 'patch_size', 'in_channels',
@@ -37,7 +38,7 @@ def _no_attention_weights(module, args, kwargs):
 
 
 @MODELS.register_module()
-class PromptedVisionTransformer(VisionTransformer):
+class PromptedVisionTransformer(FrozenBackboneMixin, VisionTransformer):
     """A frozen ViT with deep or shallow visual prompts and optional bias tuning.
 
     Accepts every argument of MMSeg's :class:`~mmseg.models.backbones.VisionTransformer`
@@ -81,6 +82,9 @@ class PromptedVisionTransformer(VisionTransformer):
         ``out_indices`` (with ``output_cls_token``, ``[map, (B, C)]`` pairs), exactly as
         ``VisionTransformer``; prompt tokens never reach the outputs.
     """
+
+    signature_fields = SIGNATURE_FIELDS
+    pretrained_option = 'model.backbone.init_cfg.checkpoint'
 
     def __init__(self,
                  num_prompts: int = 0,
@@ -129,19 +133,16 @@ class PromptedVisionTransformer(VisionTransformer):
         self.freeze = freeze
         self.tune_bias = tune_bias
         self.save_frozen = save_frozen
-        self.prefer_init_cfg = prefer_init_cfg
-        self._digest = (None, None)  # (key of the frozen tensors' versions, sha256)
+        self.prefer_configured = prefer_init_cfg
         self.fast_path = vit_ops.fast_path_default() if fast_path is None else fast_path
         if self.fast_path:
             vit_ops.check_supported(self, type(self).__name__)
-        self._frozen_loaded = False  # set once init_weights has filled the frozen weights
         # The pretrained file the frozen weights come from, recorded in every state dict's
         # metadata, so a task checkpoint can be loaded where init_cfg is dropped (MMSeg's
         # init_model) or unknown (a task file).
         init_cfg = kwargs.get('init_cfg')
         self.pretrained_file = init_cfg.get('checkpoint') if isinstance(init_cfg, dict) \
             and init_cfg.get('type') == 'Pretrained' else None
-        self._loading_pretrained = False  # guards the load pre-hook against re-entry
         if freeze:
             for name, child in self.named_children():
                 if child is not self.prompt:
@@ -151,8 +152,7 @@ class PromptedVisionTransformer(VisionTransformer):
         self.register_buffer('signature', vit_signature(self))
         for layer in self.layers:
             layer.attn.attn.register_forward_pre_hook(_no_attention_weights, with_kwargs=True)
-        self.register_state_dict_post_hook(PromptedVisionTransformer._drop_frozen_from_state_dict)
-        self.register_load_state_dict_pre_hook(PromptedVisionTransformer._check_and_complete)
+        self.init_frozen_hooks()
 
     # ------------------------------------------------------------------ forward
     # The steps of the forward, public so that multi-task serving runs the same ones
@@ -267,7 +267,7 @@ class PromptedVisionTransformer(VisionTransformer):
                 prefix=cfg.get('prefix'))
         else:
             source = load_vit_checkpoint(ckpt, prefix=cfg.get('prefix'))
-        self._check_signature(source.state_dict.pop('signature', None), f'{ckpt}: ')
+        loading.check_signature(self, source.state_dict.pop('signature', None), f'{ckpt}: ')
         target = {k: t.shape for k, t in self.named_parameters()}
         target.update({k: t.shape for k, t in self.named_buffers() if k != 'signature'})
         prompts = {'prompt.' + k for k, _ in self.prompt.named_parameters()}
@@ -302,204 +302,27 @@ class PromptedVisionTransformer(VisionTransformer):
         print_log(report.summary(), logger='current',
                   level=logging.WARNING if eps_off else logging.INFO)
 
-    @staticmethod
-    def _drop_frozen_from_state_dict(module, state_dict, prefix, local_metadata):
-        path = module.pretrained_file
-        if path:  # as configured (relative to the run's folder), and absolute
-            local_metadata['pretrained'] = [path] if '://' in path else list(
-                dict.fromkeys([path, osp.abspath(path)]))
-        if module.save_frozen:
-            return
-        keys = frozen_state_keys(module)
-        if keys and path and module._frozen_loaded:  # what a later load checks against
-            local_metadata['frozen_sha256'] = module.frozen_digest()
-        for key in keys:
-            state_dict.pop(prefix + key, None)
+    # ------------------------------------------ what the loading rules ask for
+    def configured_pretrained(self) -> Optional[str]:
+        """``init_cfg``'s pretrained file (None: no ``type='Pretrained'`` init_cfg)."""
+        cfg = self.init_cfg
+        return cfg.get('checkpoint') if isinstance(cfg, dict) and \
+            cfg.get('type') == 'Pretrained' else None
 
-    def _check_signature(self, theirs: Optional[torch.Tensor], where: str = ''):
-        """Raise if a checkpoint's ``signature`` (None: it has none) is another ViT's."""
-        if theirs is None or torch.equal(theirs.cpu(), self.signature.cpu()):
-            return
-        diff = ', '.join(f'{f} {int(a)} in the checkpoint vs {int(b)} here'
-                         for f, a, b in zip(SIGNATURE_FIELDS, theirs.tolist(),
-                                            self.signature.tolist()) if a != b)
-        raise ValueError(f'{where}checkpoint was made for another ViT than this backbone '
-                         f'({diff}); use the config it was trained with.')
+    def load_pretrained(self, path: str) -> None:
+        """Load the frozen weights from ``path`` (:meth:`init_weights` with ``init_cfg``
+        pointed at it)."""
+        self.init_cfg = dict(self.init_cfg or {}, type='Pretrained', checkpoint=path)
+        self.init_weights()
 
-    @staticmethod
-    def _partial_frozen_message(state_dict, prefix, frozen, present) -> str:
-        """Why a checkpoint with some, not all, frozen weights is refused, and what it
-        looks like: a task file with leaked frozen keys, or a full one missing some."""
-        def listing(keys):
-            return ', '.join(keys[:12]) + (f' ... ({len(keys)} in all)' if len(keys) > 12 else '')
-        tuned = [k for k in state_dict if k.startswith(prefix) and k not in frozen
-                 and not k.endswith('signature')]
-        if len(present) <= len(frozen) // 2:
-            return (f'checkpoint looks like a task file ({len(tuned)} tuned tensors, '
-                    f'{len(frozen) - len(present)} of the {len(frozen)} frozen backbone '
-                    'weights absent) but holds frozen weights that should not be there: '
-                    f'{listing(present)}. A task file takes the frozen backbone from the '
-                    'pretrained file; remove these keys (or re-save it with '
-                    'save_frozen=False), or save a full checkpoint with save_frozen=True.')
-        missing = [k for k in frozen if k not in state_dict]
-        return (f'checkpoint looks like a full checkpoint ({len(present)} of the '
-                f'{len(frozen)} frozen backbone weights) but lacks {listing(missing)}; '
-                'is it truncated or made for another backbone?')
-
-    def _check_and_complete(self, state_dict, prefix, local_metadata, strict, missing_keys,
-                            unexpected_keys, error_msgs):
-        """Before loading: refuse checkpoints of another backbone, and complete a task
-        checkpoint (tuned weights only) with the frozen weights from the pretrained file."""
-        sig_key = prefix + 'signature'
-        self._check_signature(state_dict.get(sig_key))
-        if sig_key not in state_dict:  # a pretrained file or an MMSeg checkpoint
-            state_dict[sig_key] = self.signature.clone()
-        own = {k: v for k, v in self.state_dict(keep_vars=True, prefix=prefix).items()}
-        own.update({prefix + k: p for k, p in self.named_parameters()})
-        mismatched = [
-            f'{k}: {tuple(state_dict[k].shape)} in the checkpoint, {tuple(v.shape)} here'
-            for k, v in own.items()
-            if k in state_dict and k != prefix + 'pos_embed' and state_dict[k].shape != v.shape]
-        if mismatched:
-            raise ValueError('checkpoint does not fit this backbone (was it made for another '
-                             'ViT or prompt setting?):\n  ' + '\n  '.join(mismatched))
+    def check_checkpoint_fits(self, state_dict, prefix: str) -> None:
+        """Shapes as every backbone's, except ``pos_embed`` (resampled to another
+        ``img_size`` by MMSeg's own loading), and a patch-embedding bias this backbone
+        would drop silently is refused."""
+        loading.check_shapes(self, state_dict, prefix, exempt=('pos_embed',))
         bias_key = prefix + 'patch_embed.projection.bias'
-        if bias_key in state_dict and bias_key not in own:
+        if bias_key in state_dict and self.patch_embed.projection.bias is None:
             raise ValueError(
                 f'checkpoint has a patch-embedding bias ({bias_key}) but this backbone was '
                 'built with patch_bias=False, so it would be dropped silently; set '
                 'patch_bias=True (timm and JAX ViTs have this bias).')
-        frozen = [prefix + k for k in frozen_state_keys(self)]
-        present = [k for k in frozen if k in state_dict]
-        if 0 < len(present) < len(frozen) and not self._loading_pretrained:
-            raise ValueError(self._partial_frozen_message(state_dict, prefix, frozen, present))
-        if not frozen or present or self._loading_pretrained:
-            return  # a full checkpoint (or the pretrained file itself): load as MMSeg does
-        # A task checkpoint: the frozen weights come from the pretrained file.
-        digest = local_metadata.get('frozen_sha256')
-        if not self._frozen_loaded:
-            self._load_frozen_for_task(local_metadata)
-        elif digest and self.frozen_digest() != digest:
-            # Loaded already (training's init_weights: load_from, --resume), from a file
-            # with other weights than the checkpoint was trained on.
-            if self.prefer_init_cfg:
-                raise ValueError(self._other_weights_message(self.pretrained_file,
-                                                             local_metadata))
-            print_log(f'{self.pretrained_file} (init_cfg) holds other frozen weights than '
-                      'this checkpoint was trained on (sha256 differs); loading them from '
-                      'the file the checkpoint records', logger='current',
-                      level=logging.WARNING)
-            self._load_frozen_for_task(local_metadata)
-        params = dict(self.named_parameters(prefix=prefix[:-1] if prefix else ''))
-        for key in frozen:
-            state_dict[key] = params[key].detach()
-
-    @staticmethod
-    def _recorded(local_metadata: dict) -> List[str]:
-        recorded = local_metadata.get('pretrained')
-        return [recorded] if isinstance(recorded, str) else list(recorded or [])
-
-    def _other_weights_message(self, path: str, local_metadata: dict) -> str:
-        recorded = self._recorded(local_metadata)
-        return (f'{path} (named by init_cfg.checkpoint) holds other frozen weights than '
-                'this checkpoint was trained on (same architecture, other values: its '
-                f'sha256 differs from the recorded {local_metadata["frozen_sha256"][:16]}...'
-                '). The file you name is used as given, so it must be the pretrained file '
-                'the task was trained with' + (f' (the checkpoint records {recorded})'
-                                               if recorded else '') + '.')
-
-    def _load_frozen_for_task(self, local_metadata: dict):
-        """Load the frozen weights a task checkpoint leaves out.
-
-        The candidates, in order: the files the checkpoint records
-        (``local_metadata['pretrained']``: the training run's ``init_cfg``, or a task
-        file's neighbour and ``pretrained_path``), then ``init_cfg``'s file. The recorded
-        files go first because they are the ones the task was trained on, while a
-        config's path may name another file where the task is loaded (MMSeg's
-        ``MMSegInferencer`` keeps ``init_cfg``). With ``prefer_init_cfg`` (the user named
-        the file), ``init_cfg``'s file is the only candidate. A candidate that is
-        missing, unreadable, another ViT, or holds other weights than the recorded
-        ``frozen_sha256`` is skipped with a note and the next one tried.
-
-        Raises:
-            FileNotFoundError: no candidate exists.
-            ValueError: none holds the recorded weights (or none is readable).
-        """
-        own = self.init_cfg.get('checkpoint') if isinstance(self.init_cfg, dict) \
-            and self.init_cfg.get('type') == 'Pretrained' else None
-        recorded = self._recorded(local_metadata)
-        if self.prefer_init_cfg and own:
-            candidates = [own]
-        else:
-            candidates = list(dict.fromkeys([p for p in recorded + [own] if p]))
-        if not candidates:
-            raise ValueError(
-                'this checkpoint holds only tuned parameters (a task checkpoint); the '
-                'frozen backbone must come from its pretrained file, but the backbone '
-                "has no init_cfg=dict(type='Pretrained', checkpoint=...) and the "
-                'checkpoint records none (saved before checkpoints recorded it); load it '
-                'with tools/test.py or vpt_seg.load_task_model(config, ckpt), or export '
-                'it as a task file (tools/export_task.py).')
-        digest = local_metadata.get('frozen_sha256')  # task files and checkpoints record it
-        skipped = []
-        for found in candidates:
-            if '://' not in found and not osp.isfile(found):
-                skipped.append(f'{found} (missing)')
-                continue
-            print_log(f'Task checkpoint: loading the frozen backbone from {found}' + (
-                f' (the file it was trained with; the config names {own})'
-                if own and found != own else ''), logger='current')
-            self.init_cfg = dict(self.init_cfg or {}, type='Pretrained', checkpoint=found)
-            self._loading_pretrained = True
-            try:
-                self.init_weights()
-            except (OSError, ValueError, RuntimeError) as err:  # unreadable, not this ViT
-                self._frozen_loaded = False
-                reason = str(err).strip().split('\n')[0]
-                skipped.append(f'{found} (cannot be used: {reason})')
-                print_log(f'{found}: skipped, {reason}', logger='current',
-                          level=logging.WARNING)
-                continue
-            finally:
-                self._loading_pretrained = False
-            if digest is None or self.frozen_digest() == digest:
-                return
-            self._frozen_loaded = False
-            if self.prefer_init_cfg:
-                raise ValueError(self._other_weights_message(found, local_metadata))
-            skipped.append(f'{found} (other weights: sha256 differs)')
-            print_log(f'{found}: skipped, not the frozen weights this task was trained on '
-                      '(sha256 differs)', logger='current', level=logging.WARNING)
-        if all(s.endswith('(missing)') for s in skipped):
-            raise FileNotFoundError(
-                'this checkpoint holds only tuned parameters (a task checkpoint); its frozen '
-                f'backbone comes from the pretrained file, looked for at {candidates} (from '
-                "the checkpoint, then the backbone's init_cfg), none exists. Put the file at "
-                'one of those paths (a .safetensors task file: next to it), or name it: '
-                '--cfg-options model.backbone.init_cfg.checkpoint=/path/to/vit.pth for the '
-                "tools, vpt_seg.load_task_model(config, ckpt, pretrained=...) in Python "
-                "(MMSeg's init_model drops init_cfg).")
-        what = (f'the checkpoint records their sha256 {digest[:16]}...; same architecture, '
-                'other values' if digest else 'none is readable')
-        raise ValueError(
-            'none of the candidates holds the frozen weights this task was trained on '
-            f'({what}): ' + '; '.join(skipped) + '. Put the pretrained file the task was '
-            'made with next to it (a task file), or name it with --cfg-options '
-            'model.backbone.init_cfg.checkpoint=...')
-
-    def frozen_digest(self) -> str:
-        """sha256 of the frozen weights (names and values), as loaded: what a task file
-        records, so another pretrained file of the same architecture is refused."""
-        import hashlib
-        params = dict(self.named_parameters())
-        names = sorted(frozen_state_keys(self))
-        key = tuple((params[n].data_ptr(), params[n]._version) for n in names)
-        if self._digest[0] == key:  # unchanged since the last call (every save asks)
-            return self._digest[1]
-        h = hashlib.sha256()
-        for name in names:
-            t = params[name].detach().cpu().contiguous()
-            h.update(f'{name}:{tuple(t.shape)}:{t.dtype};'.encode())
-            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-        self._digest = (key, h.hexdigest())
-        return self._digest[1]
