@@ -190,3 +190,104 @@ def test_backbone_file_without_final_norm_serves_segmentation_tasks(tmp_path):
     with pytest.raises(ValueError, match='reads the final norm'):
         mt.add_task('cls', model)
     assert build_shared_backbone(backbone(other)).final_norm  # a file with one: built
+
+
+# ------------------------------------------------------- timm ViTs (DINOv2, EVA02)
+TIMM_TINY = dict(embed_dim=32, depth=3, num_heads=2)
+
+
+def _timm_file(tmp, model_name, seed=0, **kwargs):
+    """A tiny timm model of the family with random weights, as the hub publishes it."""
+    import timm
+    from safetensors.torch import save_file
+    torch.manual_seed(seed)
+    ref = timm.create_model(model_name, pretrained=False, num_classes=0, img_size=28,
+                            **TIMM_TINY, **kwargs)
+    with torch.no_grad():  # zero biases and unit gammas would hide mistakes
+        for p in ref.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    path = tmp / f'{model_name}_{seed}{"_".join(kwargs)}' / 'model.safetensors'
+    path.parent.mkdir()
+    save_file({k: v.contiguous() for k, v in ref.state_dict().items()}, str(path))
+    return str(path)
+
+
+def timm_seg(model_name, checkpoint, **kw):
+    return dict(
+        type='EncoderDecoder',
+        data_preprocessor=dict(type='SegDataPreProcessor', mean=[100., 110., 120.],
+                               std=[50., 60., 70.], bgr_to_rgb=True),
+        backbone=dict(type='PromptedTimmViT', model_name=model_name, checkpoint=checkpoint,
+                      model_kwargs=dict(TIMM_TINY), img_size=28, out_indices=(1, 2), **kw),
+        decode_head=dict(type='SETRUPHead', in_channels=32, channels=8, in_index=-1,
+                         num_classes=5, num_convs=2, up_scale=2, kernel_size=3,
+                         norm_cfg=dict(type='BN'), align_corners=False, dropout_ratio=0,
+                         loss_decode=dict(type='CrossEntropyLoss')))
+
+
+TIMM_TASKS = {  # prompt-only and bias-tuned tasks together
+    'deep': dict(num_prompts=3, deep=True),
+    'shallow_bias': dict(num_prompts=2, deep=False, tune_bias=True),
+    'bias_only': dict(num_prompts=0, tune_bias=True),
+    'later_layers': dict(num_prompts=4, prompt_layers=[1, 2], final_norm=True),
+}
+
+
+@pytest.mark.parametrize('model_name,tasks', [
+    ('vit_base_patch14_reg4_dinov2', list(TIMM_TASKS)),
+    ('eva02_base_patch14_224', list(TIMM_TASKS)),  # RoPE; q/k/v as separate linears
+], ids=['dinov2-reg4', 'eva02'])
+def test_timm_tasks_share_one_frozen_backbone(tmp_path, model_name, tasks):
+    """A mixed batch on one frozen timm ViT (registers, RoPE) gives each task what its
+    own model gives alone; bias-tuned tasks get their biases per sample (hooks)."""
+    pretrained = _timm_file(tmp_path, model_name)
+    mt = MultiTaskViT(build_shared_backbone(timm_seg(model_name, pretrained)['backbone']))
+    assert mt.backbone.final_norm  # the family has a last norm: built for tasks that read it
+    for seed, name in enumerate(tasks):
+        cfg = Config(dict(model=timm_seg(model_name, pretrained, **TIMM_TASKS[name])))
+        path = str(tmp_path / f'{name}.pth')
+        _task_file(cfg.model, path, seed)
+        mt.add_task(name, load_task_model(cfg, path))
+    mt.eval()
+    order = [tasks[i % len(tasks)] for i in range(2 * len(tasks) + 1)][::-1]
+    inputs = torch.randn(len(order), 3, 28, 42)
+    with torch.no_grad():
+        mixed, alone = mt(inputs, order), mt.run_alone(inputs, order)
+    for task, out, ref in zip(order, mixed, alone):
+        assert out.shape == (5, 28, 42)
+        torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-4, msg=task)
+    if 'shallow_bias' in tasks:  # the hooks really changed something
+        shared = mt.backbone.vit.blocks[0].norm1.bias
+        tuned = mt.tasks['shallow_bias'].backbone.vit.blocks[0].norm1.bias
+        assert tuned is not shared and not torch.equal(tuned, shared)
+
+
+def test_timm_tasks_that_cannot_share_are_clear_errors(tmp_path):
+    name = 'vit_base_patch14_reg4_dinov2'
+    pretrained = _timm_file(tmp_path, name)
+    mt = MultiTaskViT(build_shared_backbone(timm_seg(name, pretrained)['backbone']))
+    other = _timm_file(tmp_path, name, seed=1)   # same architecture, other weights
+    task = MODELS.build(timm_seg(name, other, num_prompts=2))
+    task.init_weights()
+    with pytest.raises(ValueError, match='another pretrained file'):
+        mt.add_task('other_weights', task)
+    plain = 'vit_base_patch14_dinov2'  # another architecture: no registers
+    task = MODELS.build(timm_seg(plain, _timm_file(tmp_path, plain), num_prompts=2))
+    with pytest.raises(ValueError, match='another ViT'):
+        mt.add_task('plain', task)
+    mmseg_task = MODELS.build(seg(str(tmp_path / 'none.pth'), num_prompts=2))
+    with pytest.raises(ValueError, match='PromptedVisionTransformer, the shared backbone is '
+                                         'a PromptedTimmViT'):
+        mt.add_task('mmseg', mmseg_task)
+    # EVA with a fused q/k/v projection: its q/v biases are applied inside the attention
+    eva = 'eva02_base_patch14_224'
+    eva_file = _timm_file(tmp_path, eva, qkv_fused=True)
+    cfg = timm_seg(eva, eva_file)
+    cfg['backbone']['model_kwargs']['qkv_fused'] = True
+    mt_eva = MultiTaskViT(build_shared_backbone(cfg['backbone']))
+    cfg = timm_seg(eva, eva_file, num_prompts=2, tune_bias=True)
+    cfg['backbone']['model_kwargs']['qkv_fused'] = True
+    task = MODELS.build(cfg)
+    task.init_weights()
+    with pytest.raises(ValueError, match="q/v biases inside EVA"):
+        mt_eva.add_task('eva_bias', task)

@@ -45,6 +45,7 @@ from .models import vit_ops
 from .models.classifier import VPTClassifier
 from .loading import load_task_model  # noqa: F401  (its home before; re-exported)
 from .models.prompted_vit import PromptedVisionTransformer
+from .models.timm_vit import PromptedTimmViT
 from .prompt import PromptGroup, run_prompted_layers
 from .tuning import bias_parameters
 
@@ -63,8 +64,14 @@ def task_kind(model: nn.Module) -> str:
                     'encoder-decoder segmentor')
 
 
-def _structure(vit: VisionTransformer) -> Dict[str, object]:
-    """What the functional pass relies on, beyond parameter shapes."""
+def _structure(vit: nn.Module) -> Dict[str, object]:
+    """What the shared pass relies on, beyond parameter shapes."""
+    if isinstance(vit, PromptedTimmViT):  # timm builds the rest from the name
+        return OrderedDict(
+            backbone=type(vit).__name__, model=vit.model_name.split('.')[0],
+            signature=vit.signature.tolist(), num_prefix_tokens=vit.num_prefix_tokens,
+            dynamic_img_size=vit.vit.dynamic_img_size,
+            norm_eps=sorted({m.eps for m in vit.modules() if isinstance(m, nn.LayerNorm)}))
     layer = vit.layers[0]
     pad = vit.patch_embed.adap_padding
     return OrderedDict(
@@ -77,7 +84,14 @@ def _structure(vit: VisionTransformer) -> Dict[str, object]:
         num_heads=layer.attn.attn.num_heads,
         norm_eps=sorted({m.eps for m in vit.modules() if isinstance(m, nn.LayerNorm)}),
         activation=repr(layer.ffn.layers[0][1]),
-        num_fcs=layer.ffn.num_fcs)
+        num_fcs=layer.ffn.num_fcs, backbone=type(vit).__name__)
+
+
+def _check_shareable(vit: nn.Module, what: str):
+    """Raise if the shared pass cannot compute ``vit``."""
+    if isinstance(vit, PromptedTimmViT):
+        return  # timm's own blocks run (per-sample biases through hooks)
+    vit_ops.check_supported(vit, what, _UNSHARED)
 
 
 #: What serving says of a ViT the shared pass cannot compute.
@@ -98,7 +112,7 @@ class MultiTaskViT(nn.Module):
 
     def __init__(self, backbone: VisionTransformer):
         super().__init__()
-        vit_ops.check_supported(backbone, 'shared backbone', _UNSHARED)
+        _check_shareable(backbone, 'shared backbone')
         self.backbone = backbone.eval()
         for p in self.backbone.parameters():
             p.requires_grad_(False)
@@ -122,15 +136,24 @@ class MultiTaskViT(nn.Module):
             raise ValueError(f'task {name!r} is already registered')
         kind = task_kind(model)
         vit = model.backbone
-        if not isinstance(vit, PromptedVisionTransformer) or not vit.freeze:
+        if not isinstance(vit, (PromptedVisionTransformer, PromptedTimmViT)) or not vit.freeze:
             raise ValueError(f'task {name!r}: only tasks on a frozen PromptedVisionTransformer '
-                             '(freeze=True) can share a backbone; a fully fine-tuned ViT is '
-                             'a model of its own')
-        vit_ops.check_supported(vit, f'task {name!r}', _UNSHARED)
+                             'or PromptedTimmViT (freeze=True) can share a backbone; a fully '
+                             'fine-tuned ViT is a model of its own')
+        if type(vit) is not type(self.backbone):
+            raise ValueError(f'task {name!r} runs on a {type(vit).__name__}, the shared '
+                             f'backbone is a {type(self.backbone).__name__}')
+        _check_shareable(vit, f'task {name!r}')
         if vit.final_norm and not self.backbone.final_norm:
             raise ValueError(f'task {name!r} reads the final norm (final_norm=True), but the '
                              'shared backbone was built without one (its pretrained file has '
                              'none); serve it on a backbone file with a final norm')
+        if isinstance(vit, PromptedTimmViT) and vit.tune_bias and any(
+                n.endswith(('q_bias', 'v_bias')) for n, p in vit.named_parameters()
+                if p.requires_grad):
+            raise ValueError(f'task {name!r} tunes the q/v biases inside EVA\'s attention, '
+                             'which cannot be given per sample in a shared batch; serve it '
+                             'on its own')
         ours, theirs = _structure(self.backbone), _structure(vit)
         diff = [f'{k}: {theirs[k]} (task) vs {ours[k]} (shared)' for k in ours
                 if ours[k] != theirs[k]]
@@ -230,19 +253,26 @@ class MultiTaskViT(nn.Module):
         vits[0].check_input(inputs)
 
         patches, hw_shape = vit.embed_patches(inputs, biases)           # (B, HW, C)
-        B, HW, C = patches.shape
-        x = patches.new_empty(B, vit.num_prefix_tokens + HW, C)         # (B, K + HW, C)
+        x = None
         for v, idx in zip(vits, groups.values()):  # each task's own img_size
-            x[idx] = v.add_prefix(patches[idx], hw_shape)
+            tokens = v.add_prefix(patches[idx], hw_shape)               # (B_t, K + HW, C)
+            x = tokens.new_empty((len(tasks),) + tokens.shape[1:]) if x is None else x
+            x[idx] = tokens
         x = vit.norm_pre(x, biases)
+        extra = {}
+        if isinstance(vit, PromptedTimmViT):  # EVA's RoPE table (None for other families)
+            extra['rope'] = vit.rotary_embedding(hw_shape)
+
+        def block(i, x, mask):
+            return vit.run_block(i, x, mask, biases, **extra)
         feats = run_prompted_layers(
             x, [PromptGroup(v.prompt, idx, v.out_indices, v.final_norm)
                 for v, idx in zip(vits, groups.values())],
-            lambda i, x, mask: vit.run_block(i, x, mask, biases), len(vit.layers),
+            block, vit.prompt.num_layers,
             vit.num_prefix_tokens, lambda x: vit.norm_out(x, biases))
         outs = OrderedDict()
         for n, v, idx, f in zip(names, vits, groups.values(), feats):
-            origin = [v.to_map(x[idx], hw_shape)] if v.out_origin else []
+            origin = [v.to_map(x[idx], hw_shape)] if getattr(v, 'out_origin', False) else []
             outs[n] = (idx, tuple(origin + [v.to_map(f[i], hw_shape) for i in sorted(f)]))
         return outs
 
@@ -300,7 +330,13 @@ _TASK_ONLY = ('num_prompts', 'deep', 'prompt_layers', 'prompt_dropout', 'prompt_
               'out_origin', 'drop_rate', 'attn_drop_rate', 'drop_path_rate', 'with_cp')
 
 
+def _is_timm(backbone_cfg: dict) -> bool:
+    return backbone_cfg.get('type') in ('PromptedTimmViT', PromptedTimmViT)
+
+
 def _pretrained_of(backbone_cfg: dict) -> Optional[str]:
+    if _is_timm(backbone_cfg):
+        return backbone_cfg.get('checkpoint')
     init_cfg = backbone_cfg.get('init_cfg') or {}
     return init_cfg.get('checkpoint') if isinstance(init_cfg, dict) else None
 
@@ -310,21 +346,26 @@ def shared_backbone_cfg(backbone_cfg: dict, final_norm: bool,
     """The config of the frozen ViT that tasks of ``backbone_cfg`` share: the same
     architecture, task-only options (prompts, bias tuning, outputs, dropout) dropped."""
     cfg = {k: v for k, v in copy.deepcopy(dict(backbone_cfg)).items() if k not in _TASK_ONLY}
+    if _is_timm(backbone_cfg):  # timm's weights come from checkpoint=, not init_cfg
+        cfg.update(type='PromptedTimmViT', num_prompts=0, freeze=True, final_norm=final_norm,
+                   checkpoint=(init_cfg or {}).get('checkpoint'))
+        return cfg
     cfg.update(type='PromptedVisionTransformer', num_prompts=0, freeze=True,
                final_norm=final_norm, init_cfg=init_cfg)
     return cfg
 
 
 def build_shared_backbone(backbone_cfg: dict, pretrained: Optional[str] = None,
-                          final_norm: Optional[bool] = None) -> PromptedVisionTransformer:
+                          final_norm: Optional[bool] = None) -> nn.Module:
     """The frozen ViT of a backbone config, loaded from its pretrained file.
 
     Task-only options (prompts, bias tuning, outputs, dropout) are dropped.
 
     Args:
-        backbone_cfg: A ``model.backbone`` config (``PromptedVisionTransformer`` or
-            ``VisionTransformer``).
-        pretrained: Weights file; default: the config's ``init_cfg.checkpoint``.
+        backbone_cfg: A ``model.backbone`` config (``PromptedVisionTransformer``,
+            ``VisionTransformer`` or ``PromptedTimmViT``).
+        pretrained: Weights file (a hub folder for timm); default: the config's
+            ``init_cfg.checkpoint`` (``checkpoint`` for timm).
         final_norm: Build the final norm (classifiers read it; segmentation tasks
             usually do not). None: exactly when the pretrained file has one, so every
             backbone the configs produce can be shared.
@@ -333,11 +374,21 @@ def build_shared_backbone(backbone_cfg: dict, pretrained: Optional[str] = None,
     if not pretrained:
         raise ValueError('the shared backbone needs pretrained weights: give a file, or a '
                          "config whose backbone has init_cfg=dict(type='Pretrained', ...)")
+    init_cfg = dict(type='Pretrained', checkpoint=pretrained)
+    if _is_timm(backbone_cfg):
+        try:  # the last norm whenever the family has one (timm's files hold it)
+            vit = MODELS.build(shared_backbone_cfg(
+                backbone_cfg, True if final_norm is None else final_norm, init_cfg))
+        except ValueError as err:
+            if final_norm or 'no last LayerNorm' not in str(err):
+                raise
+            vit = MODELS.build(shared_backbone_cfg(backbone_cfg, False, init_cfg))
+        vit.init_weights()
+        return vit.eval()
     if final_norm is None:
         final_norm = _has_final_norm(pretrained, (backbone_cfg.get('init_cfg') or {}).get(
             'prefix') if isinstance(backbone_cfg.get('init_cfg'), dict) else None)
-    vit = MODELS.build(shared_backbone_cfg(
-        backbone_cfg, final_norm, init_cfg=dict(type='Pretrained', checkpoint=pretrained)))
+    vit = MODELS.build(shared_backbone_cfg(backbone_cfg, final_norm, init_cfg))
     vit.init_weights()
     return vit.eval()
 

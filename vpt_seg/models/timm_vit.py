@@ -452,11 +452,13 @@ class PromptedTimmViT(FrozenBackboneMixin, BaseModule):
             raise ValueError(f'image size {h}x{w} differs from img_size {self.img_size} and '
                              'dynamic_img_size=False; set dynamic_img_size=True')
 
-    def embed_patches(self, inputs: torch.Tensor):
+    def embed_patches(self, inputs: torch.Tensor, biases: vit_ops.Biases = vit_ops.SHARED_BIASES):
         """timm's patch embedding: ``(B, 3, H, W) -> (B, H/p, W/p, C)`` tokens
-        (``(B, HW, C)`` without ``dynamic_img_size``) and the grid ``(H/p, W/p)``."""
+        (``(B, HW, C)`` without ``dynamic_img_size``) and the grid ``(H/p, W/p)``.
+        ``biases``: a per-sample bias lookup (serving, :meth:`vit_ops.Biases.hooked`)."""
         grid = self.vit.patch_embed.dynamic_feat_size(tuple(inputs.shape[-2:]))
-        return self.vit.patch_embed(inputs), grid
+        with biases.hooked(self.vit.patch_embed):
+            return self.vit.patch_embed(inputs), grid
 
     def add_prefix(self, x: torch.Tensor, hw_shape) -> torch.Tensor:
         """timm's ``_pos_embed``: ``-> (B, K + HW, C)``, [CLS] and registers before the
@@ -474,13 +476,16 @@ class PromptedTimmViT(FrozenBackboneMixin, BaseModule):
             return rope.get_embed(shape=tuple(hw_shape))
         return rope.get_embed()
 
-    def norm_pre(self, x: torch.Tensor) -> torch.Tensor:
+    def norm_pre(self, x: torch.Tensor, biases: vit_ops.Biases = vit_ops.SHARED_BIASES):
         """The pre-norm (CLIP), or ``x`` unchanged (Identity)."""
-        return self.vit.norm_pre(x)
+        with biases.hooked(self.vit.norm_pre):
+            return self.vit.norm_pre(x)
 
-    def norm_out(self, x: torch.Tensor) -> torch.Tensor:
+    def norm_out(self, x: torch.Tensor, biases: vit_ops.Biases = vit_ops.SHARED_BIASES):
         """The final norm (``final_norm=True``): ``norm``, or EVA02's ``fc_norm``."""
-        return getattr(self.vit, self._norm_attr)(x)
+        norm = getattr(self.vit, self._norm_attr)
+        with biases.hooked(norm):
+            return norm(x)
 
     @staticmethod
     def _call_block(block: nn.Module, x: torch.Tensor, kwargs: dict) -> torch.Tensor:
@@ -496,14 +501,16 @@ class PromptedTimmViT(FrozenBackboneMixin, BaseModule):
                   rope: Optional[torch.Tensor] = None) -> torch.Tensor:
         """timm's block ``i``, ``(B, N, C) -> (B, N, C)``; ``mask``: a boolean
         ``(B, 1, 1, N)`` key mask (timm's ``attn_mask``); ``rope``: EVA's table from
-        :meth:`rotary_embedding`. Per-sample biases are not implemented for timm blocks."""
-        if biases is not vit_ops.SHARED_BIASES:
-            raise NotImplementedError(f'{type(self).__name__}: per-sample biases (serving '
-                                      'bias-tuned tasks in one batch) are not implemented')
+        :meth:`rotary_embedding`; ``biases``: a per-sample bias lookup (serving): timm's
+        blocks run as modules, so each sample's task bias is added by forward hooks
+        (:meth:`vit_ops.Biases.hooked`)."""
         block = self.vit.blocks[i]
         kwargs = {} if mask is None else dict(attn_mask=mask)
         if self._eva:
             kwargs['rope'] = rope
+        if biases.per_sample:  # serving: inference only
+            with biases.hooked(block):
+                return self._call_block(block, x, kwargs)
         if self.with_cp and torch.is_grad_enabled() and (
                 x.requires_grad or any(p.requires_grad for p in block.parameters())):
             return activation_checkpoint(self._call_block, block, x, kwargs,

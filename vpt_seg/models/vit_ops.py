@@ -19,6 +19,7 @@ Dropout, attention dropout and drop-path are the modules' own (``proj_drop``,
 ``dropout_layer``, the FFN's ``nn.Dropout``), so they follow ``train()``/``eval()`` exactly as
 in MMSeg's layers. ``tests/test_vit_ops.py`` pins outputs and gradients to MMSeg's layers.
 """
+import contextlib
 import os
 from typing import List, Optional, Tuple
 
@@ -58,7 +59,8 @@ class Biases:
                                                   for v in task_vits)
         if self.per_sample:
             self.names = {id(m): n for n, m in shared.named_modules()}
-            self.params = [dict(v.named_parameters()) for v in task_vits]
+            self.params = [{n: p for n, p in v.named_parameters() if p.requires_grad}
+                           for v in task_vits]  # tuned only: the frozen ones are shared
             self.task_index = task_index
 
     def __call__(self, module: nn.Module, attr: str = 'bias') -> Optional[torch.Tensor]:
@@ -68,6 +70,50 @@ class Biases:
         name = f'{self.names[id(module)]}.{attr}'.lstrip('.')
         bank = torch.stack([p.get(name, shared) for p in self.params])     # (T, ...)
         return bank[self.task_index]                                       # (B, ...)
+
+    @contextlib.contextmanager
+    def hooked(self, module: nn.Module):
+        """For ViTs that run as modules (timm's blocks): while the context is open, every
+        linear, LayerNorm and convolution under ``module`` whose bias some task tunes adds
+        ``bias_t - bias_shared`` of each sample's task to its output (the same function
+        as running it with the sample's own bias). A no-op for the single-model lookup.
+
+        Raises:
+            ValueError: a task tunes a bias that is not an output bias of such a layer
+                (EVA's ``q_bias``/``v_bias``, applied inside the attention), which a
+                hook cannot reach.
+        """
+        if not self.per_sample:
+            yield
+            return
+        handles = []
+        try:
+            for sub in module.modules():
+                prefix = self.names.get(id(sub))
+                for attr, param in sub.named_parameters(recurse=False):
+                    name = f'{prefix}.{attr}'.lstrip('.')
+                    if prefix is None or all(name not in p for p in self.params):
+                        continue  # frozen in every task: the shared tensor
+                    if attr != 'bias' or not isinstance(sub, (nn.Linear, nn.LayerNorm,
+                                                              nn.Conv2d)):
+                        raise ValueError(
+                            f'{name}: a tuned parameter inside {type(sub).__name__} cannot '
+                            'be given per sample; serve such bias-tuned tasks one task per '
+                            'batch')
+                    handles.append(sub.register_forward_hook(self._add_delta(sub)))
+            yield
+        finally:
+            for h in handles:
+                h.remove()
+
+    def _add_delta(self, module: nn.Module):
+        delta = self(module) - module.bias                                 # (B, C)
+
+        def hook(mod, args, out):
+            if isinstance(mod, nn.Conv2d):
+                return out + delta[:, :, None, None]                       # (B, C, H, W)
+            return out + delta.view(delta.shape[0], *([1] * (out.dim() - 2)), -1)
+        return hook
 
 
 #: The lookup of a single model: every module's own bias.
