@@ -577,3 +577,21 @@ def test_demo_dinov2_task_trains_and_tests(tmp_path):
                 *options[2:])
     assert f'loading the frozen backbone from {shared / weights.parent.name}' in moved
     assert miou(moved) == miou(train)
+
+    # ... and serves in one batch with a bias-tuned task on the same frozen DINOv2
+    # (tools/serve.py with the hub folder as the shared backbone; --verify compares each
+    # task with its own model alone and exits 1 above 1e-3).
+    bias = ['model.backbone.tune_bias=True', 'model.backbone.num_prompts=0']
+    run('train.py', DEMO, '--work-dir', str(tmp_path / 'bias'), *options, *bias,
+        'train_cfg.max_iters=2', 'train_cfg.val_interval=2',
+        'default_hooks.checkpoint.interval=2', 'param_scheduler.0.end=2')
+    run('export_task.py', DEMO, str(tmp_path / 'bias' / 'iter_2.pth'),
+        str(shared / 'bias.safetensors'), *options, *bias)
+    served = run('serve.py', str(shared / weights.parent.name),
+                 f'seg={shared / "task.safetensors"}', f'bias={shared / "bias.safetensors"}',
+                 '--images', osp.join(data, 'images', 'validation'),
+                 '--out-dir', str(tmp_path / 'served'), '--verify')
+    assert '2 images x 2 tasks served on one backbone' in served
+    for task in ('seg', 'bias'):
+        assert re.search(rf'{task}: largest difference to its own model alone at \S+: ', served)
+        assert len(glob.glob(str(tmp_path / 'served' / task / '*_overlay.png'))) == 2

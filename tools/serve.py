@@ -206,7 +206,7 @@ def main():
         first = task_config(*specs[0][1:])
         init_default_scope(first.get('default_scope', 'mmseg'))
         shared = build_shared_backbone(first.model.backbone, pretrained=args.backbone)
-    pretrained = shared.init_cfg['checkpoint']
+    pretrained = shared.configured_pretrained()  # the file the shared backbone loaded
     mt = MultiTaskViT(shared)
     metas = {}
     for name, cfg_path, ckpt in specs:
