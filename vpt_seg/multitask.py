@@ -159,8 +159,8 @@ class MultiTaskViT(nn.Module):
                 if ours[k] != theirs[k]]
         shared = dict(self.backbone.named_parameters())
         for pname, param in vit.named_parameters():
-            if param.requires_grad or (pname == 'pos_embed' and
-                                       param.shape != shared['pos_embed'].shape):
+            if param.requires_grad or (pname.endswith('pos_embed') and
+                                       param.shape != shared[pname].shape):
                 continue  # tuned, or position embeddings for another img_size (kept)
             if pname not in shared:
                 diff.append(f'{pname}: in the task, not in the shared backbone (build it '
