@@ -63,3 +63,52 @@ def test_table_formats_missing_figures():
                                 x_stock=None, peak_gib=None, mem_vs_stock=None, saved_gib=None,
                                 gflop_per_img=1.0, tflop_per_s=0.1, frac_peak=None, tuned=5)])
     assert '| ours | s | train | 1 | 1 | - | - | - | - | 1 | 0.1 | - | 5 |' in format_table(report)
+
+
+DINOV2 = osp.join(ROOT, 'configs', 'demo', 'setr_vpt_tiny_dinov2_ade20k.py')
+
+
+def test_stock_timm_model_is_timms_own_forward_of_the_same_model():
+    """For a PromptedTimmViT config, stock is the same timm model run by timm
+    (forward_intermediates), frozen with biases tuned, through the same MMSeg head; no
+    pretrained file is read. With the same weights and no prompts it computes our maps."""
+    import torch
+    from mmengine.config import Config
+    from mmengine.registry import init_default_scope
+    from mmseg.registry import MODELS
+
+    from vpt_seg.benchmark import build
+    cfg = Config.fromfile(DINOV2)
+    init_default_scope('mmseg')
+    model_cfg, _, rule, setup = model_setup(cfg, stock=True)
+    assert model_cfg.backbone.type == 'StockTimmViT' and 'num_prompts' not in model_cfg.backbone
+    assert setup == 'frozen, biases tuned' and rule == dict(freeze=True, tune_bias=True)
+    stock, _, _ = build(cfg, True, torch.device('cpu'))
+    ours, _, ours_setup = build(cfg, False, torch.device('cpu'))
+    assert ours_setup == 'frozen, 4 prompts' and ours.backbone.checkpoint is None
+    tuned = [n for n, p in stock.backbone.named_parameters() if p.requires_grad]
+    assert tuned and all(n.endswith('bias') for n in tuned)
+    assert type(stock.decode_head) is type(ours.decode_head)
+
+    plain = MODELS.build(dict(cfg.model.backbone, checkpoint=None, num_prompts=0)).eval()
+    stock.backbone.vit.load_state_dict(plain.vit.state_dict(), strict=False)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        for a, b in zip(stock.backbone.eval()(x), plain(x)):
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_benchmark_tool_runs_a_timm_config_against_stock(tmp_path):
+    out = tmp_path / 'bench.json'
+    proc = subprocess.run(
+        [sys.executable, osp.join(ROOT, 'tools', 'benchmark.py'), DINOV2, '--stock',
+         '--modes', 'train', 'whole', '--batch', '2', '--amp', 'none', '--steps', '1',
+         '--warmup', '0', '--device', 'cpu', '--infer-size', '32', '40', '--json', str(out)],
+        capture_output=True, text=True, cwd=str(tmp_path))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = json.loads(out.read_text())['results']
+    assert [(r['model'], r['setup'], r['mode']) for r in rows] == [
+        ('ours', 'frozen, 4 prompts', 'train'), ('ours', 'frozen, 4 prompts', 'whole'),
+        ('stock', 'frozen, biases tuned', 'train'), ('stock', 'frozen, biases tuned', 'whole')]
+    assert all(r['img_per_s'] > 0 and r['gflop_per_img'] > 0 for r in rows)
+    # 'whole' at ADE20k's 4:3 default (32x43) is not a multiple of patch 8: --infer-size

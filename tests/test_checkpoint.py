@@ -401,6 +401,49 @@ def test_convert_tool_refuses_unmappable(tmp_path):
         _tool().main([str(src), '--out', str(tmp_path / 'x.pth')])
 
 
+DINOV2_DEMO = osp.join(ROOT, 'configs', 'demo', 'setr_vpt_tiny_dinov2_ade20k.py')
+
+
+def _dinov2_folder(tmp_path, depth=4, name='reg4'):
+    """A patch-14 DINOv2-reg file as the hub publishes it, at the demo config's size."""
+    from vpt_seg.models.timm_vit import write_hub_folder
+    torch.manual_seed(0)
+    vit = timm.create_model('vit_small_patch14_reg4_dinov2', pretrained=False, num_classes=0,
+                            embed_dim=32, depth=depth, num_heads=4, img_size=56)
+    return write_hub_folder(vit, str(tmp_path / name), 'vit_small_patch14_reg4_dinov2')
+
+
+def test_convert_tool_checks_a_timm_file_for_a_config(tmp_path, capsys):
+    """--config: the file is loaded into the config's PromptedTimmViT as training would,
+    patch 14 resampled to the config's 8 and the 4x4 position grid to its 4x4, one line."""
+    folder = _dinov2_folder(tmp_path)
+    line = _tool().main([folder, '--config', DINOV2_DEMO])
+    assert capsys.readouterr().out.strip() == line
+    assert f'{folder} fits {DINOV2_DEMO}: vit_small_patch14_reg4_dinov2 (32 wide, 4 layers, ' \
+           'patch 8)' in line
+    assert 'resampled patch embedding 14x14 -> 8x8' in line
+    assert 'position embedding 16 -> 16 tokens' not in line  # same grid: not resampled
+    # the config's own checkpoint= when no file is given
+    line = _tool().main(['--config', DINOV2_DEMO, '--cfg-options',
+                         f'model.backbone.checkpoint={folder}'])
+    assert 'fits' in line
+
+
+@pytest.mark.parametrize('case, match', [
+    ('size', r'does not fit .*another model_name or size\?\): missing from the file: '
+             r'blocks\.3\.'),
+    ('missing', r'does not fit .*not found'),
+    ('mmseg', r'not PromptedTimmViT'),
+])
+def test_convert_tool_check_refuses_what_does_not_fit(tmp_path, case, match):
+    args = {'size': [_dinov2_folder(tmp_path, depth=3), '--config', DINOV2_DEMO],
+            'missing': [str(tmp_path / 'nope'), '--config', DINOV2_DEMO],
+            'mmseg': [str(tmp_path / 'x.pth'), '--config',
+                      osp.join(ROOT, 'configs', 'demo', 'setr_vpt_tiny_ade20k.py')]}[case]
+    with pytest.raises(SystemExit, match=match):
+        _tool().main(args)
+
+
 # ------------------------------------------------------------- remote checkpoints
 def test_every_remote_scheme_that_unpickles_is_read_safely():
     """MMEngine's loaders for these schemes end in torch.load / torch.hub's load_url

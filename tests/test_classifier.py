@@ -255,3 +255,52 @@ def test_learns_on_generated_data(tmp_path, pretrained):
     metric.process(None, [p.to_dict() for p in preds])
     acc = metric.compute_metrics(metric.results)
     assert acc['top1'] >= 75, acc  # chance is 16.7
+
+
+TIMM_REG4 = dict(type='PromptedTimmViT', model_name='vit_small_patch14_reg4_dinov2',
+                 model_kwargs=dict(embed_dim=32, depth=3, num_heads=4), img_size=(32, 32),
+                 patch_size=8)
+
+
+@pytest.mark.parametrize('num_prompts', [0, 3])
+def test_timm_backbone_gives_the_final_normed_cls(num_prompts):
+    """On PromptedTimmViT (a DINOv2-style ViT with 4 registers), output_cls_token gives
+    ``[map, cls]`` pairs; the classifier reads the last layer's [CLS] after timm's own
+    final norm: at no prompts, timm's ``forward_features(x)[:, 0]`` of the same model."""
+    cfg = dict(type='VPTClassifier', backbone=dict(TIMM_REG4, num_prompts=num_prompts,
+                                                   out_indices=(1, 2)),
+               head=dict(type='LinearClsHead', in_channels=32, num_classes=5))
+    model = build(cfg).eval()
+    assert model.backbone.output_cls_token and model.backbone.final_norm
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        outs = model.backbone(x)
+        assert [tuple(m.shape) for m, _ in outs] == [(2, 32, 4, 4)] * 2
+        assert [tuple(c.shape) for _, c in outs] == [(2, 32)] * 2
+        cls = model.extract_feat(x)
+        assert torch.equal(cls, outs[-1][1])
+        logits = model(x)
+    assert logits.shape == (2, 5)
+    if num_prompts == 0:
+        import timm
+        ref = timm.create_model(TIMM_REG4['model_name'], pretrained=False, num_classes=0,
+                                img_size=(32, 32), patch_size=8, dynamic_img_size=True,
+                                **TIMM_REG4['model_kwargs']).eval()
+        ref.load_state_dict(model.backbone.vit.state_dict())
+        with torch.no_grad():
+            torch.testing.assert_close(cls, ref.forward_features(x)[:, 0], atol=1e-5,
+                                       rtol=1e-5)
+    loss = model.head(model.extract_feat(x)).sum()
+    loss.backward()
+    tuned = {n for n, p in model.named_parameters() if p.grad is not None}
+    assert tuned == {n for n, p in model.named_parameters() if p.requires_grad}
+    assert any(n.startswith('backbone.prompt') for n in tuned) == (num_prompts > 0)
+
+
+def test_timm_backbone_without_cls_token_is_refused():
+    with pytest.raises(ValueError, match='has no \\[CLS\\] token'):
+        MODELS.build(dict(type='VPTClassifier',
+                          backbone=dict(TIMM_REG4, model_kwargs=dict(
+                              embed_dim=32, depth=2, num_heads=4, class_token=False,
+                              global_pool='avg')),
+                          head=dict(type='LinearClsHead', in_channels=32, num_classes=5)))

@@ -14,6 +14,19 @@ converted file once, checks a file before a long run, or makes a ViT with timm o
         --model-args depth=2 embed_dim=64 num_heads=2 img_size=64 --out pretrain/tiny.pth
 
 It prints the backbone arguments the weights fit (``embed_dims``, ``num_layers``, ...).
+
+For a ``PromptedTimmViT`` config (DINOv2, EVA02, ... by timm name) the backbone reads
+timm's files as they are; ``--config`` checks one before a long run, writing nothing:
+
+    # the file (or hub folder) of the config's checkpoint=, or another one
+    python tools/convert_vit.py --config configs/setr_vpt_dinov2_ade20k.py
+    python tools/convert_vit.py pretrain/vit_large_patch14_reg4_dinov2 \
+        --config configs/setr_vpt_dinov2_ade20k.py
+
+It builds the config's backbone, loads the file as training would (the family's own
+conversion, the patch-14 -> 16 and position-grid resampling), prints one line (tensors,
+what was resampled, what was ignored) and exits 0; exit 1 with the reason otherwise (a
+missing file, another model name or size, a file that is not weights).
 """
 import argparse
 import ast
@@ -32,7 +45,11 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('src', nargs='?', help='timm (.safetensors/.pth/.bin), JAX (.npz) '
                         'or MMSeg ViT weights')
-    parser.add_argument('--out', required=True, help='where to write the MMSeg .pth')
+    parser.add_argument('--out', help='where to write the MMSeg .pth')
+    parser.add_argument('--config', help="check src (default: the config's checkpoint=) "
+                        "against this PromptedTimmViT config's backbone; writes nothing")
+    parser.add_argument('--cfg-options', nargs='+', default=[], metavar='KEY=VALUE',
+                        help='with --config: overrides, as the tools take them')
     parser.add_argument('--timm-model', help='build this timm model and convert its '
                         'weights (random init unless --checkpoint/src is given)')
     parser.add_argument('--checkpoint', help='with --timm-model: weights timm loads into '
@@ -43,6 +60,13 @@ def parse_args(argv=None):
                         help='resample pos_embed to this input size (H [W])')
     parser.add_argument('--seed', type=int, default=0, help='seed for a random init')
     args = parser.parse_args(argv)
+    if args.config:
+        if args.out or args.timm_model or args.checkpoint:
+            parser.error('--config checks a file for a config; it takes src only (no '
+                         '--out, --timm-model, --checkpoint)')
+        return args
+    if not args.out:
+        parser.error('the following arguments are required: --out')
     if not args.src and not args.timm_model:
         parser.error('give a weights file (src) or --timm-model')
     if args.src and args.timm_model and args.checkpoint:
@@ -73,8 +97,53 @@ def timm_state_dict(name, checkpoint=None, seed=0, **kwargs):
     return convert_timm_to_mmseg(model.state_dict()), getattr(heads, 'num_heads', None)
 
 
+def check_timm_file(config: str, path=None, cfg_options=()) -> str:
+    """Load ``path`` (default: the config's ``checkpoint=``) into the config's
+    ``PromptedTimmViT`` backbone as training would; returns the one-line summary.
+
+    Raises:
+        SystemExit: The config's backbone is not a PromptedTimmViT, or the file does not
+            fit it (missing, another model name or size, unreadable): the reason.
+    """
+    from mmengine.config import Config
+    from mmengine.registry import init_default_scope
+    from mmseg.registry import MODELS
+
+    import vpt_seg  # noqa: F401  (registration)
+    from vpt_seg.runner import quiet_logger
+    cfg = Config.fromfile(config)
+    if cfg_options:
+        cfg.merge_from_dict({k: _value(v) for k, v in (kv.split('=', 1) for kv in cfg_options)})
+    backbone = dict(cfg.model.backbone)
+    if backbone.get('type') != 'PromptedTimmViT':
+        raise SystemExit(f'{config}: the backbone is {backbone.get("type")}, not '
+                         'PromptedTimmViT; for MMSeg-layout ViTs, convert with --out')
+    path = path or backbone.get('checkpoint')
+    if not path:
+        raise SystemExit(f'{config}: no file to check (the backbone has no checkpoint=; '
+                         'give the file as src)')
+    init_default_scope(cfg.get('default_scope', 'mmseg'))
+    try:
+        with quiet_logger():
+            model = MODELS.build(dict(backbone, checkpoint=None))
+            file, _ = vpt_seg.models.timm_vit.find_weights_file(path)
+            from vpt_seg.models.timm_vit import fit_timm_state_dict, read_timm_state_dict
+            model.load_pretrained(path)
+            _, summary = fit_timm_state_dict(read_timm_state_dict(file), model.vit,
+                                             ignored=model._ignored, where=file)
+    except (FileNotFoundError, ValueError) as err:
+        raise SystemExit(f'{path} does not fit {config} ({backbone["model_name"]}): '
+                         f'{err}') from None
+    line = (f'{path} fits {config}: {backbone["model_name"]} ({model.vit.embed_dim} wide, '
+            f'{len(model.vit.blocks)} layers, patch {model.patch_size}): {summary}')
+    print(line)
+    return line
+
+
 def main(argv=None):
     args = parse_args(argv)
+    if args.config:
+        return check_timm_file(args.config, args.src, args.cfg_options)
     if args.timm_model:
         model_args = dict(kv.split('=', 1) for kv in args.model_args)
         model_args = {k: _value(v) for k, v in model_args.items()}

@@ -60,6 +60,10 @@ def parse_args():
                         help='torch threads per tool run (default %(default)s). The result '
                              'depends on it (float order of reductions): the documented '
                              'numbers are for 1; more threads oversubscribe a busy CPU')
+    parser.add_argument('--jobs', type=int, default=d.jobs,
+                        help='backbone families run at once, each its own tool subprocess '
+                             '(default %(default)s: the DINOv2-reg family beside the ViT '
+                             'family; the results do not depend on it)')
     return parser.parse_args()
 
 
@@ -71,7 +75,7 @@ def main():
                             pretrain_iters=args.pretrain_iters, num_source=args.num_source,
                             num_target=args.num_target, num_val=args.num_val,
                             num_show=args.num_show, lrs=args.lrs, seed=args.seed,
-                            threads=args.threads))
+                            threads=args.threads, jobs=args.jobs))
 
 
 if __name__ == '__main__':

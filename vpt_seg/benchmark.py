@@ -21,7 +21,9 @@ and the achieved fraction of the device's peak.
 
 The *stock* model is MMSeg's own: the same config with MMSeg's ``VisionTransformer``
 (MMCV attention that asks for attention weights), MMEngine's default optimizer
-constructor, and the same parameters frozen. Stock MMSeg has no prompts, so for a
+constructor, and the same parameters frozen. For a ``PromptedTimmViT`` config it is the
+same timm model run by timm itself (:class:`StockTimmViT`: ``forward_intermediates`` to
+NCHW maps) through the config's MMSeg head, frozen the same way. Stock MMSeg has no prompts, so for a
 prompted row it tunes the backbone's biases instead: the closest stock setup, in which
 gradients also flow back through every frozen block.
 """
@@ -40,7 +42,7 @@ import numpy as np
 import torch
 from mmengine.config import Config
 from mmengine.logging import print_log
-from mmengine.model import revert_sync_batchnorm
+from mmengine.model import BaseModule, revert_sync_batchnorm
 from mmengine.optim import build_optim_wrapper
 from mmengine.registry import init_default_scope
 from mmengine.structures import PixelData
@@ -52,7 +54,7 @@ from .multitask import MultiTaskViT, shared_backbone_cfg
 from .runner import quiet_logger
 from .tuning import bias_parameters, count_parameters, format_count
 
-__all__ = ['run_benchmark', 'format_table', 'PEAK_TFLOPS']
+__all__ = ['run_benchmark', 'format_table', 'PEAK_TFLOPS', 'StockTimmViT']
 
 #: Dense tensor-core peak TFLOP/s by device name and dtype (vendor data sheets);
 #: ``--peak-tflops`` overrides. No entry: the fraction of peak is left out.
@@ -89,6 +91,60 @@ _count_cpu_attention()
 
 
 # ------------------------------------------------------------------- the models
+@MODELS.register_module()
+class StockTimmViT(BaseModule):
+    """The stock counterpart of ``PromptedTimmViT``: the same timm model (same
+    ``model_name``, ``model_kwargs``, ``img_size``, ``patch_size``), random weights, run
+    by timm's own ``forward_intermediates(..., output_fmt='NCHW')``; no prompts, nothing
+    of ours in the forward. Heads and norms unused for segmentation are dropped as ours
+    drops them; ``final_norm=True`` normalizes the last map (timm's ``norm=`` would
+    normalize every intermediate).
+
+    Shapes:
+        ``(B, 3, H, W)`` in; a tuple of ``(B, C, H / p, W / p)`` maps, one per
+        ``out_indices``.
+    """
+
+    def __init__(self, model_name: str, model_kwargs: Optional[dict] = None, img_size=None,
+                 patch_size: Optional[int] = None, dynamic_img_size: bool = True,
+                 out_indices=-1, final_norm: bool = False, init_cfg=None):
+        import timm
+
+        from .models.timm_vit import final_norm_attr
+        super().__init__(init_cfg=init_cfg)
+        kwargs = dict(model_kwargs or {})
+        if img_size is not None:
+            kwargs['img_size'] = tuple(img_size) if isinstance(img_size, (list, tuple)) \
+                else img_size
+        if patch_size is not None:
+            kwargs['patch_size'] = patch_size
+        self.vit = timm.create_model(model_name, pretrained=False, num_classes=0,
+                                     dynamic_img_size=dynamic_img_size, **kwargs)
+        depth = len(self.vit.blocks)
+        indices = [out_indices] if isinstance(out_indices, int) else list(out_indices)
+        self.out_indices = [i % depth for i in indices]
+        attr = final_norm_attr(self.vit)
+        self.last_norm = getattr(self.vit, attr) if final_norm and attr else None
+        for name in ('norm', 'fc_norm', 'head'):
+            if hasattr(self.vit, name):
+                setattr(self.vit, name, torch.nn.Identity())
+        if getattr(self.vit, 'attn_pool', None) is not None:
+            self.vit.attn_pool = None
+
+    def forward(self, inputs: torch.Tensor):
+        maps = self.vit.forward_intermediates(inputs, indices=self.out_indices,
+                                              output_fmt='NCHW', intermediates_only=True)
+        if self.last_norm is not None and self.out_indices[-1] == len(self.vit.blocks) - 1:
+            last = self.last_norm(maps[-1].permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+            maps = list(maps[:-1]) + [last.contiguous()]
+        return tuple(maps)
+
+
+#: PromptedTimmViT options StockTimmViT takes as they are.
+TIMM_STOCK_KEYS = ('model_name', 'model_kwargs', 'img_size', 'patch_size', 'dynamic_img_size',
+                   'out_indices', 'final_norm')
+
+
 def model_setup(cfg: Config, stock: bool, reference: bool = False):
     """The model and optimizer configs to measure, and a few words on what is tuned.
 
@@ -100,6 +156,9 @@ def model_setup(cfg: Config, stock: bool, reference: bool = False):
     model = copy.deepcopy(cfg.model)
     bb = model.backbone
     bb.init_cfg = None  # random weights: measure without a pretrained file
+    timm_family = bb.get('type') == 'PromptedTimmViT'
+    if timm_family:
+        bb.checkpoint = None
     freeze = bb.get('freeze', True)
     tune_bias = bb.get('tune_bias', False)
     prompts = bb.get('num_prompts', 0)
@@ -107,9 +166,13 @@ def model_setup(cfg: Config, stock: bool, reference: bool = False):
     optim.type = 'OptimWrapper'
     optim.pop('loss_scale', None)
     if stock:
-        for key in OURS_ONLY:
-            bb.pop(key, None)
-        bb.type = 'VisionTransformer'
+        if timm_family:
+            model.backbone = bb = type(bb)(type='StockTimmViT',
+                                           **{k: bb[k] for k in TIMM_STOCK_KEYS if k in bb})
+        else:
+            for key in OURS_ONLY:
+                bb.pop(key, None)
+            bb.type = 'VisionTransformer'
         optim.pop('constructor', None)
         paramwise = optim.get('paramwise_cfg') or {}
         for key in ('prompt_lr_mult', 'prompt_decay_mult'):

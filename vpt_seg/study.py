@@ -57,8 +57,46 @@ ROWS = OrderedDict([
     ('vpt-deep', 'VPT-deep'),
     ('vpt-bias', 'VPT+Bias'),
     ('full', 'Full'),
+    ('dinov2/head', 'Head only (DINOv2-reg)'),
+    ('dinov2/vpt-deep', 'VPT-deep (DINOv2-reg)'),
 ])
 UNTRAINED = 'untrained-head'
+
+
+@dataclass(frozen=True)
+class Family:
+    """A backbone family of the study: how it is pretrained and where its file goes.
+
+    Attributes:
+        label: Its name in stage names and logs.
+        pretrain_config: The pretraining config, relative to ``config_dir``, no ``.py``.
+        work: Pretraining work dir (under ``out_dir``).
+        backbone_file: Where the pretrained backbone is saved (under ``out_dir``).
+        checkpoint_option: The config key the target rows read it from.
+        timm: Saved in timm's layout (``model.safetensors`` of the timm state dict, with
+            a hub ``config.json``), else in MMSeg's (``{'state_dict': ...}``).
+    """
+    label: str
+    pretrain_config: str
+    work: str
+    backbone_file: str
+    checkpoint_option: str
+    timm: bool
+
+
+#: Row key prefix (``dinov2/head``: family ``dinov2``; no prefix: ``vit``) -> family.
+FAMILIES = OrderedDict([
+    ('vit', Family('ViT', 'pretrain_source', 'pretrain', 'pretrain/vit-tiny_source.pth',
+                   'model.backbone.init_cfg.checkpoint', False)),
+    ('dinov2', Family('DINOv2-reg', 'dinov2/pretrain_source', 'pretrain/dinov2',
+                      'pretrain/dinov2/model.safetensors', 'model.backbone.checkpoint',
+                      True)),
+])
+
+
+def family_of(key: str) -> str:
+    """The family of a row key: its ``family/`` prefix, ``vit`` without one."""
+    return key.split('/')[0] if '/' in key else 'vit'
 
 
 @dataclass
@@ -79,6 +117,10 @@ class StudySettings:
         seed: Data and training seed.
         threads: Torch threads per tool subprocess. The published numbers are for 1
             (the default); another count gives other digits (docs/study.md).
+        jobs: Families run at once (each family's runs stay in order: pretraining, then
+            its rows). 2 (default) runs the DINOv2-reg family beside the ViT family, one
+            tool subprocess each, which fits 2 cores at 1 thread each; 1 runs them one
+            after the other. The results do not depend on it.
         num_show: Validation images in the predictions figure.
         config_dir: The study configs.
         tools_dir: Where ``train.py`` and ``test.py`` live.
@@ -93,6 +135,7 @@ class StudySettings:
     lrs: Optional[Sequence[float]] = None
     seed: int = 0
     threads: int = 1
+    jobs: int = 2
     num_show: int = 4
     config_dir: str = osp.join(REPO_ROOT, 'configs', 'study')
     tools_dir: str = osp.join(REPO_ROOT, 'tools')
@@ -298,6 +341,24 @@ def export_backbone(checkpoint: str, out_path: str) -> str:
     return out_path
 
 
+def export_timm_backbone(checkpoint: str, out_path: str, model_name: str) -> str:
+    """Save the timm model inside a checkpoint of a ``PromptedTimmViT`` model
+    (``backbone.vit.*``) in timm's own layout: ``out_path`` (``model.safetensors``) and a
+    hub ``config.json`` beside it, the file a ``PromptedTimmViT``'s ``checkpoint=`` loads."""
+    from safetensors.torch import save_file
+    state = torch.load(checkpoint, map_location='cpu', weights_only=True)['state_dict']
+    prefix = 'backbone.vit.'
+    vit = {k[len(prefix):]: v.contiguous() for k, v in state.items() if k.startswith(prefix)}
+    if not vit:
+        raise ValueError(f'{checkpoint} holds no {prefix}* weights (not a PromptedTimmViT '
+                         'model trained with freeze=False?)')
+    os.makedirs(osp.dirname(out_path), exist_ok=True)
+    save_file(vit, out_path)
+    with open(osp.join(osp.dirname(out_path), 'config.json'), 'w') as f:
+        json.dump(dict(architecture=model_name.split('.')[0], num_classes=0), f, indent=2)
+    return out_path
+
+
 def save_untrained(cfg_path: str, options: List[str], out_path: str, seed: int) -> str:
     """A task checkpoint of ``cfg_path``'s model straight after initialisation: the
     pretrained frozen backbone and a head that was never trained."""
@@ -441,6 +502,15 @@ def _stage_name(key: str, lr: Optional[float]) -> str:
     return ROWS[key] + ('' if lr is None else f' (lr {lr:g})')
 
 
+def _pretrain_stage(family: str) -> str:
+    return 'pretrain' if family == 'vit' else f'pretrain ({FAMILIES[family].label})'
+
+
+def _families(rows: Sequence[str]) -> List[str]:
+    """The families of ``rows``, in the order of :data:`FAMILIES`."""
+    return [f for f in FAMILIES if any(family_of(r) == f for r in rows)]
+
+
 def _planned_iterations(settings: StudySettings) -> Dict[str, int]:
     """Training iterations of every run the study will make, for the overall ETA."""
     def iters(cfg_name, given):
@@ -448,11 +518,70 @@ def _planned_iterations(settings: StudySettings) -> Dict[str, int]:
             return given
         return _load_cfg(osp.join(settings.config_dir, f'{cfg_name}.py'), []).train_cfg.max_iters
 
-    planned = OrderedDict(pretrain=iters('pretrain_source', settings.pretrain_iters))
+    planned = OrderedDict()
+    for family in _families(settings.rows):
+        planned[_pretrain_stage(family)] = iters(FAMILIES[family].pretrain_config,
+                                                 settings.pretrain_iters)
     for key in settings.rows:
         for lr in settings.lrs or [None]:
             planned[_stage_name(key, lr)] = iters(key, settings.iters)
     return planned
+
+
+def _run_family(settings: StudySettings, family: str, out: str, source_root: str,
+                target_root: str, progress: Progress, timings: Dict) -> Dict:
+    """One family's runs, in order: pretraining on the source tags, the backbone saved
+    (MMSeg or timm layout), then each of its rows at every learning rate."""
+    fam = FAMILIES[family]
+    pre_cfg = osp.join(settings.config_dir, f'{fam.pretrain_config}.py')
+    stage = _pretrain_stage(family)
+    pre_dir = osp.join(out, fam.work)
+    os.makedirs(pre_dir, exist_ok=True)
+    seed_opt = [f'randomness.seed={settings.seed}']
+    timings[stage] = _run_tool(
+        settings, 'train.py',
+        [pre_cfg, '--work-dir', pre_dir, '--cfg-options'] + _data_options(source_root)
+        + _schedule_options(settings.pretrain_iters) + seed_opt,
+        osp.join(out, f'{fam.work.replace("/", "_")}.log'), progress, stage)
+    target = osp.join(out, fam.backbone_file)
+    if fam.timm:
+        model_name = _load_cfg(pre_cfg, []).model.backbone.model_name
+        pretrained = export_timm_backbone(_last_checkpoint(pre_dir), target, model_name)
+    else:
+        pretrained = export_backbone(_last_checkpoint(pre_dir), target)
+    source_map = _val_metrics(pre_dir, 'multi-label/mAP').get('multi-label/mAP',
+                                                              float('nan'))
+    pre_iters = settings.pretrain_iters or _load_cfg(pre_cfg, []).train_cfg.max_iters
+    _log(f'{stage}: source tags mAP {source_map:.2f}, backbone saved to {pretrained} '
+         f'({timings[stage]:.1f} s, {timings[stage] / pre_iters:.3f} s/iter with start-up)')
+
+    common = _data_options(target_root) + [f'{fam.checkpoint_option}={pretrained}'] + seed_opt
+    results, searched = OrderedDict(), OrderedDict()
+    for key in [r for r in settings.rows if family_of(r) == family]:
+        cfg_path = osp.join(settings.config_dir, f'{key}.py')
+        runs = []
+        for lr in settings.lrs or [None]:
+            work = osp.join(out, 'rows', key if lr is None else f'{key}/lr{lr:g}')
+            os.makedirs(work, exist_ok=True)
+            lr_opt = [] if lr is None else [f'optim_wrapper.optimizer.lr={lr}']
+            train_s = _run_tool(settings, 'train.py',
+                                [cfg_path, '--work-dir', work, '--cfg-options']
+                                + common + _schedule_options(settings.iters) + lr_opt,
+                                osp.join(work, 'train.log'), progress,
+                                _stage_name(key, lr))
+            runs.append(_evaluate(settings, key, ROWS[key], cfg_path, _last_checkpoint(work),
+                                  work, common + lr_opt, train_s))
+            r = runs[-1]
+            timings[key] = timings.get(key, 0.0) + r.train_s + r.test_s
+            _log(f'{r.method:<12} mIoU {r.miou:6.2f}  tuned {_fmt_count(r.tuned):>7} '
+                 f'({r.tuned_pct:5.2f}%)  file {_fmt_bytes(r.file_bytes):>9}  lr {r.lr:g}  '
+                 f'train {r.train_s:5.1f} s  test {r.test_s:4.1f} s')
+        results[key] = max(runs, key=lambda r: r.miou)
+        if settings.lrs:
+            searched[key] = {f'{r.lr:g}': r.miou for r in runs}
+            _log(f'{ROWS[key]}: best lr {results[key].lr:g} of ' + ', '.join(
+                f'{lr}: {m:.2f}' for lr, m in searched[key].items()))
+    return dict(results=results, searched=searched, source_map=source_map, common=common)
 
 
 def run_study(settings: StudySettings) -> Dict:
@@ -469,6 +598,9 @@ def run_study(settings: StudySettings) -> Dict:
     if not isinstance(settings.threads, int) or settings.threads < 1:
         raise ValueError(f'threads={settings.threads!r}: give a whole number of torch threads '
                          'per tool run, at least 1 (the study\'s numbers are for 1)')
+    if not isinstance(settings.jobs, int) or settings.jobs < 1:
+        raise ValueError(f'jobs={settings.jobs!r}: give a whole number of families to run at '
+                         'once, at least 1')
     for name, iters, cfg_name in (('pretrain_iters', settings.pretrain_iters, 'pretrain_source'),
                                   ('iters', settings.iters, 'head')):
         warmup = _load_cfg(osp.join(settings.config_dir, f'{cfg_name}.py'),
@@ -495,59 +627,30 @@ def run_study(settings: StudySettings) -> Dict:
     _log(f'data: {settings.num_source} source / {settings.num_target} target training '
          f'images, {settings.num_val} validation each ({timings["data"]:.1f} s)')
 
-    # 2. pretraining: image-level tags of the source images, every weight from scratch
-    pre_dir = osp.join(out, 'pretrain')
-    os.makedirs(pre_dir, exist_ok=True)
-    seed_opt = [f'randomness.seed={settings.seed}']
-    timings['pretrain'] = _run_tool(
-        settings, 'train.py',
-        [osp.join(settings.config_dir, 'pretrain_source.py'), '--work-dir', pre_dir,
-         '--cfg-options'] + _data_options(source_root)
-        + _schedule_options(settings.pretrain_iters) + seed_opt,
-        osp.join(out, 'pretrain.log'), progress, 'pretrain')
-    pretrained = export_backbone(_last_checkpoint(pre_dir),
-                                 osp.join(pre_dir, 'vit-tiny_source.pth'))
-    source_map = _val_metrics(pre_dir, 'multi-label/mAP').get('multi-label/mAP',
-                                                              float('nan'))
-    pre_iters = settings.pretrain_iters or _load_cfg(
-        osp.join(settings.config_dir, 'pretrain_source.py'), []).train_cfg.max_iters
-    _log(f'pretrain: source tags mAP {source_map:.2f}, backbone saved to {pretrained} '
-         f'({timings["pretrain"]:.1f} s, {timings["pretrain"] / pre_iters:.3f} s/iter '
-         'with start-up)')
+    # 2.-3. per family (run side by side with jobs=2): pretraining on the image-level
+    # tags of the source images, every weight from scratch; then its Table-3 rows on the
+    # target task (each at every learning rate of `lrs`)
+    from concurrent.futures import ThreadPoolExecutor
+    families = _families(settings.rows)
+    with ThreadPoolExecutor(max_workers=min(settings.jobs, len(families))) as pool:
+        futures = OrderedDict((f, pool.submit(_run_family, settings, f, out, source_root,
+                                              target_root, progress, timings))
+                              for f in families)
+        done = OrderedDict((f, fut.result()) for f, fut in futures.items())
+    found = {k: r for d in done.values() for k, r in d['results'].items()}
+    results = [found[k] for k in settings.rows]
+    searched = OrderedDict((k, d['searched'][k]) for k in settings.rows
+                           for d in done.values() if k in d['searched'])
+    source_maps = OrderedDict((f, d['source_map']) for f, d in done.items())
+    source_map = next(iter(source_maps.values()))
 
-    # 3. Table-3 rows on the target task (each at every learning rate of `lrs`)
-    common = _data_options(target_root) + [
-        f'model.backbone.init_cfg.checkpoint={pretrained}'] + seed_opt
-    results, searched = [], OrderedDict()
-    for key in settings.rows:
-        cfg_path = osp.join(settings.config_dir, f'{key}.py')
-        runs = []
-        for lr in settings.lrs or [None]:
-            work = osp.join(out, 'rows', key if lr is None else f'{key}/lr{lr:g}')
-            os.makedirs(work, exist_ok=True)
-            lr_opt = [] if lr is None else [f'optim_wrapper.optimizer.lr={lr}']
-            train_s = _run_tool(settings, 'train.py',
-                                [cfg_path, '--work-dir', work, '--cfg-options']
-                                + common + _schedule_options(settings.iters) + lr_opt,
-                                osp.join(work, 'train.log'), progress,
-                                _stage_name(key, lr))
-            runs.append(_evaluate(settings, key, ROWS[key], cfg_path, _last_checkpoint(work),
-                                  work, common + lr_opt, train_s))
-            r = runs[-1]
-            timings[key] = timings.get(key, 0.0) + r.train_s + r.test_s
-            _log(f'{r.method:<12} mIoU {r.miou:6.2f}  tuned {_fmt_count(r.tuned):>7} '
-                 f'({r.tuned_pct:5.2f}%)  file {_fmt_bytes(r.file_bytes):>9}  lr {r.lr:g}  '
-                 f'train {r.train_s:5.1f} s  test {r.test_s:4.1f} s')
-        results.append(max(runs, key=lambda r: r.miou))
-        if settings.lrs:
-            searched[key] = {f'{r.lr:g}': r.miou for r in runs}
-            _log(f'{ROWS[key]}: best lr {results[-1].lr:g} of ' + ', '.join(
-                f'{lr}: {m:.2f}' for lr, m in searched[key].items()))
-
-    # 4. reference: the head-only model with its head at initialisation
+    # 4. reference: the head-only model (of the first family run) with its head at
+    # initialisation
+    first = families[0]
     work = osp.join(out, 'rows', UNTRAINED)
     os.makedirs(work, exist_ok=True)
-    head_cfg = osp.join(settings.config_dir, 'head.py')
+    head_cfg = osp.join(settings.config_dir, ('' if first == 'vit' else f'{first}/') + 'head.py')
+    common = done[first]['common']
     ckpt = save_untrained(head_cfg, common, osp.join(work, 'untrained.pth'), settings.seed)
     reference = _evaluate(settings, UNTRAINED, 'Untrained head', head_cfg, ckpt, work,
                           common, 0.0)
@@ -564,11 +667,11 @@ def run_study(settings: StudySettings) -> Dict:
     timings['total'] = time.perf_counter() - t_start
     with open(files['json']) as f:
         summary = json.load(f)
-    machine = dict(threads=settings.threads, cpu_count=os.cpu_count(),
+    machine = dict(threads=settings.threads, jobs=settings.jobs, cpu_count=os.cpu_count(),
                    load_avg_1min_start=load_start, load_avg_1min_end=os.getloadavg()[0],
                    torch=torch.__version__)
-    summary.update(timings_s=timings, source_map=source_map, lr_search=searched,
-                   machine=machine)
+    summary.update(timings_s=timings, source_map=source_map, source_maps=source_maps,
+                   lr_search=searched, machine=machine)
     with open(files['json'], 'w') as f:
         json.dump(summary, f, indent=2)
 
@@ -582,7 +685,8 @@ def run_study(settings: StudySettings) -> Dict:
     for name, path in files.items():
         print(f'{name}: {path}')
     return dict(rows=results, reference=reference, files=files, timings=timings,
-                source_map=source_map, lr_search=searched, machine=machine)
+                source_map=source_map, source_maps=source_maps, lr_search=searched,
+                machine=machine)
 
 
 def _evaluate(settings, key, method, cfg_path, ckpt, work, options, train_s) -> RowResult:

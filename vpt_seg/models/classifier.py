@@ -23,7 +23,8 @@ class VPTClassifier(BaseModel):
     """A prompted, frozen ViT and a head on its final [CLS] embedding.
 
     Args:
-        backbone: Config of the ViT, normally ``PromptedVisionTransformer``.
+        backbone: Config of the ViT: ``PromptedVisionTransformer`` or
+            ``PromptedTimmViT`` (any timm family with a [CLS] token).
             ``output_cls_token`` and ``final_norm`` default to True (timm's classifier
             reads the normed [CLS]); ``output_cls_token=False`` is an error, and so
             are ``out_indices`` that leave out the last layer (the default ``-1`` is
@@ -62,14 +63,15 @@ class VPTClassifier(BaseModel):
             raise ValueError('VPTClassifier classifies from the [CLS] embedding; the backbone '
                              'needs output_cls_token=True (and with_cls_token=True).')
         self.backbone = MODELS.build(backbone)
-        last = len(self.backbone.layers) - 1
+        # Both prompted backbones record (embed_dims, num_layers, ...) in `signature`.
+        width, depth = (int(v) for v in self.backbone.signature[:2])
+        last = depth - 1
         if last not in self.backbone.out_indices:
             raise ValueError(
                 f'VPTClassifier classifies from the final layer\'s [CLS] embedding, but the '
                 f'backbone\'s out_indices={backbone.get("out_indices")!r} leave out the last '
                 f'layer ({last}); use out_indices=-1 (the default) or include {last}.')
         self.head = MODELS.build(head)
-        width = self.backbone.cls_token.shape[-1]
         if self.head.in_channels != width:
             raise ValueError(f'head.in_channels={self.head.in_channels} but the backbone '
                              f'embeds tokens of width {width}')

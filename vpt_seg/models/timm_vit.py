@@ -272,11 +272,16 @@ class PromptedTimmViT(FrozenBackboneMixin, BaseModule):
             the layers without a bias, e.g. EVA's key projection).
         save_frozen: Put the frozen weights into ``state_dict()`` too.
         with_cp: Recompute each block in the backward pass (activation checkpointing).
+        output_cls_token: Each output is ``[map, cls]``, the layer's ``(B, C)`` [CLS]
+            token beside its map (normed with the map where ``final_norm``), as MMSeg's
+            ViT gives it: what :class:`~vpt_seg.models.VPTClassifier` reads. Families
+            without a [CLS] token (SigLIP) raise.
         init_cfg: MMEngine's; unused (weights come from ``checkpoint``).
 
     Shapes:
         ``(B, 3, H, W)`` in (``H``, ``W`` multiples of the patch size); a tuple of
-        ``(B, C, H / p, W / p)`` maps out, one per ``out_indices``.
+        ``(B, C, H / p, W / p)`` maps out, one per ``out_indices`` (with
+        ``output_cls_token``, ``[map, (B, C)]`` pairs).
     """
 
     signature_fields = TIMM_SIGNATURE_FIELDS
@@ -300,6 +305,7 @@ class PromptedTimmViT(FrozenBackboneMixin, BaseModule):
                  tune_bias: bool = False,
                  save_frozen: bool = False,
                  with_cp: bool = False,
+                 output_cls_token: bool = False,
                  init_cfg: Optional[dict] = None):
         if isinstance(init_cfg, dict) and init_cfg.get('type') == 'Pretrained':
             raise ValueError('PromptedTimmViT reads its weights from checkpoint=, not from '
@@ -335,6 +341,10 @@ class PromptedTimmViT(FrozenBackboneMixin, BaseModule):
         self.save_frozen = save_frozen
         self.with_cp = with_cp
         self.final_norm = final_norm
+        if output_cls_token and getattr(vit, 'cls_token', None) is None:
+            raise ValueError(f'output_cls_token=True, but {model_name} has no [CLS] token '
+                             '(class_token=False, e.g. SigLIP); set output_cls_token=False')
+        self.output_cls_token = output_cls_token
         self.num_prefix = vit.num_prefix_tokens
         self.patch_size = vit.patch_embed.patch_size[0]
         self.img_size = tuple(vit.patch_embed.img_size)
@@ -531,6 +541,8 @@ class PromptedTimmViT(FrozenBackboneMixin, BaseModule):
         group = PromptGroup(self.prompt, None, self.out_indices, self.final_norm)
         feats, = run_prompted_layers(x, [group], block, len(self.vit.blocks),
                                      self.num_prefix, self.norm_out)
+        if self.output_cls_token:                                        # [CLS] is token 0
+            return tuple([self.to_map(feats[i], hw_shape), feats[i][:, 0]] for i in sorted(feats))
         return tuple(self.to_map(feats[i], hw_shape) for i in sorted(feats))
 
     def train(self, mode: bool = True):
