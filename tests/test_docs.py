@@ -1,0 +1,132 @@
+"""The README and docs/ say what is true: links resolve, Table 3 counts are the configs'
+counts, the quick start's commands exist, and facts said once stay said once."""
+import functools
+import glob
+import os.path as osp
+import re
+
+import pytest
+import torch
+from mmengine.config import Config
+from mmengine.registry import init_default_scope
+from mmseg.registry import MODELS
+
+from vpt_seg.tuning import count_parameters, format_count
+
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+README = osp.join(ROOT, 'README.md')
+DOCS = sorted(glob.glob(osp.join(ROOT, 'docs', '*.md')))
+PAGES = [README] + DOCS
+LINK = re.compile(r'!?\[[^\]]*\]\(([^)\s]+)\)')
+
+
+def read(path):
+    with open(path, encoding='utf-8') as f:
+        return f.read()
+
+
+def rel(path):
+    return osp.relpath(path, ROOT)
+
+
+def anchors(path):
+    """GitHub's heading anchors of a Markdown file (lower case, punctuation dropped)."""
+    text = re.sub(r'```.*?```', '', read(path), flags=re.S)
+    heads = re.findall(r'^#{1,6}\s+(.+?)\s*$', text, flags=re.M)
+    return {re.sub(r'[^\w\- ]', '', h.lower()).replace(' ', '-') for h in heads}
+
+
+def bash_blocks(text):
+    return re.findall(r'```bash\n(.*?)```', text, flags=re.S)
+
+
+@pytest.mark.parametrize('page', PAGES, ids=rel)
+def test_every_relative_link_points_to_a_file_and_heading(page):
+    bad = []
+    for target in LINK.findall(read(page)):
+        if re.match(r'[a-z]+:', target):  # http(s), mailto: not ours to check
+            continue
+        path, _, anchor = target.partition('#')
+        dest = osp.normpath(osp.join(osp.dirname(page), path)) if path else page
+        if not osp.exists(dest):
+            bad.append(f'{target}: no file {rel(dest)}')
+        elif anchor and dest.endswith('.md') and anchor not in anchors(dest):
+            bad.append(f'{target}: no heading #{anchor} in {rel(dest)}')
+    assert not bad, f'{rel(page)}: ' + '; '.join(bad)
+
+
+def test_every_docs_page_is_linked_from_the_readme():
+    linked = {osp.normpath(osp.join(ROOT, t.partition('#')[0]))
+              for t in LINK.findall(read(README))}
+    assert sorted(rel(p) for p in DOCS if p not in linked) == []
+
+
+def test_readme_is_a_first_screen_not_a_manual():
+    assert len(read(README).splitlines()) <= 170
+
+
+def test_readme_quick_start_commands_exist():
+    text = read(README)
+    quick = bash_blocks(text[text.index('## Quick start'):])[0]
+    lines = [ln.split('#')[0].strip() for ln in quick.strip().splitlines()]
+    assert lines == ['pip install -r requirements.txt && python tools/study.py',
+                     'python -m pytest -q']
+    assert osp.isfile(osp.join(ROOT, 'requirements.txt'))
+    assert osp.isfile(osp.join(ROOT, 'tools', 'study.py'))
+    # CI runs the README's test command
+    assert 'python -m pytest -q' in read(osp.join(ROOT, '.ci', 'run')).splitlines()
+
+
+def test_every_tool_and_config_in_the_readme_commands_exists():
+    commands = '\n'.join(bash_blocks(read(README)))
+    named = set(re.findall(r'\b((?:tools|configs)/[\w./-]+\.(?:py|sh))', commands))
+    assert {'tools/train.py', 'tools/test.py', 'tools/export_task.py',
+            'configs/setr_vpt_ade20k.py'} <= named
+    assert sorted(p for p in named if not osp.isfile(osp.join(ROOT, p))) == []
+
+
+def readme_table3():
+    """``{config: (tuned, task file MiB)}`` from the README's Table 3."""
+    rows = re.findall(r'^\| [^|]+ \| `(setr_[\w-]+\.py)` \| ([\d.]+M) \| [^|]+ \| ([\d.]+) MiB \|$',
+                      read(README), flags=re.M)
+    return {name: (tuned, float(mib)) for name, tuned, mib in rows}
+
+
+def test_readme_table3_lists_the_paper_rows():
+    assert set(readme_table3()) >= {
+        'setr_full_ade20k.py', 'setr_head_ade20k.py', 'setr_bias_ade20k.py',
+        'setr_vpt-shallow_ade20k.py', 'setr_vpt-deep_ade20k.py', 'setr_vpt-bias_ade20k.py'}
+
+
+@pytest.mark.parametrize('name', sorted(readme_table3()))
+def test_readme_table3_counts_are_the_configs(name, monkeypatch):
+    """Built on the meta device (no memory, no init): tuned counts as
+    tools/count_params.py prints them, and the task file's size to its pickle overhead."""
+    tuned, mib = readme_table3()[name]
+    # MMSeg's ViT reads drop-path rates with .item() from a linspace: make that one on CPU
+    monkeypatch.setattr(torch, 'linspace', functools.partial(torch.linspace, device='cpu'))
+    cfg = Config.fromfile(osp.join(ROOT, 'configs', name))
+    init_default_scope(cfg.get('default_scope', 'mmseg'))
+    with torch.device('meta'):
+        model = MODELS.build(cfg.model)
+    assert format_count(count_parameters(model, tuned_only=True)) == tuned
+    raw = sum(t.numel() * t.element_size() for t in model.state_dict().values()) / 2**20
+    assert 0 <= mib - raw <= 0.15, (name, mib, raw)
+
+
+def test_the_benchmark_table_is_in_one_place():
+    header = '| model | setup | mode | batch | img/s |'
+    assert [rel(p) for p in PAGES if header in read(p)] == ['docs/benchmark.md']
+
+
+def test_the_study_time_is_given_in_docs_study_only():
+    minutes = re.compile(r'\d+(\.\d+)? minutes|\b\d+ s\b')
+    stated = [f'{rel(p)}: {ln.strip()}' for p in PAGES if not p.endswith('study.md')
+              for ln in read(p).splitlines() if 'study' in ln and minutes.search(ln)]
+    assert stated == []
+    assert '## Time' in read(osp.join(ROOT, 'docs', 'study.md'))
+
+
+def test_the_task_file_header_table_is_in_one_docs_page():
+    row = '| `frozen_sha256` |'
+    assert [rel(p) for p in PAGES if row in read(p)] == ['docs/task_files.md']
