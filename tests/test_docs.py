@@ -85,33 +85,62 @@ def test_every_tool_and_config_in_the_readme_commands_exists():
     assert sorted(p for p in named if not osp.isfile(osp.join(ROOT, p))) == []
 
 
-def readme_table3():
-    """``{config: (tuned, task file MiB)}`` from the README's Table 3."""
-    rows = re.findall(r'^\| [^|]+ \| `(setr_[\w-]+\.py)` \| ([\d.]+M) \| [^|]+ \| ([\d.]+) MiB \|$',
-                      read(README), flags=re.M)
-    return {name: (tuned, float(mib)) for name, tuned, mib in rows}
+def config_rows(path):
+    """``{config: {column: cell}}`` for the rows of a page's tables that name a
+    ``setr_*.py`` config in backticks."""
+    rows, header = {}, None
+    for line in read(path).splitlines():
+        if not line.startswith('|'):
+            header = None
+            continue
+        cells = [c.strip() for c in line.strip('|').split('|')]
+        if header is None:
+            header = cells
+        elif not set(line) <= set('|-: '):
+            name = next((m.group(1) for c in cells
+                         for m in [re.fullmatch(r'`(setr_[\w-]+\.py)`.*', c)] if m), None)
+            if name:
+                rows[name] = dict(zip(header, cells))
+    return rows
+
+
+TABLE3 = config_rows(README)
+#: Every table row that gives a config's counts: the README's Table 3, docs/configs.md.
+COUNTED = [(page, name) for page in (README, osp.join(ROOT, 'docs', 'configs.md'))
+           for name in sorted(config_rows(page))]
 
 
 def test_readme_table3_lists_the_paper_rows():
-    assert set(readme_table3()) >= {
+    assert set(TABLE3) >= {
         'setr_full_ade20k.py', 'setr_head_ade20k.py', 'setr_bias_ade20k.py',
         'setr_vpt-shallow_ade20k.py', 'setr_vpt-deep_ade20k.py', 'setr_vpt-bias_ade20k.py'}
+    assert len(COUNTED) >= len(TABLE3) + 6  # + MLA, naive, DINOv2 and EVA02 rows
 
 
-@pytest.mark.parametrize('name', sorted(readme_table3()))
-def test_readme_table3_counts_are_the_configs(name, monkeypatch):
-    """Built on the meta device (no memory, no init): tuned counts as
-    tools/count_params.py prints them, and the task file's size to its pickle overhead."""
-    tuned, mib = readme_table3()[name]
+def build_on_meta(name, monkeypatch):
+    """The config's model on the meta device: shapes only, no memory, no init."""
     # MMSeg's ViT reads drop-path rates with .item() from a linspace: make that one on CPU
     monkeypatch.setattr(torch, 'linspace', functools.partial(torch.linspace, device='cpu'))
     cfg = Config.fromfile(osp.join(ROOT, 'configs', name))
     init_default_scope(cfg.get('default_scope', 'mmseg'))
     with torch.device('meta'):
-        model = MODELS.build(cfg.model)
-    assert format_count(count_parameters(model, tuned_only=True)) == tuned
-    raw = sum(t.numel() * t.element_size() for t in model.state_dict().values()) / 2**20
-    assert 0 <= mib - raw <= 0.15, (name, mib, raw)
+        return MODELS.build(cfg.model)
+
+
+@pytest.mark.parametrize('page,name', COUNTED, ids=lambda x: osp.basename(x))
+def test_documented_counts_are_the_configs(page, name, monkeypatch):
+    """Tuned and total counts as tools/count_params.py prints them, and the task file's
+    size (``model.state_dict()``) up to its pickle overhead."""
+    row = {}  # 'tuned (ours)' -> 'tuned'; the paper's column comes after and is left out
+    for column, cell in config_rows(page)[name].items():
+        row.setdefault(column.split(' ')[0], cell)
+    model = build_on_meta(name, monkeypatch)
+    assert format_count(count_parameters(model, tuned_only=True)) == row['tuned'], name
+    if 'total' in row:
+        assert format_count(count_parameters(model)) == row['total'], name
+    if 'task' in row:
+        raw = sum(t.numel() * t.element_size() for t in model.state_dict().values()) / 2**20
+        assert 0 <= float(row['task'].split()[0]) - raw <= 0.15, (name, row['task'], raw)
 
 
 def test_the_benchmark_table_is_in_one_place():
