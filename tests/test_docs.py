@@ -159,3 +159,30 @@ def test_the_study_time_is_given_in_docs_study_only():
 def test_the_task_file_header_table_is_in_one_docs_page():
     row = '| `frozen_sha256` |'
     assert [rel(p) for p in PAGES if row in read(p)] == ['docs/task_files.md']
+
+
+def test_the_task_file_header_table_names_every_key_the_writer_writes(tmp_path):
+    from mmengine.config import Config as Cfg
+    from vpt_seg.task_file import write_task_file
+
+    class Backbone(torch.nn.Module):
+        signature_fields = ('embed_dims',)
+
+        def __init__(self):
+            super().__init__()
+            self.register_buffer('signature', torch.tensor([8]))
+
+    class Task(torch.nn.Module):
+        dataset_meta = dict(classes=('a', 'b'), palette=[[0, 0, 0], [1, 1, 1]])
+
+        def __init__(self):
+            super().__init__()
+            self.backbone, self.head = Backbone(), torch.nn.Linear(2, 2)
+
+    meta = write_task_file(str(tmp_path / 'task.safetensors'), Task(), Cfg(dict(a=1)),
+                           'vit.pth', 'pretrain/vit.pth', frozen_sha256='0' * 64)
+    text = read(osp.join(ROOT, 'docs', 'task_files.md'))
+    table = text[text.index('| key | value |'):].split('\n\n')[0]
+    documented = set(re.findall(r'`(\w+)`', '\n'.join(ln.split('|')[1] for ln in
+                                                      table.splitlines()[2:])))
+    assert documented == set(meta)
