@@ -186,3 +186,12 @@ def test_the_task_file_header_table_names_every_key_the_writer_writes(tmp_path):
     documented = set(re.findall(r'`(\w+)`', '\n'.join(ln.split('|')[1] for ln in
                                                       table.splitlines()[2:])))
     assert documented == set(meta)
+
+
+def test_every_package_path_in_the_docs_exists():
+    """Paths such as ``vpt_seg/models/vit_ops.py``, ``tools/x.py`` or ``tests/test_x.py`` name
+    real files (configs there are often the reader's own, ``configs/my_cls.py``)."""
+    pattern = re.compile(r'\b((?:vpt_seg|tests|tools)/[\w/.-]*\w\.(?:py|sh))\b')
+    missing = sorted({f'{rel(p)}: {m}' for p in PAGES for m in pattern.findall(read(p))
+                      if '*' not in m and not osp.isfile(osp.join(ROOT, m))})
+    assert missing == []
