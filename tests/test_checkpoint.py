@@ -140,7 +140,8 @@ def test_features_equal_timm(tmp_path, logs, fmt):
         assert out.shape == w.shape == (2, 32, 4, 4)
         torch.testing.assert_close(out, w, atol=ATOL, rtol=0)
     (line,) = logs
-    assert 'loaded 42 tensors' in line and 'left at initial value 0' in line
+    assert 'loaded 42 tensors (patch-embedding bias included)' in line
+    assert 'left at initial value 0' in line
     assert 'resampled' not in line
     assert ('head.weight' in line) == (fmt not in ('mmseg', 'segmentor'))
     if fmt == 'segmentor':
@@ -252,6 +253,18 @@ def test_prompts_left_at_init_and_summary(tmp_path, logs):
     assert 'ignored 4 (head.bias, head.weight, ln1.bias, ln1.weight)' in line
     assert 'left at initial value 1 (prompt.embeddings)' in line
     assert 'loaded 40 tensors' in line
+
+
+def test_summary_says_when_the_file_has_no_patch_bias(tmp_path, logs):
+    src = PromptedVisionTransformer(img_size=32, patch_size=16, embed_dims=32, num_layers=2,
+                                    num_heads=2, patch_bias=False, num_prompts=0,
+                                    save_frozen=True)
+    torch.save(src.state_dict(), tmp_path / 'vit.pth')
+    backbone(tmp_path / 'vit.pth', img_size=32, num_layers=2, out_indices=(1,),
+             patch_bias=False, final_norm=False, norm_cfg=dict(type='LN'))
+    (line,) = logs
+    assert 'tensors (the file has no patch-embedding bias)' in line
+    assert 'patch-embedding bias included' not in line
 
 
 def test_layer_norm_eps_warning(tmp_path, logs):

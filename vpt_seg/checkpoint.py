@@ -464,6 +464,10 @@ class FitReport:
 
     def summary(self) -> str:
         parts = [f'loaded {len(self.loaded)} tensors']
+        if 'patch_embed.projection.weight' in self.loaded:
+            parts[0] += (' (patch-embedding bias included)'
+                         if 'patch_embed.projection.bias' in self.loaded
+                         else ' (the file has no patch-embedding bias)')
         if self.resampled:
             (h0, w0), (h1, w1) = self.resampled
             parts.append(f'pos_embed resampled {h0}x{w0} -> {h1}x{w1} grid')
