@@ -426,11 +426,15 @@ def _dinov2_folder(tmp_path, depth=4, name='reg4'):
     return write_hub_folder(vit, str(tmp_path / name), 'vit_small_patch14_reg4_dinov2')
 
 
-def test_convert_tool_checks_a_timm_file_for_a_config(tmp_path, capsys):
+def test_convert_tool_checks_a_timm_file_for_a_config(tmp_path, capsys, monkeypatch):
     """--config: the file is loaded into the config's PromptedTimmViT as training would,
-    patch 14 resampled to the config's 8 and the 4x4 position grid to its 4x4, one line."""
+    patch 14 resampled to the config's 8 and the 4x4 position grid to its 4x4, one line;
+    the file is read once."""
     folder = _dinov2_folder(tmp_path)
+    reads, read = [], ckpt_lib._read_weights
+    monkeypatch.setattr(ckpt_lib, '_read_weights', lambda p: reads.append(p) or read(p))
     line = _tool().main([folder, '--config', DINOV2_DEMO])
+    assert reads == [osp.join(folder, 'model.safetensors')]
     assert capsys.readouterr().out.strip() == line
     assert f'{folder} fits {DINOV2_DEMO}: vit_small_patch14_reg4_dinov2 (32 wide, 4 layers, ' \
            'patch 8)' in line
