@@ -140,7 +140,8 @@ def test_features_equal_timm(tmp_path, logs, fmt):
         assert out.shape == w.shape == (2, 32, 4, 4)
         torch.testing.assert_close(out, w, atol=ATOL, rtol=0)
     (line,) = logs
-    assert 'loaded 42 tensors' in line and 'left at initial value 0' in line
+    assert 'loaded 42 tensors (patch-embedding bias included)' in line
+    assert 'left at initial value 0' in line
     assert 'resampled' not in line
     assert ('head.weight' in line) == (fmt not in ('mmseg', 'segmentor'))
     if fmt == 'segmentor':
@@ -252,6 +253,18 @@ def test_prompts_left_at_init_and_summary(tmp_path, logs):
     assert 'ignored 4 (head.bias, head.weight, ln1.bias, ln1.weight)' in line
     assert 'left at initial value 1 (prompt.embeddings)' in line
     assert 'loaded 40 tensors' in line
+
+
+def test_summary_says_when_the_file_has_no_patch_bias(tmp_path, logs):
+    src = PromptedVisionTransformer(img_size=32, patch_size=16, embed_dims=32, num_layers=2,
+                                    num_heads=2, patch_bias=False, num_prompts=0,
+                                    save_frozen=True)
+    torch.save(src.state_dict(), tmp_path / 'vit.pth')
+    backbone(tmp_path / 'vit.pth', img_size=32, num_layers=2, out_indices=(1,),
+             patch_bias=False, final_norm=False, norm_cfg=dict(type='LN'))
+    (line,) = logs
+    assert 'tensors (the file has no patch-embedding bias)' in line
+    assert 'patch-embedding bias included' not in line
 
 
 def test_layer_norm_eps_warning(tmp_path, logs):
@@ -413,11 +426,15 @@ def _dinov2_folder(tmp_path, depth=4, name='reg4'):
     return write_hub_folder(vit, str(tmp_path / name), 'vit_small_patch14_reg4_dinov2')
 
 
-def test_convert_tool_checks_a_timm_file_for_a_config(tmp_path, capsys):
+def test_convert_tool_checks_a_timm_file_for_a_config(tmp_path, capsys, monkeypatch):
     """--config: the file is loaded into the config's PromptedTimmViT as training would,
-    patch 14 resampled to the config's 8 and the 4x4 position grid to its 4x4, one line."""
+    patch 14 resampled to the config's 8 and the 4x4 position grid to its 4x4, one line;
+    the file is read once."""
     folder = _dinov2_folder(tmp_path)
+    reads, read = [], ckpt_lib._read_weights
+    monkeypatch.setattr(ckpt_lib, '_read_weights', lambda p: reads.append(p) or read(p))
     line = _tool().main([folder, '--config', DINOV2_DEMO])
+    assert reads == [osp.join(folder, 'model.safetensors')]
     assert capsys.readouterr().out.strip() == line
     assert f'{folder} fits {DINOV2_DEMO}: vit_small_patch14_reg4_dinov2 (32 wide, 4 layers, ' \
            'patch 8)' in line

@@ -15,10 +15,12 @@ import socket
 import subprocess
 import sys
 
+import pytest
 import torch
 from mmengine.config import Config
 from mmseg.registry import MODELS
 
+from vpt_seg import runner as vpt_runner
 from vpt_seg.datasets.synthetic import make_ade20k
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
@@ -45,7 +47,45 @@ train_cfg = dict(max_iters={iters}, val_interval=1000)
 default_hooks = dict(logger=dict(interval=1), checkpoint=dict(interval={iters}))
 log_processor = dict(window_size=1)
 log_level = 'DEBUG'  # MMEngine then writes one log per rank
+env_cfg = dict(dist_cfg=dict(backend='nccl'))  # MMSeg's default: gloo is picked without CUDA
 '''
+
+
+@pytest.mark.parametrize('configured, cuda, expected', [
+    ('nccl', True, 'nccl'), ('nccl', False, 'gloo'), ('gloo', True, 'gloo'),
+    ('gloo', False, 'gloo'), ('mpi', False, 'mpi')])
+def test_backend_follows_the_device(configured, cuda, expected):
+    assert vpt_runner.dist_backend(configured, cuda) == expected
+
+
+@pytest.mark.parametrize('dist_cfg, logged', [
+    (dict(backend='nccl'), True), (dict(), True), (dict(backend='gloo'), False)])
+def test_cpu_launch_of_an_nccl_config_uses_gloo_and_says_so(monkeypatch, dist_cfg, logged):
+    started, lines = [], []
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: False)
+    monkeypatch.setattr(torch.distributed, 'is_initialized', lambda: False)
+    monkeypatch.setattr(torch.distributed, 'init_process_group',
+                        lambda **kw: started.append(kw))
+    monkeypatch.setattr(vpt_runner, 'print_log', lambda msg, **kw: lines.append(msg))
+    monkeypatch.setenv('RANK', '0')
+    monkeypatch.setenv('WORLD_SIZE', '2')
+    cfg = Config(dict(launcher='pytorch', env_cfg=dict(dist_cfg=dist_cfg)))
+    vpt_runner.setup_distributed(cfg)
+    assert [kw['backend'] for kw in started] == ['gloo']
+    assert cfg.model_wrapper_cfg.device_ids is None
+    if logged:
+        assert cfg.env_cfg.dist_cfg.backend == 'gloo'
+        assert lines == ["no CUDA device: the process group uses the gloo backend instead "
+                         "of the config's nccl (env_cfg.dist_cfg.backend)"]
+    else:
+        assert lines == []
+
+
+def test_cpu_launch_refuses_a_backend_other_than_nccl_or_gloo(monkeypatch):
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: False)
+    cfg = Config(dict(launcher='pytorch', env_cfg=dict(dist_cfg=dict(backend='mpi'))))
+    with pytest.raises(ValueError, match="backend='mpi'.*backend=gloo"):
+        vpt_runner.setup_distributed(cfg)
 
 
 def _free_port() -> int:
@@ -79,7 +119,8 @@ def test_two_cpu_processes_equal_one_with_the_same_total_batch(tmp_path):
                                              iters=ITERS))
         configs[procs] = str(path)
 
-    env = dict(os.environ, OMP_NUM_THREADS='1', MKL_NUM_THREADS='1', PORT=str(_free_port()))
+    env = dict(os.environ, OMP_NUM_THREADS='1', MKL_NUM_THREADS='1', PORT=str(_free_port()),
+               CUDA_VISIBLE_DEVICES='')
     single = subprocess.run([sys.executable, osp.join(ROOT, 'tools', 'train.py'), configs[1],
                              '--work-dir', str(tmp_path / 'one')],
                             capture_output=True, text=True, cwd=str(tmp_path), env=env)
@@ -89,6 +130,7 @@ def test_two_cpu_processes_equal_one_with_the_same_total_batch(tmp_path):
                           capture_output=True, text=True, cwd=str(tmp_path), env=env)
     assert dist.returncode == 0, (dist.stdout[-3000:], dist.stderr[-3000:])
     assert 'Distributed training: True' in dist.stdout
+    assert "gloo backend instead of the config's nccl" in dist.stdout + dist.stderr
 
     # The same tuned weights, step for step: compare the final checkpoints.
     one = torch.load(tmp_path / 'one' / f'iter_{ITERS}.pth', weights_only=True)['state_dict']

@@ -8,8 +8,9 @@ from mmengine.optim import build_optim_wrapper
 from mmseg.models.backbones import VisionTransformer
 from mmseg.registry import MODELS
 
+from vpt_seg.engine import optim as vpt_optim
 from vpt_seg.models import PromptedVisionTransformer
-from vpt_seg.tuning import bias_parameters, is_tuned
+from vpt_seg.tuning import bias_parameters, format_count, is_tuned
 
 TINY = dict(img_size=(32, 32), patch_size=8, embed_dims=32, num_layers=4, num_heads=4,
             out_indices=(1, 3), patch_bias=True, norm_cfg=dict(type='LN', eps=1e-6))
@@ -135,6 +136,24 @@ def test_optimizer_steps_change_prompts_and_biases_only():
             assert torch.equal(v, frozen_before[k]), k
         else:
             assert not torch.equal(v, tuned_before[k]), k
+
+
+def test_optimizer_log_says_what_is_tuned_by_part(monkeypatch):
+    lines = []
+    monkeypatch.setattr(vpt_optim, 'print_log', lambda msg, **kw: lines.append(msg))
+    model = torch.nn.Module()
+    model.backbone = build(num_prompts=4, deep=True, tune_bias=True)
+    model.decode_head = torch.nn.Linear(32, 5)
+    build_optim_wrapper(model, dict(constructor='TunedOptimWrapperConstructor',
+                                    optimizer=dict(type='SGD', lr=0.1)))
+    total = sum(p.numel() for p in model.parameters())
+    # prompts 4 layers x 4 x 32; biases: patch 32 + 4 layers x (ln1 32, qkv 96, proj 32,
+    # ln2 32, fc1 128, fc2 32); head 32 x 5 + 5
+    assert lines == [f'Optimizer: tuned 2.1K of {format_count(total)} parameters '
+                     f'({100 * 2117 / total:.2f}%): prompts 512, backbone biases 1.4K, '
+                     'heads 165']
+    full = torch.nn.Linear(4, 2)  # no backbone: the totals only
+    assert vpt_optim.tuned_summary(full) == 'tuned 10 of 10 parameters'
 
 
 def test_train_mode_keeps_frozen_parts_in_eval():

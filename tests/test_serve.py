@@ -348,3 +348,43 @@ def test_label_maps_of_a_big_image_are_made_in_bands(served, monkeypatch):
     assert labels.shape == (2000, 1500)
     assert ((labels == full.argmax(0).numpy()) | near).all()
     assert sum(s[1] for s in shapes) == 2000 and max(s[1] for s in shapes) <= 100
+
+
+def _serve_here(served, monkeypatch, capsys, names, out):
+    """tools/serve.py's main() in this process (to count file reads); its stdout."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location('serve_tool', osp.join(ROOT, 'tools',
+                                                                         'serve.py'))
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    tasks = [f'{n}={served["specs"][n][0]}:{served["specs"][n][1]}' for n in names]
+    monkeypatch.setattr(sys, 'argv', ['serve.py', served['pretrained'], *tasks, '--images',
+                                      str(served['images']), '--out-dir', str(out)])
+    capsys.readouterr()
+    tool.main()
+    return capsys.readouterr().out
+
+
+@pytest.mark.parametrize('names', [('seg', ), ('seg', 'single', 'big')])
+def test_the_pretrained_file_is_read_once_and_the_summary_says_what_ran(
+        served, monkeypatch, capsys, names):
+    from vpt_seg import checkpoint
+    reads, read = [], checkpoint._read_weights
+    monkeypatch.setattr(checkpoint, '_read_weights', lambda p: reads.append(p) or read(p))
+    out = served['tmp'] / ('here_' + '_'.join(names))
+    stdout = _serve_here(served, monkeypatch, capsys, names, out)
+    # the shared backbone, its final-norm check and every task's frozen weights: one read
+    assert reads == [served['pretrained']]
+    (summary, ) = [ln for ln in stdout.splitlines() if 'served on one backbone' in ln]
+    assert f'segmentation maps (0-based class indices) in {out / "seg"}' in summary
+    assert ('class predictions in' in summary) == ('single' in names)
+    labels = cv2.imread(str(out / 'seg' / 'img0.png.png'), cv2.IMREAD_UNCHANGED)
+    assert labels.min() >= 0 and labels.max() < 5  # indices into the task's 5 classes
+    assert checkpoint._read_once is None  # the read tensors are let go
+
+
+def test_help_says_label_maps_are_0_based_class_indices():
+    proc = subprocess.run([sys.executable, osp.join(ROOT, 'tools', 'serve.py'), '--help'],
+                          capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 0
+    assert "each pixel is a 0-based index into the task's classes" in proc.stdout

@@ -110,6 +110,7 @@ def check_timm_file(config: str, path=None, cfg_options=()) -> str:
     from mmseg.registry import MODELS
 
     import vpt_seg  # noqa: F401  (registration)
+    from vpt_seg.checkpoint import reading_once
     from vpt_seg.runner import quiet_logger
     cfg = Config.fromfile(config)
     if cfg_options:
@@ -124,7 +125,7 @@ def check_timm_file(config: str, path=None, cfg_options=()) -> str:
                          'give the file as src)')
     init_default_scope(cfg.get('default_scope', 'mmseg'))
     try:
-        with quiet_logger():
+        with quiet_logger(), reading_once():  # loaded, then fitted again for the summary
             model = MODELS.build(dict(backbone, checkpoint=None))
             file, _ = vpt_seg.models.timm_vit.find_weights_file(path)
             from vpt_seg.models.timm_vit import fit_timm_state_dict, read_timm_state_dict

@@ -19,8 +19,8 @@ any photo size; vpt_seg/models/segmentor.py). Task names: letters, digits, ``_``
 Writes, under OUT (names keep the whole image file name, so ``a.jpg`` and ``a.png`` or
 ``x.jpg`` and ``x_overlay.jpg`` never overwrite each other; a symbolic link where a result
 goes is refused, nothing is written outside OUT, each file is replaced atomically):
-  <task>/<image>.png          label map (uint8, or uint16 above 256 classes), e.g.
-                              seg/a.jpg.png
+  <task>/<image>.png          label map: each pixel's 0-based class index (uint8, or
+                              uint16 above 256 classes), e.g. seg/a.jpg.png
   <task>/<image>_overlay.png  the image blended with the class colours, seg/a.jpg_overlay.png
   predictions.json / .csv     class predictions, scored by the task model's own
                               ``postprocess`` (what ``predict`` and tools/test.py give):
@@ -48,6 +48,7 @@ from mmengine.registry import init_default_scope
 from mmengine.utils import ProgressBar
 from mmseg.registry import DATASETS
 
+from vpt_seg.checkpoint import reading_once
 from vpt_seg.datasets.image_folder import IMG_EXTENSIONS
 from vpt_seg.multitask import MultiTaskViT, build_shared_backbone, load_task_model
 from vpt_seg.runner import resolve_config
@@ -66,14 +67,18 @@ def parse_args():
         epilog='example:\n  python tools/serve.py pretrain/tiny_vit.pth '
                'seg=configs/demo/setr_vpt_tiny_ade20k.py:work_dirs/demo/iter_200.pth \\\n'
                '      --images data/ade_tiny/ADEChallengeData2016/images/validation '
-               '--out-dir served\nA progress bar with the ETA runs over the batches.',
+               '--out-dir served\nA progress bar with the ETA runs over the batches.\n'
+               'label maps (OUT/TASK/IMAGE.png): each pixel is a 0-based index into the '
+               "task's classes\n(ADE20k: 0 is wall, i.e. the annotation files' 1; their "
+               "0, 'other', is never predicted).",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('backbone', help='shared backbone: a config, or a weights file')
     parser.add_argument('tasks', nargs='+', metavar='NAME=CONFIG:CHECKPOINT', type=parse_task,
                         help='task name (letters, digits, _ and -), its config and its task '
                         'checkpoint, or NAME=TASK.safetensors (a task file, config inside)')
     parser.add_argument('--images', required=True, help='folder of images')
-    parser.add_argument('--out-dir', required=True, help='where results go')
+    parser.add_argument('--out-dir', required=True,
+                        help='where results go (label maps hold 0-based class indices)')
     parser.add_argument('--size', type=positive_int, nargs=2, metavar=('H', 'W'),
                         help="input size of every task (default: each task's own img_size)")
     parser.add_argument('--batch-size', type=positive_int, default=8,
@@ -198,23 +203,24 @@ def main():
     for name, _, _ in specs:
         out.check(name, [n for pair in out_names.values() for n in pair])
 
-    if args.backbone.endswith('.py'):
-        bcfg = Config.fromfile(resolve_config(args.backbone))
-        init_default_scope(bcfg.get('default_scope', 'mmseg'))
-        shared = build_shared_backbone(bcfg.model.backbone)
-    else:
-        first = task_config(*specs[0][1:])
-        init_default_scope(first.get('default_scope', 'mmseg'))
-        shared = build_shared_backbone(first.model.backbone, pretrained=args.backbone)
-    pretrained = shared.configured_pretrained()  # the file the shared backbone loaded
-    mt = MultiTaskViT(shared)
-    metas = {}
-    for name, cfg_path, ckpt in specs:
-        cfg = task_config(cfg_path, ckpt)
-        model = mt.add_task(name, load_task_model(cfg, ckpt, pretrained=pretrained))
-        num_classes = model.num_classes if mt.kinds[name] == 'cls' else \
-            model.decode_head.out_channels
-        metas[name] = task_meta(model, cfg, num_classes)
+    with reading_once():  # the pretrained file: read once for the backbone and every task
+        if args.backbone.endswith('.py'):
+            bcfg = Config.fromfile(resolve_config(args.backbone))
+            init_default_scope(bcfg.get('default_scope', 'mmseg'))
+            shared = build_shared_backbone(bcfg.model.backbone)
+        else:
+            first = task_config(*specs[0][1:])
+            init_default_scope(first.get('default_scope', 'mmseg'))
+            shared = build_shared_backbone(first.model.backbone, pretrained=args.backbone)
+        pretrained = shared.configured_pretrained()  # the file the shared backbone loaded
+        mt = MultiTaskViT(shared)
+        metas = {}
+        for name, cfg_path, ckpt in specs:
+            cfg = task_config(cfg_path, ckpt)
+            model = mt.add_task(name, load_task_model(cfg, ckpt, pretrained=pretrained))
+            num_classes = model.num_classes if mt.kinds[name] == 'cls' else \
+                model.decode_head.out_channels
+            metas[name] = task_meta(model, cfg, num_classes)
     mt.to(args.device).eval()
     sizes = {name: input_size(mt.tasks[name], args.size) for name in mt.tasks}
     seg = sorted(n for n in mt.kinds if mt.kinds[n] == 'seg')
@@ -263,9 +269,13 @@ def main():
             writer.writerow([r['image'], r['task'], r['label'], r['name'],
                              f"{r['score']:.4f}"])
     out.write(None, 'predictions.csv', table.getvalue().encode())
-    print(f'{len(files)} images x {len(specs)} tasks served on one backbone; '
-          f'segmentation maps in {", ".join(osp.join(args.out_dir, s) for s in seg) or "-"}; '
-          f'class predictions in {osp.join(args.out_dir, "predictions.json")}')
+    done = [f'{len(files)} images x {len(specs)} tasks served on one backbone']
+    if seg:
+        done.append('segmentation maps (0-based class indices) in '
+                    + ', '.join(osp.join(args.out_dir, s) for s in seg))
+    if any(kind == 'cls' for kind in mt.kinds.values()):
+        done.append(f'class predictions in {osp.join(args.out_dir, "predictions.json")}')
+    print('; '.join(done))
     if args.verify:
         for task in sorted(worst):
             print(f'{task}: largest difference to its own model alone at '

@@ -22,7 +22,9 @@ MMSeg names: ``patch_embed.projection.{weight,bias}``, ``cls_token``, ``pos_embe
 ``layers.{i}.attn.attn.out_proj``, ``layers.{i}.ffn.layers.0.0`` (fc1),
 ``layers.{i}.ffn.layers.1`` (fc2), ``ln1`` (final norm), ``ln_pre`` (pre-norm).
 """
+import contextlib
 import math
+import os
 import os.path as osp
 import re
 from dataclasses import dataclass, field
@@ -33,7 +35,7 @@ import torch
 from timm.layers import resample_abs_pos_embed
 
 __all__ = ['FORMATS', 'ViTCheckpoint', 'FitReport', 'UnreadableCheckpointError',
-           'read_checkpoint', 'load_torch_file',
+           'read_checkpoint', 'reading_once', 'load_torch_file',
            'describe_state_dict', 'detect_format',
            'convert_timm_to_mmseg', 'convert_jax_npz', 'to_mmseg_state_dict',
            'load_vit_checkpoint', 'load_vit_state_dict', 'resample_pos_embed',
@@ -155,11 +157,31 @@ def load_torch_file(path: str, map_location: Any = 'cpu', what: str = 'checkpoin
         ) from None
 
 
+_read_once: Optional[Dict[Tuple[str, int, int], Mapping[str, Any]]] = None
+
+
+@contextlib.contextmanager
+def reading_once():
+    """Within the block, :func:`read_checkpoint` reads each file once and then returns
+    what it read (a new mapping of the same tensors, which every loader copies into its
+    model and never changes). For serving: one pretrained file, read for the shared
+    backbone and again for each task's frozen weights. A file changed on disk is read
+    again; the tensors are freed when the block ends.
+    """
+    global _read_once
+    outer, _read_once = _read_once, {} if _read_once is None else _read_once
+    try:
+        yield
+    finally:
+        _read_once = outer
+
+
 def read_checkpoint(path: str) -> Mapping[str, Any]:
     """Read a weights file as published: a mapping of names to tensors or arrays.
 
     ``.safetensors`` with safetensors, ``.npz`` with numpy (JAX), anything else with
-    :func:`load_torch_file` (``.pth``, ``.bin``, ``.pt``, MMSeg/MMEngine files).
+    :func:`load_torch_file` (``.pth``, ``.bin``, ``.pt``, MMSeg/MMEngine files). Inside
+    :func:`reading_once`, a file is read once.
 
     Raises:
         FileNotFoundError: ``path`` is not a file.
@@ -167,6 +189,16 @@ def read_checkpoint(path: str) -> Mapping[str, Any]:
     """
     if not osp.isfile(path):
         raise FileNotFoundError(f'pretrained ViT weights not found: {path!r}')
+    if _read_once is None:
+        return _read_weights(path)
+    stat = os.stat(path)
+    key = (osp.realpath(path), stat.st_mtime_ns, stat.st_size)
+    if key not in _read_once:
+        _read_once[key] = _read_weights(path)
+    return dict(_read_once[key])
+
+
+def _read_weights(path: str) -> Mapping[str, Any]:
     if not path.endswith(('.safetensors', '.npz')):
         return load_torch_file(path, what='torch file', hint=(
             'not a ViT checkpoint: give weights as .safetensors, .npz (JAX), or a torch '
@@ -464,6 +496,10 @@ class FitReport:
 
     def summary(self) -> str:
         parts = [f'loaded {len(self.loaded)} tensors']
+        if 'patch_embed.projection.weight' in self.loaded:
+            parts[0] += (' (patch-embedding bias included)'
+                         if 'patch_embed.projection.bias' in self.loaded
+                         else ' (the file has no patch-embedding bias)')
         if self.resampled:
             (h0, w0), (h1, w1) = self.resampled
             parts.append(f'pos_embed resampled {h0}x{w0} -> {h1}x{w1} grid')

@@ -7,7 +7,27 @@ from mmengine.optim import DefaultOptimWrapperConstructor
 from mmseg.registry import OPTIM_WRAPPER_CONSTRUCTORS
 
 from ..prompt import VisualPrompt
-from ..tuning import count_parameters, format_count, is_tuned
+from ..tuning import count_parameters, format_count, is_tuned, parameter_report
+
+
+def tuned_summary(model) -> str:
+    """One line: how many parameters are tuned, of how many, and which parts they are in.
+
+    E.g. ``tuned 13.39M of 317.54M parameters (4.22%): prompts 0.25M, backbone biases
+    0.10M, heads 13.04M`` (parts of :func:`vpt_seg.tuning.parameter_report` with tuned
+    parameters; a model without a ``backbone`` gets the two totals only).
+    """
+    backbone = getattr(model, 'backbone', None)
+    if backbone is None:
+        tuned, total = count_parameters(model, tuned_only=True), count_parameters(model)
+        return f'tuned {format_count(tuned)} of {format_count(total)} parameters'
+    report = parameter_report(model, backbone, getattr(backbone, 'prompt', None))
+    row = report.pop('total')
+    tuned, total = row['tuned'], row['total']
+    parts = ', '.join(f'{part} {format_count(row["tuned"])}'
+                      for part, row in report.items() if row['tuned'])
+    return (f'tuned {format_count(tuned)} of {format_count(total)} parameters '
+            f'({100 * tuned / max(total, 1):.2f}%)' + (f': {parts}' if parts else ''))
 
 
 class _DropParamwiseLines(logging.Filter):
@@ -69,6 +89,5 @@ class TunedOptimWrapperConstructor(DefaultOptimWrapperConstructor):
         finally:
             logger.removeFilter(quiet)
         inner = getattr(model, 'module', model)
-        print_log(f'Optimizer: {format_count(count_parameters(inner, tuned_only=True))} tuned '
-                  f'of {format_count(count_parameters(inner))} parameters', logger='current')
+        print_log(f'Optimizer: {tuned_summary(inner)}', logger='current')
         return wrapper
