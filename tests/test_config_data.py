@@ -83,3 +83,11 @@ def test_registered_names_and_scopes_pass(data):
 def test_config_as_text_checks_before_rendering():
     with pytest.raises(ConfigDataError, match="'os.system' is not the name"):
         config_as_text(Config(dict(m=dict(type='os.system'))))
+
+
+def test_a_registered_name_that_is_also_a_module_is_refused(monkeypatch):
+    """MMEngine would import a module of that name: a task file may not name one."""
+    from mmseg.registry import MODELS
+    monkeypatch.setitem(MODELS._module_dict, 'json', object)
+    with pytest.raises(ConfigDataError, match="m.type: 'json' is not the name of a registered"):
+        check_config_data(dict(m=dict(type='json')))
