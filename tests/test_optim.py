@@ -111,7 +111,7 @@ def test_every_bias_of_a_bias_tuned_backbone_is_given():
 
 
 def test_the_log_holds_one_summary_line_and_no_per_parameter_lines():
-    logger = MMLogger.get_instance('test_optim_log', log_level='DEBUG')
+    logger = MMLogger.get_instance('test_optim_log')
     records = []
 
     class Keep(logging.Handler):
