@@ -60,7 +60,7 @@ def test_pip_install_in_a_fresh_venv_runs_the_demo_from_another_folder(tmp_path)
     # mmseg first: the installed .pth hook stands in for mmcv's compiled ops.
     _run([py, '-c', 'from mmseg.apis import init_model, MMSegInferencer\n'
                     'import mmseg.models, vpt_seg\n'
-                    'from vpt_seg import compat\n'
+                    'from vpt_seg import patches as compat\n'
                     'assert compat.MMCV_FULL is False, compat.MMCV_FULL'], str(work), env)
 
     # Configs resolve against the installed package (OpenMMLab's .mim layout).

@@ -22,8 +22,8 @@ from mmseg.registry import MODELS
 from mmseg.structures import SegDataSample
 
 from vpt_seg.models import segmentor
-from vpt_seg.multitask import MultiTaskViT, build_shared_backbone, load_task_model
-from vpt_seg.serving import (input_size, label_map, output_names, plan_batches, task_input,
+from vpt_seg.serving.multitask import MultiTaskViT, build_shared_backbone, load_task_model
+from vpt_seg.serving.serve import (input_size, label_map, output_names, plan_batches, task_input,
                              verify_batch)
 
 init_default_scope('mmseg')

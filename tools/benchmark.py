@@ -23,7 +23,7 @@ import argparse
 import vpt_seg  # noqa: F401  (compat fixes and registration before any mmseg import)
 from mmengine.config import DictAction
 
-from vpt_seg.benchmark import format_table, run_benchmark, save_json
+from vpt_seg.experiments.benchmark import format_table, run_benchmark, save_json
 
 
 def parse_args():

@@ -35,8 +35,8 @@ import os.path as osp
 
 import torch
 
-from vpt_seg.checkpoint import (convert_timm_to_mmseg, infer_backbone_kwargs, is_ignorable,
-                                load_vit_checkpoint, resample_pos_embed)
+from vpt_seg.formats.fitting import infer_backbone_kwargs, is_ignorable, resample_pos_embed
+from vpt_seg.formats.weights import convert_timm_to_mmseg, load_vit_checkpoint
 
 _KNOWN = ('patch_embed.', 'cls_token', 'pos_embed', 'layers.', 'ln1.', 'ln_pre.')
 

@@ -15,7 +15,7 @@ from mmengine.registry import init_default_scope
 from mmseg.registry import MODELS
 
 from vpt_seg.runner import resolve_config
-from vpt_seg.tuning import format_count, parameter_report
+from vpt_seg.tuners.tuning import format_count, parameter_report
 
 
 def task_file_bytes(model: torch.nn.Module) -> int:

@@ -22,7 +22,7 @@ import vpt_seg  # noqa: F401  (compat fixes and registration before any mmseg im
 from mmengine.config import Config, DictAction
 
 from vpt_seg.runner import mark_named_pretrained, resolve_config
-from vpt_seg.loading import export_task
+from vpt_seg.formats.loading import export_task
 
 
 def main():

@@ -49,11 +49,11 @@ from mmengine.utils import ProgressBar
 from mmseg.registry import DATASETS
 
 from vpt_seg.datasets.image_folder import IMG_EXTENSIONS
-from vpt_seg.multitask import MultiTaskViT, build_shared_backbone, load_task_model
+from vpt_seg.serving.multitask import MultiTaskViT, build_shared_backbone, load_task_model
 from vpt_seg.runner import resolve_config
-from vpt_seg.serving import (OutputDir, check_task_name, input_size, label_map, load_image,
+from vpt_seg.serving.serve import (OutputDir, check_task_name, input_size, label_map, load_image,
                              output_names, overlay, plan_batches, task_input, verify_batch)
-from vpt_seg.task_file import read_task_config
+from vpt_seg.formats.task_file import read_task_config
 
 
 #: --verify: the largest difference (logits) still taken for float rounding.

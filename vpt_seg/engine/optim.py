@@ -6,8 +6,8 @@ from mmengine.logging import MMLogger, print_log
 from mmengine.optim import DefaultOptimWrapperConstructor
 from mmseg.registry import OPTIM_WRAPPER_CONSTRUCTORS
 
-from ..prompt import VisualPrompt
-from ..tuning import count_parameters, format_count, is_tuned
+from ..tuners.prompt import VisualPrompt
+from ..tuners.tuning import count_parameters, format_count, is_tuned
 
 
 class _DropParamwiseLines(logging.Filter):

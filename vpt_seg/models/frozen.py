@@ -20,7 +20,7 @@ the trigger because every loader (MMEngine's runner, MMSeg's ``init_model`` and
 """
 from typing import Optional, Sequence
 
-from .. import loading
+from ..formats import loading
 
 __all__ = ['FrozenBackboneMixin']
 

@@ -11,10 +11,11 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from . import vit_ops
-from .. import loading
-from ..checkpoint import fit_state_dict, load_vit_checkpoint, to_mmseg_state_dict
-from ..prompt import PromptGroup, VisualPrompt, run_prompted_layers
-from ..tuning import freeze as freeze_module
+from ..formats import loading
+from ..formats.fitting import fit_state_dict
+from ..formats.weights import load_vit_checkpoint, to_mmseg_state_dict
+from ..tuners.prompt import PromptGroup, VisualPrompt, run_prompted_layers
+from ..tuners.tuning import freeze as freeze_module
 from .frozen import FrozenBackboneMixin
 
 #: What a backbone's ``signature`` buffer records, in order.

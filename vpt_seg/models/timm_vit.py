@@ -35,10 +35,10 @@ from mmseg.registry import MODELS
 from torch import nn
 from torch.utils.checkpoint import checkpoint as activation_checkpoint
 
-from ..checkpoint import read_checkpoint
-from ..prompt import PromptGroup, VisualPrompt, run_prompted_layers
-from ..tuning import bias_parameters, format_count
-from ..tuning import freeze as freeze_module
+from ..formats.weights import read_checkpoint
+from ..tuners.prompt import PromptGroup, VisualPrompt, run_prompted_layers
+from ..tuners.tuning import bias_parameters, format_count
+from ..tuners.tuning import freeze as freeze_module
 from . import vit_ops
 from .frozen import FrozenBackboneMixin
 

@@ -18,7 +18,7 @@ from timm.models.vision_transformer import _load_weights
 
 import vpt_seg  # noqa: F401  (before mmseg)
 from mmseg.models.backbones import VisionTransformer as MMSegViT
-from vpt_seg import checkpoint as ckpt_lib
+from vpt_seg.formats import weights as ckpt_lib
 from vpt_seg.models import PromptedVisionTransformer
 from vpt_seg.models import prompted_vit
 

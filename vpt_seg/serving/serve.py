@@ -30,7 +30,7 @@ import cv2
 import numpy as np
 import torch
 
-from .models.segmentor import DEFAULT_LOGITS_BUDGET, resized_labels
+from ..models.segmentor import DEFAULT_LOGITS_BUDGET, resized_labels
 
 __all__ = ['TASK_NAME', 'check_task_name', 'input_size', 'plan_batches', 'load_image',
            'task_input', 'label_map', 'overlay', 'verify_batch', 'output_names',

@@ -43,10 +43,10 @@ import torch
 from mmengine.logging import print_log
 from torch import nn
 
-from .checkpoint import describe_state_dict, load_torch_file
+from .weights import describe_state_dict, load_torch_file
 from .task_file import (check_class_count, load_from_safetensors, pretrained_option_of,
                         read_task_config, write_task_file)
-from .tuning import frozen_state_keys
+from ..tuners.tuning import frozen_state_keys
 
 __all__ = ['record_pretrained', 'check_signature', 'check_shapes', 'prepare_state_dict',
            'frozen_candidates', 'complete_frozen', 'frozen_digest', 'load_checkpoint_file',
@@ -471,7 +471,7 @@ def export_task(config, checkpoint: str, out: str) -> Dict[str, str]:
     """
     from mmengine.config import Config
 
-    from .runner import resolve_config
+    from ..runner import resolve_config
     if not out.endswith('.safetensors'):
         raise ValueError(f'task file {out!r}: the name must end in .safetensors')
     cfg = Config.fromfile(resolve_config(config)) if isinstance(config, str) else config
