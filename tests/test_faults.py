@@ -1,6 +1,6 @@
 """Fault injection on the tiny demo config: kill -9 mid-run and mid-save, NaN at
 iteration k, wrong and unreadable checkpoint files. Each case asserts the files on disk,
-the exit code and the error text (vpt_seg/engine/hooks.py, vpt_seg/checkpoint.py).
+the exit code and the error text (vpt_seg/engine/hooks.py, vpt_seg/formats/weights.py).
 
 The faults come from tests/fault_hooks.py, added to a run by a small config that
 inherits configs/demo/setr_vpt_tiny_ade20k.py.

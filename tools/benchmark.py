@@ -15,7 +15,7 @@ Examples:
     # multi-task serving: a batch of 32 from 4 tasks against a batch of one task
     python tools/benchmark.py configs/setr_vpt_ade20k.py --modes serve
 
-Weights are random (no pretrained file is read). See vpt_seg/benchmark.py for what each
+Weights are random (no pretrained file is read). See vpt_seg/experiments/benchmark.py for what each
 figure means.
 """
 import argparse

@@ -6,7 +6,7 @@
 
 The file holds the tuned tensors only (prompts, tuned biases, heads) and, in its header,
 the config, the ViT's signature and the name of the pretrained backbone file (see
-vpt_seg/task_file.py). Publish it with that backbone file beside it: tools/test.py,
+vpt_seg/formats/task_file.py). Publish it with that backbone file beside it: tools/test.py,
 tools/serve.py, load_from, MMSeg's init_model and MMSegInferencer read it directly.
 
 A task file of an older format (version 1 stored its config as Python text, which is

@@ -12,7 +12,7 @@ Every image of DIR goes through every task. Each task gets exactly what its own 
 gives alone: its images go in at its own input size (``--size`` for every task, default
 each task backbone's ``img_size``), resized bilinearly, whole-image; batches hold one
 input size, and tasks of the same size share one pass through the shared weights (see
-vpt_seg/multitask.py). The order of the tasks on the command line changes nothing.
+vpt_seg/serving/multitask.py). The order of the tasks on the command line changes nothing.
 Segmentation maps are resized back to the image's size in bands of rows (bounded memory,
 any photo size; vpt_seg/models/segmentor.py). Task names: letters, digits, ``_``, ``-``.
 

@@ -33,10 +33,13 @@ warning filters) is here:
 4. **MMSegInferencer** finds vpt-seg's checked loaders in a config's test pipeline
    (:func:`vpt_seg.datasets.checks.transform_idx_finding_subclasses`).
 
-5. **Warnings that are noise** for vpt-seg's users are filtered by message and module;
-   every other warning is shown.
+5. **Warnings that are noise** for vpt-seg's users (they come from MMSeg's and MMEngine's
+   own code, whatever the config says) are filtered by message and module, MMEngine's
+   log warnings of that kind by message; every other warning is shown.
 """
 import importlib
+import logging
+import re
 import sys
 import warnings
 
@@ -62,8 +65,10 @@ PATCHES = (
                                                        'weights load wherever MMEngine loads'),
     ('mmseg MMSegInferencer._get_transform_idx', 'also finds subclasses of LoadImageFromFile '
                                                  'and LoadAnnotations (the checked loaders)'),
-    ('warnings filters', 'mmcv-lite, pkg_resources and MMSeg/MMEngine deprecations that a '
-                         'user cannot act on'),
+    ('warnings filters', 'mmcv-lite, pkg_resources and MMSeg deprecations that a user '
+                         'cannot act on (by message and module)'),
+    ('mmengine MMLogger.__init__', 'adds a filter for three MMEngine log warnings that a user '
+                                   'cannot act on (FileClient, HardDiskBackend, metric prefix)'),
 )
 
 # (message regex, category, module regex): noise a user of vpt-seg cannot act on.
@@ -74,7 +79,30 @@ _NOISE = (
     (r'pkg_resources is deprecated as an API', UserWarning, r'mmengine'),
     (r'Deprecated call to `pkg_resources\.declare_namespace', DeprecationWarning,
      r'pkg_resources'),
+    # MMSeg's own SETR heads, losses, hooks and ADE20k pipeline use these, not the user.
+    (r'``build_loss`` would be deprecated soon', UserWarning, r'mmseg\.models\.builder'),
+    (r'Default ``avg_non_ignore`` is False', UserWarning, r'mmseg\.models\.losses'),
+    (r'The draw is False', UserWarning, r'mmseg\.engine\.hooks'),
+    (r'`reduce_zero_label` will be deprecated', UserWarning, r'mmseg\.datasets\.transforms'),
 )
+
+#: MMEngine log warnings (``print_log``, not :mod:`warnings`) that are noise: raised by
+#: MMEngine's own hooks and metrics whatever the config says.
+_NOISE_LOGS = re.compile('|'.join((
+    r'The prefix is not set in metric class ',
+    r'"FileClient" will be deprecated in future',
+    r'"HardDiskBackend" is the alias of "LocalBackend"',
+)))
+
+
+class _QuietLogs(logging.Filter):
+    """Drops the log warnings of :data:`_NOISE_LOGS`; every other record passes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno != logging.WARNING or not _NOISE_LOGS.match(record.getMessage())
+
+
+_QUIET_LOGS = _QuietLogs()
 
 
 def _mmcv_ops():
@@ -153,12 +181,29 @@ def _warning_filters():
         warnings.filterwarnings('ignore', message=message, category=category, module=module)
 
 
+def _log_filters():
+    from mmengine.logging import MMLogger
+    init = MMLogger.__init__
+    if getattr(init, 'quiet_logs', False):
+        return
+
+    def __init__(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        self.addFilter(_QUIET_LOGS)
+
+    __init__.quiet_logs = True
+    MMLogger.__init__ = __init__
+    for logger in MMLogger._instance_dict.values():  # made before vpt_seg was imported
+        logger.addFilter(_QUIET_LOGS)
+
+
 def apply():
     """Apply every patch of :data:`PATCHES`; idempotent."""
     if MMCV_FULL is not None:
         return
     _warning_filters()
     _mmcv_ops()
+    _log_filters()
     _mmengine_checkpoint_types()
     _checkpoint_loaders()
     _inferencer()

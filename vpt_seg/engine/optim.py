@@ -19,7 +19,7 @@ class _DropParamwiseLines(logging.Filter):
 class TunedOptimWrapperConstructor(DefaultOptimWrapperConstructor):
     """:class:`~mmengine.optim.DefaultOptimWrapperConstructor` over tuned parameters only.
 
-    Frozen parameters (``requires_grad=False``, see :mod:`vpt_seg.tuning`) never reach the
+    Frozen parameters (``requires_grad=False``, see :mod:`vpt_seg.tuners.tuning`) never reach the
     optimizer, silently and without per-parameter warnings. Every other ``paramwise_cfg``
     option keeps MMEngine's meaning, and two more set the prompt policy:
 

@@ -8,7 +8,7 @@ file needed) and measures:
 * ``whole`` / ``slide``: ``test_step`` (preprocessor, inference, post-processing) in
   the two inference modes, on images of ADE20k's shape (short side = the crop size,
   4:3; ``slide`` uses the config's crop and stride);
-* ``serve``: :class:`~vpt_seg.multitask.MultiTaskViT` on crops, a batch of one task
+* ``serve``: :class:`~vpt_seg.serving.multitask.MultiTaskViT` on crops, a batch of one task
   against a batch that mixes ``serve_tasks`` tasks of the config (each with its own
   prompts, biases if tuned, and heads) in one pass.
 

@@ -1,7 +1,7 @@
 """Loading a task: the one place that decides what a task checkpoint or task file holds,
 where its frozen weights come from, and whether they match.
 
-A *task checkpoint* (``.pth``) or *task file* (``.safetensors``, :mod:`vpt_seg.task_file`)
+A *task checkpoint* (``.pth``) or *task file* (``.safetensors``, :mod:`vpt_seg.formats.task_file`)
 holds what was tuned (prompts, tuned biases, heads) and the backbone's ``signature``; the
 frozen weights come from the backbone's pretrained file. This module owns every rule of
 that contract, for every prompted backbone:
@@ -398,7 +398,7 @@ def load_task_model(config, checkpoint: str, pretrained: Optional[str] = None) -
 
     Args:
         config: Config file or :class:`~mmengine.config.Config` of the task; None: the
-            config stored in a task file (``.safetensors``, see :mod:`vpt_seg.task_file`).
+            config stored in a task file (``.safetensors``, see :mod:`vpt_seg.formats.task_file`).
         checkpoint: Its task checkpoint (tuned weights; full checkpoints load too) or
             task file.
         pretrained: Take the frozen backbone from this file instead of the config's
@@ -451,7 +451,7 @@ def load_task_model(config, checkpoint: str, pretrained: Optional[str] = None) -
 
 
 def export_task(config, checkpoint: str, out: str) -> Dict[str, str]:
-    """Write a task checkpoint as a portable task file (:mod:`vpt_seg.task_file`).
+    """Write a task checkpoint as a portable task file (:mod:`vpt_seg.formats.task_file`).
 
     The header records the backbone's own ``signature_fields``, its pretrained file
     (the file name, looked for next to the task file, and the path the config names)

@@ -6,7 +6,7 @@ and any number of task models, and runs a batch whose images belong to *differen
 tasks in one pass through the shared weights:
 
 * **Prompts of other lengths / depths.** The batch runs through the same layer loop as
-  training, :func:`vpt_seg.prompt.run_prompted_layers`, with one group of samples per
+  training, :func:`vpt_seg.tuners.prompt.run_prompted_layers`, with one group of samples per
   task: every sample gets ``P = max P_t`` prompt slots after the prefix, and a task with
   fewer prompts (or none yet at a layer) has its unused slots masked out as attention
   *keys*, so no real token sees them; they are dropped with the other prompt tokens at

@@ -1,4 +1,4 @@
-"""What ``tools/serve.py`` needs beyond :class:`~vpt_seg.multitask.MultiTaskViT`: task
+"""What ``tools/serve.py`` needs beyond :class:`~vpt_seg.serving.multitask.MultiTaskViT`: task
 names, each task's input size, batches of one input size, label maps in bounded memory,
 the ``--verify`` reference, and output files that cannot collide or leave ``--out-dir``.
 
