@@ -75,8 +75,9 @@ PATCHES = (
 _NOISE = (
     # mmcv-lite has no compiled deformable attention; vpt-seg never uses it.
     (r'Fail to import ``MultiScaleDeformableAttention``', UserWarning, r'mmcv\.cnn'),
-    # mmengine resolves `mmseg::` config bases through pkg_resources.
-    (r'pkg_resources is deprecated as an API', UserWarning, r'mmengine'),
+    # mmengine resolves `mmseg::` config bases through pkg_resources (imported from
+    # mmengine.utils and through importlib: the message alone names it).
+    (r'pkg_resources is deprecated as an API', UserWarning, r''),
     (r'Deprecated call to `pkg_resources\.declare_namespace', DeprecationWarning,
      r'pkg_resources'),
     # MMSeg's own SETR heads, losses, hooks and ADE20k pipeline use these, not the user.
