@@ -53,7 +53,7 @@ from mmseg.structures import SegDataSample
 from torch.utils import flop_counter
 
 from ..models.options import PROMPTED_ARGS
-from ..runner import quiet_logger
+from ..runner import quiet_logger, resolve_config
 from ..serving.multitask import MultiTaskViT, shared_backbone_cfg
 from ..tuners.tuning import count_parameters, format_count, freeze
 
@@ -420,7 +420,7 @@ def run_benchmark(config: str, batch: int = 8, amp: Optional[str] = 'bf16',
         ``{'env': {...}, 'results': [{model, setup, mode, batch, img_per_s, ...}]}``.
     """
     log = log or (lambda msg: print_log(msg, logger='current'))
-    cfg = Config.fromfile(config)
+    cfg = Config.fromfile(resolve_config(config))
     if cfg_options:
         cfg.merge_from_dict(cfg_options)
     init_default_scope(cfg.get('default_scope', 'mmseg'))
