@@ -20,7 +20,7 @@ figure means.
 """
 import argparse
 
-import vpt_seg  # noqa: F401  (compat fixes and registration before any mmseg import)
+import vpt_seg  # noqa: F401  (patches and registration before any mmseg import)
 from mmengine.config import DictAction
 
 from vpt_seg.experiments.benchmark import format_table, run_benchmark, save_json

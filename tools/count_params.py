@@ -8,7 +8,7 @@ frozen backbone out (training checkpoints add optimizer state for ``--resume``).
 import argparse
 import io
 
-import vpt_seg  # noqa: F401  (compat fixes and registration before any mmseg import)
+import vpt_seg  # noqa: F401  (patches and registration before any mmseg import)
 import torch
 from mmengine.config import Config, DictAction
 from mmengine.registry import init_default_scope

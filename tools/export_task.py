@@ -18,7 +18,7 @@ import argparse
 import os
 import os.path as osp
 
-import vpt_seg  # noqa: F401  (compat fixes and registration before any mmseg import)
+import vpt_seg  # noqa: F401  (patches and registration before any mmseg import)
 from mmengine.config import Config, DictAction
 
 from vpt_seg.runner import mark_named_pretrained, resolve_config

@@ -40,7 +40,7 @@ import json
 import os
 import os.path as osp
 
-import vpt_seg  # noqa: F401  (compat fixes and registration before any mmseg import)
+import vpt_seg  # noqa: F401  (patches and registration before any mmseg import)
 import numpy as np
 import torch
 from mmengine.config import Config
