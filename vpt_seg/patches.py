@@ -154,16 +154,16 @@ def _mmengine_checkpoint_types():
 def _checkpoint_loaders():
     from mmengine.runner import CheckpointLoader
 
-    from .engine import checkpoint_io as io
+    from .engine import checkpoint_io as safe
     from .formats.task_file import load_from_safetensors
     for prefixes, loader in (
-            ('', io.load_from_local),
-            (('http://', 'https://'), io.load_from_http),
-            (('modelzoo://', 'torchvision://'), io.load_from_torchvision),
-            (('open-mmlab://', 'openmmlab://'), io.load_from_openmmlab),
-            ('mmcls://', io.load_from_mmcls),
-            ([r'(\S+\:)?s3://', r'(\S+\:)?petrel://'], io.load_from_ceph),
-            ('pavi://', io.load_from_pavi),
+            ('', safe.load_from_local),
+            (('http://', 'https://'), safe.load_from_http),
+            (('modelzoo://', 'torchvision://'), safe.load_from_torchvision),
+            (('open-mmlab://', 'openmmlab://'), safe.load_from_openmmlab),
+            ('mmcls://', safe.load_from_mmcls),
+            ([r'(\S+\:)?s3://', r'(\S+\:)?petrel://'], safe.load_from_ceph),
+            ('pavi://', safe.load_from_pavi),
             (r'(?=.*\.safetensors$)(?!\w+://)', load_from_safetensors)):
         CheckpointLoader.register_scheme(prefixes, loader, force=True)
 
