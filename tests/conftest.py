@@ -14,7 +14,7 @@ for _var in ('OMP_NUM_THREADS', 'MKL_NUM_THREADS'):
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-import vpt_seg  # noqa: F401,E402  (compat fixes before any mmseg import)
+import vpt_seg  # noqa: F401,E402  (patches before any mmseg import)
 from mmseg.utils import register_all_modules  # noqa: E402
 
 torch.set_num_threads(THREADS)

@@ -4,7 +4,7 @@ import os.path as osp
 import subprocess
 import sys
 
-from vpt_seg.benchmark import format_table, model_setup
+from vpt_seg.experiments.benchmark import format_table, model_setup
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 CONFIG = osp.join(ROOT, 'configs', 'demo', 'setr_vpt_tiny_ade20k.py')
@@ -77,7 +77,7 @@ def test_stock_timm_model_is_timms_own_forward_of_the_same_model():
     from mmengine.registry import init_default_scope
     from mmseg.registry import MODELS
 
-    from vpt_seg.benchmark import build
+    from vpt_seg.experiments.benchmark import build
     cfg = Config.fromfile(DINOV2)
     init_default_scope('mmseg')
     model_cfg, _, rule, setup = model_setup(cfg, stock=True)

@@ -12,7 +12,7 @@ from mmseg.registry import MODELS
 
 from vpt_seg.datasets import ImageFolderDataset, make_cls_folder
 from vpt_seg.evaluation import TopKAccuracy, topk_accuracy
-from vpt_seg.multitask import load_task_model
+from vpt_seg.serving.multitask import load_task_model
 
 init_default_scope('mmseg')
 DEVICE = 'cpu'
@@ -142,7 +142,7 @@ def test_only_prompts_biases_and_head_get_gradients(tune_bias, head):
     samples = [BaseDataElement(gt_label=torch.tensor(i)) for i in range(4)]
     losses = model(img, samples, mode='loss')
     losses['loss_cls'].backward()
-    bias_ids = {id(p) for _, p in vpt_seg.tuning.bias_parameters(model.backbone)}
+    bias_ids = {id(p) for _, p in vpt_seg.tuners.tuning.bias_parameters(model.backbone)}
     for name, p in model.named_parameters():
         expected = (name.startswith('head.') or name == 'backbone.prompt.embeddings'
                     or (tune_bias and id(p) in bias_ids))

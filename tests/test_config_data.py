@@ -1,4 +1,4 @@
-"""vpt_seg.config_data: a task file's config as JSON data, round-tripped and checked so
+"""vpt_seg.formats.config_data: a task file's config as JSON data, round-tripped and checked so
 that reading it imports, runs and reads nothing."""
 import json
 import sys
@@ -6,7 +6,7 @@ import sys
 import pytest
 from mmengine.config import Config
 
-from vpt_seg.config_data import (ConfigDataError, check_config_data, config_as_text,
+from vpt_seg.formats.config_data import (ConfigDataError, check_config_data, config_as_text,
                                  config_from_json, config_to_json)
 
 PLAIN = dict(model=dict(type='EncoderDecoder', data_preprocessor=dict(size=(32, 32)),

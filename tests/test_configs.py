@@ -8,7 +8,7 @@ import pytest
 from mmengine.config import Config
 from mmseg.registry import MODELS
 
-from vpt_seg.tuning import count_parameters
+from vpt_seg.tuners.tuning import count_parameters
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 #: SETR-PUP on frozen timm ViT-Ls (PromptedTimmViT): tuned parameters in millions

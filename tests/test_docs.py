@@ -11,7 +11,7 @@ from mmengine.config import Config
 from mmengine.registry import init_default_scope
 from mmseg.registry import MODELS
 
-from vpt_seg.tuning import count_parameters, format_count
+from vpt_seg.tuners.tuning import count_parameters, format_count
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 README = osp.join(ROOT, 'README.md')
@@ -163,7 +163,7 @@ def test_the_task_file_header_table_is_in_one_docs_page():
 
 def test_the_task_file_header_table_names_every_key_the_writer_writes(tmp_path):
     from mmengine.config import Config as Cfg
-    from vpt_seg.task_file import write_task_file
+    from vpt_seg.formats.task_file import write_task_file
 
     class Backbone(torch.nn.Module):
         signature_fields = ('embed_dims',)

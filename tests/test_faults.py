@@ -1,6 +1,6 @@
 """Fault injection on the tiny demo config: kill -9 mid-run and mid-save, NaN at
 iteration k, wrong and unreadable checkpoint files. Each case asserts the files on disk,
-the exit code and the error text (vpt_seg/engine/hooks.py, vpt_seg/checkpoint.py).
+the exit code and the error text (vpt_seg/engine/hooks.py, vpt_seg/formats/weights.py).
 
 The faults come from tests/fault_hooks.py, added to a run by a small config that
 inherits configs/demo/setr_vpt_tiny_ade20k.py.
@@ -22,12 +22,12 @@ from mmengine.logging import MessageHub, MMLogger
 from mmseg.registry import MODELS
 
 from fault_hooks import finite
-from vpt_seg.checkpoint import UnreadableCheckpointError, load_torch_file
+from vpt_seg.formats.weights import UnreadableCheckpointError, load_torch_file
 from vpt_seg.datasets.synthetic import make_ade20k
 from vpt_seg.engine.hooks import (NonFiniteCheckHook, NonFiniteError, SafeCheckpointHook,
                                   find_resumable_checkpoint)
-from vpt_seg.loading import check_task_state_dict
-from vpt_seg.multitask import load_task_model
+from vpt_seg.formats.loading import check_task_state_dict
+from vpt_seg.serving.multitask import load_task_model
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 TESTS = osp.join(ROOT, 'tests')

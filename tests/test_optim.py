@@ -9,7 +9,7 @@ from mmseg.registry import MODELS
 from torch import nn
 
 from vpt_seg.engine.optim import TunedOptimWrapperConstructor
-from vpt_seg.tuning import bias_parameters
+from vpt_seg.tuners.tuning import bias_parameters
 
 TINY_VIT = dict(img_size=(32, 32), patch_size=8, embed_dims=32, num_layers=2, num_heads=4,
                 out_indices=(1,), patch_bias=True, norm_cfg=dict(type='LN', eps=1e-6))

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from vpt_seg.prompt import (PromptGroup, VisualPrompt, insert_prompts, remove_prompts,
+from vpt_seg.tuners.prompt import (PromptGroup, VisualPrompt, insert_prompts, remove_prompts,
                             replace_prompts, run_prompted_layers, xavier_bound)
 
 

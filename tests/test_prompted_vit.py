@@ -10,7 +10,7 @@ from mmseg.registry import MODELS
 
 from vpt_seg.engine import optim as vpt_optim
 from vpt_seg.models import PromptedVisionTransformer
-from vpt_seg.tuning import bias_parameters, format_count, is_tuned
+from vpt_seg.tuners.tuning import bias_parameters, format_count, is_tuned
 
 TINY = dict(img_size=(32, 32), patch_size=8, embed_dims=32, num_layers=4, num_heads=4,
             out_indices=(1, 3), patch_bias=True, norm_cfg=dict(type='LN', eps=1e-6))

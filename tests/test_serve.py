@@ -22,8 +22,8 @@ from mmseg.registry import MODELS
 from mmseg.structures import SegDataSample
 
 from vpt_seg.models import segmentor
-from vpt_seg.multitask import MultiTaskViT, build_shared_backbone, load_task_model
-from vpt_seg.serving import (input_size, label_map, output_names, plan_batches, task_input,
+from vpt_seg.serving.multitask import MultiTaskViT, build_shared_backbone, load_task_model
+from vpt_seg.serving.serve import (input_size, label_map, output_names, plan_batches, task_input,
                              verify_batch)
 
 init_default_scope('mmseg')
@@ -368,7 +368,7 @@ def _serve_here(served, monkeypatch, capsys, names, out):
 @pytest.mark.parametrize('names', [('seg', ), ('seg', 'single', 'big')])
 def test_the_pretrained_file_is_read_once_and_the_summary_says_what_ran(
         served, monkeypatch, capsys, names):
-    from vpt_seg import checkpoint
+    from vpt_seg.formats import weights as checkpoint
     reads, read = [], checkpoint._read_weights
     monkeypatch.setattr(checkpoint, '_read_weights', lambda p: reads.append(p) or read(p))
     out = served['tmp'] / ('here_' + '_'.join(names))

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vpt_seg.study import ROWS, StudySettings, _run_tool, format_table, run_study
+from vpt_seg.experiments.study import ROWS, StudySettings, _run_tool, format_table, run_study
 
 ROWS_RUN = ('head', 'vpt-deep', 'full', 'dinov2/head', 'dinov2/vpt-deep')
 
@@ -141,7 +141,7 @@ for i in (100, 200, 300):
 def test_silent_runs_report_progress_with_etas(tmp_path, capsys):
     """The study's tool runs log to files; their iteration lines become progress lines
     with the run's ETA and one for the whole study (the runs still planned)."""
-    from vpt_seg.study import Progress, _run_tool
+    from vpt_seg.experiments.study import Progress, _run_tool
     (tmp_path / 'train.py').write_text(FAKE_TRAIN)
     settings = StudySettings(tools_dir=str(tmp_path))
     progress = Progress({'pretrain': 300, 'Head only': 600})

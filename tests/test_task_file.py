@@ -22,7 +22,7 @@ from mmseg.registry import MODELS
 
 from vpt_seg import export_task, load_task_model
 from vpt_seg.models.prompted_vit import SIGNATURE_FIELDS
-from vpt_seg.task_file import (FORMAT_VERSION, TASK_FORMAT, read_task_config, read_task_file,
+from vpt_seg.formats.task_file import (FORMAT_VERSION, TASK_FORMAT, read_task_config, read_task_file,
                                read_task_metadata)
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
@@ -238,7 +238,7 @@ def test_a_task_file_with_its_config_builds_in_mmseg_inferencer(deep):
 
 def test_a_version_1_file_loads_with_its_config_named_and_is_never_parsed(deep, tmp_path):
     from mmseg.apis import MMSegInferencer
-    from vpt_seg.task_file import load_from_safetensors
+    from vpt_seg.formats.task_file import load_from_safetensors
     marker = str(tmp_path / 'marker')
     old = _rewrite(deep['file'], deep['file'].parent / 'old.safetensors', format_version='1',
                    config_json=None,
@@ -269,7 +269,7 @@ def test_a_version_1_file_loads_with_its_config_named_and_is_never_parsed(deep, 
 
 @pytest.fixture
 def notes(monkeypatch):
-    from vpt_seg import loading, task_file
+    from vpt_seg.formats import loading, task_file
     from vpt_seg.models import prompted_vit
     lines = []
     monkeypatch.setattr(task_file, 'print_log', lambda msg, **kw: lines.append(msg))
@@ -430,7 +430,7 @@ def test_a_training_checkpoint_refuses_other_frozen_weights(pretrained, tmp_path
 def test_mmseg_apis_read_url_checkpoints_safely(deep, tmp_path, file_server):
     from mmseg.apis import MMSegInferencer
     from conftest import payload_pickle
-    from vpt_seg.checkpoint import UnreadableCheckpointError
+    from vpt_seg.formats.weights import UnreadableCheckpointError
     marker = tmp_path / 'marker'
     url = file_server.url('task.pth')
     payload_pickle(file_server.root / 'task.pth', marker)
@@ -448,8 +448,8 @@ def test_serving_on_a_url_backbone_reads_it_safely(deep, tmp_path, file_server):
     """serve.py BACKBONE=http://.../vit.pth: the shared backbone (and its final-norm
     check) and every task's frozen weights come through the safe http loader."""
     from conftest import payload_pickle
-    from vpt_seg.checkpoint import UnreadableCheckpointError
-    from vpt_seg.multitask import MultiTaskViT, build_shared_backbone
+    from vpt_seg.formats.weights import UnreadableCheckpointError
+    from vpt_seg.serving.multitask import MultiTaskViT, build_shared_backbone
     cfg = read_task_config(str(deep['file']))
     shutil.copy(deep['vit'], file_server.root / 'vit.pth')
     url = file_server.url('vit.pth')

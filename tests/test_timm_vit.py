@@ -23,7 +23,7 @@ from mmseg.registry import MODELS
 from safetensors.torch import save_file
 from timm.layers import apply_rot_embed_cat
 
-from vpt_seg.tuning import bias_parameters
+from vpt_seg.tuners.tuning import bias_parameters
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 TINY = dict(embed_dim=32, depth=3, num_heads=2)
@@ -214,7 +214,7 @@ def test_mixed_batch_through_the_one_layer_loop_gives_each_task_its_own(files, n
     prompt from layer 1 on): timm's attn_mask hides the unused slots, RoPE skips them."""
     from functools import partial
 
-    from vpt_seg.prompt import PromptGroup, run_prompted_layers
+    from vpt_seg.tuners.prompt import PromptGroup, run_prompted_layers
     path, _ = files[name]
     a = build(name, patch, path, num_prompts=3, deep=True)
     b = build(name, patch, path, num_prompts=1, prompt_layers=[1])

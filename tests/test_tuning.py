@@ -1,10 +1,10 @@
-"""vpt_seg.tuning: the one rule (tuned iff requires_grad), freezing, bias lookup, counts."""
+"""vpt_seg.tuners.tuning: the one rule (tuned iff requires_grad), freezing, bias lookup, counts."""
 import pytest
 import torch
 from mmseg.registry import MODELS
 from torch import nn
 
-from vpt_seg.tuning import (bias_parameters, count_parameters, format_count, freeze,
+from vpt_seg.tuners.tuning import (bias_parameters, count_parameters, format_count, freeze,
                             frozen_state_keys, is_tuned, parameter_report)
 
 C = 8  # embed dim of the tiny torch modules

@@ -162,7 +162,7 @@ def test_training_on_either_path_gives_the_same_run(monkeypatch):
 
     from mmengine.config import Config
 
-    from vpt_seg.benchmark import build, make_batch
+    from vpt_seg.experiments.benchmark import build, make_batch
     cfg = Config.fromfile(osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))),
                                    'configs', 'demo', 'setr_vpt_tiny_ade20k.py'))
     runs = []

@@ -15,15 +15,15 @@ Examples:
     # multi-task serving: a batch of 32 from 4 tasks against a batch of one task
     python tools/benchmark.py configs/setr_vpt_ade20k.py --modes serve
 
-Weights are random (no pretrained file is read). See vpt_seg/benchmark.py for what each
+Weights are random (no pretrained file is read). See vpt_seg/experiments/benchmark.py for what each
 figure means.
 """
 import argparse
 
-import vpt_seg  # noqa: F401  (compat fixes and registration before any mmseg import)
+import vpt_seg  # noqa: F401  (patches and registration before any mmseg import)
 from mmengine.config import DictAction
 
-from vpt_seg.benchmark import format_table, run_benchmark, save_json
+from vpt_seg.experiments.benchmark import format_table, run_benchmark, save_json
 
 
 def parse_args():

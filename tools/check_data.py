@@ -10,7 +10,7 @@ Exits 1 when any file is bad. Training can run the same scan at start-up:
 import argparse
 import sys
 
-import vpt_seg  # noqa: F401  (compat fixes and registration before any mmseg import)
+import vpt_seg  # noqa: F401  (patches and registration before any mmseg import)
 from mmengine.config import DictAction
 from mmengine.registry import init_default_scope
 from mmseg.registry import DATASETS

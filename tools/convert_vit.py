@@ -35,8 +35,8 @@ import os.path as osp
 
 import torch
 
-from vpt_seg.checkpoint import (convert_timm_to_mmseg, infer_backbone_kwargs, is_ignorable,
-                                load_vit_checkpoint, resample_pos_embed)
+from vpt_seg.formats.fitting import infer_backbone_kwargs, is_ignorable, resample_pos_embed
+from vpt_seg.formats.weights import convert_timm_to_mmseg, load_vit_checkpoint
 
 _KNOWN = ('patch_embed.', 'cls_token', 'pos_embed', 'layers.', 'ln1.', 'ln_pre.')
 
@@ -110,7 +110,7 @@ def check_timm_file(config: str, path=None, cfg_options=()) -> str:
     from mmseg.registry import MODELS
 
     import vpt_seg  # noqa: F401  (registration)
-    from vpt_seg.checkpoint import reading_once
+    from vpt_seg.formats.weights import reading_once
     from vpt_seg.runner import quiet_logger
     cfg = Config.fromfile(config)
     if cfg_options:

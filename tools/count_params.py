@@ -8,14 +8,14 @@ frozen backbone out (training checkpoints add optimizer state for ``--resume``).
 import argparse
 import io
 
-import vpt_seg  # noqa: F401  (compat fixes and registration before any mmseg import)
+import vpt_seg  # noqa: F401  (patches and registration before any mmseg import)
 import torch
 from mmengine.config import Config, DictAction
 from mmengine.registry import init_default_scope
 from mmseg.registry import MODELS
 
 from vpt_seg.runner import resolve_config
-from vpt_seg.tuning import format_count, parameter_report
+from vpt_seg.tuners.tuning import format_count, parameter_report
 
 
 def task_file_bytes(model: torch.nn.Module) -> int:

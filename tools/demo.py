@@ -17,7 +17,7 @@ import os.path as osp
 import subprocess
 import sys
 
-import vpt_seg  # noqa: F401  (compat fixes and registration before any mmseg import)
+import vpt_seg  # noqa: F401  (patches and registration before any mmseg import)
 import torch
 from mmengine.config import Config
 from mmengine.registry import init_default_scope

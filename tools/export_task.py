@@ -6,7 +6,7 @@
 
 The file holds the tuned tensors only (prompts, tuned biases, heads) and, in its header,
 the config, the ViT's signature and the name of the pretrained backbone file (see
-vpt_seg/task_file.py). Publish it with that backbone file beside it: tools/test.py,
+vpt_seg/formats/task_file.py). Publish it with that backbone file beside it: tools/test.py,
 tools/serve.py, load_from, MMSeg's init_model and MMSegInferencer read it directly.
 
 A task file of an older format (version 1 stored its config as Python text, which is
@@ -18,11 +18,11 @@ import argparse
 import os
 import os.path as osp
 
-import vpt_seg  # noqa: F401  (compat fixes and registration before any mmseg import)
+import vpt_seg  # noqa: F401  (patches and registration before any mmseg import)
 from mmengine.config import Config, DictAction
 
 from vpt_seg.runner import mark_named_pretrained, resolve_config
-from vpt_seg.loading import export_task
+from vpt_seg.formats.loading import export_task
 
 
 def main():

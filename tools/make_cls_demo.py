@@ -11,7 +11,7 @@ import argparse
 import os
 import os.path as osp
 
-import vpt_seg  # noqa: F401  (compat fixes before any mmseg import)
+import vpt_seg  # noqa: F401  (patches before any mmseg import)
 import torch
 from mmseg.models.backbones import VisionTransformer
 

@@ -12,7 +12,7 @@ Every image of DIR goes through every task. Each task gets exactly what its own 
 gives alone: its images go in at its own input size (``--size`` for every task, default
 each task backbone's ``img_size``), resized bilinearly, whole-image; batches hold one
 input size, and tasks of the same size share one pass through the shared weights (see
-vpt_seg/multitask.py). The order of the tasks on the command line changes nothing.
+vpt_seg/serving/multitask.py). The order of the tasks on the command line changes nothing.
 Segmentation maps are resized back to the image's size in bands of rows (bounded memory,
 any photo size; vpt_seg/models/segmentor.py). Task names: letters, digits, ``_``, ``-``.
 
@@ -40,7 +40,7 @@ import json
 import os
 import os.path as osp
 
-import vpt_seg  # noqa: F401  (compat fixes and registration before any mmseg import)
+import vpt_seg  # noqa: F401  (patches and registration before any mmseg import)
 import numpy as np
 import torch
 from mmengine.config import Config
@@ -48,13 +48,13 @@ from mmengine.registry import init_default_scope
 from mmengine.utils import ProgressBar
 from mmseg.registry import DATASETS
 
-from vpt_seg.checkpoint import reading_once
+from vpt_seg.formats.weights import reading_once
 from vpt_seg.datasets.image_folder import IMG_EXTENSIONS
-from vpt_seg.multitask import MultiTaskViT, build_shared_backbone, load_task_model
+from vpt_seg.serving.multitask import MultiTaskViT, build_shared_backbone, load_task_model
 from vpt_seg.runner import resolve_config
-from vpt_seg.serving import (OutputDir, check_task_name, input_size, label_map, load_image,
+from vpt_seg.serving.serve import (OutputDir, check_task_name, input_size, label_map, load_image,
                              output_names, overlay, plan_batches, task_input, verify_batch)
-from vpt_seg.task_file import read_task_config
+from vpt_seg.formats.task_file import read_task_config
 
 
 #: --verify: the largest difference (logits) still taken for float rounding.

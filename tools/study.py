@@ -11,13 +11,10 @@ miou_vs_params.png and predictions.png to --out. Every tool run uses --threads t
 threads (default 1: the documented numbers, and the documented time on a busy machine).
 """
 import argparse
-import os.path as osp
-import sys
 
 import torch
 
-sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
-from vpt_seg.study import ROWS, StudySettings, run_study  # noqa: E402
+from vpt_seg.experiments.study import ROWS, StudySettings, run_study
 
 
 def parse_args():

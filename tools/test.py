@@ -12,7 +12,7 @@ import os
 import os.path as osp
 import sys
 
-import vpt_seg  # noqa: F401  (compat fixes and registration before any mmseg import)
+import vpt_seg  # noqa: F401  (patches and registration before any mmseg import)
 from mmengine.config import DictAction
 from mmengine.runner import Runner
 

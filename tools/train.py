@@ -6,7 +6,7 @@
 import argparse
 import os
 
-import vpt_seg  # noqa: F401  (compat fixes and registration before any mmseg import)
+import vpt_seg  # noqa: F401  (patches and registration before any mmseg import)
 from mmengine.config import DictAction
 from mmengine.logging import print_log
 from mmengine.runner import Runner

@@ -1,17 +1,25 @@
 """vpt-seg: Visual Prompt Tuning for MMSegmentation.
 
-Importing the package applies the compatibility fixes of :mod:`vpt_seg.compat` (MMSeg
-on mmcv-lite, MMEngine resume on torch >= 2.6) and registers its modules in MMSeg's and
+Importing the package applies :mod:`vpt_seg.patches` (every change vpt-seg makes to
+mmcv, MMEngine and MMSeg, in one place) and registers its modules in MMSeg's and
 MMEngine's registries, so configs load it with
 ``custom_imports = dict(imports=['vpt_seg'], allow_failed_imports=False)``.
+
+Layout: ``tuners/`` the method in plain torch; ``models/``, ``engine/``, ``datasets/``,
+``evaluation/`` its MMSeg and MMEngine modules; ``formats/`` weight and task files and
+the loading rules; ``serving/`` many tasks on one backbone; ``experiments/`` the study
+and the benchmark; ``runner.py`` and ``cli.py`` what the tools share.
 """
-from . import compat  # noqa: F401  (must precede every mmseg import)
+from . import patches  # noqa: F401  (must precede every mmseg import)
 from .models import *  # noqa: F401,F403
 from .engine import *  # noqa: F401,F403
 from .datasets import *  # noqa: F401,F403
 from .evaluation import *  # noqa: F401,F403
-from .prompt import VisualPrompt
-from .task_file import read_task_file  # registers .safetensors with MMEngine
-from .loading import export_task, load_task_model
+from .tuners import VisualPrompt
+from .formats.fitting import fit_state_dict, resample_pos_embed
+from .formats.loading import export_task, load_task_model
+from .formats.task_file import read_task_file
+from .formats.weights import load_vit_checkpoint
+from .serving.multitask import MultiTaskViT, build_shared_backbone
 
 __version__ = '0.1.0'

@@ -445,17 +445,17 @@ def check_dataset(dataset, progress: bool = True) -> Dict:
                 sizes=sizes, classes=tuple(meta.get('classes', ())), ignore_index=ignore)
 
 
-def _inferencer_finds_checked_loaders():
+def transform_idx_finding_subclasses(find_by_name):
     """MMSeg's ``MMSegInferencer`` finds ``LoadImageFromFile`` and ``LoadAnnotations`` in
     a config's test pipeline by type name, to swap the one for its own loader and drop the
-    other. Let it find their checked subclasses (:class:`CheckedLoadImageFromFile`,
+    other. The method returned (for ``MMSegInferencer._get_transform_idx``, set by
+    :mod:`vpt_seg.patches`) finds their checked subclasses (:class:`CheckedLoadImageFromFile`,
     :class:`CheckedLoadAnnotations`) too, so ``MMSegInferencer(model=config)`` works with
-    vpt-seg's configs."""
-    from mmseg.apis import MMSegInferencer
-    if getattr(MMSegInferencer._get_transform_idx, 'finds_subclasses', False):
-        return
-    find_by_name = MMSegInferencer._get_transform_idx
+    vpt-seg's configs.
 
+    Args:
+        find_by_name: MMSeg's own ``_get_transform_idx``, asked first.
+    """
     def _get_transform_idx(self, pipeline_cfg, name: str) -> int:
         idx = find_by_name(self, pipeline_cfg, name)
         base = TRANSFORMS.get(name)
@@ -469,7 +469,4 @@ def _inferencer_finds_checked_loaders():
         return -1
 
     _get_transform_idx.finds_subclasses = True
-    MMSegInferencer._get_transform_idx = _get_transform_idx
-
-
-_inferencer_finds_checked_loaders()
+    return _get_transform_idx

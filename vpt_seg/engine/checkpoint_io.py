@@ -6,8 +6,9 @@ MMEngine reads every checkpoint (``load_from``, ``--resume``, ``tools/test.py``,
 call ``torch.load`` bare or, for URLs, ``torch.hub``'s ``load_url``, which unpickles with
 ``weights_only=False``: a downloaded pickle runs whatever its ``__reduce__`` names. We
 register our own in their place (``force=True``, the registry's own override
-mechanism), with the same arguments and results, each ending in
-:func:`vpt_seg.checkpoint.load_torch_file` (``weights_only=True``) or, for
+mechanism; the registrations are in :mod:`vpt_seg.patches`), with the same arguments
+and results, each ending in
+:func:`vpt_seg.formats.weights.load_torch_file` (``weights_only=True``) or, for
 ``.safetensors``, the safetensors reader:
 
 ================================  ====================================================
@@ -25,7 +26,7 @@ mechanism), with the same arguments and results, each ending in
 ================================  ====================================================
 
 A pickle that holds Python objects is refused with the same
-:class:`~vpt_seg.checkpoint.UnreadableCheckpointError` as a local one, naming the URL.
+:class:`~vpt_seg.formats.weights.UnreadableCheckpointError` as a local one, naming the URL.
 """
 import io
 import os
@@ -36,17 +37,17 @@ from urllib.parse import urlparse
 
 import torch
 from mmengine.dist import get_dist_info
-from mmengine.runner import CheckpointLoader
 from mmengine.runner import checkpoint as mmengine_checkpoint
 
-from ..checkpoint import load_torch_file
+from ..formats.weights import load_torch_file
 
-__all__ = ['load_from_local', 'load_from_http', 'download_checkpoint', 'read_downloaded']
+__all__ = ['load_from_local', 'load_from_http', 'load_from_torchvision', 'load_from_openmmlab',
+           'load_from_mmcls', 'load_from_ceph', 'load_from_pavi', 'download_checkpoint',
+           'read_downloaded']
 
 
-@CheckpointLoader.register_scheme(prefixes='', force=True)
 def load_from_local(filename, map_location):
-    """Load a local checkpoint: :func:`~vpt_seg.checkpoint.load_torch_file`."""
+    """Load a local checkpoint: :func:`~vpt_seg.formats.weights.load_torch_file`."""
     return load_torch_file(filename, map_location=map_location)
 
 
@@ -80,9 +81,9 @@ def download_checkpoint(url: str, model_dir: Optional[str] = None) -> str:
 def read_downloaded(path: str, source: str, map_location: Any = None) -> Any:
     """Read a downloaded checkpoint as a local one: ``.safetensors`` (task files and
     plain weights) through the safetensors reader, anything else through
-    :func:`~vpt_seg.checkpoint.load_torch_file`; errors name ``source`` (the URL)."""
+    :func:`~vpt_seg.formats.weights.load_torch_file`; errors name ``source`` (the URL)."""
     if path.endswith('.safetensors'):
-        from ..task_file import load_from_safetensors
+        from ..formats.task_file import load_from_safetensors
         return load_from_safetensors(path, map_location)
     return load_torch_file(path, map_location=map_location, name=source, hint=(
         'A remote checkpoint is read as safely as a local one; ask for its weights alone '
@@ -90,14 +91,12 @@ def read_downloaded(path: str, source: str, map_location: Any = None) -> Any:
         'yourself and save its state dict.'))
 
 
-@CheckpointLoader.register_scheme(prefixes=('http://', 'https://'), force=True)
 def load_from_http(filename, map_location=None, model_dir=None):
     """Load a checkpoint from a URL: :func:`download_checkpoint`, then
     :func:`read_downloaded` (``weights_only=True``, or safetensors)."""
     return read_downloaded(download_checkpoint(filename, model_dir), filename, map_location)
 
 
-@CheckpointLoader.register_scheme(prefixes=('modelzoo://', 'torchvision://'), force=True)
 def load_from_torchvision(filename, map_location=None):
     """``torchvision://NAME``: torchvision's URL for NAME, read by :func:`load_from_http`."""
     model_urls = mmengine_checkpoint.get_torchvision_models()
@@ -106,7 +105,6 @@ def load_from_torchvision(filename, map_location=None):
     return load_from_http(model_urls[name], map_location=map_location)
 
 
-@CheckpointLoader.register_scheme(prefixes=('open-mmlab://', 'openmmlab://'), force=True)
 def load_from_openmmlab(filename, map_location=None):
     """``open-mmlab://NAME``: MMEngine's URL (or file under its home) for NAME."""
     prefix = 'open-mmlab://' if filename.startswith('open-mmlab://') else 'openmmlab://'
@@ -119,7 +117,6 @@ def load_from_openmmlab(filename, map_location=None):
     return load_torch_file(path, map_location=map_location)
 
 
-@CheckpointLoader.register_scheme(prefixes='mmcls://', force=True)
 def load_from_mmcls(filename, map_location=None):
     """``mmcls://NAME``: the mmcls URL, read by :func:`load_from_http`, keys converted
     as MMEngine does."""
@@ -128,8 +125,6 @@ def load_from_mmcls(filename, map_location=None):
         load_from_http(url, map_location=map_location))
 
 
-@CheckpointLoader.register_scheme(prefixes=[r'(\S+\:)?s3://', r'(\S+\:)?petrel://'],
-                                  force=True)
 def load_from_ceph(filename, map_location=None, backend='petrel'):
     """``s3://`` and ``petrel://``: the bytes from MMEngine's file backend, read from a
     temporary file by :func:`read_downloaded`."""
@@ -142,7 +137,6 @@ def load_from_ceph(filename, map_location=None, backend='petrel'):
         return read_downloaded(path, filename, map_location)
 
 
-@CheckpointLoader.register_scheme(prefixes='pavi://', force=True)
 def load_from_pavi(filename, map_location=None):
     """``pavi://``: pavi's model cloud download, read by :func:`read_downloaded`."""
     try:

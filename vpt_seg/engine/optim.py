@@ -6,15 +6,15 @@ from mmengine.logging import MMLogger, print_log
 from mmengine.optim import DefaultOptimWrapperConstructor
 from mmseg.registry import OPTIM_WRAPPER_CONSTRUCTORS
 
-from ..prompt import VisualPrompt
-from ..tuning import count_parameters, format_count, is_tuned, parameter_report
+from ..tuners.prompt import VisualPrompt
+from ..tuners.tuning import count_parameters, format_count, is_tuned, parameter_report
 
 
 def tuned_summary(model) -> str:
     """One line: how many parameters are tuned, of how many, and which parts they are in.
 
     E.g. ``tuned 13.39M of 317.54M parameters (4.22%): prompts 0.25M, backbone biases
-    0.10M, heads 13.04M`` (parts of :func:`vpt_seg.tuning.parameter_report` with tuned
+    0.10M, heads 13.04M`` (parts of :func:`vpt_seg.tuners.tuning.parameter_report` with tuned
     parameters; a model without a ``backbone`` gets the two totals only).
     """
     backbone = getattr(model, 'backbone', None)
@@ -39,7 +39,7 @@ class _DropParamwiseLines(logging.Filter):
 class TunedOptimWrapperConstructor(DefaultOptimWrapperConstructor):
     """:class:`~mmengine.optim.DefaultOptimWrapperConstructor` over tuned parameters only.
 
-    Frozen parameters (``requires_grad=False``, see :mod:`vpt_seg.tuning`) never reach the
+    Frozen parameters (``requires_grad=False``, see :mod:`vpt_seg.tuners.tuning`) never reach the
     optimizer, silently and without per-parameter warnings. Every other ``paramwise_cfg``
     option keeps MMEngine's meaning, and two more set the prompt policy:
 

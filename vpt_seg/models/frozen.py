@@ -1,11 +1,11 @@
 """What a backbone with frozen pretrained weights declares for task checkpoints.
 
 The rules (what a task checkpoint holds, where its frozen weights come from, whether
-they match) live in :mod:`vpt_seg.loading`; this mixin only wires a backbone to them
+they match) live in :mod:`vpt_seg.formats.loading`; this mixin only wires a backbone to them
 and names what the backbone must declare:
 
 * what is frozen: its parameters with ``requires_grad=False`` (the tuning rule,
-  :func:`vpt_seg.tuning.frozen_state_keys`);
+  :func:`vpt_seg.tuners.tuning.frozen_state_keys`);
 * ``signature`` (a buffer of integers) and ``signature_fields`` (their names);
 * ``save_frozen``, ``pretrained_file`` (the file its frozen weights were loaded from,
   or None), ``pretrained_option`` (the config key of that file, for messages);
@@ -16,17 +16,17 @@ and names what the backbone must declare:
 It calls :meth:`init_frozen_hooks` at the end of ``__init__``. The load pre-hook stays
 the trigger because every loader (MMEngine's runner, MMSeg's ``init_model`` and
 ``MMSegInferencer``) ends in ``load_state_dict``; it is one call into
-:func:`vpt_seg.loading.prepare_state_dict`.
+:func:`vpt_seg.formats.loading.prepare_state_dict`.
 """
 from typing import Optional, Sequence
 
-from .. import loading
+from ..formats import loading
 
 __all__ = ['FrozenBackboneMixin']
 
 
 class FrozenBackboneMixin:
-    """What a frozen backbone declares so that :mod:`vpt_seg.loading` can save, load
+    """What a frozen backbone declares so that :mod:`vpt_seg.formats.loading` can save, load
     and check its task checkpoints (see the module docstring).
 
     Attributes:
@@ -70,7 +70,7 @@ class FrozenBackboneMixin:
         self.register_load_state_dict_pre_hook(FrozenBackboneMixin._prepare)
 
     def frozen_digest(self) -> str:
-        """sha256 of the frozen weights as loaded (:func:`vpt_seg.loading.frozen_digest`)."""
+        """sha256 of the frozen weights as loaded (:func:`vpt_seg.formats.loading.frozen_digest`)."""
         return loading.frozen_digest(self)
 
     @staticmethod

@@ -11,10 +11,11 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from . import vit_ops
-from .. import loading
-from ..checkpoint import fit_state_dict, load_vit_checkpoint, to_mmseg_state_dict
-from ..prompt import PromptGroup, VisualPrompt, run_prompted_layers
-from ..tuning import freeze as freeze_module
+from ..formats import loading
+from ..formats.fitting import fit_state_dict
+from ..formats.weights import load_vit_checkpoint, to_mmseg_state_dict
+from ..tuners.prompt import PromptGroup, VisualPrompt, run_prompted_layers
+from ..tuners.tuning import freeze as freeze_module
 from .frozen import FrozenBackboneMixin
 
 #: What a backbone's ``signature`` buffer records, in order.
@@ -156,7 +157,7 @@ class PromptedVisionTransformer(FrozenBackboneMixin, VisionTransformer):
 
     # ------------------------------------------------------------------ forward
     # The steps of the forward, public so that multi-task serving runs the same ones
-    # (vpt_seg.multitask): patches, prefix and position, pre-norm, blocks, final norm, maps.
+    # (vpt_seg.serving.multitask): patches, prefix and position, pre-norm, blocks, final norm, maps.
     @property
     def num_prefix_tokens(self) -> int:
         """Tokens before the patches ([CLS] or none); prompts go right after them."""
@@ -242,7 +243,7 @@ class PromptedVisionTransformer(FrozenBackboneMixin, VisionTransformer):
     def init_weights(self):
         """Load ``init_cfg``'s pretrained ViT (timm, JAX ``.npz`` or MMSeg format).
 
-        The file is converted to MMSeg names (:mod:`vpt_seg.checkpoint`), its position
+        The file is converted to MMSeg names (:mod:`vpt_seg.formats.weights`), its position
         embedding resampled once to this backbone's ``img_size`` grid, and loaded
         strictly: another patch size, width or depth, unknown keys or missing backbone
         weights raise. Only the classifier head (and a final norm when

@@ -5,7 +5,7 @@ num_classes=0, ...)``); the weights come only from a local file in the formats t
 publishes (``model.safetensors``, ``pytorch_model.bin``, ``.pth``, or the hub's folder
 with one of them and ``config.json``), read safely and converted by the family's own
 ``checkpoint_filter_fn``. The layer loop is the one every prompted backbone runs
-(:func:`vpt_seg.prompt.run_prompted_layers`) over timm's own blocks:
+(:func:`vpt_seg.tuners.prompt.run_prompted_layers`) over timm's own blocks:
 
     x = norm_pre(pos_embed([prefix, patch_embed(image)]))   # (B, K + HW, C), K = prefix tokens
     for i, block in enumerate(blocks):
@@ -35,10 +35,10 @@ from mmseg.registry import MODELS
 from torch import nn
 from torch.utils.checkpoint import checkpoint as activation_checkpoint
 
-from ..checkpoint import read_checkpoint
-from ..prompt import PromptGroup, VisualPrompt, run_prompted_layers
-from ..tuning import bias_parameters, format_count
-from ..tuning import freeze as freeze_module
+from ..formats.weights import read_checkpoint
+from ..tuners.prompt import PromptGroup, VisualPrompt, run_prompted_layers
+from ..tuners.tuning import bias_parameters, format_count
+from ..tuners.tuning import freeze as freeze_module
 from . import vit_ops
 from .frozen import FrozenBackboneMixin
 
@@ -266,7 +266,7 @@ class PromptedTimmViT(FrozenBackboneMixin, BaseModule):
             ``norm``, or ``fc_norm`` token-wise where ``norm`` is Identity (EVA02). Where
             the model has neither, ``True`` raises. Earlier layers are never normalized.
         num_prompts, deep, prompt_layers, prompt_dropout, prompt_init: The prompts
-            (:class:`~vpt_seg.prompt.VisualPrompt`).
+            (:class:`~vpt_seg.tuners.prompt.VisualPrompt`).
         freeze: Freeze every pretrained weight; False = full fine-tuning.
         tune_bias: With ``freeze``, tune every bias of the model (one log line names
             the layers without a bias, e.g. EVA's key projection).
@@ -440,7 +440,7 @@ class PromptedTimmViT(FrozenBackboneMixin, BaseModule):
     # -------------------------------------------------------------- forward
     # The steps of the forward, public and named as PromptedVisionTransformer's, so that
     # multi-task serving can run the same ones: patches, prefix and position, pre-norm,
-    # blocks (through vpt_seg.prompt.run_prompted_layers), final norm, maps.
+    # blocks (through vpt_seg.tuners.prompt.run_prompted_layers), final norm, maps.
     @property
     def num_prefix_tokens(self) -> int:
         """Tokens before the patches ([CLS] and registers); prompts go right after them."""

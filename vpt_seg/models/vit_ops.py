@@ -1,7 +1,7 @@
 """The ViT forward, written once: functional over MMSeg's ``VisionTransformer`` modules.
 
 Training (:class:`~vpt_seg.models.PromptedVisionTransformer`), testing and multi-task
-serving (:class:`~vpt_seg.multitask.MultiTaskViT`) all run their transformer blocks
+serving (:class:`~vpt_seg.serving.multitask.MultiTaskViT`) all run their transformer blocks
 through :func:`block` and their patch embedding through :func:`patch_embed`. Both read
 MMSeg's parameters where MMSeg keeps them (``layers.i.attn.attn.in_proj_weight``, ...),
 so every MMSeg, timm or JAX checkpoint loads as before; they only compute differently:

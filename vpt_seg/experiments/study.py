@@ -42,12 +42,16 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
-from .datasets.synthetic import TASK_CLASSES, make_ade20k
-from .runner import quiet_logger
+from ..datasets.synthetic import TASK_CLASSES, make_ade20k
+from .. import runner
+from ..runner import quiet_logger
+from ..tuners.tuning import format_count
 
 __all__ = ['ROWS', 'StudySettings', 'run_study', 'format_table']
 
-REPO_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+#: The folder ``vpt_seg`` is imported from (a clone or site-packages): tool subprocesses
+#: import the same package.
+_IMPORT_ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 #: Table-3 rows: config name in configs/study -> method name in the table.
 ROWS = OrderedDict([
@@ -137,8 +141,8 @@ class StudySettings:
     threads: int = 1
     jobs: int = 2
     num_show: int = 4
-    config_dir: str = osp.join(REPO_ROOT, 'configs', 'study')
-    tools_dir: str = osp.join(REPO_ROOT, 'tools')
+    config_dir: str = osp.join(runner.config_dirs(), 'study')
+    tools_dir: str = runner.tools_dir()
 
 
 @dataclass
@@ -234,7 +238,7 @@ def tool_env(threads: int) -> Dict[str, str]:
     """The environment of a tool subprocess: this one, with the package on the path and
     torch pinned to ``threads`` intra-op threads (whatever the caller's environment says)."""
     env = dict(os.environ)
-    env['PYTHONPATH'] = REPO_ROOT + os.pathsep + env.get('PYTHONPATH', '')
+    env['PYTHONPATH'] = _IMPORT_ROOT + os.pathsep + env.get('PYTHONPATH', '')
     env.setdefault('PYTHONWARNINGS', 'ignore')
     env.update({var: str(threads) for var in THREAD_VARS})
     return env
@@ -252,7 +256,7 @@ def _run_tool(settings: StudySettings, tool: str, args: List[str], log_path: str
     seen = 0
     with open(log_path, 'w') as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                cwd=REPO_ROOT)
+                                cwd=osp.dirname(osp.abspath(log_path)))
         while True:
             try:
                 proc.wait(timeout=1.0)
@@ -323,7 +327,7 @@ def _build_model(cfg):
 
 
 def _count(cfg):
-    from .tuning import count_parameters
+    from ..tuners.tuning import count_parameters
     model = _build_model(cfg)
     return count_parameters(model, tuned_only=True), count_parameters(model)
 
@@ -374,16 +378,12 @@ def _fmt_bytes(n: int) -> str:
     return f'{n / 2**20:.2f} MiB' if n >= 2**20 else f'{n / 2**10:.0f} KiB'
 
 
-def _fmt_count(n: int) -> str:
-    return f'{n / 1e6:.2f}M' if n >= 1e6 else f'{n / 1e3:.1f}K'
-
-
 def format_table(results: Sequence[RowResult], reference: Optional[RowResult] = None) -> str:
     """The study table in Markdown."""
     lines = ['| Method | Tuned params | % of model | Task file | mIoU | aAcc | LR | Train time |',
              '|---|--:|--:|--:|--:|--:|--:|--:|']
     for r in results:
-        lines.append(f'| {r.method} | {_fmt_count(r.tuned)} | {r.tuned_pct:.2f}% | '
+        lines.append(f'| {r.method} | {format_count(r.tuned)} | {r.tuned_pct:.2f}% | '
                      f'{_fmt_bytes(r.file_bytes)} | {r.miou:.2f} | {r.aacc:.2f} | '
                      f'{r.lr:g} | {r.train_s:.0f} s |')
     if reference is not None:
@@ -573,7 +573,7 @@ def _run_family(settings: StudySettings, family: str, out: str, source_root: str
                                   work, common + lr_opt, train_s))
             r = runs[-1]
             timings[key] = timings.get(key, 0.0) + r.train_s + r.test_s
-            _log(f'{r.method:<12} mIoU {r.miou:6.2f}  tuned {_fmt_count(r.tuned):>7} '
+            _log(f'{r.method:<12} mIoU {r.miou:6.2f}  tuned {format_count(r.tuned):>7} '
                  f'({r.tuned_pct:5.2f}%)  file {_fmt_bytes(r.file_bytes):>9}  lr {r.lr:g}  '
                  f'train {r.train_s:5.1f} s  test {r.test_s:4.1f} s')
         results[key] = max(runs, key=lambda r: r.miou)

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from mmengine.logging import HistoryBuffer, MessageHub
 
-from vpt_seg import compat
+from vpt_seg import patches as compat
 
 
 @pytest.mark.skipif(compat.MMCV_FULL, reason='the stand-in is only installed with mmcv-lite')
@@ -35,7 +35,7 @@ def test_full_mmcv_is_used_as_is_when_its_compiled_ops_import():
         ext.__getattr__ = op
         sys.modules['mmcv._ext'] = ext          # stands for the compiled extension
         import vpt_seg
-        from vpt_seg import compat
+        from vpt_seg import patches as compat
         import mmcv.ops
         assert compat.MMCV_FULL is True
         assert not getattr(mmcv.ops, '__vpt_seg_shim__', False)
@@ -74,13 +74,13 @@ def test_import_order_does_not_matter_with_the_start_up_hook(tmp_path):
     import os.path as osp
     import shutil
     root = osp.dirname(osp.dirname(osp.abspath(__file__)))
-    shutil.copy(osp.join(root, 'vpt_seg_mmcv_lite.pth'), tmp_path)
+    shutil.copy(osp.join(root, 'vpt_seg', 'mmcv_lite.pth'), tmp_path / 'vpt_seg_mmcv_lite.pth')
     hooked = _run('''
         import site, sys
         site.addsitedir(sys.argv[1])               # processes the .pth, as at start-up
         from mmseg.apis import init_model, MMSegInferencer
         import mmcv.ops
-        from vpt_seg import compat
+        from vpt_seg import patches as compat
         assert compat.MMCV_FULL is (not getattr(mmcv.ops, '__vpt_seg_shim__', False))
         print('mmseg first ok', compat.MMCV_FULL)
     ''', str(tmp_path))
@@ -93,7 +93,11 @@ def test_import_order_does_not_matter_with_the_start_up_hook(tmp_path):
         assert bare.returncode != 0 and "No module named 'mmcv._ext'" in bare.stderr
 
 
-def test_start_up_hook_steps_aside_for_a_full_mmcv():
+def test_start_up_hook_steps_aside_for_a_full_mmcv(tmp_path):
+    import os.path as osp
+    import shutil
+    root = osp.dirname(osp.dirname(osp.abspath(__file__)))
+    shutil.copy(osp.join(root, 'vpt_seg', 'mmcv_lite.pth'), tmp_path / 'vpt_seg_mmcv_lite.pth')
     out = _run('''
         import sys, types
         ext = types.ModuleType('mmcv._ext')
@@ -103,12 +107,13 @@ def test_start_up_hook_steps_aside_for_a_full_mmcv():
             return lambda *args, **kwargs: None
         ext.__getattr__ = op
         sys.modules['mmcv._ext'] = ext           # stands for the compiled extension
-        import vpt_seg_mmcv_lite
-        vpt_seg_mmcv_lite.install_finder()
+        import site
+        site.addsitedir(sys.argv[1])             # the start-up hook, as pip installs it
+        assert 'vpt_seg' not in sys.modules and 'torch' not in sys.modules
         import mmcv.ops
         assert not getattr(mmcv.ops, '__vpt_seg_shim__', False)
         assert mmcv.ops.__file__.endswith('mmcv/ops/__init__.py')
         print('full mmcv untouched')
-    ''')
+    ''', str(tmp_path))
     assert out.returncode == 0, out.stderr[-2000:]
     assert 'full mmcv untouched' in out.stdout

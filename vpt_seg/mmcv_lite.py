@@ -8,15 +8,18 @@ or ``from mmseg.apis import init_model``) fails with ``No module named 'mmcv._ex
 :func:`install_mmcv_ops_shim` registers a stand-in ``mmcv.ops`` package whose
 ``__path__`` is the real one: pure-Python ops (``point_sample``) load from mmcv's own
 files, and every compiled op becomes a placeholder that raises a clear error if it is
-ever *called*. ``import vpt_seg`` applies it (:mod:`vpt_seg.compat`).
+ever *called*. ``import vpt_seg`` applies it (:mod:`vpt_seg.patches`).
 
-So that the import order does not matter, ``pip install`` also puts
-``vpt_seg_mmcv_lite.pth`` into site-packages; Python runs it at start-up and it calls
+So that the import order does not matter, ``pip install`` (editable installs included)
+also puts ``vpt_seg_mmcv_lite.pth`` (the file ``vpt_seg/mmcv_lite.pth``) into
+site-packages; Python runs it at start-up. It loads this file by its path, without
+importing the package (which would import torch at every interpreter start), and calls
 :func:`install_finder`, which only adds an import hook for the name ``mmcv.ops``: when
 that is first imported and ``mmcv._ext`` cannot be found, the hook returns the stand-in;
-with a full mmcv it steps aside. This module is plain Python (no torch, no mmcv import),
-so the start-up cost is one small import. Set ``VPT_SEG_NO_MMCV_HOOK=1`` to disable the
-hook (``import vpt_seg`` still applies the stand-in).
+with a full mmcv it steps aside. This module is plain Python (no torch, no mmcv import,
+no package-relative import), so the start-up cost is one small file. Set
+``VPT_SEG_NO_MMCV_HOOK=1`` to disable the hook (``import vpt_seg`` still applies the
+stand-in).
 """
 import importlib
 import importlib.abc
@@ -109,5 +112,6 @@ def install_finder():
     """Add :class:`MmcvOpsFinder` to ``sys.meta_path`` (once); run by the ``.pth`` file."""
     if os.environ.get('VPT_SEG_NO_MMCV_HOOK'):
         return
-    if not any(isinstance(f, MmcvOpsFinder) for f in sys.meta_path):
+    # by name: the start-up hook and the package each load their own copy of this file
+    if not any(type(f).__name__ == 'MmcvOpsFinder' for f in sys.meta_path):
         sys.meta_path.insert(0, MmcvOpsFinder())

@@ -18,7 +18,7 @@ from timm.models.vision_transformer import _load_weights
 
 import vpt_seg  # noqa: F401  (before mmseg)
 from mmseg.models.backbones import VisionTransformer as MMSegViT
-from vpt_seg import checkpoint as ckpt_lib
+from vpt_seg.formats import weights as ckpt_lib
 from vpt_seg.models import PromptedVisionTransformer
 from vpt_seg.models import prompted_vit
 
@@ -202,16 +202,6 @@ def test_resampled_pos_embed_equals_timm(tmp_path, logs, fmt, mode, size):
     for out, w in zip(outs, timm_features(timm_new, x)):
         torch.testing.assert_close(out, w, atol=ATOL, rtol=0)
     assert f'pos_embed resampled 4x4 -> {size // 16}x{size // 16} grid' in logs[0]
-
-
-def test_resample_pos_embed_keeps_cls_apart():
-    pos = torch.randn(1, 1 + 16, 8)
-    new = ckpt_lib.resample_pos_embed(pos, (6, 2))
-    assert new.shape == (1, 1 + 12, 8)
-    torch.testing.assert_close(new[:, :1], pos[:, :1], atol=0, rtol=0)
-    assert ckpt_lib.resample_pos_embed(pos, (4, 4)) is pos
-    with pytest.raises(ValueError, match='square grid'):
-        ckpt_lib.resample_pos_embed(torch.randn(1, 1 + 15, 8), (4, 4))
 
 
 def test_inference_at_other_sizes_after_load(tmp_path, logs):

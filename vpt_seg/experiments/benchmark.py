@@ -8,7 +8,7 @@ file needed) and measures:
 * ``whole`` / ``slide``: ``test_step`` (preprocessor, inference, post-processing) in
   the two inference modes, on images of ADE20k's shape (short side = the crop size,
   4:3; ``slide`` uses the config's crop and stride);
-* ``serve``: :class:`~vpt_seg.multitask.MultiTaskViT` on crops, a batch of one task
+* ``serve``: :class:`~vpt_seg.serving.multitask.MultiTaskViT` on crops, a batch of one task
   against a batch that mixes ``serve_tasks`` tasks of the config (each with its own
   prompts, biases if tuned, and heads) in one pass.
 
@@ -27,10 +27,12 @@ NCHW maps) through the config's MMSeg head, frozen the same way. Stock MMSeg has
 prompted row it tunes the backbone's biases instead: the closest stock setup, in which
 gradients also flow back through every frozen block.
 """
+import contextlib
 import copy
 import ctypes
 import gc
 import json
+import logging
 import os
 import statistics
 import sys
@@ -50,9 +52,10 @@ from mmseg.registry import MODELS
 from mmseg.structures import SegDataSample
 from torch.utils import flop_counter
 
-from .multitask import MultiTaskViT, shared_backbone_cfg
-from .runner import quiet_logger
-from .tuning import bias_parameters, count_parameters, format_count
+from ..models.options import PROMPTED_ARGS
+from ..runner import quiet_logger, resolve_config
+from ..serving.multitask import MultiTaskViT, shared_backbone_cfg
+from ..tuners.tuning import count_parameters, format_count, freeze
 
 __all__ = ['run_benchmark', 'format_table', 'PEAK_TFLOPS', 'StockTimmViT']
 
@@ -63,11 +66,6 @@ PEAK_TFLOPS = {
     'H200': {'bf16': 989.0, 'fp32': 67.0},
     'A100': {'bf16': 312.0, 'fp32': 19.5},
 }
-
-#: Backbone options that only :class:`PromptedVisionTransformer` has.
-OURS_ONLY = ('num_prompts', 'deep', 'prompt_layers', 'prompt_dropout', 'prompt_init', 'freeze',
-             'tune_bias', 'save_frozen', 'fast_path')
-
 
 def _count_cpu_attention():
     """Teach the FLOP counter torch's CPU flash-attention kernels (it knows the GPU ones)."""
@@ -110,7 +108,7 @@ class StockTimmViT(BaseModule):
                  out_indices=-1, final_norm: bool = False, init_cfg=None):
         import timm
 
-        from .models.timm_vit import final_norm_attr
+        from ..models.timm_vit import final_norm_attr
         super().__init__(init_cfg=init_cfg)
         kwargs = dict(model_kwargs or {})
         if img_size is not None:
@@ -170,7 +168,7 @@ def model_setup(cfg: Config, stock: bool, reference: bool = False):
             model.backbone = bb = type(bb)(type='StockTimmViT',
                                            **{k: bb[k] for k in TIMM_STOCK_KEYS if k in bb})
         else:
-            for key in OURS_ONLY:
+            for key in PROMPTED_ARGS:
                 bb.pop(key, None)
             bb.type = 'VisionTransformer'
         optim.pop('constructor', None)
@@ -201,12 +199,11 @@ def build(cfg: Config, stock: bool, device: torch.device, reference: bool = Fals
         model.init_weights()
     model = revert_sync_batchnorm(model).to(device)
     if stock and rule['freeze']:  # the same rule as ours, on MMSeg's modules
-        for p in model.backbone.parameters():
-            p.requires_grad_(False)
-        if rule['tune_bias']:
-            for _, p in bias_parameters(model.backbone):
-                p.requires_grad_(True)
-    optim_wrapper = build_optim_wrapper(model, optim_cfg)
+        freeze(model.backbone, tune_bias=rule['tune_bias'])
+    # MMEngine's constructor logs a warning per frozen parameter ("... is skipped since
+    # its requires_grad=False"): the stock model's frozen body is that by design.
+    with quiet_logger(logging.ERROR) if stock else contextlib.nullcontext():
+        optim_wrapper = build_optim_wrapper(model, optim_cfg)
     return model, optim_wrapper, setup
 
 
@@ -423,7 +420,7 @@ def run_benchmark(config: str, batch: int = 8, amp: Optional[str] = 'bf16',
         ``{'env': {...}, 'results': [{model, setup, mode, batch, img_per_s, ...}]}``.
     """
     log = log or (lambda msg: print_log(msg, logger='current'))
-    cfg = Config.fromfile(config)
+    cfg = Config.fromfile(resolve_config(config))
     if cfg_options:
         cfg.merge_from_dict(cfg_options)
     init_default_scope(cfg.get('default_scope', 'mmseg'))

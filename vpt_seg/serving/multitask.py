@@ -6,7 +6,7 @@ and any number of task models, and runs a batch whose images belong to *differen
 tasks in one pass through the shared weights:
 
 * **Prompts of other lengths / depths.** The batch runs through the same layer loop as
-  training, :func:`vpt_seg.prompt.run_prompted_layers`, with one group of samples per
+  training, :func:`vpt_seg.tuners.prompt.run_prompted_layers`, with one group of samples per
   task: every sample gets ``P = max P_t`` prompt slots after the prefix, and a task with
   fewer prompts (or none yet at a layer) has its unused slots masked out as attention
   *keys*, so no real token sees them; they are dropped with the other prompt tokens at
@@ -40,14 +40,15 @@ from mmseg.registry import MODELS
 from mmseg.models.utils import resize
 from torch import nn
 
-from .checkpoint import load_vit_checkpoint, to_mmseg_state_dict
-from .models import vit_ops
-from .models.classifier import VPTClassifier
-from .loading import load_task_model  # noqa: F401  (its home before; re-exported)
-from .models.prompted_vit import PromptedVisionTransformer
-from .models.timm_vit import PromptedTimmViT
-from .prompt import PromptGroup, run_prompted_layers
-from .tuning import bias_parameters
+from ..formats.weights import load_vit_checkpoint, to_mmseg_state_dict
+from ..models import vit_ops
+from ..models.classifier import VPTClassifier
+from ..models.options import PROMPTED_ARGS
+from ..formats.loading import load_task_model  # noqa: F401  (its home before; re-exported)
+from ..models.prompted_vit import PromptedVisionTransformer
+from ..models.timm_vit import PromptedTimmViT
+from ..tuners.prompt import PromptGroup, run_prompted_layers
+from ..tuners.tuning import bias_parameters
 
 __all__ = ['MultiTaskViT', 'task_kind', 'shared_backbone_cfg', 'build_shared_backbone',
            'load_task_model']
@@ -325,9 +326,12 @@ class MultiTaskViT(nn.Module):
 
 
 # --------------------------------------------------------------------- loading
-_TASK_ONLY = ('num_prompts', 'deep', 'prompt_layers', 'prompt_dropout', 'prompt_init',
-              'tune_bias', 'save_frozen', 'out_indices', 'output_cls_token', 'final_norm',
-              'out_origin', 'drop_rate', 'attn_drop_rate', 'drop_path_rate', 'with_cp')
+# What each task sets for itself: the backbone's own arguments but the forward path and
+# weight source the shared backbone keeps (freeze is set again below), and its outputs
+# and dropout.
+_TASK_ONLY = tuple(k for k in PROMPTED_ARGS if k not in ('fast_path', 'prefer_init_cfg')) + (
+    'out_indices', 'output_cls_token', 'final_norm', 'out_origin', 'drop_rate',
+    'attn_drop_rate', 'drop_path_rate', 'with_cp')
 
 
 def _is_timm(backbone_cfg: dict) -> bool:

@@ -1,4 +1,4 @@
-"""What ``tools/serve.py`` needs beyond :class:`~vpt_seg.multitask.MultiTaskViT`: task
+"""What ``tools/serve.py`` needs beyond :class:`~vpt_seg.serving.multitask.MultiTaskViT`: task
 names, each task's input size, batches of one input size, label maps in bounded memory,
 the ``--verify`` reference, and output files that cannot collide or leave ``--out-dir``.
 
@@ -30,7 +30,7 @@ import cv2
 import numpy as np
 import torch
 
-from .models.segmentor import DEFAULT_LOGITS_BUDGET, resized_labels
+from ..models.segmentor import DEFAULT_LOGITS_BUDGET, resized_labels
 
 __all__ = ['TASK_NAME', 'check_task_name', 'input_size', 'plan_batches', 'load_image',
            'task_input', 'label_map', 'overlay', 'verify_batch', 'output_names',

@@ -1,7 +1,7 @@
 """Loading a task: the one place that decides what a task checkpoint or task file holds,
 where its frozen weights come from, and whether they match.
 
-A *task checkpoint* (``.pth``) or *task file* (``.safetensors``, :mod:`vpt_seg.task_file`)
+A *task checkpoint* (``.pth``) or *task file* (``.safetensors``, :mod:`vpt_seg.formats.task_file`)
 holds what was tuned (prompts, tuned biases, heads) and the backbone's ``signature``; the
 frozen weights come from the backbone's pretrained file. This module owns every rule of
 that contract, for every prompted backbone:
@@ -43,10 +43,10 @@ import torch
 from mmengine.logging import print_log
 from torch import nn
 
-from .checkpoint import describe_state_dict, load_torch_file
+from .weights import describe_state_dict, load_torch_file
 from .task_file import (check_class_count, load_from_safetensors, pretrained_option_of,
                         read_task_config, write_task_file)
-from .tuning import frozen_state_keys
+from ..tuners.tuning import frozen_state_keys
 
 __all__ = ['record_pretrained', 'check_signature', 'check_shapes', 'prepare_state_dict',
            'frozen_candidates', 'complete_frozen', 'frozen_digest', 'load_checkpoint_file',
@@ -398,7 +398,7 @@ def load_task_model(config, checkpoint: str, pretrained: Optional[str] = None) -
 
     Args:
         config: Config file or :class:`~mmengine.config.Config` of the task; None: the
-            config stored in a task file (``.safetensors``, see :mod:`vpt_seg.task_file`).
+            config stored in a task file (``.safetensors``, see :mod:`vpt_seg.formats.task_file`).
         checkpoint: Its task checkpoint (tuned weights; full checkpoints load too) or
             task file.
         pretrained: Take the frozen backbone from this file instead of the config's
@@ -451,7 +451,7 @@ def load_task_model(config, checkpoint: str, pretrained: Optional[str] = None) -
 
 
 def export_task(config, checkpoint: str, out: str) -> Dict[str, str]:
-    """Write a task checkpoint as a portable task file (:mod:`vpt_seg.task_file`).
+    """Write a task checkpoint as a portable task file (:mod:`vpt_seg.formats.task_file`).
 
     The header records the backbone's own ``signature_fields``, its pretrained file
     (the file name, looked for next to the task file, and the path the config names)
@@ -471,7 +471,7 @@ def export_task(config, checkpoint: str, out: str) -> Dict[str, str]:
     """
     from mmengine.config import Config
 
-    from .runner import resolve_config
+    from ..runner import resolve_config
     if not out.endswith('.safetensors'):
         raise ValueError(f'task file {out!r}: the name must end in .safetensors')
     cfg = Config.fromfile(resolve_config(config)) if isinstance(config, str) else config

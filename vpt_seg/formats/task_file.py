@@ -20,7 +20,7 @@ in the safetensors header (strings only):
 
 A task file is data, and reading one never executes anything, whatever its header
 holds: the config is JSON, checked before anything is built (only registered module
-names, no imports, no ``_base_``: :func:`~vpt_seg.config_data.check_config_data`);
+names, no imports, no ``_base_``: :func:`~vpt_seg.formats.config_data.check_config_data`);
 ``pretrained`` must be a bare file name and is looked for next to the task file only;
 ``pretrained_path`` must be a local path (a URL is never fetched); ``dataset_meta``
 must parse and name as many classes as the head has; every error names the file and
@@ -31,11 +31,11 @@ them as version 2.
 This module is the file format: the header, its checks, and where the header says the
 frozen weights are (:func:`pretrained_candidates`: next to the task file first, then
 ``pretrained_path``). Loading a task, and which candidate's weights are taken, is
-:mod:`vpt_seg.loading`'s: :func:`vpt_seg.loading.export_task` writes these files and
-:func:`vpt_seg.loading.load_task_model` reads them. ``tools/test.py``,
+:mod:`vpt_seg.formats.loading`'s: :func:`vpt_seg.formats.loading.export_task` writes these files and
+:func:`vpt_seg.formats.loading.load_task_model` reads them. ``tools/test.py``,
 ``tools/serve.py``, ``load_from``, MMSeg's ``init_model`` and ``MMSegInferencer`` read
 task files directly: importing vpt_seg registers :func:`load_from_safetensors` with MMEngine's ``CheckpointLoader`` for paths
-ending in ``.safetensors``.
+ending in ``.safetensors`` (:mod:`vpt_seg.patches`).
 """
 import json
 import logging
@@ -47,7 +47,6 @@ from typing import Dict, List, Optional, Tuple
 import torch
 from mmengine.config import Config
 from mmengine.logging import print_log
-from mmengine.runner.checkpoint import CheckpointLoader
 
 from .config_data import ConfigDataError, config_as_text, config_from_json, config_to_json
 
@@ -80,7 +79,7 @@ def pretrained_option_of(backbone_cfg) -> str:
 def write_task_file(out: str, model, cfg, pretrained: str, pretrained_path: str,
                     frozen_sha256: Optional[str] = None) -> Dict[str, str]:
     """Write ``model``'s ``state_dict()`` and the header (see the module docstring) to
-    ``out``; :func:`vpt_seg.loading.export_task` loads the task and calls this.
+    ``out``; :func:`vpt_seg.formats.loading.export_task` loads the task and calls this.
 
     Args:
         out: The task file (``.safetensors``).
@@ -228,7 +227,7 @@ def check_class_count(path: str, dataset_meta: Optional[dict], model_cfg) -> Non
 
 def read_task_config(path: str, meta: Optional[Dict[str, str]] = None) -> Config:
     """The config stored in a task file, read as data (nothing is executed or imported,
-    see :mod:`vpt_seg.config_data`).
+    see :mod:`vpt_seg.formats.config_data`).
 
     The stored ``init_cfg.checkpoint`` is header data like ``pretrained_path``: a URL
     there is dropped with a note (the frozen weights come from the pretrained file next
@@ -341,7 +340,6 @@ def _checkpoint_of(path: str, state, meta) -> dict:
     return {'state_dict': state, 'meta': info}
 
 
-@CheckpointLoader.register_scheme(prefixes=r'(?=.*\.safetensors$)(?!\w+://)')
 def load_from_safetensors(filename: str, map_location=None) -> dict:
     """MMEngine checkpoint loader for local ``.safetensors`` files (task files and plain
     weights): ``{'state_dict': ..., 'meta': {'dataset_meta', 'cfg'}}``."""
