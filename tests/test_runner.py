@@ -222,10 +222,7 @@ def test_setup_distributed_changes_nothing_without_a_launcher_or_with_cuda(
 
 
 @pytest.mark.parametrize('launcher, dist, message', [
-    ('pytorch', dict(backend='nccl'),
-     "needs the gloo backend, but the config has env_cfg.dist_cfg.backend='nccl'; add "
-     '--cfg-options env_cfg.dist_cfg.backend=gloo'),
-    ('pytorch', dict(), "env_cfg.dist_cfg.backend='nccl'"),  # MMEngine's default
+    ('pytorch', dict(backend='mpi'), "env_cfg.dist_cfg.backend='mpi'"),  # nccl -> gloo
     ('slurm', dict(backend='gloo'), '--launcher slurm without GPUs is not supported')])
 def test_setup_distributed_refuses_what_cannot_run_on_cpu(launcher, dist, message, no_cuda):
     with pytest.raises(ValueError) as err:
