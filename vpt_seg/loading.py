@@ -140,6 +140,23 @@ def check_shapes(backbone: nn.Module, state_dict, prefix: str, exempt: Collectio
                          'ViT or prompt setting?):\n  ' + '\n  '.join(mismatched))
 
 
+def check_tuner_keys(backbone: nn.Module, state_dict, prefix: str):
+    """Refuse LoRA or adapter tensors the backbone has no place for (a non-strict load,
+    as MMEngine's ``load_from``, would drop them silently), naming the option."""
+    own = {k for k, _ in backbone.named_parameters()}
+    for part in ('lora', 'adapter'):
+        extra = [k[len(prefix):] for k in state_dict
+                 if k.startswith(f'{prefix}{part}.') and k[len(prefix):] not in own]
+        if not extra:
+            continue
+        cfg = getattr(backbone, f'{part}_cfg', None)
+        here = (f'this backbone has {part}=None' if cfg is None else
+                f'this backbone has {part}={cfg}, without these layers')
+        raise ValueError(f'checkpoint holds {part} weights ({_listing(extra)}) but {here}: '
+                         f'set model.backbone.{part} as the task was trained (the task '
+                         "file's own config has it)")
+
+
 def _partial_frozen_message(state_dict, prefix, frozen, present) -> str:
     """Why a checkpoint with some, not all, frozen weights is refused, and what it
     looks like: a task file with leaked frozen keys, or a full one missing some."""
@@ -174,6 +191,7 @@ def prepare_state_dict(backbone: nn.Module, state_dict, prefix: str, local_metad
                     theirs_type=local_metadata.get('backbone_type'))
     if sig_key not in state_dict:  # a pretrained file or an MMSeg checkpoint
         state_dict[sig_key] = backbone.signature.clone()
+    check_tuner_keys(backbone, state_dict, prefix)
     backbone.check_checkpoint_fits(state_dict, prefix)
     frozen = [prefix + k for k in frozen_state_keys(backbone)]
     present = [k for k in frozen if k in state_dict]

@@ -17,6 +17,10 @@ tasks in one pass through the shared weights:
   (:mod:`vpt_seg.models.vit_ops`) with a per-sample :class:`~vpt_seg.models.vit_ops.Biases`
   lookup: every bias is gathered from the sample's task (the shared bias for tasks that
   do not tune biases), so a batch may mix bias-tuned and prompt-only tasks.
+* **LoRA and adapter tasks.** The same blocks ask a
+  :class:`~vpt_seg.tuners.terms.BlockTerms` for each sample's low-rank updates and adapter
+  branch (its task's; nothing for tasks without them), so LoRA, AdaptFormer and VPT tasks
+  share a batch too.
 * **Per-task backbone outputs.** ``out_indices``, ``final_norm``, ``output_cls_token``,
   ``out_origin`` and ``img_size`` (position embeddings) stay per task.
 
@@ -47,6 +51,7 @@ from .loading import load_task_model  # noqa: F401  (its home before; re-exporte
 from .models.prompted_vit import PromptedVisionTransformer
 from .models.timm_vit import PromptedTimmViT
 from .prompt import PromptGroup, run_prompted_layers
+from .tuners.terms import BlockTerms
 from .tuning import bias_parameters
 
 __all__ = ['MultiTaskViT', 'task_kind', 'shared_backbone_cfg', 'build_shared_backbone',
@@ -250,6 +255,8 @@ class MultiTaskViT(nn.Module):
         for k, idx in enumerate(groups.values()):
             task_index[idx] = k
         biases = vit_ops.Biases(vit, vits, task_index.to(inputs.device))
+        terms = BlockTerms([(v.lora, v.adapter) for v in vits],
+                           [idx.to(inputs.device) for idx in groups.values()])
         vits[0].check_input(inputs)
 
         patches, hw_shape = vit.embed_patches(inputs, biases)           # (B, HW, C)
@@ -264,7 +271,7 @@ class MultiTaskViT(nn.Module):
             extra['rope'] = vit.rotary_embedding(hw_shape)
 
         def block(i, x, mask):
-            return vit.run_block(i, x, mask, biases, **extra)
+            return vit.run_block(i, x, mask, biases, terms, **extra)
         feats = run_prompted_layers(
             x, [PromptGroup(v.prompt, idx, v.out_indices, v.final_norm)
                 for v, idx in zip(vits, groups.values())],
@@ -326,7 +333,7 @@ class MultiTaskViT(nn.Module):
 
 # --------------------------------------------------------------------- loading
 _TASK_ONLY = ('num_prompts', 'deep', 'prompt_layers', 'prompt_dropout', 'prompt_init',
-              'tune_bias', 'save_frozen', 'out_indices', 'output_cls_token', 'final_norm',
+              'tune_bias', 'lora', 'adapter', 'save_frozen', 'out_indices', 'output_cls_token', 'final_norm',
               'out_origin', 'drop_rate', 'attn_drop_rate', 'drop_path_rate', 'with_cp')
 
 
