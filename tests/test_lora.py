@@ -6,7 +6,6 @@ MMSeg's own layers (``fast_path=False``) or by timm's own forward."""
 import copy
 
 import pytest
-import timm
 import torch
 from mmseg.registry import MODELS
 
@@ -235,3 +234,18 @@ def test_lora_parameters_are_a_part_of_their_own_in_the_report():
     assert report['prompts']['tuned'] == 3 * 2 * C
     assert report['backbone biases']['tuned'] == 0
     assert report['total']['tuned'] == report['LoRA']['tuned'] + report['prompts']['tuned']
+
+
+@pytest.mark.parametrize('name,patch', CASES, ids=IDS)
+def test_fold_lora_merges_the_update_into_the_weights(name, patch):
+    m = build(family_cfg(name, patch, num_prompts=2, tune_bias=True,
+                         lora=dict(rank=2, alpha=4, targets=ALL)))
+    randomize_lora(m)
+    x = image(name, patch)
+    with torch.no_grad():
+        before = m(x)
+        m.fold_lora()
+        after = m(x)
+    assert m.lora is None and not any(n.startswith('lora') for n, _ in m.named_parameters())
+    for a, b in zip(before, after):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)

@@ -22,6 +22,7 @@ the trigger because every loader (MMEngine's runner, MMSeg's ``init_model`` and
 """
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
+import torch
 from torch import nn
 
 from .. import loading
@@ -97,6 +98,25 @@ class FrozenBackboneMixin:
             self.lora = LoRA([sites] * num_layers, **self.lora_cfg)
         if self.adapter_cfg is not None:
             self.adapter = Adapter(num_layers, embed_dims, **self.adapter_cfg)
+
+    def lora_weight(self, layer: int, site: str) -> Tuple[nn.Parameter, Optional[slice]]:
+        """The frozen weight a LoRA site updates in block ``layer``, and its rows (a slice
+        of a packed projection) or None."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def fold_lora(self) -> None:
+        """Merge ``(alpha / r) B A`` into the weights LoRA updates and drop ``self.lora``:
+        the same function, no LoRA cost at inference. The pretrained weights change, so
+        the backbone is then a model of its own (save it with ``save_frozen=True``)."""
+        if self.lora is None:
+            return
+        for layer, sites in self.lora.sites().items():
+            for site in sites:
+                weight, rows = self.lora_weight(layer, site)
+                target = weight if rows is None else weight[rows]
+                target.add_(self.lora.merged(layer, site).to(weight.dtype))
+        self.lora = self.lora_cfg = None
 
     def tuner_modules(self) -> List[nn.Module]:
         """The method's own modules (prompts, LoRA, adapters): tuned, and in train mode

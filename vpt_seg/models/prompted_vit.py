@@ -225,6 +225,17 @@ class PromptedVisionTransformer(FrozenBackboneMixin, VisionTransformer):
                               use_reentrant=False)
         return vit_ops.block(layer, x, mask, biases, terms, i)
 
+    def lora_weight(self, layer: int, site: str):
+        """``q``/``k``/``v``: rows of ``in_proj_weight``; ``proj``, ``fc1``, ``fc2``: whole."""
+        block = self.layers[layer]
+        if site in ('q', 'k', 'v'):
+            C = self.cls_token.shape[-1]
+            j = 'qkv'.index(site)
+            return block.attn.attn.in_proj_weight, slice(j * C, (j + 1) * C)
+        linears = [m for m in block.ffn.layers.modules() if isinstance(m, nn.Linear)]
+        return {'proj': block.attn.attn.out_proj, 'fc1': linears[0],
+                'fc2': linears[-1]}[site].weight, None
+
     def lora_sites(self, target: str):
         """``q``/``k``/``v``: slices of the packed ``in_proj``, ``proj``: ``out_proj``,
         ``fc1``/``fc2``: the FFN's first and last linear; ``{site: (in, out)}``."""

@@ -568,6 +568,14 @@ class PromptedTimmViT(FrozenBackboneMixin, BaseModule):
                                          use_reentrant=False)
         return self._call_block(i, x, kwargs, terms)
 
+    def lora_weight(self, layer: int, site: str):
+        """The linear of ``site`` in block ``layer`` and its output rows (packed qkv)."""
+        for linear, sites in self._linears[layer].items():
+            for name, part in sites:
+                if name == site:
+                    return linear.weight, part
+        raise KeyError(f'block {layer} has no LoRA site {site!r}')
+
     def lora_sites(self, target: str):
         """What a LoRA target names in timm's blocks (see ``lora`` above).
 
