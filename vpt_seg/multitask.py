@@ -266,9 +266,7 @@ class MultiTaskViT(nn.Module):
             x = tokens.new_empty((len(tasks),) + tokens.shape[1:]) if x is None else x
             x[idx] = tokens
         x = vit.norm_pre(x, biases)
-        extra = {}
-        if isinstance(vit, PromptedTimmViT):  # EVA's RoPE table (None for other families)
-            extra['rope'] = vit.rotary_embedding(hw_shape)
+        extra = vit.block_kwargs(hw_shape)  # e.g. EVA's RoPE table for this grid
 
         def block(i, x, mask):
             return vit.run_block(i, x, mask, biases, terms, **extra)

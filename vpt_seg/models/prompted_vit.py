@@ -210,6 +210,11 @@ class PromptedVisionTransformer(FrozenBackboneMixin, VisionTransformer):
         return vit_ops.layer_norm(x, self.norm1, biases) if self.fast_path or \
             biases is not vit_ops.SHARED_BIASES else self.norm1(x)
 
+    def block_kwargs(self, hw_shape) -> dict:
+        """What :meth:`run_block` takes besides the tokens for this grid: nothing here
+        (timm's EVA takes its RoPE table)."""
+        return {}
+
     def run_block(self, i: int, x: torch.Tensor, mask: Optional[torch.Tensor] = None,
                   biases: vit_ops.Biases = vit_ops.SHARED_BIASES,
                   terms: BlockTerms = NO_TERMS) -> torch.Tensor:

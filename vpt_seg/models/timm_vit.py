@@ -519,6 +519,11 @@ class PromptedTimmViT(FrozenBackboneMixin, BaseModule):
             return rope.get_embed(shape=tuple(hw_shape))
         return rope.get_embed()
 
+    def block_kwargs(self, hw_shape) -> dict:
+        """What :meth:`run_block` takes for inputs of this grid besides the tokens:
+        EVA's ``rope`` table (None for families without RoPE)."""
+        return dict(rope=self.rotary_embedding(hw_shape))
+
     def norm_pre(self, x: torch.Tensor, biases: vit_ops.Biases = vit_ops.SHARED_BIASES):
         """The pre-norm (CLIP), or ``x`` unchanged (Identity)."""
         with biases.hooked(self.vit.norm_pre):
@@ -611,7 +616,7 @@ class PromptedTimmViT(FrozenBackboneMixin, BaseModule):
         x, hw_shape = self.embed_patches(inputs)
         x = self.norm_pre(self.add_prefix(x, hw_shape))                  # (B, K + HW, C)
         block = partial(self.run_block, terms=BlockTerms.of(self),
-                        rope=self.rotary_embedding(hw_shape))
+                        **self.block_kwargs(hw_shape))
         group = PromptGroup(self.prompt, None, self.out_indices, self.final_norm)
         feats, = run_prompted_layers(x, [group], block, len(self.vit.blocks),
                                      self.num_prefix, self.norm_out)
