@@ -331,8 +331,8 @@ class MultiTaskViT(nn.Module):
 
 # --------------------------------------------------------------------- loading
 _TASK_ONLY = ('num_prompts', 'deep', 'prompt_layers', 'prompt_dropout', 'prompt_init',
-              'tune_bias', 'lora', 'adapter', 'save_frozen', 'out_indices', 'output_cls_token', 'final_norm',
-              'out_origin', 'drop_rate', 'attn_drop_rate', 'drop_path_rate', 'with_cp')
+              'tune_bias', 'lora', 'adapter', 'save_frozen', 'out_indices',
+              'output_cls_token', 'final_norm', 'out_origin', 'drop_rate', 'attn_drop_rate', 'drop_path_rate', 'with_cp')
 
 
 def _is_timm(backbone_cfg: dict) -> bool:

@@ -302,6 +302,11 @@ class PromptedTimmViT(FrozenBackboneMixin, BaseModule):
             token beside its map (normed with the map where ``final_norm``), as MMSeg's
             ViT gives it: what :class:`~vpt_seg.models.VPTClassifier` reads. Families
             without a [CLS] token (SigLIP) raise.
+        prefer_checkpoint: When a task checkpoint is loaded, take its frozen weights from
+            ``checkpoint`` only, not from the file the checkpoint records: the user named
+            it (the tools set this when ``--cfg-options`` names
+            ``model.backbone.checkpoint``). Its weights must still match the sha256 the
+            checkpoint records.
         init_cfg: MMEngine's; unused (weights come from ``checkpoint``).
 
     Shapes:
@@ -334,6 +339,7 @@ class PromptedTimmViT(FrozenBackboneMixin, BaseModule):
                  save_frozen: bool = False,
                  with_cp: bool = False,
                  output_cls_token: bool = False,
+                 prefer_checkpoint: bool = False,
                  init_cfg: Optional[dict] = None):
         if isinstance(init_cfg, dict) and init_cfg.get('type') == 'Pretrained':
             raise ValueError('PromptedTimmViT reads its weights from checkpoint=, not from '
@@ -364,6 +370,7 @@ class PromptedTimmViT(FrozenBackboneMixin, BaseModule):
         self.model_name = model_name
         self.checkpoint = checkpoint
         self.pretrained_file = checkpoint
+        self.prefer_configured = prefer_checkpoint
         self.freeze = freeze
         self.tune_bias = tune_bias
         self.save_frozen = save_frozen
