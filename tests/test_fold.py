@@ -4,6 +4,7 @@ tensors, has the update merged into its frozen weights, and loads through MMSeg'
 ``init_model`` and ``inference_model`` with no pretrained file anywhere."""
 import os
 import os.path as osp
+import re
 import shutil
 import subprocess
 import sys
@@ -11,12 +12,13 @@ import sys
 import numpy as np
 import pytest
 import torch
+
+import vpt_seg  # noqa: F401  (before mmseg: compat fixes, registration)
 from mmengine.config import Config
 from mmengine.registry import init_default_scope
 from mmseg.apis import inference_model, init_model
 from mmseg.registry import MODELS
 
-import vpt_seg  # noqa: F401  (registers the backbones)
 from vpt_seg import export_task
 from vpt_seg import fold
 from vpt_seg.fold import fold_task, folded_config_path
@@ -184,19 +186,49 @@ def test_a_task_file_folds_with_its_stored_config(families):
         torch.testing.assert_close(_outputs(api, x), _outputs(model, x), rtol=1e-5, atol=1e-5)
 
 
-def test_the_tool_folds_and_refuses_a_wrong_suffix(families):
-    cfg, ckpt, model, pretrained = _task(families, 'mmseg_lora')
-    cfg_file = str(families['tmp'] / 'mmseg_lora.py')
+def _miou(text):
+    found = re.findall(r'mIoU: ([\d.]+)', text)
+    assert found, text[-2000:]
+    return float(found[-1])
+
+
+def test_the_tool_folds_and_tools_test_gives_the_tasks_miou(families):
+    """tools/export_task.py --fold, then tools/test.py on the pair with no pretrained file:
+    the mIoU of the task itself; a wrong suffix is an argparse error."""
+    from vpt_seg.datasets.synthetic import make_ade20k
+    cfg, ckpt, model, pretrained = _task(families, 'mmseg_lora_vpt_bias_adapter')
+    data = make_ade20k(str(families['tmp'] / 'data'), num_train=1, num_val=3, size=(48, 40))
+    cfg.test_dataloader.dataset.data_root = data
+    cfg_file = str(families['tmp'] / 'lora_task.py')
     cfg.dump(cfg_file)
-    tool = osp.join(ROOT, 'tools', 'export_task.py')
+    tools = osp.join(ROOT, 'tools')
     out = str(families['tmp'] / 'tool' / 'seg.pth')
-    proc = subprocess.run([sys.executable, tool, cfg_file, ckpt, out, '--fold'],
-                          capture_output=True, text=True, cwd=ROOT)
+
+    def run(tool, *args):
+        return subprocess.run([sys.executable, osp.join(tools, tool), *args],
+                              capture_output=True, text=True, cwd=ROOT)
+    proc = run('export_task.py', cfg_file, ckpt, out, '--fold')
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert 'folded LoRA (rank 2, alpha 4' in proc.stdout
+    assert 'folded LoRA (rank 2, alpha 4' in proc.stdout and 'tuned biases' in proc.stdout
     assert f'tools/test.py {out[:-4]}.py {out}' in proc.stdout
-    assert osp.isfile(out[:-4] + '.py')
-    bad = subprocess.run([sys.executable, tool, cfg_file, ckpt, out[:-4] + '.safetensors',
-                          '--fold'], capture_output=True, text=True, cwd=ROOT)
+    maps = {k: families['tmp'] / f'maps_{k}' for k in ('task', 'folded')}
+    task = run('test.py', cfg_file, ckpt, '--work-dir', str(families['tmp'] / 'w1'),
+               '--out', str(maps['task']))
+    assert task.returncode == 0, task.stderr[-3000:]
+    with _Away(pretrained):
+        folded = run('test.py', out[:-4] + '.py', out, '--work-dir',
+                     str(families['tmp'] / 'w2'), '--out', str(maps['folded']))
+    assert folded.returncode == 0, folded.stderr[-3000:]
+    assert 'loading the frozen backbone' in task.stdout
+    assert 'loading the frozen backbone' not in folded.stdout
+    assert _miou(folded.stdout) == _miou(task.stdout)
+    names = sorted(os.listdir(maps['task']))  # the predicted label maps, byte for byte
+    assert len(names) == 3 and names == sorted(os.listdir(maps['folded']))
+    for n in names:
+        assert (maps['task'] / n).read_bytes() == (maps['folded'] / n).read_bytes(), n
+    import cv2
+    assert any(len(np.unique(cv2.imread(str(maps['task'] / n), cv2.IMREAD_UNCHANGED))) > 1
+               for n in names)  # not a constant map
+    bad = run('export_task.py', cfg_file, ckpt, out[:-4] + '.safetensors', '--fold')
     assert bad.returncode == 2 and '--fold writes an MMSeg checkpoint' in bad.stderr
     shutil.rmtree(families['tmp'] / 'tool')
