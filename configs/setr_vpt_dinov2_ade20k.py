@@ -11,19 +11,8 @@
 # 512 is not a multiple of 14: patch_size=16 resamples the patch embedding (timm's
 # resample_patch_embed) and the 37x37 position grid to 32x32 once, at load, so 512 crops
 # give the 32x32 token grid of the ViT-L/16 configs (README, "Any timm ViT").
-_base_ = ['./_base_/setr_vpt_pup_ade20k.py']
+_base_ = ['./_base_/setr_timm_vit-l_pup_ade20k.py']
 model = dict(
     backbone=dict(
-        _delete_=True,
-        type='PromptedTimmViT',
         model_name='vit_large_patch14_reg4_dinov2.lvd142m',
-        checkpoint='pretrain/vit_large_patch14_reg4_dinov2.lvd142m/model.safetensors',
-        img_size=(512, 512),
-        patch_size=16,
-        out_indices=(9, 14, 19, 23),
-        final_norm=False,
-        num_prompts=10,
-        deep=True,
-        prompt_dropout=0.1,
-        freeze=True,
-        tune_bias=False))
+        checkpoint='pretrain/vit_large_patch14_reg4_dinov2.lvd142m/model.safetensors'))

@@ -13,21 +13,10 @@
 # patch_size=16: the patch embedding and the position grid are resampled once at load
 # (512 is not a multiple of 14); RoPE is built for the 32x32 grid. timm keeps EVA02's last
 # LayerNorm in fc_norm (after the pool); final_norm=True would apply it token-wise.
-_base_ = ['./_base_/setr_vpt_pup_ade20k.py']
+_base_ = ['./_base_/setr_timm_vit-l_pup_ade20k.py']
 model = dict(
     # EVA02 was trained on CLIP-normalized images.
     data_preprocessor=dict(mean=[122.771, 116.746, 104.094], std=[68.501, 66.632, 70.323]),
     backbone=dict(
-        _delete_=True,
-        type='PromptedTimmViT',
         model_name='eva02_large_patch14_224.mim_m38m',
-        checkpoint='pretrain/eva02_large_patch14_224.mim_m38m/model.safetensors',
-        img_size=(512, 512),
-        patch_size=16,
-        out_indices=(9, 14, 19, 23),
-        final_norm=False,
-        num_prompts=10,
-        deep=True,
-        prompt_dropout=0.1,
-        freeze=True,
-        tune_bias=False))
+        checkpoint='pretrain/eva02_large_patch14_224.mim_m38m/model.safetensors'))

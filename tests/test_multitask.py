@@ -48,6 +48,14 @@ TASKS = {
     'cls_shallow_mlp': lambda p: cls(p, 'MLPClsHead', num_prompts=3, deep=False),
     'cls_layers12': lambda p: cls(p, num_prompts=5, prompt_layers=[1, 2]),
     'cls_bias_only': lambda p: cls(p, num_prompts=0, tune_bias=True),
+    # LoRA and AdaptFormer tasks beside them: per-sample low-rank and adapter terms
+    'seg_lora': lambda p: seg(p, lora=dict(rank=2, targets=('q', 'v', 'proj', 'fc1', 'fc2')),
+                              out_indices=3),
+    'cls_lora_vpt': lambda p: cls(p, num_prompts=2, lora=dict(rank=3, alpha=6,
+                                                              targets=('k', 'v'))),
+    'seg_adapter': lambda p: seg(p, in_index=0, adapter=dict(width=4), out_indices=(1, 3)),
+    'seg_everything': lambda p: seg(p, num_prompts=2, tune_bias=True, lora=dict(rank=2),
+                                    adapter=dict(width=3, scale=0.5), out_indices=3),
 }
 
 
@@ -230,6 +238,8 @@ TIMM_TASKS = {  # prompt-only and bias-tuned tasks together
     'shallow_bias': dict(num_prompts=2, deep=False, tune_bias=True),
     'bias_only': dict(num_prompts=0, tune_bias=True),
     'later_layers': dict(num_prompts=4, prompt_layers=[1, 2], final_norm=True),
+    'lora': dict(lora=dict(rank=2, targets=('q', 'k', 'v', 'proj', 'fc1', 'fc2'))),
+    'adapter_vpt': dict(num_prompts=2, adapter=dict(width=4, scale=0.5)),
 }
 
 
@@ -256,6 +266,18 @@ def test_timm_tasks_share_one_frozen_backbone(tmp_path, model_name, tasks):
     for task, out, ref in zip(order, mixed, alone):
         assert out.shape == (5, 28, 42)
         torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-4, msg=task)
+    for name in ('lora', 'adapter_vpt'):  # their terms act (a zero update would pass too)
+        model = mt.tasks[name]
+        tuner = model.backbone.lora if name == 'lora' else model.backbone.adapter
+        keep = [p.clone() for p in tuner.parameters()]
+        with torch.no_grad():
+            for p in tuner.parameters():
+                p.zero_()
+            idx = [i for i, t in enumerate(order) if t == name]
+            off = mt(inputs[idx], [name] * len(idx))
+            for p, k in zip(tuner.parameters(), keep):
+                p.copy_(k)
+        assert (off[0] - mixed[idx[0]]).abs().max() > 1e-4, name
     if 'shallow_bias' in tasks:  # the hooks really changed something
         shared = mt.backbone.vit.blocks[0].norm1.bias
         tuned = mt.tasks['shallow_bias'].backbone.vit.blocks[0].norm1.bias

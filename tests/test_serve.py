@@ -388,3 +388,94 @@ def test_help_says_label_maps_are_0_based_class_indices():
                           capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 0
     assert "each pixel is a 0-based index into the task's classes" in proc.stdout
+
+
+def _seg(**backbone):
+    return dict(TASKS['seg'], backbone=_backbone(**backbone))
+
+
+# LoRA and AdaptFormer tasks beside a VPT one (issue 18): per-sample low-rank and adapter
+# terms in the same pass through the shared frozen weights
+TUNER_TASKS = {
+    'vpt': _seg(num_prompts=2, deep=True),
+    'lora': _seg(num_prompts=0, lora=dict(rank=2, alpha=4,
+                                          targets=('q', 'v', 'proj', 'fc1', 'fc2'))),
+    'adapter': _seg(num_prompts=0, adapter=dict(width=4, scale=0.5)),
+    'lora_vpt_cls': _cls(dict(type='LinearClsHead'), deep=True, tune_bias=True,
+                         lora=dict(rank=3, targets=('k', 'v'))),
+}
+
+
+def test_lora_adapter_and_vpt_tasks_serve_in_one_batch(served):
+    """Task files (LoRA, adapter) and a config:checkpoint task (VPT) in one batch of one
+    input size: --verify passes and each label map is its own model's predict."""
+    from mmengine.config import Config
+
+    from vpt_seg import export_task
+    tmp = served['tmp'] / 'tuners'
+    tmp.mkdir()
+    specs = {}
+    for seed, (name, model_cfg) in enumerate(TUNER_TASKS.items()):
+        cfg = Config(dict(custom_imports=dict(imports=['vpt_seg'], allow_failed_imports=False),
+                          default_scope='mmseg', model=model_cfg))
+        cfg.model.backbone.init_cfg = dict(type='Pretrained', checkpoint=served['pretrained'])
+        torch.manual_seed(20 + seed)
+        model = MODELS.build(cfg.model)
+        model.init_weights()
+        with torch.no_grad():
+            for p in model.parameters():
+                if p.requires_grad:
+                    p.add_(0.5 * torch.randn_like(p))
+        ckpt = str(tmp / f'{name}.pth')
+        torch.save(dict(state_dict=model.state_dict()), ckpt)
+        if name == 'vpt':
+            cfg_path = str(tmp / 'vpt.py')
+            cfg.dump(cfg_path)
+            specs[name] = (cfg_path, ckpt)
+        else:  # a task file: its config inside
+            export_task(cfg, ckpt, str(tmp / f'{name}.safetensors'))
+            specs[name] = (None, str(tmp / f'{name}.safetensors'))
+    images = tmp / 'images'
+    images.mkdir()
+    rng = np.random.default_rng(2)
+    for i in range(2):
+        cv2.imwrite(str(images / f'img{i}.png'), rng.integers(0, 256, (32, 32, 3), np.uint8))
+    out = tmp / 'out'
+    proc = subprocess.run(
+        [sys.executable, osp.join(ROOT, 'tools', 'serve.py'), served['pretrained'],
+         *[f'{n}={c}:{k}' if c else f'{n}={k}' for n, (c, k) in specs.items()],
+         '--images', str(images), '--out-dir', str(out), '--batch-size', '8', '--verify'],
+        capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    lines = [ln for ln in proc.stdout.splitlines() if 'largest difference' in ln]
+    assert sorted(ln.split(':')[0] for ln in lines) == sorted(TUNER_TASKS)
+    for ln in lines:
+        assert float(ln.rsplit(':', 1)[1]) < 1e-4, ln
+    assert plan_batches(['img0.png', 'img1.png'], {n: (32, 32) for n in specs}, 8) == [
+        ((32, 32), [(f, n) for f in ('img0.png', 'img1.png') for n in sorted(specs)])]
+    with open(out / 'predictions.json') as f:
+        rows = json.load(f)
+    refs = {}
+    for name, (cfg_path, ckpt) in specs.items():
+        model = load_task_model(cfg_path, ckpt, pretrained=served['pretrained'])
+        for i in range(2):
+            img = cv2.imread(str(images / f'img{i}.png'), cv2.IMREAD_COLOR)
+            data = model.data_preprocessor(dict(inputs=[task_input(img, (32, 32))]), False)
+            samples = None if name.endswith('cls') else [SegDataSample(metainfo=dict(
+                img_shape=(32, 32), ori_shape=(32, 32), pad_shape=(32, 32)))]
+            with torch.no_grad():
+                refs[name, i] = model.predict(data['inputs'], samples)[0]
+    for i in range(2):
+        (row, ) = [r for r in rows if r['task'] == 'lora_vpt_cls' and r['image'] == f'img{i}.png']
+        torch.testing.assert_close(torch.tensor(row['pred_score']),
+                                   refs['lora_vpt_cls', i].pred_score, atol=1e-5, rtol=1e-4)
+        maps = {}
+        for name in ('vpt', 'lora', 'adapter'):
+            label = cv2.imread(str(out / name / f'img{i}.png.png'), cv2.IMREAD_UNCHANGED)
+            ref = refs[name, i]
+            top2 = ref.seg_logits.data.topk(2, dim=0).values
+            near_tie = (top2[0] - top2[1]).numpy() < 1e-4
+            assert ((label == ref.pred_sem_seg.data[0].numpy()) | near_tie).all(), name
+            maps[name] = label
+        # the tasks are not one function: their maps differ
+        assert not np.array_equal(maps['lora'], maps['adapter'])

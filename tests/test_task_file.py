@@ -28,6 +28,11 @@ from vpt_seg.formats.task_file import (FORMAT_VERSION, TASK_FORMAT, read_task_co
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 STUDY = osp.join(ROOT, 'configs', 'study')
 ROWS = ('head', 'bias', 'vpt-shallow', 'vpt-deep', 'vpt-bias', 'full')
+LORA = dict(rank=2, alpha=4, targets=('q', 'v', 'proj', 'fc1', 'fc2'))
+# LoRA and AdaptFormer tasks beside them: a row's config with the option set
+TUNERS = {'lora': ('head', dict(lora=LORA)),
+          'adaptformer': ('head', dict(adapter=dict(width=8, scale=0.5))),
+          'lora-vpt': ('vpt-deep', dict(lora=LORA))}
 PALETTE = [[i * 30, 255 - i * 30, i * 7] for i in range(8)]
 
 
@@ -57,11 +62,18 @@ def pretrained(tmp_path_factory):
     return tmp, path
 
 
-@pytest.mark.parametrize('row', ROWS)
+def _row_config(row, vit_path):
+    base, options = TUNERS.get(row, (row, {}))
+    cfg = Config.fromfile(osp.join(STUDY, f'{base}.py'))
+    cfg.model.backbone.update(options)
+    cfg.model.backbone.init_cfg.checkpoint = str(vit_path)
+    return cfg
+
+
+@pytest.mark.parametrize('row', ROWS + tuple(TUNERS))
 def test_every_table3_row_round_trips_through_a_task_file(pretrained, row):
     tmp, vit_path = pretrained
-    cfg = Config.fromfile(osp.join(STUDY, f'{row}.py'))
-    cfg.model.backbone.init_cfg.checkpoint = str(vit_path)
+    cfg = _row_config(row, vit_path)
     torch.manual_seed(1)
     model = MODELS.build(cfg.model)
     model.init_weights()
@@ -97,6 +109,9 @@ def test_every_table3_row_round_trips_through_a_task_file(pretrained, row):
     assert set(header) == set(model.state_dict())  # the tuned tensors (+ signature, BN stats)
     tuned = {n for n, p in model.named_parameters() if p.requires_grad}
     assert tuned <= set(header)
+    options = TUNERS.get(row, (row, {}))[1]
+    for part in ('lora', 'adapter'):  # the tuners' tensors, and only where set
+        assert any(k.startswith(f'backbone.{part}.') for k in header) == (part in options)
     if row != 'full':  # a frozen backbone stays out of the file
         assert 'backbone.layers.0.attn.attn.in_proj_weight' not in header
         assert osp.getsize(out) < osp.getsize(vit_path)
@@ -115,6 +130,55 @@ def test_every_table3_row_round_trips_through_a_task_file(pretrained, row):
         assert alone.dataset_meta['classes'] == classes
     finally:
         moved.rename(vit_path)
+
+
+@pytest.fixture(scope='module')
+def tuner_files(pretrained):
+    """Task files of the LoRA, AdaptFormer and head-only rows (random tuned weights)."""
+    tmp, vit_path = pretrained
+    files = {}
+    for seed, row in enumerate(('lora', 'adaptformer', 'head')):
+        cfg = _row_config(row, vit_path)
+        torch.manual_seed(10 + seed)
+        model = MODELS.build(cfg.model)
+        model.init_weights()
+        with torch.no_grad():
+            for p in model.parameters():
+                if p.requires_grad:
+                    p.add_(0.1 * torch.randn_like(p))
+        torch.save({'state_dict': model.state_dict()}, tmp / f'{row}_tuner.pth')
+        files[row] = str(tmp / f'{row}_tuner.safetensors')
+        export_task(cfg, str(tmp / f'{row}_tuner.pth'), files[row])
+    return files
+
+
+@pytest.mark.parametrize('row,change,match', [
+    ('lora', dict(lora=None), r'holds lora weights .* this backbone has lora=None: '
+     r'set model\.backbone\.lora'),
+    ('lora', dict(lora=dict(LORA, targets=('q', 'v'))),
+     r'holds lora weights \(lora\.layers\.0\.fc1\.A.*without these layers: '
+     r'set model\.backbone\.lora'),
+    ('lora', dict(lora=dict(LORA, targets=LORA['targets'] + ('k', ))),
+     r'lack.*lora.*set model\.backbone\.lora'),
+    ('lora', dict(lora=dict(LORA, rank=4)),
+     r'lora weights of other shapes .*another rank.*lora\.layers\.0\.fc1\.A: \(2, 64\) in the '
+     r'checkpoint, \(4, 64\) here.*set model\.backbone\.lora'),
+    ('adaptformer', dict(adapter=None), r'holds adapter weights .* this backbone has '
+     r'adapter=None: set model\.backbone\.adapter'),
+    ('adaptformer', dict(adapter=dict(width=4)),
+     r'adapter weights of other shapes .*another width.*set model\.backbone\.adapter'),
+    ('head', dict(lora=LORA), r'lack.*lora.*set model\.backbone\.lora.*or lora=None'),
+])
+def test_a_tuner_task_file_refuses_a_config_with_other_tuner_options(
+        pretrained, tuner_files, row, change, match):
+    """Nothing is loaded silently: every loader (vpt-seg's strict one, MMSeg's non-strict
+    init_model) refuses, naming the option."""
+    cfg = _row_config(row, pretrained[1])
+    cfg.model.backbone.update(change)
+    with pytest.raises(ValueError, match=match):
+        load_task_model(copy.deepcopy(cfg), tuner_files[row])
+    with pytest.raises(ValueError, match=match):
+        init_model(copy.deepcopy(cfg), tuner_files[row], device='cpu')
 
 
 def test_pretrained_file_is_checked_by_its_weights_or_named_when_missing(pretrained):

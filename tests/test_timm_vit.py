@@ -426,6 +426,31 @@ def test_task_checkpoint_refuses_other_frozen_weights_and_other_backbones(files,
         build(name, patch, path, num_prompts=2).load_state_dict(leaked)
 
 
+def test_named_checkpoint_is_the_users_word(files, tmp_path):
+    """--cfg-options model.backbone.checkpoint=... sets prefer_checkpoint (the tools'
+    mark_named_pretrained): a task then loads its frozen weights from that file only,
+    whose sha256 must match; an inherited checkpoint leaves the recorded file first."""
+    from mmengine.config import Config
+
+    from vpt_seg.runner import mark_named_pretrained
+    cfg = Config(dict(model=dict(backbone=dict(type='PromptedTimmViT', model_name='x'))))
+    assert 'prefer_checkpoint' not in mark_named_pretrained(
+        copy.deepcopy(cfg), {'model.backbone.num_prompts': 1}).model.backbone
+    assert mark_named_pretrained(cfg, {'model.backbone.checkpoint': 'f'}).model.backbone[
+        'prefer_checkpoint'] is True
+    name, patch = FAMILIES[3]
+    path, _ = files[name]
+    state = build(name, patch, path, num_prompts=2).state_dict()
+    other = tmp_path / 'other.safetensors'
+    save_file({k: v.contiguous() for k, v in reference(name, patch).state_dict().items()},
+              str(other))
+    kwargs = dict(type='PromptedTimmViT', model_name=name, checkpoint=str(other),
+                  model_kwargs=dict(TINY), img_size=GRID * patch, num_prompts=2)
+    MODELS.build(kwargs).load_state_dict(state)  # recorded file first: loads
+    with pytest.raises(ValueError, match='other.safetensors'):
+        MODELS.build(dict(kwargs, prefer_checkpoint=True)).load_state_dict(state)
+
+
 def test_full_checkpoint_with_save_frozen(files):
     name, patch = FAMILIES[0]
     path, ref = files[name]
@@ -573,10 +598,17 @@ def test_demo_dinov2_task_trains_and_tests(tmp_path):
     run('export_task.py', DEMO, str(ckpt), str(shared / 'task.safetensors'), *options)
     shutil.copytree(weights.parent, shared / weights.parent.name)
     moved = run('test.py', DEMO, str(shared / 'task.safetensors'), '--work-dir',
-                str(tmp_path / 't2'), '--cfg-options', 'model.backbone.checkpoint=/nowhere',
-                *options[2:])
+                str(tmp_path / 't2'), '--cfg-options', *options[2:])  # config's checkpoint
     assert f'loading the frozen backbone from {shared / weights.parent.name}' in moved
     assert miou(moved) == miou(train)
+    # A named --cfg-options model.backbone.checkpoint is the user's word, as init_cfg is
+    # for the MMSeg layout: the file must exist, the neighbour does not stand in for it.
+    named = subprocess.run(
+        [sys.executable, osp.join(ROOT, 'tools', 'test.py'), DEMO,
+         str(shared / 'task.safetensors'), '--work-dir', str(tmp_path / 't3'),
+         '--cfg-options', 'model.backbone.checkpoint=/nowhere', *options[2:]],
+        capture_output=True, text=True, cwd=str(tmp_path))
+    assert named.returncode != 0 and '/nowhere' in named.stdout + named.stderr
 
     # ... and serves in one batch with a bias-tuned task on the same frozen DINOv2
     # (tools/serve.py with the hub folder as the shared backbone; --verify compares each

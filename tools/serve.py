@@ -4,7 +4,9 @@
         --images DIR --out-dir OUT [--size H W] [--batch-size 8] [--device cpu] [--verify]
 
 A task is its config and checkpoint, or a task file from tools/export_task.py (which
-carries its config).
+carries its config), of any method: VPT, bias tuning, LoRA, AdaptFormer, or several at
+once; their prompts, low-rank and adapter terms are applied per sample, so tasks of
+different methods share a batch.
 
 BACKBONE is the shared frozen ViT: a config (its ``model.backbone`` and pretrained file)
 or a pretrained weights file (the architecture then comes from the first task's config).
@@ -63,7 +65,7 @@ VERIFY_ATOL = 1e-3
 
 def parse_args():
     parser = argparse.ArgumentParser(
-        description='Serve many VPT tasks on one frozen ViT',
+        description='Serve many tasks (VPT, bias tuning, LoRA, AdaptFormer) on one frozen ViT',
         epilog='example:\n  python tools/serve.py pretrain/tiny_vit.pth '
                'seg=configs/demo/setr_vpt_tiny_ade20k.py:work_dirs/demo/iter_200.pth \\\n'
                '      --images data/ade_tiny/ADEChallengeData2016/images/validation '

@@ -86,15 +86,21 @@ def quiet_logger(level: int = logging.WARNING):
 
 
 def mark_named_pretrained(cfg: Config, cfg_options) -> Config:
-    """When ``--cfg-options`` names ``model.backbone.init_cfg(.checkpoint)``, that file is
-    the user's word: set the backbone's ``prefer_init_cfg``, so a task checkpoint takes
-    its frozen weights from it rather than from the file it records (its sha256 is
-    still checked). An inherited ``init_cfg`` leaves the recorded file first."""
-    named = any(str(k).startswith('model.backbone.init_cfg') for k in (cfg_options or {}))
+    """When ``--cfg-options`` names the backbone's pretrained file
+    (``model.backbone.init_cfg(.checkpoint)``, ``model.backbone.checkpoint`` for
+    ``PromptedTimmViT``), that file is the user's word: set the backbone's
+    ``prefer_init_cfg`` / ``prefer_checkpoint``, so a task checkpoint takes its frozen
+    weights from it rather than from the file it records (its sha256 is still checked).
+    An inherited one leaves the recorded file first."""
     backbone = (cfg.get('model') or {}).get('backbone')
-    if named and isinstance(backbone, dict) and \
-            backbone.get('type') == 'PromptedVisionTransformer':
+    if not isinstance(backbone, dict):
+        return cfg
+    keys = [str(k) for k in (cfg_options or {})]
+    if backbone.get('type') == 'PromptedVisionTransformer' and any(
+            k.startswith('model.backbone.init_cfg') for k in keys):
         backbone['prefer_init_cfg'] = True
+    if backbone.get('type') == 'PromptedTimmViT' and 'model.backbone.checkpoint' in keys:
+        backbone['prefer_checkpoint'] = True
     return cfg
 
 

@@ -140,6 +140,39 @@ def check_shapes(backbone: nn.Module, state_dict, prefix: str, exempt: Collectio
                          'ViT or prompt setting?):\n  ' + '\n  '.join(mismatched))
 
 
+def check_tuner_keys(backbone: nn.Module, state_dict, prefix: str, task: bool = False):
+    """Refuse LoRA or adapter tensors that do not fit the backbone's ``lora`` and
+    ``adapter`` options, naming the option: tensors it has no place for (a non-strict
+    load, as MMEngine's ``load_from`` and MMSeg's ``init_model``, would drop them
+    silently), tensors of another shape (another rank or width), and, in a vpt-seg
+    checkpoint (``task``: it has a ``signature``), its own tensors missing (they would
+    stay at their initial values)."""
+    own = dict(backbone.named_parameters())
+    for part in ('lora', 'adapter'):
+        theirs = {k[len(prefix):]: v for k, v in state_dict.items()
+                  if k.startswith(f'{prefix}{part}.')}
+        mine = {k: p for k, p in own.items() if k.startswith(f'{part}.')}
+        cfg = getattr(backbone, f'{part}_cfg', None)
+        here = f'this backbone has {part}={cfg}'
+        fix = (f'set model.backbone.{part} as the task was trained (the task file\'s own '
+               'config has it)')
+        extra = [k for k in theirs if k not in mine]
+        if extra:
+            here += '' if cfg is None else ', without these layers'
+            raise ValueError(f'checkpoint holds {part} weights ({_listing(extra)}) but '
+                             f'{here}: {fix}')
+        other = [f'{k}: {tuple(v.shape)} in the checkpoint, {tuple(mine[k].shape)} here'
+                 for k, v in theirs.items() if v.shape != mine[k].shape]
+        if other:
+            size = 'rank' if part == 'lora' else 'width'
+            raise ValueError(f'checkpoint holds {part} weights of other shapes than {here} '
+                             f'(another {size}?): {_listing(other, 4)}; {fix}')
+        missing = [k for k in mine if k not in theirs]
+        if missing and (theirs or task) and not backbone._loading_pretrained:
+            raise ValueError(f'checkpoint lacks {part} weights {here} ({_listing(missing)}): '
+                             f'{fix}, or {part}=None if it had none')
+
+
 def _partial_frozen_message(state_dict, prefix, frozen, present) -> str:
     """Why a checkpoint with some, not all, frozen weights is refused, and what it
     looks like: a task file with leaked frozen keys, or a full one missing some."""
@@ -172,8 +205,10 @@ def prepare_state_dict(backbone: nn.Module, state_dict, prefix: str, local_metad
     sig_key = prefix + 'signature'
     check_signature(backbone, state_dict.get(sig_key),
                     theirs_type=local_metadata.get('backbone_type'))
-    if sig_key not in state_dict:  # a pretrained file or an MMSeg checkpoint
+    task = sig_key in state_dict
+    if not task:  # a pretrained file or an MMSeg checkpoint
         state_dict[sig_key] = backbone.signature.clone()
+    check_tuner_keys(backbone, state_dict, prefix, task)
     backbone.check_checkpoint_fits(state_dict, prefix)
     frozen = [prefix + k for k in frozen_state_keys(backbone)]
     present = [k for k in frozen if k in state_dict]
@@ -336,10 +371,14 @@ def check_task_state_dict(expected: Collection[str], state_dict: Mapping[str, An
         if part == 'backbone':
             part = 'backbone.' + key.split('.')[1]
         parts[part] = parts.get(part, 0) + 1
+    tuners = [p.split('.')[1] for p in parts if p in ('backbone.lora', 'backbone.adapter')]
+    hint = ''.join(f' The config sets model.backbone.{t}, but the checkpoint lacks these '
+                   f'{t} weights: set model.backbone.{t} as the task was trained (the task '
+                   f"file's own config has it), or {t}=None if it had none." for t in tuners)
     raise ValueError(
         f'{path} lacks tuned weights this model needs: '
         + ', '.join(f'{p} ({n} tensors)' for p, n in parts.items())
-        + f', e.g. {missing[0]}. The file looks like {describe_state_dict(state_dict)}. '
+        + f', e.g. {missing[0]}.{hint} The file looks like {describe_state_dict(state_dict)}. '
         'Give the task checkpoint this config wrote (work_dirs/<config>/iter_*.pth).')
 
 

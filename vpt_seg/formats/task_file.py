@@ -259,6 +259,7 @@ def read_task_config(path: str, meta: Optional[Dict[str, str]] = None) -> Config
     backbone = (cfg.get('model') or {}).get('backbone')
     if isinstance(backbone, dict):
         backbone.pop('prefer_init_cfg', None)  # the user's word, never the file's
+        backbone.pop('prefer_checkpoint', None)
         option = pretrained_option_of(backbone)
         keys = option.split('.')[2:]  # ['init_cfg', 'checkpoint'] or ['checkpoint']
         owner = backbone

@@ -11,16 +11,23 @@ and names what the backbone must declare:
   or None), ``pretrained_option`` (the config key of that file, for messages);
 * :meth:`configured_pretrained` (the file its config names) and
   :meth:`load_pretrained` (load the frozen weights from a file);
-* optionally :meth:`check_checkpoint_fits` (extra checks of a checkpoint's tensors).
+* optionally :meth:`check_checkpoint_fits` (extra checks of a checkpoint's tensors);
+* :meth:`lora_sites` (what each LoRA target names in its blocks), for the LoRA and
+  adapter options that :meth:`init_tuners` builds.
 
 It calls :meth:`init_frozen_hooks` at the end of ``__init__``. The load pre-hook stays
 the trigger because every loader (MMEngine's runner, MMSeg's ``init_model`` and
 ``MMSegInferencer``) ends in ``load_state_dict``; it is one call into
 :func:`vpt_seg.formats.loading.prepare_state_dict`.
 """
-from typing import Optional, Sequence
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+
+import torch
+from torch import nn
 
 from ..formats import loading
+from ..tuners.adapter import Adapter, check_adapter_options
+from ..tuners.lora import LoRA, check_lora_options
 
 __all__ = ['FrozenBackboneMixin']
 
@@ -59,6 +66,63 @@ class FrozenBackboneMixin:
         """Raise ``ValueError`` if a checkpoint's tensors do not fit this backbone: every
         tensor must have this backbone's shape. Backbones extend it."""
         loading.check_shapes(self, state_dict, prefix)
+
+    def lora_sites(self, target: str) -> Dict[str, Tuple[int, int]]:
+        """The sites a LoRA ``target`` names in each block, ``{site: (in, out)}``; empty
+        where the blocks have no such layer."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------- tuners
+    def init_tuners(self, lora: Optional[Mapping], adapter: Optional[Mapping],
+                    num_layers: int, embed_dims: int):
+        """Build ``self.lora`` and ``self.adapter`` (None when the option is None) from
+        the backbone's ``lora`` and ``adapter`` options; call after the ViT is built.
+
+        Raises:
+            ValueError: an option out of range, or a LoRA target naming no layer of
+                this backbone's blocks.
+        """
+        self.lora = self.adapter = None
+        self.lora_cfg = check_lora_options(lora) if lora is not None else None
+        self.adapter_cfg = check_adapter_options(adapter) if adapter is not None else None
+        if self.lora_cfg is not None:
+            sites = {}
+            for target in self.lora_cfg['targets']:
+                found = self.lora_sites(target)
+                if not found:
+                    raise ValueError(
+                        f'model.backbone.lora.targets: {target!r} names no layer of '
+                        f"{type(self).__name__}'s blocks; it has "
+                        f'{[t for t in ("q", "k", "v", "proj", "fc1", "fc2") if self.lora_sites(t)]}')
+                sites.update(found)
+            self.lora = LoRA([sites] * num_layers, **self.lora_cfg)
+        if self.adapter_cfg is not None:
+            self.adapter = Adapter(num_layers, embed_dims, **self.adapter_cfg)
+
+    def lora_weight(self, layer: int, site: str) -> Tuple[nn.Parameter, Optional[slice]]:
+        """The frozen weight a LoRA site updates in block ``layer``, and its rows (a slice
+        of a packed projection) or None."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def fold_lora(self) -> None:
+        """Merge ``(alpha / r) B A`` into the weights LoRA updates and drop ``self.lora``:
+        the same function, no LoRA cost at inference. The pretrained weights change, so
+        the backbone is then a model of its own (save it with ``save_frozen=True``)."""
+        if self.lora is None:
+            return
+        for layer, sites in self.lora.sites().items():
+            for site in sites:
+                weight, rows = self.lora_weight(layer, site)
+                target = weight if rows is None else weight[rows]
+                target.add_(self.lora.merged(layer, site).to(weight.dtype))
+        self.lora = self.lora_cfg = None
+
+    def tuner_modules(self) -> List[nn.Module]:
+        """The method's own modules (prompts, LoRA, adapters): tuned, and in train mode
+        when the model trains, whatever else is frozen."""
+        return [m for m in (getattr(self, 'prompt', None), self.lora, self.adapter)
+                if m is not None]
 
     # ------------------------------------------------------------------ set-up
     def init_frozen_hooks(self):

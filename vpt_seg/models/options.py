@@ -6,7 +6,9 @@ serving drops the task-only ones to build the backbone tasks share.
 """
 __all__ = ['PROMPTED_ARGS']
 
-#: The prompts, the tuning rule, the forward path and where pretrained weights come from:
-#: what ``PromptedVisionTransformer`` has and MMSeg's ``VisionTransformer`` has not.
+#: The prompts, LoRA and adapters, the tuning rule, the forward path and where pretrained
+#: weights come from: what ``PromptedVisionTransformer`` has and MMSeg's
+#: ``VisionTransformer`` has not.
 PROMPTED_ARGS = ('num_prompts', 'deep', 'prompt_layers', 'prompt_dropout', 'prompt_init',
-                 'freeze', 'tune_bias', 'save_frozen', 'fast_path', 'prefer_init_cfg')
+                 'lora', 'adapter', 'freeze', 'tune_bias', 'save_frozen', 'fast_path',
+                 'prefer_init_cfg')

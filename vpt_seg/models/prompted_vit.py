@@ -15,6 +15,7 @@ from ..formats import loading
 from ..formats.fitting import fit_state_dict
 from ..formats.weights import load_vit_checkpoint, to_mmseg_state_dict
 from ..tuners.prompt import PromptGroup, VisualPrompt, run_prompted_layers
+from ..tuners.terms import NO_TERMS, BlockTerms
 from ..tuners.tuning import freeze as freeze_module
 from .frozen import FrozenBackboneMixin
 
@@ -55,6 +56,11 @@ class PromptedVisionTransformer(FrozenBackboneMixin, VisionTransformer):
             fine-tuning, where the backbone is a plain ``VisionTransformer``).
         tune_bias: With ``freeze``, keep the backbone's bias terms tuned (VPT+Bias,
             or "Bias" alone with ``num_prompts=0``).
+        lora: LoRA on the blocks' linear layers, ``dict(rank=8, alpha=8,
+            targets=('q', 'v'), dropout=0.0)`` (:mod:`vpt_seg.tuners.lora`); None = off.
+        adapter: AdaptFormer's adapter beside every MLP, ``dict(width=64, scale=0.1,
+            dropout=0.0)`` (:mod:`vpt_seg.tuners.adapter`); None = off. Both combine
+            with prompts and bias tuning, and run on the fast path's functional blocks.
         save_frozen: Put frozen weights into ``state_dict()`` too. Off by default: a task
             checkpoint holds only what was tuned, and the frozen weights are reloaded
             from ``init_cfg``'s pretrained file when such a checkpoint is loaded.
@@ -95,6 +101,8 @@ class PromptedVisionTransformer(FrozenBackboneMixin, VisionTransformer):
                  prompt_init: str = 'xavier_uniform',
                  freeze: bool = True,
                  tune_bias: bool = False,
+                 lora: Optional[dict] = None,
+                 adapter: Optional[dict] = None,
                  save_frozen: bool = False,
                  fast_path: Optional[bool] = None,
                  prefer_init_cfg: bool = False,
@@ -131,6 +139,7 @@ class PromptedVisionTransformer(FrozenBackboneMixin, VisionTransformer):
             init=prompt_init,
             patch_size=self.patch_size,
             in_channels=self.in_channels)
+        self.init_tuners(lora, adapter, len(self.layers), embed_dims)
         self.freeze = freeze
         self.tune_bias = tune_bias
         self.save_frozen = save_frozen
@@ -145,8 +154,9 @@ class PromptedVisionTransformer(FrozenBackboneMixin, VisionTransformer):
         self.pretrained_file = init_cfg.get('checkpoint') if isinstance(init_cfg, dict) \
             and init_cfg.get('type') == 'Pretrained' else None
         if freeze:
-            for name, child in self.named_children():
-                if child is not self.prompt:
+            tuners = self.tuner_modules()
+            for child in self.children():
+                if all(child is not t for t in tuners):
                     freeze_module(child, tune_bias=tune_bias)
             for param in self._parameters.values():  # cls_token, pos_embed
                 param.requires_grad_(False)
@@ -201,16 +211,44 @@ class PromptedVisionTransformer(FrozenBackboneMixin, VisionTransformer):
         return vit_ops.layer_norm(x, self.norm1, biases) if self.fast_path or \
             biases is not vit_ops.SHARED_BIASES else self.norm1(x)
 
+    def block_kwargs(self, hw_shape) -> dict:
+        """What :meth:`run_block` takes besides the tokens for this grid: nothing here
+        (timm's EVA takes its RoPE table)."""
+        return {}
+
     def run_block(self, i: int, x: torch.Tensor, mask: Optional[torch.Tensor] = None,
-                  biases: vit_ops.Biases = vit_ops.SHARED_BIASES) -> torch.Tensor:
+                  biases: vit_ops.Biases = vit_ops.SHARED_BIASES,
+                  terms: BlockTerms = NO_TERMS) -> torch.Tensor:
         """Transformer block ``i``, ``(B, N, C) -> (B, N, C)``; ``mask``: a boolean
-        ``(B, 1, 1, N)`` key mask, ``biases``: a per-sample bias lookup (serving)."""
+        ``(B, 1, 1, N)`` key mask, ``biases``: a per-sample bias lookup (serving),
+        ``terms``: LoRA updates and adapter branches (the model's, or per sample)."""
         layer = self.layers[i]
-        if not self.fast_path and mask is None and biases is vit_ops.SHARED_BIASES:
+        if not (self.fast_path or terms.active) and mask is None and \
+                biases is vit_ops.SHARED_BIASES:
             return layer(x)  # MMSeg's layer (it honours with_cp itself)
-        if layer.with_cp and x.requires_grad and torch.is_grad_enabled():
-            return checkpoint(vit_ops.block, layer, x, mask, biases, use_reentrant=False)
-        return vit_ops.block(layer, x, mask, biases)
+        if layer.with_cp and torch.is_grad_enabled() and (x.requires_grad or terms.active):
+            return checkpoint(vit_ops.block, layer, x, mask, biases, terms, i,
+                              use_reentrant=False)
+        return vit_ops.block(layer, x, mask, biases, terms, i)
+
+    def lora_weight(self, layer: int, site: str):
+        """``q``/``k``/``v``: rows of ``in_proj_weight``; ``proj``, ``fc1``, ``fc2``: whole."""
+        block = self.layers[layer]
+        if site in ('q', 'k', 'v'):
+            C = self.cls_token.shape[-1]
+            j = 'qkv'.index(site)
+            return block.attn.attn.in_proj_weight, slice(j * C, (j + 1) * C)
+        linears = [m for m in block.ffn.layers.modules() if isinstance(m, nn.Linear)]
+        return {'proj': block.attn.attn.out_proj, 'fc1': linears[0],
+                'fc2': linears[-1]}[site].weight, None
+
+    def lora_sites(self, target: str):
+        """``q``/``k``/``v``: slices of the packed ``in_proj``, ``proj``: ``out_proj``,
+        ``fc1``/``fc2``: the FFN's first and last linear; ``{site: (in, out)}``."""
+        C = self.cls_token.shape[-1]
+        hidden = self.layers[0].ffn.layers[0][0].out_features
+        return {'fc1': {'fc1': (C, hidden)}, 'fc2': {'fc2': (hidden, C)}}.get(
+            target, {target: (C, C)} if target in ('q', 'k', 'v', 'proj') else {})
 
     def to_map(self, x: torch.Tensor, hw_shape):
         """``(B, K + HW, C) -> (B, C, H, W)`` (plus the [CLS] vector if asked for)."""
@@ -225,17 +263,22 @@ class PromptedVisionTransformer(FrozenBackboneMixin, VisionTransformer):
         x = self.norm_pre(self.add_prefix(x, hw_shape))                  # (B, K + HW, C)
         outs = [self.to_map(x, hw_shape)] if self.out_origin else []
         group = PromptGroup(self.prompt, None, self.out_indices, self.final_norm)
-        feats, = run_prompted_layers(x, [group], self.run_block, len(self.layers),
+        terms = BlockTerms.of(self)
+
+        def block(i, x, mask):
+            return self.run_block(i, x, mask, terms=terms)
+        feats, = run_prompted_layers(x, [group], block, len(self.layers),
                                      self.num_prefix_tokens, self.norm_out)
         return tuple(outs + [self.to_map(feats[i], hw_shape) for i in sorted(feats)])
 
     def train(self, mode: bool = True):
-        """Frozen parts stay in eval mode (no dropout, no drop-path): only the prompts'
-        dropout follows ``mode``, as in the paper's code."""
+        """Frozen parts stay in eval mode (no dropout, no drop-path): only the dropout
+        of the prompts (as in the paper's code), LoRA and adapters follows ``mode``."""
         super().train(mode)
         if self.freeze and mode:
+            tuners = self.tuner_modules()
             for child in self.children():
-                if child is not self.prompt:
+                if all(child is not t for t in tuners):
                     child.train(False)
         return self
 
@@ -259,6 +302,9 @@ class PromptedVisionTransformer(FrozenBackboneMixin, VisionTransformer):
                 "--cfg-options model.backbone.init_cfg.checkpoint=/path/to/vit.pth")
         if cfg.get('type') != 'Pretrained' or ckpt is None:
             super().init_weights()  # random init, or MMSeg's Pretrained_Part
+            for tuner in (self.lora, self.adapter):  # MMSeg's init re-draws every Linear
+                if tuner is not None:
+                    tuner.reset_parameters()
             self._frozen_loaded = True
             return
         if '://' in ckpt:  # URLs and MMEngine schemes (open-mmlab://, ...)
@@ -271,7 +317,8 @@ class PromptedVisionTransformer(FrozenBackboneMixin, VisionTransformer):
         loading.check_signature(self, source.state_dict.pop('signature', None), f'{ckpt}: ')
         target = {k: t.shape for k, t in self.named_parameters()}
         target.update({k: t.shape for k, t in self.named_buffers() if k != 'signature'})
-        prompts = {'prompt.' + k for k, _ in self.prompt.named_parameters()}
+        prompts = {k for k, _ in self.named_parameters()  # the method's, not in the file
+                   if k.split('.')[0] in ('prompt', 'lora', 'adapter')}
         try:
             state, report = fit_state_dict(
                 source.state_dict, target,

@@ -37,6 +37,7 @@ from torch.utils.checkpoint import checkpoint as activation_checkpoint
 
 from ..formats.weights import read_checkpoint
 from ..tuners.prompt import PromptGroup, VisualPrompt, run_prompted_layers
+from ..tuners.terms import NO_TERMS, BlockTerms
 from ..tuners.tuning import bias_parameters, format_count
 from ..tuners.tuning import freeze as freeze_module
 from . import vit_ops
@@ -241,6 +242,24 @@ def fit_timm_state_dict(state_dict: Mapping[str, torch.Tensor], vit: nn.Module,
 
 
 # ---------------------------------------------------------------- backbone
+def _lora_linears(block: nn.Module) -> Dict[nn.Linear, Tuple[Tuple[str, Optional[slice]], ...]]:
+    """The LoRA sites of a timm block: each linear layer and ``(site, output slice)``
+    (q/k/v as slices of a packed ``attn.qkv``)."""
+    attn, mlp = block.attn, block.mlp
+    out = {}
+    qkv = getattr(attn, 'qkv', None)
+    if isinstance(qkv, nn.Linear):
+        d = qkv.out_features // 3
+        out[qkv] = tuple((t, slice(j * d, (j + 1) * d)) for j, t in enumerate('qkv'))
+    for owner, names in ((attn, ('q_proj', 'k_proj', 'v_proj', 'proj')),
+                         (mlp, ('fc1', 'fc1_g', 'fc1_x', 'fc2'))):
+        for name in names:
+            linear = getattr(owner, name, None)
+            if isinstance(linear, nn.Linear):
+                out[linear] = ((name[0] if name.endswith('_proj') else name, None),)
+    return out
+
+
 @MODELS.register_module()
 class PromptedTimmViT(FrozenBackboneMixin, BaseModule):
     """A frozen timm ViT (any supported family) with visual prompts and bias tuning.
@@ -270,12 +289,24 @@ class PromptedTimmViT(FrozenBackboneMixin, BaseModule):
         freeze: Freeze every pretrained weight; False = full fine-tuning.
         tune_bias: With ``freeze``, tune every bias of the model (one log line names
             the layers without a bias, e.g. EVA's key projection).
+        lora: LoRA on the blocks' linear layers, ``dict(rank=8, alpha=8,
+            targets=('q', 'v'), dropout=0.0)``: ``q``/``k``/``v`` are slices of timm's
+            packed ``attn.qkv`` or EVA's ``q_proj``/``k_proj``/``v_proj``, ``proj`` the
+            attention output, ``fc1`` the MLP's input projection(s) (both of SwiGLU's),
+            ``fc2`` its output. None = off.
+        adapter: AdaptFormer's adapter beside every MLP, ``dict(width=64, scale=0.1,
+            dropout=0.0)``, added after LayerScale and drop-path. None = off.
         save_frozen: Put the frozen weights into ``state_dict()`` too.
         with_cp: Recompute each block in the backward pass (activation checkpointing).
         output_cls_token: Each output is ``[map, cls]``, the layer's ``(B, C)`` [CLS]
             token beside its map (normed with the map where ``final_norm``), as MMSeg's
             ViT gives it: what :class:`~vpt_seg.models.VPTClassifier` reads. Families
             without a [CLS] token (SigLIP) raise.
+        prefer_checkpoint: When a task checkpoint is loaded, take its frozen weights from
+            ``checkpoint`` only, not from the file the checkpoint records: the user named
+            it (the tools set this when ``--cfg-options`` names
+            ``model.backbone.checkpoint``). Its weights must still match the sha256 the
+            checkpoint records.
         init_cfg: MMEngine's; unused (weights come from ``checkpoint``).
 
     Shapes:
@@ -303,9 +334,12 @@ class PromptedTimmViT(FrozenBackboneMixin, BaseModule):
                  prompt_init: str = 'xavier_uniform',
                  freeze: bool = True,
                  tune_bias: bool = False,
+                 lora: Optional[dict] = None,
+                 adapter: Optional[dict] = None,
                  save_frozen: bool = False,
                  with_cp: bool = False,
                  output_cls_token: bool = False,
+                 prefer_checkpoint: bool = False,
                  init_cfg: Optional[dict] = None):
         if isinstance(init_cfg, dict) and init_cfg.get('type') == 'Pretrained':
             raise ValueError('PromptedTimmViT reads its weights from checkpoint=, not from '
@@ -336,6 +370,7 @@ class PromptedTimmViT(FrozenBackboneMixin, BaseModule):
         self.model_name = model_name
         self.checkpoint = checkpoint
         self.pretrained_file = checkpoint
+        self.prefer_configured = prefer_checkpoint
         self.freeze = freeze
         self.tune_bias = tune_bias
         self.save_frozen = save_frozen
@@ -373,6 +408,11 @@ class PromptedTimmViT(FrozenBackboneMixin, BaseModule):
             layers=prompt_layers, dropout=prompt_dropout, num_prefix=self.num_prefix,
             init=prompt_init, patch_size=self.patch_size, in_channels=self.in_channels)
         self._eva = isinstance(vit, _vit_classes()[1])
+        self._linears = [_lora_linears(block) for block in vit.blocks]
+        self.init_tuners(lora, adapter, depth, vit.embed_dim)
+        if self.adapter is not None and not hasattr(vit.blocks[0], 'drop_path2'):
+            raise ValueError(f'model.backbone.adapter: {type(vit.blocks[0]).__name__} has no '
+                             'drop_path2 to add the adapter branch after')
         if freeze:
             freeze_module(vit, tune_bias=tune_bias)
             if tune_bias:
@@ -486,6 +526,11 @@ class PromptedTimmViT(FrozenBackboneMixin, BaseModule):
             return rope.get_embed(shape=tuple(hw_shape))
         return rope.get_embed()
 
+    def block_kwargs(self, hw_shape) -> dict:
+        """What :meth:`run_block` takes for inputs of this grid besides the tokens:
+        EVA's ``rope`` table (None for families without RoPE)."""
+        return dict(rope=self.rotary_embedding(hw_shape))
+
     def norm_pre(self, x: torch.Tensor, biases: vit_ops.Biases = vit_ops.SHARED_BIASES):
         """The pre-norm (CLIP), or ``x`` unchanged (Identity)."""
         with biases.hooked(self.vit.norm_pre):
@@ -497,35 +542,75 @@ class PromptedTimmViT(FrozenBackboneMixin, BaseModule):
         with biases.hooked(norm):
             return norm(x)
 
-    @staticmethod
-    def _call_block(block: nn.Module, x: torch.Tensor, kwargs: dict) -> torch.Tensor:
+    def _call_block(self, i: int, x: torch.Tensor, kwargs: dict,
+                    terms: BlockTerms) -> torch.Tensor:
+        block = self.vit.blocks[i]
         rope = kwargs.get('rope')
         if rope is not None:
             # RoPE rotates the last HW tokens only: [CLS], registers and the prompt slots
             # before them count as prefix (timm's EvaAttention skips num_prefix_tokens).
             block.attn.num_prefix_tokens = x.shape[1] - rope.shape[-2]
-        return block(x, **kwargs)
+        if not terms.active:
+            return block(x, **kwargs)
+        # Inside the (checkpointed) call, so a recomputation adds the same terms.
+        with terms.hooked(i, self._linears[i], block.mlp, getattr(block, 'drop_path2', None)):
+            return block(x, **kwargs)
 
     def run_block(self, i: int, x: torch.Tensor, mask: Optional[torch.Tensor] = None,
                   biases: vit_ops.Biases = vit_ops.SHARED_BIASES,
+                  terms: BlockTerms = NO_TERMS,
                   rope: Optional[torch.Tensor] = None) -> torch.Tensor:
         """timm's block ``i``, ``(B, N, C) -> (B, N, C)``; ``mask``: a boolean
         ``(B, 1, 1, N)`` key mask (timm's ``attn_mask``); ``rope``: EVA's table from
-        :meth:`rotary_embedding`; ``biases``: a per-sample bias lookup (serving): timm's
-        blocks run as modules, so each sample's task bias is added by forward hooks
-        (:meth:`vit_ops.Biases.hooked`)."""
+        :meth:`rotary_embedding`. timm's blocks run as modules, so a per-sample bias
+        lookup (``biases``, serving) and the LoRA updates and adapter branches
+        (``terms``) are added by forward hooks (:meth:`vit_ops.Biases.hooked`,
+        :meth:`BlockTerms.hooked`)."""
         block = self.vit.blocks[i]
         kwargs = {} if mask is None else dict(attn_mask=mask)
         if self._eva:
             kwargs['rope'] = rope
         if biases.per_sample:  # serving: inference only
             with biases.hooked(block):
-                return self._call_block(block, x, kwargs)
+                return self._call_block(i, x, kwargs, terms)
         if self.with_cp and torch.is_grad_enabled() and (
-                x.requires_grad or any(p.requires_grad for p in block.parameters())):
-            return activation_checkpoint(self._call_block, block, x, kwargs,
+                x.requires_grad or terms.active or
+                any(p.requires_grad for p in block.parameters())):
+            return activation_checkpoint(self._call_block, i, x, kwargs, terms,
                                          use_reentrant=False)
-        return self._call_block(block, x, kwargs)
+        return self._call_block(i, x, kwargs, terms)
+
+    def lora_weight(self, layer: int, site: str):
+        """The linear of ``site`` in block ``layer`` and its output rows (packed qkv)."""
+        for linear, sites in self._linears[layer].items():
+            for name, part in sites:
+                if name == site:
+                    return linear.weight, part
+        raise KeyError(f'block {layer} has no LoRA site {site!r}')
+
+    def lora_sites(self, target: str):
+        """What a LoRA target names in timm's blocks (see ``lora`` above).
+
+        Raises:
+            ValueError: q/k/v of an EVA attention that packs them with separate biases
+                (computed with ``F.linear`` inside the attention, out of a hook's reach).
+        """
+        attn = self.vit.blocks[0].attn
+        if target in ('q', 'k', 'v') and getattr(attn, 'q_bias', None) is not None and \
+                getattr(attn, 'qkv', None) is not None and \
+                not getattr(attn, 'qkv_bias_separate', False):
+            raise ValueError(f'model.backbone.lora.targets: {self.model_name} packs q/k/v '
+                             'with separate q/v biases inside its attention (F.linear), '
+                             'which LoRA cannot reach; target proj/fc1/fc2, or build the '
+                             'model with qkv_fused=False')
+        names = ('fc1', 'fc1_g', 'fc1_x') if target == 'fc1' else (target,)
+        found = {}
+        for linear, sites in self._linears[0].items():
+            for site, part in sites:
+                if site in names:
+                    found[site] = (linear.in_features, linear.out_features if part is None
+                                   else part.stop - part.start)
+        return found
 
     def to_map(self, x: torch.Tensor, hw_shape) -> torch.Tensor:
         """``(B, K + HW, C) -> (B, C, H, W)``."""
@@ -537,7 +622,8 @@ class PromptedTimmViT(FrozenBackboneMixin, BaseModule):
         self.check_input(inputs)
         x, hw_shape = self.embed_patches(inputs)
         x = self.norm_pre(self.add_prefix(x, hw_shape))                  # (B, K + HW, C)
-        block = partial(self.run_block, rope=self.rotary_embedding(hw_shape))
+        block = partial(self.run_block, terms=BlockTerms.of(self),
+                        **self.block_kwargs(hw_shape))
         group = PromptGroup(self.prompt, None, self.out_indices, self.final_norm)
         feats, = run_prompted_layers(x, [group], block, len(self.vit.blocks),
                                      self.num_prefix, self.norm_out)
@@ -546,8 +632,8 @@ class PromptedTimmViT(FrozenBackboneMixin, BaseModule):
         return tuple(self.to_map(feats[i], hw_shape) for i in sorted(feats))
 
     def train(self, mode: bool = True):
-        """Frozen parts stay in eval mode (no dropout, no drop-path): only the prompts'
-        dropout follows ``mode``."""
+        """Frozen parts stay in eval mode (no dropout, no drop-path): only the dropout
+        of the prompts, LoRA and adapters follows ``mode``."""
         super().train(mode)
         if self.freeze and mode:
             self.vit.train(False)

@@ -13,7 +13,10 @@ so every MMSeg, timm or JAX checkpoint loads as before; they only compute differ
   one packed q/k/v projection (flash / memory-efficient attention on a GPU);
 * every bias is read through a :class:`Biases` lookup, so one batch may carry a bias per
   sample (serving bias-tuned tasks side by side) and an optional key mask (prompts of
-  different lengths); with the default lookup the computation is MMSeg's.
+  different lengths); with the default lookup the computation is MMSeg's;
+* LoRA updates and adapter branches come from a
+  :class:`~vpt_seg.tuners.terms.BlockTerms` (per task, or per sample when serving), added
+  to the frozen layers' outputs; without them the computation is MMSeg's.
 
 Dropout, attention dropout and drop-path are the modules' own (``proj_drop``,
 ``dropout_layer``, the FFN's ``nn.Dropout``), so they follow ``train()``/``eval()`` exactly as
@@ -26,6 +29,8 @@ from typing import List, Optional, Tuple
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from ..tuners.terms import NO_TERMS, BlockTerms
 
 __all__ = ['fast_path_default', 'Biases', 'SHARED_BIASES', 'linear', 'layer_norm', 'patch_embed', 'attention',
            'mlp', 'block', 'check_supported']
@@ -153,35 +158,52 @@ def patch_embed(pe: nn.Module, images: torch.Tensor, biases: Biases = SHARED_BIA
     return x, hw_shape
 
 
+def qkv_sites(embed_dims: int):
+    """LoRA sites of the packed q/k/v projection: ``(site, output slice)``."""
+    C = embed_dims
+    return (('q', slice(0, C)), ('k', slice(C, 2 * C)), ('v', slice(2 * C, 3 * C)))
+
+
 def attention(attn: nn.Module, x: torch.Tensor, mask: Optional[torch.Tensor] = None,
-              biases: Biases = SHARED_BIASES) -> torch.Tensor:
+              biases: Biases = SHARED_BIASES, terms: BlockTerms = NO_TERMS,
+              index: int = 0) -> torch.Tensor:
     """Self-attention of MMCV's ``MultiheadAttention`` (without its residual).
 
     Args:
         attn: MMCV ``MultiheadAttention`` (wrapping ``nn.MultiheadAttention``).
         x: ``(B, N, C)`` normed tokens.
         mask: Boolean ``(B, 1, 1, N)`` key mask (True = attend) or None.
+        terms: LoRA updates (sites ``q``, ``k``, ``v``, ``proj``) of block ``index``.
     """
     mha = attn.attn
     B, N, C = x.shape
     heads = mha.num_heads
     qkv = linear(x, mha.in_proj_weight, biases(mha, 'in_proj_bias'))      # (B, N, 3C)
+    qkv = terms.linear(index, qkv_sites(C), x, qkv)
     q, k, v = qkv.view(B, N, 3, heads, C // heads).permute(2, 0, 3, 1, 4).unbind(0)
     out = F.scaled_dot_product_attention(                                 # (B, h, N, d)
         q, k, v, attn_mask=mask, dropout_p=mha.dropout if mha.training else 0.0)
     out = out.transpose(1, 2).reshape(B, N, C)                             # (B, N, C)
-    out = linear(out, mha.out_proj.weight, biases(mha.out_proj))
+    out = terms.linear(index, (('proj', None),), out,
+                       linear(out, mha.out_proj.weight, biases(mha.out_proj)))
     return attn.dropout_layer(attn.proj_drop(out))
 
 
-def mlp(ffn: nn.Module, x: torch.Tensor, biases: Biases = SHARED_BIASES) -> torch.Tensor:
-    """MMCV's ``FFN`` (without its residual): linear, activation, dropout, ..., linear."""
+def mlp(ffn: nn.Module, x: torch.Tensor, biases: Biases = SHARED_BIASES,
+        terms: BlockTerms = NO_TERMS, index: int = 0) -> torch.Tensor:
+    """MMCV's ``FFN`` (without its residual): linear, activation, dropout, ..., linear;
+    ``terms``: LoRA updates of block ``index``'s first (``fc1``) and last (``fc2``) linear."""
+    linears = [m for m in ffn.layers.modules() if isinstance(m, nn.Linear)]
+    site = {id(linears[0]): 'fc1', id(linears[-1]): 'fc2'} if terms.has_lora else {}
+
     def run(module, x):
         for child in module.children():
             if isinstance(child, nn.Sequential):
                 x = run(child, x)
             elif isinstance(child, nn.Linear):
-                x = linear(x, child.weight, biases(child))
+                out = linear(x, child.weight, biases(child))
+                x = terms.linear(index, ((site[id(child)], None),), x, out) \
+                    if id(child) in site else out
             else:  # activation, dropout
                 x = child(x)
         return x
@@ -189,11 +211,17 @@ def mlp(ffn: nn.Module, x: torch.Tensor, biases: Biases = SHARED_BIASES) -> torc
 
 
 def block(layer: nn.Module, x: torch.Tensor, mask: Optional[torch.Tensor] = None,
-          biases: Biases = SHARED_BIASES) -> torch.Tensor:
+          biases: Biases = SHARED_BIASES, terms: BlockTerms = NO_TERMS,
+          index: int = 0) -> torch.Tensor:
     """MMSeg's ``TransformerEncoderLayer``: ``(B, N, C) -> (B, N, C)``, pre-norm residual
-    attention then MLP."""
-    x = x + attention(layer.attn, layer_norm(x, layer.norm1, biases), mask, biases)
-    return x + mlp(layer.ffn, layer_norm(x, layer.norm2, biases), biases)
+    attention then MLP; ``terms``: block ``index``'s LoRA updates and the adapter branch
+    beside the MLP (AdaptFormer: ``x + MLP(LN(x)) + s * adapter(LN(x))``)."""
+    x = x + attention(layer.attn, layer_norm(x, layer.norm1, biases), mask, biases,
+                      terms, index)
+    h = layer_norm(x, layer.norm2, biases)
+    x = x + mlp(layer.ffn, h, biases, terms, index)
+    branch = terms.adapter(index, h)
+    return x if branch is None else x + branch
 
 
 def check_supported(vit: nn.Module, what: str = 'backbone',

@@ -17,6 +17,10 @@ tasks in one pass through the shared weights:
   (:mod:`vpt_seg.models.vit_ops`) with a per-sample :class:`~vpt_seg.models.vit_ops.Biases`
   lookup: every bias is gathered from the sample's task (the shared bias for tasks that
   do not tune biases), so a batch may mix bias-tuned and prompt-only tasks.
+* **LoRA and adapter tasks.** The same blocks ask a
+  :class:`~vpt_seg.tuners.terms.BlockTerms` for each sample's low-rank updates and adapter
+  branch (its task's; nothing for tasks without them), so LoRA, AdaptFormer and VPT tasks
+  share a batch too.
 * **Per-task backbone outputs.** ``out_indices``, ``final_norm``, ``output_cls_token``,
   ``out_origin`` and ``img_size`` (position embeddings) stay per task.
 
@@ -48,6 +52,7 @@ from ..formats.loading import load_task_model  # noqa: F401  (its home before; r
 from ..models.prompted_vit import PromptedVisionTransformer
 from ..models.timm_vit import PromptedTimmViT
 from ..tuners.prompt import PromptGroup, run_prompted_layers
+from ..tuners.terms import BlockTerms
 from ..tuners.tuning import bias_parameters
 
 __all__ = ['MultiTaskViT', 'task_kind', 'shared_backbone_cfg', 'build_shared_backbone',
@@ -251,6 +256,8 @@ class MultiTaskViT(nn.Module):
         for k, idx in enumerate(groups.values()):
             task_index[idx] = k
         biases = vit_ops.Biases(vit, vits, task_index.to(inputs.device))
+        terms = BlockTerms([(v.lora, v.adapter) for v in vits],
+                           [idx.to(inputs.device) for idx in groups.values()])
         vits[0].check_input(inputs)
 
         patches, hw_shape = vit.embed_patches(inputs, biases)           # (B, HW, C)
@@ -260,12 +267,10 @@ class MultiTaskViT(nn.Module):
             x = tokens.new_empty((len(tasks),) + tokens.shape[1:]) if x is None else x
             x[idx] = tokens
         x = vit.norm_pre(x, biases)
-        extra = {}
-        if isinstance(vit, PromptedTimmViT):  # EVA's RoPE table (None for other families)
-            extra['rope'] = vit.rotary_embedding(hw_shape)
+        extra = vit.block_kwargs(hw_shape)  # e.g. EVA's RoPE table for this grid
 
         def block(i, x, mask):
-            return vit.run_block(i, x, mask, biases, **extra)
+            return vit.run_block(i, x, mask, biases, terms, **extra)
         feats = run_prompted_layers(
             x, [PromptGroup(v.prompt, idx, v.out_indices, v.final_norm)
                 for v, idx in zip(vits, groups.values())],

@@ -2,8 +2,8 @@
 
 The rule: a parameter is *tuned* iff ``requires_grad`` is True. A prompted backbone
 freezes its pretrained weights when it is built (:func:`freeze`), re-enabling only what
-the method tunes (prompts, and biases with :func:`bias_parameters`); heads stay
-trainable. The same rule then selects what the optimizer gets
+the method tunes (prompts, LoRA and adapter weights, and biases with
+:func:`bias_parameters`); heads stay trainable. The same rule then selects what the optimizer gets
 (:class:`vpt_seg.engine.TunedOptimWrapperConstructor`), what a task checkpoint holds
 (:func:`frozen_state_keys`) and what :func:`parameter_report` counts.
 """
@@ -59,21 +59,26 @@ def format_count(n: int) -> str:
 
 def parameter_report(model: nn.Module, backbone: nn.Module,
                      prompt: nn.Module = None) -> 'OrderedDict[str, Dict[str, int]]':
-    """Tuned and total parameter counts by part: prompts, backbone biases, the rest of
-    the backbone, heads (everything outside the backbone).
+    """Tuned and total parameter counts by part: prompts, LoRA and adapters (rows only
+    where the backbone has them), backbone biases, the rest of the backbone, heads
+    (everything outside the backbone).
 
     Returns:
         ``{part: {'tuned': int, 'total': int}}`` plus a ``'total'`` row.
     """
-    prompt_ids = {id(p) for p in prompt.parameters()} if prompt is not None else set()
-    bias_ids = {id(p) for _, p in bias_parameters(backbone)} - prompt_ids
+    methods = OrderedDict(prompts=prompt, LoRA=getattr(backbone, 'lora', None),
+                          adapters=getattr(backbone, 'adapter', None))
+    owner = {id(p): part for part, module in methods.items() if module is not None
+             for p in module.parameters()}
+    bias_ids = {id(p) for _, p in bias_parameters(backbone)} - set(owner)
     backbone_ids = {id(p) for p in backbone.parameters()}
-    parts = OrderedDict((k, dict(tuned=0, total=0))
-                        for k in ('prompts', 'backbone biases', 'backbone other', 'heads'))
+    parts = OrderedDict((k, dict(tuned=0, total=0)) for k in
+                        ['prompts'] + [k for k in ('LoRA', 'adapters') if methods[k] is not None]
+                        + ['backbone biases', 'backbone other', 'heads'])
     for param in model.parameters():
         pid = id(param)
-        part = ('prompts' if pid in prompt_ids else 'backbone biases' if pid in bias_ids
-                else 'backbone other' if pid in backbone_ids else 'heads')
+        part = (owner.get(pid) or ('backbone biases' if pid in bias_ids
+                                   else 'backbone other' if pid in backbone_ids else 'heads'))
         parts[part]['total'] += param.numel()
         parts[part]['tuned'] += param.numel() if is_tuned(param) else 0
     parts['total'] = dict(tuned=sum(v['tuned'] for v in parts.values()),
