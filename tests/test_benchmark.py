@@ -112,3 +112,47 @@ def test_benchmark_tool_runs_a_timm_config_against_stock(tmp_path):
         ('stock', 'frozen, biases tuned', 'train'), ('stock', 'frozen, biases tuned', 'whole')]
     assert all(r['img_per_s'] > 0 and r['gflop_per_img'] > 0 for r in rows)
     # 'whole' at ADE20k's 4:3 default (32x43) is not a multiple of patch 8: --infer-size
+
+
+def test_methods_are_measured_side_by_side(tmp_path):
+    """--methods: VPT-deep, LoRA and AdaptFormer on the config's backbone, head and data,
+    one row each with every figure, in one run."""
+    out = tmp_path / 'methods.json'
+    proc = subprocess.run(
+        [sys.executable, osp.join(ROOT, 'tools', 'benchmark.py'), CONFIG, '--methods',
+         'vpt-deep', 'lora', 'adaptformer', '--modes', 'train', 'whole', '--batch', '1',
+         '--amp', 'none', '--steps', '1', '--warmup', '0', '--json', str(out)],
+        capture_output=True, text=True, cwd=str(tmp_path))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = json.loads(out.read_text())['results']
+    assert [(r['model'], r['mode']) for r in rows] == [
+        (m, mode) for m in ('vpt-deep', 'lora', 'adaptformer') for mode in ('train', 'whole')]
+    setups = {r['model']: r['setup'] for r in rows}
+    assert setups == {'vpt-deep': 'frozen, 10 prompts', 'lora': 'frozen, LoRA r8 q,v',
+                      'adaptformer': 'frozen, adapter w64'}
+    for r in rows:
+        assert r['img_per_s'] > 0 and r['gflop_per_img'] > 0 and r['peak_gib'] is not None
+        assert (r['saved_gib'] > 0) if r['mode'] == 'train' else r['saved_gib'] is None
+    tuned = {r['model']: r['tuned'] for r in rows}
+    from mmengine.config import Config
+    bb = Config.fromfile(CONFIG).model.backbone
+    c, depth = bb.embed_dims, bb.num_layers
+    # the same head in every row; the methods' own parts on top of it
+    assert tuned['lora'] - tuned['vpt-deep'] == depth * (2 * 2 * 8 * c - 10 * c)
+    assert tuned['adaptformer'] - tuned['vpt-deep'] == depth * (2 * 64 * c + 64 + c - 10 * c)
+    for m, setup in setups.items():  # the printed table has the rows, with numbers
+        line = next(ln for ln in proc.stdout.splitlines()
+                    if ln.startswith(f'| {m} | {setup} | train'))
+        cells = [c.strip() for c in line.split('|')]
+        for col in (5, 7, 9, 10):  # img/s, peak GiB, kept GiB, GFLOP/img
+            assert float(cells[col]) > 0, line
+
+
+def test_unknown_method_is_refused():
+    import pytest
+    from mmengine.config import Config
+    from vpt_seg.experiments.benchmark import run_benchmark
+    with pytest.raises(ValueError, match="unknown method 'prefix'"):
+        model_setup(Config.fromfile(CONFIG), stock=False, method='prefix')
+    with pytest.raises(ValueError, match=r"unknown methods \['prefix'\]"):
+        run_benchmark(CONFIG, methods=['prefix'], device='cpu')

@@ -6,9 +6,10 @@ import sys
 
 import pytest
 from mmengine.config import Config
+from mmengine.optim import build_optim_wrapper
 from mmseg.registry import MODELS
 
-from vpt_seg.tuners.tuning import count_parameters
+from vpt_seg.tuners.tuning import count_parameters, parameter_report
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 #: SETR-PUP on frozen timm ViT-Ls (PromptedTimmViT): tuned parameters in millions
@@ -18,6 +19,8 @@ TIMM_CONFIGS = {
     'setr_vpt-bias_dinov2_ade20k.py': ('vit_large_patch14_reg4_dinov2.lvd142m', 15.87),
     'setr_vpt_eva02_ade20k.py': ('eva02_large_patch14_224.mim_m38m', 13.39),
     'setr_vpt-bias_eva02_ade20k.py': ('eva02_large_patch14_224.mim_m38m', 15.95),
+    'setr_lora_dinov2_ade20k.py': ('vit_large_patch14_reg4_dinov2.lvd142m', 13.93),
+    'setr_adaptformer_dinov2_ade20k.py': ('vit_large_patch14_reg4_dinov2.lvd142m', 16.32),
 }
 ADE_CONFIGS = sorted(p for p in glob.glob(osp.join(ROOT, 'configs', 'setr_*.py'))
                      if osp.basename(p) not in TIMM_CONFIGS)
@@ -30,6 +33,36 @@ TABLE3 = {
     'setr_vpt_ade20k.py': 13.43,
     'setr_vpt-bias_ade20k.py': 15.79,
 }
+#: Rows beside Table 3 (not in the paper): tuned parameters in millions, and the exact
+#: count of the method's own part (parameter_report's row) on a ViT-L/16.
+LORA_VIT_L = 24 * 2 * (1024 * 8 + 8 * 1024)             # rank 8 on q and v
+ADAPTER_VIT_L = 24 * (1024 * 64 + 64 + 64 * 1024 + 1024)  # width 64, with biases
+TUNERS = {
+    'setr_lora_ade20k.py': (13.93, 'LoRA', LORA_VIT_L),
+    'setr_adaptformer_ade20k.py': (16.32, 'adapters', ADAPTER_VIT_L),
+    'setr_lora_dinov2_ade20k.py': (13.93, 'LoRA', LORA_VIT_L),
+    'setr_adaptformer_dinov2_ade20k.py': (16.32, 'adapters', ADAPTER_VIT_L),
+}
+
+
+def _check_tuners(name, model):
+    """The LoRA/AdaptFormer rows: their part's exact count, and the optimizer gives it the
+    prompts' 10x learning rate (configs/_base_/vpt_backbone.py)."""
+    total, part, exact = TUNERS[name]
+    backbone = model.backbone
+    report = parameter_report(model, backbone, getattr(backbone, 'prompt', None))
+    assert report[part]['tuned'] == report[part]['total'] == exact, report
+    assert count_parameters(model, tuned_only=True) / 1e6 == pytest.approx(total, abs=0.01)
+    assert report['prompts']['tuned'] == 0
+    cfg = Config.fromfile(osp.join(ROOT, 'configs', name))
+    optim = build_optim_wrapper(model, cfg.optim_wrapper).optimizer
+    base_lr = cfg.optim_wrapper.optimizer.lr
+    tuner = getattr(backbone, 'lora' if part == 'LoRA' else 'adapter')
+    ids = {id(p) for p in tuner.parameters()}
+    groups = [g for g in optim.param_groups if any(id(p) in ids for p in g['params'])]
+    assert sum(p.numel() for g in groups for p in g['params']) == exact
+    assert all(g['lr'] == pytest.approx(10 * base_lr) for g in groups)
+    assert all(g['weight_decay'] == cfg.optim_wrapper.optimizer.weight_decay for g in groups)
 
 
 @pytest.mark.parametrize('path', ADE_CONFIGS, ids=osp.basename)
@@ -49,11 +82,13 @@ def test_ade20k_config_builds_with_the_paper_setup(path):
     if name in TABLE3:
         tuned = count_parameters(model, tuned_only=True) / 1e6
         assert tuned == pytest.approx(TABLE3[name], rel=0.01), name
+    if name in TUNERS:
+        _check_tuners(name, model)
     if 'full' in name:
         assert count_parameters(model, tuned_only=True) == count_parameters(model)
-    else:
+    else:  # the pretrained weights stay frozen (LoRA's A/B and adapters are the method's)
         assert not any(p.requires_grad for n, p in backbone.named_parameters()
-                       if n.endswith('weight'))
+                       if n.endswith('weight') and n.split('.')[0] not in ('lora', 'adapter'))
 
 
 @pytest.mark.parametrize('name', sorted(TIMM_CONFIGS))
@@ -71,14 +106,18 @@ def test_timm_ade20k_configs_build_at_full_size(name):
     assert (vit.vit.embed_dim, len(vit.vit.blocks), vit.patch_size) == (1024, 24, 16)
     assert vit.out_indices == (9, 14, 19, 23) and vit.img_size == (512, 512)
     assert count_parameters(model, tuned_only=True) / 1e6 == pytest.approx(tuned, abs=0.01)
-    assert not any(p.requires_grad for n, p in vit.named_parameters() if n.endswith('weight'))
+    assert not any(p.requires_grad for n, p in vit.named_parameters()
+                   if n.endswith('weight') and n.split('.')[0] not in ('lora', 'adapter'))
+    if name in TUNERS:
+        _check_tuners(name, model)
     assert (cfg.model.type, cfg.tta_model.type) == ('BoundedEncoderDecoder',
                                                     'BoundedSegTTAModel')
 
 
 @pytest.mark.parametrize('path', ['demo/setr_vpt_tiny_ade20k.py',
                                   'demo/setr_vpt_tiny_dinov2_ade20k.py', 'study/vpt-deep.py',
-                                  'study/head.py', 'study/full.py'])
+                                  'study/head.py', 'study/full.py', 'study/lora.py',
+                                  'study/adaptformer.py'])
 def test_small_segmentation_configs_use_the_bounded_segmentor(path):
     cfg = Config.fromfile(osp.join(ROOT, 'configs', path))
     assert cfg.model.type == 'BoundedEncoderDecoder'

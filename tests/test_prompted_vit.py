@@ -156,6 +156,24 @@ def test_optimizer_log_says_what_is_tuned_by_part(monkeypatch):
     assert vpt_optim.tuned_summary(full) == 'tuned 10 of 10 parameters'
 
 
+def test_optimizer_policy_of_lora_and_adapters():
+    """tuner_lr_mult / tuner_decay_mult set the LoRA and adapter groups (the ADE20k base
+    gives them the prompts' 10x); prompts keep their own policy."""
+    m = build(num_prompts=2, lora=dict(rank=2), adapter=dict(width=4)).train()
+    optimizer = build_optim_wrapper(m, dict(
+        constructor='TunedOptimWrapperConstructor',
+        optimizer=dict(type='SGD', lr=0.1, weight_decay=0.1),
+        paramwise_cfg=dict(prompt_lr_mult=10., prompt_decay_mult=0., tuner_lr_mult=10.,
+                           tuner_decay_mult=0.5))).optimizer
+    policy = {id(p): (g['lr'], g['weight_decay']) for g in optimizer.param_groups
+              for p in g['params']}
+    assert policy[id(m.prompt.embeddings)] == pytest.approx((1.0, 0.0))
+    tuner = list(m.lora.parameters()) + list(m.adapter.parameters())
+    assert len(tuner) == 2 * 2 * 4 + 4 * 4  # per block: A, B of q and v; down, up (w, b)
+    assert all(policy[id(p)] == pytest.approx((1.0, 0.05)) for p in tuner)
+    assert set(policy) == {id(p) for p in m.parameters() if p.requires_grad}
+
+
 def test_train_mode_keeps_frozen_parts_in_eval():
     m = build(num_prompts=2, prompt_dropout=0.5, drop_rate=0.5, drop_path_rate=0.5).train()
     assert m.prompt.training and m.training

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vpt_seg.experiments.study import ROWS, StudySettings, _run_tool, format_table, run_study
+from vpt_seg.experiments.study import (ROWS, RowResult, StudySettings, _count, _load_cfg,
+                                       _run_tool, format_table, plot_tradeoff, run_study)
 
 ROWS_RUN = ('head', 'vpt-deep', 'full', 'dinov2/head', 'dinov2/vpt-deep')
 
@@ -100,6 +101,34 @@ def test_outputs_are_complete(study):
     for r in study['rows']:
         pred = np.asarray(Image.open(osp.join(r.pred_dir, 'ADE_val_00000001.png')))
         assert pred.shape == (64, 64) and set(np.unique(pred).tolist()) <= set(range(1, 9))
+
+
+def test_lora_and_adaptformer_rows(tmp_path):
+    """The LoRA and AdaptFormer rows (not in the reduced run above, to keep its time) are
+    study rows: their configs build on the study's base with the documented budgets,
+    beside VPT-deep, and they reach the table and the plot."""
+    assert list(ROWS)[list(ROWS).index('vpt-bias') + 1:][:2] == ['lora', 'adaptformer']
+    assert (ROWS['lora'], ROWS['adaptformer']) == ('LoRA', 'AdaptFormer')
+    cfg_dir = StudySettings().config_dir
+    counts = {k: _count(_load_cfg(osp.join(cfg_dir, f'{k}.py'), []))
+              for k in ('head', 'lora', 'adaptformer')}
+    head_tuned, head_total = counts['head']
+    # rank 4 on q and v of 6 blocks of width 64; a width-8 bottleneck with biases
+    assert counts['lora'][0] - head_tuned == 6 * 2 * (64 * 4 + 4 * 64)
+    assert counts['adaptformer'][0] - head_tuned == 6 * (64 * 8 + 8 + 8 * 64 + 64)
+    for key in ('lora', 'adaptformer'):
+        assert counts[key][1] - head_total == counts[key][0] - head_tuned
+        cfg = _load_cfg(osp.join(cfg_dir, f'{key}.py'), [])
+        assert cfg.model.backbone.num_prompts == 0
+        assert cfg.train_cfg.max_iters == _load_cfg(osp.join(cfg_dir, 'vpt-deep.py'),
+                                                     []).train_cfg.max_iters
+    rows = [RowResult(key=k, method=ROWS[k], tuned=t, total=n, file_bytes=1, miou=50.0 + i,
+                      aacc=80.0, lr=0.02, train_s=1.0, test_s=1.0)
+            for i, (k, (t, n)) in enumerate(counts.items())]
+    table = format_table(rows)
+    assert '| LoRA | 43.6K |' in table and '| AdaptFormer | 44.0K |' in table
+    img = np.asarray(Image.open(plot_tradeoff(rows, None, str(tmp_path / 'plot.png'))))
+    assert img[..., :3].std() > 10
 
 
 def test_learning_rate_search_keeps_each_rows_best_run(tmp_path):

@@ -1,7 +1,8 @@
 """Training and inference speed, memory and FLOPs of a config, against stock MMSeg.
 
     python tools/benchmark.py CONFIG [--batch 8] [--amp bf16|none] [--stock] [--reference]
-        [--modes train whole slide] [--steps 10] [--warmup 3] [--json OUT.json]
+        [--modes train whole slide] [--methods vpt-deep lora adaptformer] [--steps 10]
+        [--warmup 3] [--json OUT.json]
         [--cfg-options model.backbone.with_cp=True ...]
 
 Examples:
@@ -12,6 +13,8 @@ Examples:
         --cfg-options model.backbone.with_cp=True
     # on CPU, the tiny demo config (ratios are meaningful, absolute numbers are not)
     python tools/benchmark.py configs/demo/setr_vpt_tiny_ade20k.py --stock --amp none
+    # VPT-deep, LoRA and AdaptFormer on the same ViT-L, head and data, one row each
+    python tools/benchmark.py configs/setr_vpt_ade20k.py --methods vpt-deep lora adaptformer
     # multi-task serving: a batch of 32 from 4 tasks against a batch of one task
     python tools/benchmark.py configs/setr_vpt_ade20k.py --modes serve
 
@@ -23,7 +26,7 @@ import argparse
 import vpt_seg  # noqa: F401  (patches and registration before any mmseg import)
 from mmengine.config import DictAction
 
-from vpt_seg.experiments.benchmark import format_table, run_benchmark, save_json
+from vpt_seg.experiments.benchmark import METHODS, format_table, run_benchmark, save_json
 
 
 def parse_args():
@@ -42,6 +45,9 @@ def parse_args():
     parser.add_argument('--modes', nargs='+', choices=['train', 'whole', 'slide', 'serve'],
                         default=['train', 'whole', 'slide'],
                         help='what to measure (serve: MultiTaskViT, one task vs mixed tasks)')
+    parser.add_argument('--methods', nargs='+', choices=list(METHODS), default=[],
+                        help="rows of these methods on the config's backbone instead of the "
+                             "config's own row (settings of configs/setr_<method>_ade20k.py)")
     parser.add_argument('--serve-batch', type=int, default=32, help='serve: images per pass')
     parser.add_argument('--serve-tasks', type=int, default=4, help='serve: tasks mixed')
     parser.add_argument('--stock', action='store_true',
@@ -70,7 +76,7 @@ def main():
         warmup=args.warmup, device=args.device, infer_size=args.infer_size,
         infer_batch=args.infer_batch, peak_tflops=args.peak_tflops,
         cfg_options=args.cfg_options, serve_batch=args.serve_batch,
-        serve_tasks=args.serve_tasks)
+        serve_tasks=args.serve_tasks, methods=args.methods)
     print(format_table(report), flush=True)
     if args.json:
         save_json(report, args.json)

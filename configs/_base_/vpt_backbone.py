@@ -18,12 +18,15 @@ vpt_backbone = dict(
     tune_bias=False,
     init_cfg=dict(type='Pretrained', checkpoint=pretrained))
 
-# Only tuned parameters reach the optimizer. Prompts start from scratch like the heads,
-# so they share the heads' 10x learning rate, and get no weight decay.
+# Only tuned parameters reach the optimizer. Prompts, LoRA and adapter weights start from
+# scratch like the heads, so they share the heads' 10x learning rate. Prompts get no weight
+# decay; LoRA and adapters are decayed as weights (their papers' policy), which with
+# MMSeg's SETR weight decay of 0 is none either.
 vpt_optim_wrapper = dict(
     constructor='TunedOptimWrapperConstructor',
     paramwise_cfg=dict(
-        custom_keys={'head': dict(lr_mult=10.)}, prompt_lr_mult=10., prompt_decay_mult=0.))
+        custom_keys={'head': dict(lr_mult=10.)}, prompt_lr_mult=10., prompt_decay_mult=0.,
+        tuner_lr_mult=10., tuner_decay_mult=1.))
 
 # Checkpoints written atomically (a run killed while saving keeps its last checkpoint),
 # refused when non-finite or when they lack the tuned weights; training stops at the first

@@ -6,6 +6,8 @@ from mmengine.logging import MMLogger, print_log
 from mmengine.optim import DefaultOptimWrapperConstructor
 from mmseg.registry import OPTIM_WRAPPER_CONSTRUCTORS
 
+from ..tuners.adapter import Adapter
+from ..tuners.lora import LoRA
 from ..tuners.prompt import VisualPrompt
 from ..tuners.tuning import count_parameters, format_count, is_tuned, parameter_report
 
@@ -41,19 +43,27 @@ class TunedOptimWrapperConstructor(DefaultOptimWrapperConstructor):
 
     Frozen parameters (``requires_grad=False``, see :mod:`vpt_seg.tuners.tuning`) never reach the
     optimizer, silently and without per-parameter warnings. Every other ``paramwise_cfg``
-    option keeps MMEngine's meaning, and two more set the prompt policy:
+    option keeps MMEngine's meaning, and four more set the policy of the method's own
+    weights, which start from scratch like the heads:
 
     Args (in ``paramwise_cfg``):
         prompt_lr_mult (float): learning-rate multiplier for prompt tokens. Default 1.
         prompt_decay_mult (float): weight-decay multiplier for prompt tokens. Default 0:
             prompts are input tokens, like [CLS] and position embeddings, and are not
             pulled towards zero.
+        tuner_lr_mult (float): learning-rate multiplier for LoRA and adapter weights
+            (:class:`~vpt_seg.tuners.lora.LoRA`, :class:`~vpt_seg.tuners.adapter.Adapter`).
+            Default 1.
+        tuner_decay_mult (float): weight-decay multiplier for them. Default 1: they are
+            weights, decayed as the LoRA and AdaptFormer papers decay them.
     """
 
     def __init__(self, optim_wrapper_cfg: dict, paramwise_cfg: dict = None):
         paramwise_cfg = dict(paramwise_cfg or {})
         self.prompt_lr_mult = float(paramwise_cfg.pop('prompt_lr_mult', 1.0))
         self.prompt_decay_mult = float(paramwise_cfg.pop('prompt_decay_mult', 0.0))
+        self.tuner_lr_mult = float(paramwise_cfg.pop('tuner_lr_mult', 1.0))
+        self.tuner_decay_mult = float(paramwise_cfg.pop('tuner_decay_mult', 1.0))
         # A non-empty paramwise_cfg makes MMEngine group parameters through add_params.
         paramwise_cfg.setdefault('custom_keys', {})
         super().__init__(optim_wrapper_cfg, paramwise_cfg)
@@ -61,12 +71,17 @@ class TunedOptimWrapperConstructor(DefaultOptimWrapperConstructor):
     def add_params(self, params, module, prefix='', is_dcn_module=None):
         if not any(is_tuned(p) for p in module.parameters()):
             return  # a frozen subtree
-        if isinstance(module, VisualPrompt):
+        policy = next((mults for kind, mults in (
+            (VisualPrompt, (self.prompt_lr_mult, self.prompt_decay_mult)),
+            ((LoRA, Adapter), (self.tuner_lr_mult, self.tuner_decay_mult)))
+            if isinstance(module, kind)), None)
+        if policy is not None:
+            lr_mult, decay_mult = policy
             for name, param in module.named_parameters():
                 if is_tuned(param):
-                    group = dict(params=[param], lr=self.base_lr * self.prompt_lr_mult)
+                    group = dict(params=[param], lr=self.base_lr * lr_mult)
                     if self.base_wd is not None:
-                        group['weight_decay'] = self.base_wd * self.prompt_decay_mult
+                        group['weight_decay'] = self.base_wd * decay_mult
                     params.append(group)
             return
         # MMEngine's rules for this module's own tuned parameters; children recurse here.

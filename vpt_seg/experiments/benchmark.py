@@ -38,7 +38,8 @@ import statistics
 import sys
 import threading
 import time
-from typing import Callable, List, Optional
+from collections import OrderedDict
+from typing import Callable, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -57,7 +58,7 @@ from ..runner import quiet_logger, resolve_config
 from ..serving.multitask import MultiTaskViT, shared_backbone_cfg
 from ..tuners.tuning import count_parameters, format_count, freeze
 
-__all__ = ['run_benchmark', 'format_table', 'PEAK_TFLOPS', 'StockTimmViT']
+__all__ = ['run_benchmark', 'format_table', 'PEAK_TFLOPS', 'StockTimmViT', 'METHODS']
 
 #: Dense tensor-core peak TFLOP/s by device name and dtype (vendor data sheets);
 #: ``--peak-tflops`` overrides. No entry: the fraction of peak is left out.
@@ -66,6 +67,19 @@ PEAK_TFLOPS = {
     'H200': {'bf16': 989.0, 'fp32': 67.0},
     'A100': {'bf16': 312.0, 'fp32': 19.5},
 }
+
+#: Methods ``methods=`` measures on the config's backbone, each replacing its tuning
+#: options (the settings of configs/setr_{vpt-deep,lora,adaptformer}_ade20k.py).
+METHODS = OrderedDict([
+    ('head', dict(num_prompts=0, tune_bias=False, lora=None, adapter=None)),
+    ('bias', dict(num_prompts=0, tune_bias=True, lora=None, adapter=None)),
+    ('vpt-deep', dict(num_prompts=10, deep=True, tune_bias=False, lora=None, adapter=None)),
+    ('lora', dict(num_prompts=0, tune_bias=False, adapter=None,
+                  lora=dict(rank=8, alpha=8, targets=('q', 'v')))),
+    ('adaptformer', dict(num_prompts=0, tune_bias=False, lora=None,
+                         adapter=dict(width=64, scale=0.1))),
+])
+
 
 def _count_cpu_attention():
     """Teach the FLOP counter torch's CPU flash-attention kernels (it knows the GPU ones)."""
@@ -143,16 +157,33 @@ TIMM_STOCK_KEYS = ('model_name', 'model_kwargs', 'img_size', 'patch_size', 'dyna
                    'out_indices', 'final_norm')
 
 
-def model_setup(cfg: Config, stock: bool, reference: bool = False):
+def _tuner_words(bb) -> List[str]:
+    lora, adapter = bb.get('lora'), bb.get('adapter')
+    words = []
+    if lora is not None:
+        words.append(f"LoRA r{lora.get('rank', 8)} " + ','.join(lora.get('targets', ('q', 'v'))))
+    if adapter is not None:
+        words.append(f"adapter w{adapter.get('width', 64)}")
+    return words
+
+
+def model_setup(cfg: Config, stock: bool, reference: bool = False,
+                method: Optional[str] = None):
     """The model and optimizer configs to measure, and a few words on what is tuned.
 
     Args:
         cfg: A vpt-seg segmentation config.
         stock: MMSeg's own ``VisionTransformer`` and optimizer constructor instead.
         reference: Ours on MMSeg's layers (``fast_path=False``).
+        method: A key of :data:`METHODS`: the config's backbone with that method's
+            tuning options instead of its own.
     """
     model = copy.deepcopy(cfg.model)
     bb = model.backbone
+    if method is not None:
+        if method not in METHODS:
+            raise ValueError(f'unknown method {method!r}; choose from {list(METHODS)}')
+        bb.update(copy.deepcopy(METHODS[method]))
     bb.init_cfg = None  # random weights: measure without a pretrained file
     timm_family = bb.get('type') == 'PromptedTimmViT'
     if timm_family:
@@ -160,6 +191,7 @@ def model_setup(cfg: Config, stock: bool, reference: bool = False):
     freeze = bb.get('freeze', True)
     tune_bias = bb.get('tune_bias', False)
     prompts = bb.get('num_prompts', 0)
+    tuners = _tuner_words(bb)
     optim = copy.deepcopy(cfg.optim_wrapper)
     optim.type = 'OptimWrapper'
     optim.pop('loss_scale', None)
@@ -173,16 +205,16 @@ def model_setup(cfg: Config, stock: bool, reference: bool = False):
             bb.type = 'VisionTransformer'
         optim.pop('constructor', None)
         paramwise = optim.get('paramwise_cfg') or {}
-        for key in ('prompt_lr_mult', 'prompt_decay_mult'):
+        for key in ('prompt_lr_mult', 'prompt_decay_mult', 'tuner_lr_mult', 'tuner_decay_mult'):
             paramwise.pop(key, None)
-        tune_bias = tune_bias or (freeze and prompts > 0)
+        tune_bias = tune_bias or (freeze and (prompts > 0 or bool(tuners)))
         setup = ('full fine-tuning' if not freeze else
                  'frozen, biases tuned' if tune_bias else 'frozen, head only')
     else:
         if reference:
             bb.fast_path = False
         parts = ([f'{prompts} prompts' + ('' if bb.get('deep', True) else ' (shallow)')]
-                 if prompts else []) + (['biases'] if tune_bias else [])
+                 if prompts else []) + tuners + (['biases'] if tune_bias else [])
         setup = ('full fine-tuning' if not freeze else
                  'frozen, ' + ' + '.join(parts or ['head only']))
         if bb.get('with_cp', False):
@@ -190,10 +222,11 @@ def model_setup(cfg: Config, stock: bool, reference: bool = False):
     return model, optim, dict(freeze=freeze, tune_bias=tune_bias), setup
 
 
-def build(cfg: Config, stock: bool, device: torch.device, reference: bool = False):
+def build(cfg: Config, stock: bool, device: torch.device, reference: bool = False,
+          method: Optional[str] = None):
     """Build the model (random weights, SyncBN reverted as MMEngine's runner does on one
     process) and its optimizer wrapper. Returns ``(model, optim_wrapper, setup)``."""
-    model_cfg, optim_cfg, rule, setup = model_setup(cfg, stock, reference)
+    model_cfg, optim_cfg, rule, setup = model_setup(cfg, stock, reference, method)
     model = MODELS.build(model_cfg)
     with quiet_logger():  # MMEngine's init report is long: keep it out
         model.init_weights()
@@ -398,6 +431,7 @@ def run_benchmark(config: str, batch: int = 8, amp: Optional[str] = 'bf16',
                   device: str = None, infer_size=None, infer_batch: int = 1,
                   peak_tflops: Optional[float] = None, cfg_options: dict = None,
                   serve_batch: int = 32, serve_tasks: int = 4,
+                  methods: Sequence[str] = (),
                   log: Callable[[str], None] = None) -> dict:
     """Measure a config (and optionally stock MMSeg) and return the figures.
 
@@ -415,6 +449,10 @@ def run_benchmark(config: str, batch: int = 8, amp: Optional[str] = 'bf16',
         serve_batch, serve_tasks: ``serve`` mode: images per pass, tasks mixed in it.
         peak_tflops: Device peak for the fraction-of-peak column.
         cfg_options: Overrides merged into the config (as ``--cfg-options``).
+        methods: Keys of :data:`METHODS` to measure, each a row named after it, instead
+            of the config's own row ("ours"): the same backbone, head, data and mode
+            with that method's tuning options, so methods compare on one device in one
+            run.
 
     Returns:
         ``{'env': {...}, 'results': [{model, setup, mode, batch, img_per_s, ...}]}``.
@@ -434,7 +472,11 @@ def run_benchmark(config: str, batch: int = 8, amp: Optional[str] = 'bf16',
     infer_size = tuple(infer_size or (crop[0], int(round(crop[0] * 4 / 3))))
     num_classes = cfg.model.decode_head.num_classes
     peak = _device_peak(dev, amp, peak_tflops)
-    models = [('ours', False, False)] + ([('stock', True, False)] if stock else []) + (
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise ValueError(f'unknown methods {unknown}; choose from {list(METHODS)}')
+    ours = [(m, False, False) for m in methods] or [('ours', False, False)]
+    models = ours + ([('stock', True, False)] if stock else []) + (
         [('reference', False, True)] if reference else [])
     plan = [(m, mode) for m in models for mode in modes if mode != 'serve']
     if 'serve' in modes:  # ours only: stock MMSeg has no multi-task serving
@@ -467,7 +509,8 @@ def run_benchmark(config: str, batch: int = 8, amp: Optional[str] = 'bf16',
             data = (torch.randn(n, 3, *crop, device=dev),
                     [f'task{i % num_tasks}' for i in range(n)])
         else:
-            model, optim_wrapper, setup = build(cfg, is_stock, dev, is_ref)
+            model, optim_wrapper, setup = build(cfg, is_stock, dev, is_ref,
+                                                name if name in methods else None)
             n = batch if mode == 'train' else infer_batch
             data = batch_for(mode)
         step = _steps(model, optim_wrapper, mode, data, dev, amp)
@@ -509,7 +552,7 @@ def run_benchmark(config: str, batch: int = 8, amp: Optional[str] = 'bf16',
                                       else f'CPU, {torch.get_num_threads()} threads'),
                torch=torch.__version__, amp=amp, peak_tflops=peak,
                python=sys.version.split()[0], steps=steps, warmup=warmup,
-               cfg_options=cfg_options or {})
+               cfg_options=cfg_options or {}, methods=list(methods))
     return dict(env=env, results=results)
 
 

@@ -60,6 +60,8 @@ ROWS = OrderedDict([
     ('vpt-shallow', 'VPT-shallow'),
     ('vpt-deep', 'VPT-deep'),
     ('vpt-bias', 'VPT+Bias'),
+    ('lora', 'LoRA'),
+    ('adaptformer', 'AdaptFormer'),
     ('full', 'Full'),
     ('dinov2/head', 'Head only (DINOv2-reg)'),
     ('dinov2/vpt-deep', 'VPT-deep (DINOv2-reg)'),
@@ -435,7 +437,8 @@ def plot_tradeoff(results: Sequence[RowResult], reference: Optional[RowResult],
     fig, ax = plt.subplots(figsize=(8.4, 4.0), dpi=110)
     colours = plt.get_cmap('tab10')
     for i, r in enumerate(results):
-        marker = '*' if r.key.startswith('vpt') else 'o'
+        marker = ('*' if r.key.startswith('vpt') else
+                  's' if r.key.split('/')[-1] in ('lora', 'adaptformer') else 'o')
         ax.scatter(r.tuned, r.miou, s=180 if marker == '*' else 80, marker=marker,
                    color=colours(i), edgecolor='black', linewidth=0.5, zorder=3,
                    label=f'{r.method}: {r.miou:.1f} ({r.tuned_pct:.1f}% tuned)')

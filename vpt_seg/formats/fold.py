@@ -104,7 +104,7 @@ def fold_task(config, checkpoint: str, out: str) -> Dict[str, object]:
     """
     from mmseg.registry import MODELS
 
-    from .runner import resolve_config
+    from ..runner import resolve_config
     if not str(out).endswith('.pth'):
         raise ValueError(f'--fold writes an MMSeg checkpoint: {out!r} must end in .pth '
                          '(its config goes beside it, as .py)')
