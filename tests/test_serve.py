@@ -7,6 +7,7 @@ import csv
 import json
 import os
 import os.path as osp
+import re
 import subprocess
 import sys
 
@@ -479,3 +480,155 @@ def test_lora_adapter_and_vpt_tasks_serve_in_one_batch(served):
             maps[name] = label
         # the tasks are not one function: their maps differ
         assert not np.array_equal(maps['lora'], maps['adapter'])
+
+
+# --- hostile inputs (issue 24): images are bounded and checked as training checks them,
+# CSV cells are never formulas, and a file where a folder goes is an argparse error
+
+def _tool():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location('serve_tool', osp.join(ROOT, 'tools',
+                                                                         'serve.py'))
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    return tool
+
+
+def _run_here(monkeypatch, capsys, argv):
+    """tools/serve.py's main() in this process: (exit code, stdout, stderr)."""
+    tool = _tool()
+    monkeypatch.setattr(sys, 'argv', ['serve.py', *map(str, argv)])
+    capsys.readouterr()
+    code = 0
+    try:
+        tool.main()
+    except SystemExit as exit_:
+        code = exit_.code or 0
+        if isinstance(code, str):  # what Python prints, then exit status 1
+            print(code, file=sys.stderr)
+            code = 1
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _limit_memory():
+    """preexec_fn: at most 6 GiB of address space (the tool's imports take about 4), so
+    decoding the bomb (432 MB, then its label map and overlay) fails rather than swapping."""
+    import resource
+    resource.setrlimit(resource.RLIMIT_AS, (6 << 30, 6 << 30))
+
+
+def test_a_decompression_bomb_is_refused_from_its_header_before_any_work(served):
+    """A 140 KB PNG declaring 12000x12000 (144 MP, over the 2**27 default) beside a good
+    image: refused in seconds under a memory limit, naming the file, its size, the limit
+    and --max-pixels; nothing written. (Before: 3.7 GB and 4.6 minutes, exit 0.)"""
+    from bad_images import png_bomb
+    images = served['tmp'] / 'bomb'
+    images.mkdir()
+    cv2.imwrite(str(images / 'a.png'), np.zeros((32, 32, 3), np.uint8))
+    assert png_bomb(images / 'bomb.png') < 200_000
+    out = served['tmp'] / 'bomb_out'
+    cfg, ckpt = served['specs']['seg']
+    env = dict(os.environ, MALLOC_ARENA_MAX='2')
+    env.pop('VPT_SEG_MAX_PIXELS', None)
+    proc = subprocess.run(
+        [sys.executable, osp.join(ROOT, 'tools', 'serve.py'), served['pretrained'],
+         f'seg={cfg}:{ckpt}', '--images', str(images), '--out-dir', str(out)],
+        capture_output=True, text=True, cwd=ROOT, env=env, timeout=120,
+        preexec_fn=_limit_memory)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert 'Traceback' not in proc.stderr
+    assert f"image '{images / 'bomb.png'}' declares 12000x12000 pixels (WxH: 144,000,000) " \
+        'in its header, over the limit of 134,217,728 pixels' in proc.stderr
+    assert 'decompression bomb' in proc.stderr and '--max-pixels N' in proc.stderr
+    assert '1 of the 2 images' in proc.stderr and 'nothing was written' in proc.stderr
+    assert not out.exists()
+
+
+def test_max_pixels_sets_the_limit_and_a_bad_one_is_an_argparse_error(
+        served, monkeypatch, capsys):
+    cfg, ckpt = served['specs']['seg']
+    args = [served['pretrained'], f'seg={cfg}:{ckpt}', '--images', served['images'],
+            '--out-dir', served['tmp'] / 'limit_out']
+    code, _, err = _run_here(monkeypatch, capsys, args + ['--max-pixels', '2000'])
+    assert code == 1
+    assert f"image '{served['images'] / 'img4.png'}' declares 56x40 pixels (WxH: 2,240) " \
+        'in its header, over the limit of 2,000 pixels' in err
+    assert '1 of the 5 images' in err
+    monkeypatch.setenv('VPT_SEG_MAX_PIXELS', '1000')  # every 32x32 image over it too
+    code, _, err = _run_here(monkeypatch, capsys, args)
+    assert code == 1 and '5 of the 5 images' in err and 'over the limit of 1,000' in err
+    monkeypatch.setenv('VPT_SEG_MAX_PIXELS', 'lots')
+    code, _, err = _run_here(monkeypatch, capsys, args)
+    assert code == 2
+    assert "the environment variable VPT_SEG_MAX_PIXELS='lots': give the largest image" in err
+    code, _, err = _run_here(monkeypatch, capsys, args + ['--max-pixels', '0'])
+    assert code == 2 and 'argument --max-pixels: 0 must be >= 1' in err
+    assert not (served['tmp'] / 'limit_out').exists()
+
+
+def test_a_truncated_jpeg_is_refused_as_training_refuses_it(served, monkeypatch, capsys):
+    """Before: served with a grey fill, exit 0."""
+    from bad_images import truncated_jpeg
+    from vpt_seg.datasets.checks import DataError, read_image
+    images = served['tmp'] / 'truncated'
+    images.mkdir()
+    cv2.imwrite(str(images / 'a.png'), np.zeros((32, 32, 3), np.uint8))
+    truncated_jpeg(images / 'cut.jpg')
+    assert cv2.imread(str(images / 'cut.jpg')) is not None  # what OpenCV alone gives
+    cfg, ckpt = served['specs']['seg']
+    out = served['tmp'] / 'truncated_out'
+    code, _, err = _run_here(monkeypatch, capsys, [
+        served['pretrained'], f'seg={cfg}:{ckpt}', '--images', images, '--out-dir', out])
+    message = f"image '{images / 'cut.jpg'}' is truncated (its last bytes are missing)"
+    assert code == 1 and message in err and 'nothing was written' in err
+    assert not out.exists()
+    with pytest.raises(DataError, match=re.escape(message)):  # the training reader's words
+        read_image(str(images / 'cut.jpg'))
+
+
+HOSTILE = ('=1+2', '+SUM(A1)', '-2+3', '@A1', '=HYPERLINK("http://x")', '\t=1')
+
+
+def test_class_names_that_spreadsheets_run_are_escaped_in_the_csv(served, monkeypatch, capsys):
+    """Class names from a task file's dataset_meta (and image names) beginning with
+    =, +, -, @ or a tab get a leading ' in predictions.csv; the JSON keeps them as they
+    are. Before: written as they are."""
+    from mmengine.config import Config
+
+    from vpt_seg import export_task
+    tmp = served['tmp'] / 'csv'
+    images = tmp / 'images'
+    images.mkdir(parents=True)
+    rng = np.random.default_rng(3)
+    for name in ('@img.png', '-x.png', 'plain.png'):
+        cv2.imwrite(str(images / name), rng.integers(0, 256, (32, 32, 3), np.uint8))
+    files = {}
+    for task in ('single', 'tags'):
+        cfg_path, ckpt = served['specs'][task]
+        cfg = Config.fromfile(cfg_path)
+        cfg.model.backbone.init_cfg = dict(type='Pretrained', checkpoint=served['pretrained'])
+        state = torch.load(ckpt, weights_only=True)
+        state['meta'] = dict(dataset_meta=dict(classes=list(HOSTILE)))
+        torch.save(state, tmp / f'{task}.pth')
+        export_task(cfg, str(tmp / f'{task}.pth'), str(tmp / f'{task}.safetensors'))
+        files[task] = tmp / f'{task}.safetensors'
+    code, _, err = _run_here(monkeypatch, capsys, [
+        served['pretrained'], *[f'{t}={f}' for t, f in files.items()], '--images', images,
+        '--out-dir', tmp / 'out'])
+    assert code == 0, err[-3000:]
+    with open(tmp / 'out' / 'predictions.json') as f:
+        rows = {(r['image'], r['task']): r for r in json.load(f)}
+    with open(tmp / 'out' / 'predictions.csv', newline='') as f:
+        table = list(csv.DictReader(f))
+    assert len(table) == 6
+    tags = []
+    for line in table:
+        image = line['image'].lstrip("'")
+        assert line['image'] == (image if image == 'plain.png' else "'" + image)
+        row = rows[image, line['task']]
+        names = [row['name']] if line['task'] == 'single' else row['names']
+        assert all(n in HOSTILE for n in names)  # the JSON: the names as they are
+        assert line['name'] == ';'.join("'" + n for n in names)
+        tags += names if line['task'] == 'tags' else []
+    assert tags  # the multi-label cells are not all empty

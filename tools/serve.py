@@ -17,6 +17,10 @@ input size, and tasks of the same size share one pass through the shared weights
 vpt_seg/serving/multitask.py). The order of the tasks on the command line changes nothing.
 Segmentation maps are resized back to the image's size in bands of rows (bounded memory,
 any photo size; vpt_seg/models/segmentor.py). Task names: letters, digits, ``_``, ``-``.
+Images are read as training reads them, and every one is checked before any work: a
+truncated file, or one whose header declares more pixels than ``--max-pixels`` (default
+``$VPT_SEG_MAX_PIXELS``, else 2**27, about 134 MP; a decompression bomb), is refused by
+name and nothing is written.
 
 Writes, under OUT (names keep the whole image file name, so ``a.jpg`` and ``a.png`` or
 ``x.jpg`` and ``x_overlay.jpg`` never overwrite each other; a symbolic link where a result
@@ -29,15 +33,15 @@ goes is refused, nothing is written outside OUT, each file is replaced atomicall
                               softmax label, name, score and top-5 for a single-label
                               head; for a multi-label head (image tags) the sigmoid
                               scores and every class above 0.5 (``labels``, ``names``);
-                              rows by image, then task name
+                              rows by image, then task name; in the CSV, text a
+                              spreadsheet would run as a formula (=, +, -, @) gets a
+                              leading '
 
 ``--verify`` also runs each task's own model alone on every image, prepared on its own
 at the task's input size, prints the largest difference per task and exits 1 above
 1e-3 (float32 rounding is about 1e-6).
 """
 import argparse
-import csv
-import io
 import json
 import os
 import os.path as osp
@@ -50,6 +54,9 @@ from mmengine.registry import init_default_scope
 from mmengine.utils import ProgressBar
 from mmseg.registry import DATASETS
 
+from vpt_seg.datasets.checks import (DEFAULT_MAX_PIXELS, MAX_PIXELS_ENV, DataError,
+                                     check_image, pixel_limit)
+from vpt_seg.formats.tables import csv_text, joined
 from vpt_seg.formats.weights import reading_once
 from vpt_seg.datasets.image_folder import IMG_EXTENSIONS
 from vpt_seg.serving.multitask import MultiTaskViT, build_shared_backbone, load_task_model
@@ -78,14 +85,20 @@ def parse_args():
     parser.add_argument('tasks', nargs='+', metavar='NAME=CONFIG:CHECKPOINT', type=parse_task,
                         help='task name (letters, digits, _ and -), its config and its task '
                         'checkpoint, or NAME=TASK.safetensors (a task file, config inside)')
-    parser.add_argument('--images', required=True, help='folder of images')
-    parser.add_argument('--out-dir', required=True,
-                        help='where results go (label maps hold 0-based class indices)')
+    parser.add_argument('--images', required=True, type=image_folder,
+                        help='folder of images (every image file in it is served)')
+    parser.add_argument('--out-dir', required=True, type=out_folder,
+                        help='folder where results go, created if missing (label maps '
+                        'hold 0-based class indices)')
     parser.add_argument('--size', type=positive_int, nargs=2, metavar=('H', 'W'),
                         help="input size of every task (default: each task's own img_size)")
     parser.add_argument('--batch-size', type=positive_int, default=8,
                         help='(image, task) pairs per pass')
     parser.add_argument('--device', default='cpu')
+    parser.add_argument('--max-pixels', type=positive_int, metavar='N',
+                        help='largest image to read, in pixels, checked from its header '
+                        'before decoding (default: $%s, else 2**27 = %d)'
+                        % (MAX_PIXELS_ENV, DEFAULT_MAX_PIXELS))
     parser.add_argument('--verify', action='store_true',
                         help='also run each task alone and report the largest difference')
     args = parser.parse_args()
@@ -93,7 +106,40 @@ def parse_args():
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
         parser.error(f'task names must be unique: {", ".join(dup)} given more than once')
+    try:
+        args.max_pixels = pixel_limit(args.max_pixels)
+    except ValueError as err:  # a bad $VPT_SEG_MAX_PIXELS
+        parser.error(str(err))
     return args
+
+
+def image_folder(path: str) -> str:
+    """argparse type: an existing folder (``--images``)."""
+    if osp.isdir(path):
+        return path
+    if osp.exists(path):
+        raise argparse.ArgumentTypeError(
+            f'{path} is a file, not a folder: pass the folder that holds the images (e.g. '
+            f'--images {osp.dirname(path) or "."} to serve every image beside it)')
+    raise argparse.ArgumentTypeError(f'no folder {path}: pass the folder of images to serve')
+
+
+def out_folder(path: str) -> str:
+    """argparse type: a folder, or a path where one can be created (``--out-dir``)."""
+    if osp.isdir(path):
+        return path
+    if osp.lexists(path):
+        raise argparse.ArgumentTypeError(
+            f'{path} exists and is not a folder: pass a folder for the results (it is '
+            'created if missing), e.g. a new name')
+    parent = osp.dirname(osp.abspath(path))
+    while not osp.lexists(parent):
+        parent = osp.dirname(parent)
+    if not osp.isdir(parent):
+        raise argparse.ArgumentTypeError(
+            f'{path} cannot be created: {parent} is a file, not a folder; pass a folder '
+            'for the results outside it')
+    return path
 
 
 def positive_int(text: str) -> int:
@@ -196,9 +242,22 @@ def class_prediction(model, logits: torch.Tensor, names, top: int = 5) -> dict:
 def main():
     args = parse_args()
     specs = args.tasks
-    files = sorted(f for f in os.listdir(args.images) if f.lower().endswith(IMG_EXTENSIONS))
+    files = sorted(f for f in os.listdir(args.images) if f.lower().endswith(IMG_EXTENSIONS)
+                   and osp.isfile(osp.join(args.images, f)))
     if not files:
-        raise FileNotFoundError(f'no images in {args.images}')
+        raise SystemExit(f'no images in {args.images} (files ending in '
+                         f'{", ".join(IMG_EXTENSIONS)})')
+    # every header and end read before any work: a bomb or a truncated file is named
+    # now, not after the models are built and half the outputs written
+    bad = []
+    for f in files:
+        try:
+            check_image(osp.join(args.images, f), args.max_pixels)
+        except DataError as err:
+            bad.append(str(err))
+    if bad:
+        raise SystemExit(f'{len(bad)} of the {len(files)} images in {args.images} cannot be '
+                         'served; nothing was written:\n  ' + '\n  '.join(bad))
     out = OutputDir(args.out_dir)   # refuse collisions and links before any work
     out_names = output_names(files)
     out.check(None, ['predictions.json', 'predictions.csv'])
@@ -231,7 +290,11 @@ def main():
     plan = plan_batches(files, sizes, args.batch_size)
     bar = ProgressBar(sum(len(b) for _, b in plan))  # (image, task) pairs done, rate and ETA
     for size, batch in plan:
-        originals = {f: load_image(osp.join(args.images, f)) for f, _ in batch}
+        try:
+            originals = {f: load_image(osp.join(args.images, f), args.max_pixels)
+                         for f, _ in batch}
+        except (DataError, FileNotFoundError) as err:  # changed since the check above
+            raise SystemExit(str(err)) from None
         tasks = [t for _, t in batch]
         images = [task_input(originals[f], size, args.device) for f, _ in batch]
         with torch.no_grad():
@@ -259,18 +322,16 @@ def main():
     order = {f: i for i, f in enumerate(files)}
     rows.sort(key=lambda r: (order[r['image']], r['task']))
     out.write(None, 'predictions.json', json.dumps(rows, indent=1).encode())
-    table = io.StringIO(newline='')
-    writer = csv.writer(table)
-    writer.writerow(['image', 'task', 'label', 'name', 'score'])
+    table = [['image', 'task', 'label', 'name', 'score']]
     for r in rows:  # multi-label: the classes present, ';'-separated
         if r['multi_label']:
-            writer.writerow([r['image'], r['task'], ';'.join(map(str, r['labels'])),
-                             ';'.join(r['names']),
-                             ';'.join(f'{v:.4f}' for v in r['scores'])])
+            table.append([r['image'], r['task'], joined(r['labels']), joined(r['names']),
+                          joined(f'{v:.4f}' for v in r['scores'])])
         else:
-            writer.writerow([r['image'], r['task'], r['label'], r['name'],
-                             f"{r['score']:.4f}"])
-    out.write(None, 'predictions.csv', table.getvalue().encode())
+            table.append([r['image'], r['task'], r['label'], r['name'], f"{r['score']:.4f}"])
+    # a class name from a shared task file (or an image's name) that a spreadsheet would
+    # run as a formula is written with a leading ' (vpt_seg/formats/tables.py)
+    out.write(None, 'predictions.csv', csv_text(table).encode())
     done = [f'{len(files)} images x {len(specs)} tasks served on one backbone']
     if seg:
         done.append('segmentation maps (0-based class indices) in '

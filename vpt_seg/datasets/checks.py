@@ -19,10 +19,20 @@ Two layers share the checks of :func:`read_image` and :func:`read_label`:
   first labelled file); :func:`check_class_counts` heads whose ``num_classes`` is not
   the dataset's.
 
+**Bounded.** Every reader (these, ``tools/serve.py``, ``tools/check_data.py``) reads an
+image's size from its header before decoding it (:func:`check_image_data`) and refuses one
+over :func:`pixel_limit` (default :data:`DEFAULT_MAX_PIXELS`), naming the file, its declared
+size and the limit, so a small file declaring a huge image (a decompression bomb) is not
+decoded: OpenCV alone accepts up to 2^30 pixels, 3 GiB of BGR from a 17 KB PNG.
+
 Policy: nothing is skipped. A bad file is an error, never a silent gap in the data: a
 skipped image would change what the run trains on without a trace in its numbers.
 """
+import io
+import os
 import os.path as osp
+import warnings
+from contextlib import contextmanager
 from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import mmcv
@@ -35,7 +45,9 @@ from mmseg.registry import TRANSFORMS
 __all__ = ['DataError', 'read_image', 'read_label', 'CheckedLoadImageFromFile',
            'CheckedLoadAnnotations', 'check_split_layout', 'check_dataset',
            'ClassCountError', 'head_classes', 'check_class_counts', 'check_split_has_labels',
-           'exif_orientation', 'use_checked_loaders']
+           'exif_orientation', 'use_checked_loaders', 'DEFAULT_MAX_PIXELS', 'MAX_PIXELS_ENV',
+           'ImageTooLargeError', 'pixel_limit', 'image_size', 'check_image_data',
+           'check_image']
 
 LAYOUT = ('images/<split>/NAME.jpg with annotations/<split>/NAME.png (ADE20k: '
           'ADEChallengeData2016/{images,annotations}/{training,validation})')
@@ -43,6 +55,77 @@ LAYOUT = ('images/<split>/NAME.jpg with annotations/<split>/NAME.png (ADE20k: '
 
 class DataError(ValueError):
     """A data file that cannot be trained on as it is; the message names it."""
+
+
+class ImageTooLargeError(DataError):
+    """An image whose header declares more pixels than the limit (:func:`pixel_limit`)."""
+
+
+#: The largest image, in pixels, any reader of vpt-seg decodes unless told otherwise:
+#: 2**27 = 134,217,728 (e.g. 16384x8192, or 11585x11585). Above the 100-megapixel cameras
+#: and phones (11648x8736, 12000x9000), so real photos pass; its BGR decode is 384 MiB,
+#: the label map and overlay serve.py makes at that size about as much again, so a host
+#: with a few GiB survives the largest image allowed. OpenCV's own limit, 2**30 pixels, is
+#: 3 GiB of BGR and far more once resized and labelled, from a file of a few KB.
+DEFAULT_MAX_PIXELS = 2 ** 27
+#: Environment variable that sets the limit for every reader (the data loaders' and
+#: tools/serve.py's ``max_pixels`` / ``--max-pixels`` win over it).
+MAX_PIXELS_ENV = 'VPT_SEG_MAX_PIXELS'
+_RAISE_LIMIT = (f'tools/serve.py --max-pixels N; in a config, max_pixels=N in '
+                'CheckedLoadImageFromFile / CheckedLoadAnnotations; for every reader, the '
+                f'environment variable {MAX_PIXELS_ENV}=N')
+
+
+def pixel_limit(value: Optional[int] = None) -> int:
+    """The pixel limit: ``value``, else ``$VPT_SEG_MAX_PIXELS``, else
+    :data:`DEFAULT_MAX_PIXELS`.
+
+    Raises:
+        ValueError: ``value`` or the variable is not an integer >= 1 (naming which).
+    """
+    where = 'max_pixels'
+    if value is None:
+        text = os.environ.get(MAX_PIXELS_ENV, '').strip()
+        if not text:
+            return DEFAULT_MAX_PIXELS
+        where = f'the environment variable {MAX_PIXELS_ENV}'
+        try:
+            value = int(text.replace('_', ''))
+        except ValueError:
+            value = text
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f'{where}={value!r}: give the largest image to read, in pixels, '
+                         f'as an integer >= 1 (default {DEFAULT_MAX_PIXELS}, i.e. 2**27)')
+    return value
+
+
+@contextmanager
+def _pil_limit(limit: Optional[int]):
+    """PIL's own bomb check (a warning above ``MAX_IMAGE_PIXELS``, an error above twice
+    it) set to ``limit`` (None: off) for the block: ours has run first and names the file
+    and the option; PIL's would refuse a limit the user raised. Process-global, as PIL's
+    setting is; the loaders run in processes, not threads."""
+    from PIL import Image
+    old = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = limit
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore', Image.DecompressionBombWarning)
+            yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = old
+
+
+def image_size(data: bytes) -> Optional[Tuple[int, int]]:
+    """``(H, W)`` as an encoded image's header declares it, no pixel decoded (PIL's lazy
+    open: PNG IHDR, JPEG SOF, ...); None if PIL does not know the format."""
+    from PIL import Image
+    try:
+        with _pil_limit(None), Image.open(io.BytesIO(data)) as im:
+            w, h = im.size
+    except Exception:  # PIL raises its own types for every kind of unknown or bad header
+        return None
+    return int(h), int(w)
 
 
 def _truncated(data: bytes) -> bool:
@@ -67,8 +150,6 @@ _ORIENTATIONS = {2: 'mirrored', 3: 'rotated 180 degrees', 4: 'flipped upside dow
 
 def exif_orientation(data: bytes) -> int:
     """The EXIF Orientation of an encoded image (1, upright as stored, when it has none)."""
-    import io
-
     from PIL import Image
     try:
         with Image.open(io.BytesIO(data)) as im:
@@ -86,16 +167,69 @@ def _read_bytes(path: str, what: str, backend_args=None) -> bytes:
             from None
 
 
-def read_image(path: str, flag: str = 'color', backend: str = 'cv2',
-               backend_args=None) -> np.ndarray:
-    """Decode an image, refusing by name truncated and unreadable files, and photos with an
-    EXIF Orientation other than 1 (the decoders turn those upright, their annotations
-    are read as stored: policy "detect and name", see the README)."""
-    data = _read_bytes(path, 'image', backend_args)
+def check_image_data(data: bytes, path: str, what: str = 'image',
+                     limit: Optional[int] = None) -> Tuple[int, int]:
+    """Check an encoded image before it is decoded: not truncated, its header readable and
+    within the pixel limit. Returns its declared ``(H, W)``.
+
+    Args:
+        data: The file's bytes.
+        path: Its name, for the messages.
+        what: ``'image'`` or ``'annotation'``, for the messages.
+        limit: Pixel limit (None: :func:`pixel_limit`).
+
+    Raises:
+        DataError: truncated (no JPEG end marker or PNG IEND), or a header that is no
+            image format vpt-seg reads.
+        ImageTooLargeError: more pixels than the limit, naming the declared size, the
+            limit and how to raise it.
+    """
     if _truncated(data):
-        raise DataError(f'image {path!r} is truncated (its last bytes are missing); '
+        raise DataError(f'{what} {path!r} is truncated (its last bytes are missing); '
                         're-copy or remove it')
-    orientation = exif_orientation(data)
+    limit = pixel_limit(limit)
+    size = image_size(data)
+    if size is None:
+        raise DataError(f'{what} {path!r} cannot be read: its header is not one of an image '
+                        'format vpt-seg reads (JPEG, PNG, BMP, TIFF, WebP); it is not an '
+                        'image file or is damaged: re-copy or remove it')
+    h, w = size
+    if h * w > limit:
+        raise ImageTooLargeError(
+            f'{what} {path!r} declares {w}x{h} pixels (WxH: {h * w:,}) in its header, over '
+            f'the limit of {limit:,} pixels; decoding it would take {h * w * 3 / 2**30:.1f} '
+            'GiB or more, so it is not decoded. A small file declaring a huge image is a '
+            'decompression bomb: remove it. If it is a real image, downscale it or raise '
+            f'the limit: {_RAISE_LIMIT}.')
+    return h, w
+
+
+def check_image(path: str, limit: Optional[int] = None, what: str = 'image',
+                backend_args=None) -> Tuple[int, int]:
+    """:func:`check_image_data` of the file at ``path`` (its ``(H, W)``); nothing decoded.
+
+    Raises:
+        FileNotFoundError: no such file. DataError: as :func:`check_image_data`.
+    """
+    return check_image_data(_read_bytes(path, what, backend_args), path, what, limit)
+
+
+def read_image(path: str, flag: str = 'color', backend: str = 'cv2',
+               backend_args=None, limit: Optional[int] = None,
+               check_orientation: bool = True) -> np.ndarray:
+    """Decode an image, refusing by name truncated and unreadable files, images over the
+    pixel limit (:func:`check_image_data`, before decoding), and photos with an EXIF
+    Orientation other than 1 (the decoders turn those upright, their annotations are
+    read as stored: policy "detect and name", see the README).
+
+    Args:
+        limit: Pixel limit (None: :func:`pixel_limit`).
+        check_orientation: False where no annotation is read with the image (serving):
+            the photo is then decoded upright, as ``cv2.imread`` gives it.
+    """
+    data = _read_bytes(path, 'image', backend_args)
+    check_image_data(data, path, 'image', limit)
+    orientation = exif_orientation(data) if check_orientation else 1
     if orientation != 1:
         raise DataError(
             f'image {path!r} has EXIF Orientation {orientation} (stored '
@@ -105,7 +239,8 @@ def read_image(path: str, flag: str = 'color', backend: str = 'cv2',
             'annotation the same way if it was drawn on the stored pixels (e.g. PIL: '
             'ImageOps.exif_transpose(Image.open(path)).save(path)).')
     try:
-        img = mmcv.imfrombytes(data, flag=flag, backend=backend)
+        with _pil_limit(pixel_limit(limit)):
+            img = mmcv.imfrombytes(data, flag=flag, backend=backend)
     except Exception as err:  # the decoders raise their own types
         img, reason = None, f'{type(err).__name__}: {err}'
     else:
@@ -134,7 +269,8 @@ def map_labels(raw: np.ndarray, reduce_zero_label: bool,
 def read_label(path: str, *, img_shape: Optional[Tuple[int, int]] = None,
                reduce_zero_label: bool = False, label_map: Optional[Mapping] = None,
                num_classes: Optional[int] = None, ignore_index: int = 255,
-               img_path: str = '', backend: str = 'pillow', backend_args=None) -> np.ndarray:
+               img_path: str = '', backend: str = 'pillow', backend_args=None,
+               limit: Optional[int] = None) -> np.ndarray:
     """Decode an annotation and check it; returns the training ids ``(H, W)`` uint8.
 
     Read as MMSeg's ``LoadAnnotations`` reads it (``flag='unchanged'``, the pillow backend
@@ -143,9 +279,9 @@ def read_label(path: str, *, img_shape: Optional[Tuple[int, int]] = None,
 
     Raises:
         FileNotFoundError: no such file (the message gives the image and the layout).
-        DataError: not decodable, JPEG data (lossy), not one channel, values over 255,
-            another size than
-            ``img_shape``, or class ids outside ``0..num_classes-1`` other than
+        DataError: truncated, over the pixel limit (``limit``, None:
+            :func:`pixel_limit`), not decodable, JPEG data (lossy), not one channel, values
+            over 255, another size than ``img_shape``, or class ids outside ``0..num_classes-1`` other than
             ``ignore_index`` (naming the value as stored in the file).
     """
     try:
@@ -153,14 +289,14 @@ def read_label(path: str, *, img_shape: Optional[Tuple[int, int]] = None,
     except FileNotFoundError as err:
         raise FileNotFoundError(f'{err}; it is the annotation of image {img_path!r}'
                                 if img_path else str(err)) from None
-    if _truncated(data):
-        raise DataError(f'annotation {path!r} is truncated; re-copy or remove it')
+    check_image_data(data, path, 'annotation', limit)
     if _is_jpeg(data):
         named = ' under a .png name' if path.lower().endswith('.png') else ''
         raise DataError(f'annotation {path!r} is JPEG data{named}: JPEG is lossy, so its class '
                         'ids are changed around every edge. Export the labels losslessly '
                         '(PNG, one channel of class ids) from their source.')
-    raw = mmcv.imfrombytes(data, flag='unchanged', backend=backend)
+    with _pil_limit(pixel_limit(limit)):
+        raw = mmcv.imfrombytes(data, flag='unchanged', backend=backend)
     if raw is None:
         raise DataError(f'annotation {path!r} cannot be read: not an image file')
     if raw.ndim == 3 and raw.shape[2] == 1:
@@ -198,11 +334,24 @@ def read_label(path: str, *, img_shape: Optional[Tuple[int, int]] = None,
 
 @TRANSFORMS.register_module()
 class CheckedLoadImageFromFile(LoadImageFromFile):
-    """MMCV's ``LoadImageFromFile`` that names a missing, truncated or unreadable file."""
+    """MMCV's ``LoadImageFromFile`` that names a missing, truncated, unreadable or too
+    large file (:func:`read_image`).
+
+    Args:
+        max_pixels: Pixel limit, checked from the header before decoding (None:
+            ``$VPT_SEG_MAX_PIXELS``, else :data:`DEFAULT_MAX_PIXELS`).
+        **kwargs: ``LoadImageFromFile``'s (``color_type``, ``imdecode_backend``, ...).
+    """
+
+    def __init__(self, max_pixels: Optional[int] = None, **kwargs):
+        super().__init__(**kwargs)
+        if max_pixels is not None:
+            pixel_limit(max_pixels)  # a bad value fails when the pipeline is built
+        self.max_pixels = max_pixels
 
     def transform(self, results: dict) -> dict:
         img = read_image(results['img_path'], self.color_type, self.imdecode_backend,
-                         self.backend_args)
+                         self.backend_args, limit=self.max_pixels)
         if self.to_float32:
             img = img.astype(np.float32)
         results['img'] = img
@@ -219,13 +368,17 @@ class CheckedLoadAnnotations(LoadAnnotations):
         num_classes: Classes of the dataset; class ids outside ``0..num_classes-1``
             (other than ``ignore_index``) are refused. None: not checked.
         ignore_index: The ignore value (MMSeg's 255).
+        max_pixels: Pixel limit, as :class:`CheckedLoadImageFromFile`'s.
         **kwargs: ``LoadAnnotations``'s (``reduce_zero_label``, ...).
     """
 
     def __init__(self, num_classes: Optional[int] = None, ignore_index: int = 255,
-                 **kwargs):
+                 max_pixels: Optional[int] = None, **kwargs):
         super().__init__(**kwargs)
+        if max_pixels is not None:
+            pixel_limit(max_pixels)
         self.num_classes, self.ignore_index = num_classes, ignore_index
+        self.max_pixels = max_pixels
 
     def transform(self, results: dict) -> dict:
         if 'seg_map_path' not in results:
@@ -246,7 +399,7 @@ class CheckedLoadAnnotations(LoadAnnotations):
             reduce_zero_label=self.reduce_zero_label, label_map=results.get('label_map'),
             num_classes=self.num_classes, ignore_index=self.ignore_index,
             img_path=results.get('img_path', ''), backend=self.imdecode_backend,
-            backend_args=self.backend_args)
+            backend_args=self.backend_args, limit=self.max_pixels)
         results['seg_fields'].append('gt_seg_map')
 
 

@@ -26,7 +26,6 @@ down many times over), and it pins the result: the float order of reductions, an
 trained weights and every mIoU, depend on the thread count (docs/study.md).
 """
 import argparse
-import csv
 import glob
 import json
 import os
@@ -43,6 +42,7 @@ import numpy as np
 import torch
 
 from ..datasets.synthetic import TASK_CLASSES, make_ade20k
+from ..formats.tables import csv_text
 from .. import runner
 from ..runner import quiet_logger
 from ..tuners.tuning import format_count
@@ -400,12 +400,10 @@ def _write_tables(out_dir: str, results, reference, timings) -> Dict[str, str]:
         f.write(format_table(results, reference) + '\n')
     fields = ['key', 'method', 'tuned', 'total', 'tuned_pct', 'file_bytes', 'miou', 'aacc',
               'lr', 'train_s', 'test_s']
+    rows = [[getattr(r, k) if k != 'tuned_pct' else round(r.tuned_pct, 4) for k in fields]
+            for r in list(results) + ([reference] if reference else [])]
     with open(paths['csv'], 'w', newline='') as f:
-        writer = csv.writer(f)
-        writer.writerow(fields)
-        for r in list(results) + ([reference] if reference else []):
-            writer.writerow([getattr(r, k) if k != 'tuned_pct' else round(r.tuned_pct, 4)
-                             for k in fields])
+        f.write(csv_text([fields] + rows))
     with open(paths['json'], 'w') as f:
         json.dump(dict(rows=[dict(asdict(r), tuned_pct=r.tuned_pct) for r in results],
                        reference=asdict(reference) if reference else None,

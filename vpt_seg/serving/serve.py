@@ -10,6 +10,9 @@ the ``--verify`` reference, and output files that cannot collide or leave ``--ou
   images of one input size; tasks of the same size share a pass. Batches are planned
   from the set of tasks, not their order on the command line, so the order changes
   nothing.
+* **Images** are read as training reads them (:func:`load_image`): a truncated file, or one
+  whose header declares more pixels than the limit (a decompression bomb), is refused
+  by name before it is decoded.
 * **Output names** keep the whole file name: ``<task>/<image>.png`` (``a.jpg`` ->
   ``a.jpg.png``) and ``<task>/<image>_overlay.png``. No label map can take an overlay's
   name (it would need an image file ending in ``_overlay``), so two images collide only
@@ -30,6 +33,7 @@ import cv2
 import numpy as np
 import torch
 
+from ..datasets.checks import read_image
 from ..models.segmentor import DEFAULT_LOGITS_BUDGET, resized_labels
 
 __all__ = ['TASK_NAME', 'check_task_name', 'input_size', 'plan_batches', 'load_image',
@@ -81,12 +85,16 @@ def plan_batches(files: Sequence[str], sizes: Dict[str, Size], batch_size: int
     return plan
 
 
-def load_image(path: str) -> np.ndarray:
-    """``(H, W, 3)`` uint8 BGR, as MMSeg's ``LoadImageFromFile``; a clear error if unreadable."""
-    img = cv2.imread(path, cv2.IMREAD_COLOR)
-    if img is None:
-        raise ValueError(f'cannot read {path} as an image')
-    return img
+def load_image(path: str, limit: Optional[int] = None) -> np.ndarray:
+    """``(H, W, 3)`` uint8 BGR, as MMSeg's ``LoadImageFromFile`` (and ``cv2.imread``: a
+    photo with an EXIF Orientation is turned upright).
+
+    Read by the training loaders' :func:`~vpt_seg.datasets.checks.read_image`: a
+    truncated or unreadable file, or one whose header declares more pixels than
+    ``limit`` (None: :func:`~vpt_seg.datasets.checks.pixel_limit`), is refused before
+    decoding with a :class:`~vpt_seg.datasets.checks.DataError` naming it.
+    """
+    return read_image(path, 'color', 'cv2', limit=limit, check_orientation=False)
 
 
 def task_input(img: np.ndarray, size: Size, device='cpu') -> torch.Tensor:
