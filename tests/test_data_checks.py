@@ -1,6 +1,8 @@
 """Bad data is refused by name (vpt_seg/datasets/checks.py), through the configs' own
 pipelines, at start-up (vpt_seg/runner.py) and by tools/check_data.py."""
 import os.path as osp
+import re
+import shutil
 import subprocess
 import sys
 from types import SimpleNamespace
@@ -9,9 +11,10 @@ import cv2
 import numpy as np
 import pytest
 from mmengine.config import Config
-from mmseg.registry import DATASETS
+from mmseg.registry import DATASETS, TRANSFORMS
 
 from vpt_seg.datasets import DataError, check_dataset, make_ade20k
+from vpt_seg.datasets.checks import ImageTooLargeError
 from vpt_seg.engine.hooks import DataCheckHook
 from vpt_seg.runner import prepare_cfg
 
@@ -272,3 +275,64 @@ def test_every_shipped_tta_pipeline_uses_the_checked_loaders(name):
     types = list(_loader_types(cfg.tta_pipeline))
     assert 'CheckedLoadImageFromFile' in types and 'CheckedLoadAnnotations' in types
     assert not {'LoadImageFromFile', 'LoadAnnotations'} & set(types), types
+
+
+def test_images_and_annotations_over_the_pixel_limit_are_refused_before_decoding(
+        data, monkeypatch):
+    """A 140 KB PNG declaring 12000x12000 (144 MP, over the 2**27 default) as an image and
+    as an annotation: refused on load and listed by the scan, naming the file, its size
+    and the limit, and never handed to a decoder. (Before: decoded, 432 MB each.)"""
+    import mmcv
+    from bad_images import png_bomb
+    monkeypatch.delenv('VPT_SEG_MAX_PIXELS', raising=False)
+    png_bomb(img(data, 1))  # PNG data under the .jpg name: the decoders read what it is
+    shutil.copy(img(data, 1), ann(data, 2))
+    decoded, decode = [], mmcv.imfrombytes
+    monkeypatch.setattr(mmcv, 'imfrombytes', lambda data, *a, **k: decoded.append(len(data))
+                        or decode(data, *a, **k))
+    ds = dataset(config(DEMO, data))
+    over = "declares 12000x12000 pixels (WxH: 144,000,000) in its header, over the limit " \
+        'of 134,217,728 pixels'
+    with pytest.raises(ImageTooLargeError, match=re.escape(f"image '{img(data, 1)}' {over}")):
+        ds[0]
+    with pytest.raises(ImageTooLargeError,
+                       match=re.escape(f"annotation '{ann(data, 2)}' {over}")):
+        ds[1]
+    problems = check_dataset(ds, progress=False)['problems']
+    assert [p.split(' declares')[0] for p in problems] == [f"image '{img(data, 1)}'",
+                                                          f"annotation '{ann(data, 2)}'"]
+    assert all('decompression bomb' in p and 'VPT_SEG_MAX_PIXELS=N' in p for p in problems)
+    assert decoded and max(decoded) < 10_000  # only the small files reached a decoder
+
+
+@pytest.mark.parametrize('loader', ['CheckedLoadImageFromFile', 'CheckedLoadAnnotations'])
+def test_the_pixel_limit_is_set_in_the_loaders_or_the_environment(data, monkeypatch, loader):
+    monkeypatch.delenv('VPT_SEG_MAX_PIXELS', raising=False)
+    what, path = ('image', img(data)) if loader == 'CheckedLoadImageFromFile' else \
+        ('annotation', ann(data))
+    over = re.escape(f"{what} '{path}' declares 32x32 pixels (WxH: 1,024) in its header, "
+                     'over the limit of 1,000 pixels')
+    cfg = config(DEMO, data)
+    for step in cfg.train_dataloader.dataset.pipeline:
+        if step['type'] == loader:
+            step['max_pixels'] = 1000
+    with pytest.raises(ImageTooLargeError, match=over):
+        dataset(cfg)[0]
+    with pytest.raises(ValueError, match=re.escape('max_pixels=0: give the largest image')):
+        TRANSFORMS.build(dict(type=loader, max_pixels=0))
+    if loader == 'CheckedLoadAnnotations':
+        return
+    monkeypatch.setenv('VPT_SEG_MAX_PIXELS', '1000')  # every reader, the scan included
+    problems = check_dataset(dataset(config(DEMO, data)), progress=False)['problems']
+    assert len(problems) == 6 and all('over the limit of 1,000 pixels' in p for p in problems)
+
+
+def test_the_limit_raised_is_not_undone_by_pillows_own(data, monkeypatch):
+    """Pillow (which decodes annotations) refuses above twice its MAX_IMAGE_PIXELS with its
+    own error; within vpt-seg's limit, vpt-seg's limit decides."""
+    from PIL import Image
+    monkeypatch.delenv('VPT_SEG_MAX_PIXELS', raising=False)
+    monkeypatch.setattr(Image, 'MAX_IMAGE_PIXELS', 100)  # as if 32x32 were a Pillow bomb
+    sample = dataset(config(DEMO, data), 'val_dataloader')[0]
+    assert sample['data_samples'].gt_sem_seg.data.shape[-2:] == (32, 32)
+    assert Image.MAX_IMAGE_PIXELS == 100  # put back

@@ -5,8 +5,10 @@ format, loaded into ``PromptedVisionTransformer``, and its features must equal t
 own intermediate features; resampled position embeddings must equal what timm's own
 loaders make for a model built at the new size.
 """
+import ast
 import importlib.util
 import os.path as osp
+import re
 
 import numpy as np
 import pytest
@@ -491,3 +493,50 @@ def test_url_weights_load_like_the_local_file(tmp_path, logs, file_server, fmt):
     for (name, a), b in zip(from_file.named_parameters(), from_url.parameters()):
         torch.testing.assert_close(a.data, b.data, atol=0, rtol=0, msg=name)
     assert file_server.url(local.name) in logs[0]
+
+
+def _demo_backbone(tmp_path, monkeypatch):
+    """pretrain/tiny_vit.pth exactly as tools/demo.py writes it (its own function)."""
+    from mmengine.config import Config
+    spec = importlib.util.spec_from_file_location('demo', osp.join(ROOT, 'tools', 'demo.py'))
+    demo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(demo)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path / demo.write_backbone(Config.fromfile(demo.CONFIGS['vit']))
+
+
+def test_convert_tool_takes_the_file_demo_writes_and_checks_its_signature(
+        tmp_path, monkeypatch, capsys):
+    """tools/demo.py's stand-in backbone (a PromptedVisionTransformer's state dict, with its
+    ``signature``) converts: num_heads from the signature, the signature left out, and the
+    result loads strictly into MMSeg's VisionTransformer with the printed arguments.
+    (Before: refused, '1 keys have no place ...: signature'.)"""
+    src = _demo_backbone(tmp_path, monkeypatch)
+    saved = torch.load(src, weights_only=True)
+    assert 'signature' in saved
+    out = tmp_path / 'converted.pth'
+    _tool().main([str(src), '--out', str(out)])
+    printed = capsys.readouterr().out
+    assert 'its signature (vpt-seg\'s record of the architecture) fits the weights' in printed
+    args = printed.strip().splitlines()[-1].strip()
+    assert 'num_heads=4' in args
+    call = ast.parse(f'dict({args})', mode='eval').body  # the tool's printout: k=literal
+    kwargs = {kw.arg: ast.literal_eval(kw.value) for kw in call.keywords}
+    converted = torch.load(out, weights_only=True)
+    assert 'signature' not in converted
+    vit = MMSegViT(**kwargs)
+    vit.load_state_dict(converted, strict=True)
+    for key, value in converted.items():
+        torch.testing.assert_close(value, saved[key], atol=0, rtol=0, msg=key)
+
+
+def test_convert_tool_refuses_a_signature_that_is_not_the_weights(tmp_path, monkeypatch):
+    src = _demo_backbone(tmp_path, monkeypatch)
+    saved = torch.load(src, weights_only=True)
+    saved['signature'][1] += 1  # num_layers
+    torch.save(saved, src)
+    with pytest.raises(SystemExit, match=re.escape(
+            'its signature records another ViT than its weights (num_layers 5 recorded, 4 in '
+            'the weights): the file was edited or put together from two models')):
+        _tool().main([str(src), '--out', str(tmp_path / 'x.pth')])
+    assert not (tmp_path / 'x.pth').exists()

@@ -14,6 +14,10 @@ converted file once, checks a file before a long run, or makes a ViT with timm o
         --model-args depth=2 embed_dim=64 num_heads=2 img_size=64 --out pretrain/tiny.pth
 
 It prints the backbone arguments the weights fit (``embed_dims``, ``num_layers``, ...).
+A file saved by vpt-seg's own ``PromptedVisionTransformer`` (``pretrain/tiny_vit.pth`` from
+tools/demo.py) carries a ``signature``, the architecture as integers: it is checked
+against the weights, gives ``num_heads`` (which torch weights do not record) and is left
+out of the converted file, which is MMSeg's plain layout.
 
 For a ``PromptedTimmViT`` config (DINOv2, EVA02, ... by timm name) the backbone reads
 timm's files as they are; ``--config`` checks one before a long run, writing nothing:
@@ -81,6 +85,39 @@ def _value(text):
         return ast.literal_eval(text)
     except (ValueError, SyntaxError):
         return text
+
+
+def check_signature(signature, kwargs: dict, source: str) -> dict:
+    """``kwargs`` (from :func:`infer_backbone_kwargs`) with ``num_heads`` taken from the
+    ``signature`` a vpt-seg backbone saves, after checking that it records the ViT the
+    weights are (:data:`~vpt_seg.models.prompted_vit.SIGNATURE_FIELDS`).
+
+    Raises:
+        SystemExit: the signature is not an MMSeg-layout ViT's, or records another ViT
+            than the weights (naming the fields and what to do).
+    """
+    from vpt_seg.models.prompted_vit import SIGNATURE_FIELDS
+    fields = ', '.join(SIGNATURE_FIELDS)
+    if not (torch.is_tensor(signature) and signature.numel() == len(SIGNATURE_FIELDS)
+            and not signature.is_floating_point()):
+        shape = tuple(signature.shape) if torch.is_tensor(signature) else type(signature)
+        raise SystemExit(f'{source}: its "signature" ({shape}) is not the one vpt-seg\'s '
+                         f'MMSeg-layout ViT saves ({len(SIGNATURE_FIELDS)} integers: '
+                         f'{fields}); a file of another backbone kind (a PromptedTimmViT '
+                         'reads timm files as they are: check one with --config)')
+    recorded = dict(zip(SIGNATURE_FIELDS, map(int, signature.flatten().tolist())))
+    seen = {k: kwargs[k] for k in ('embed_dims', 'num_layers', 'patch_size', 'in_channels')}
+    if 'mlp_ratio' in kwargs:
+        seen['feedforward_channels'] = int(kwargs['mlp_ratio'] * kwargs['embed_dims'])
+    if kwargs.get('num_heads'):
+        seen['num_heads'] = kwargs['num_heads']
+    differ = [f'{k} {recorded[k]} recorded, {v} in the weights' for k, v in seen.items()
+              if recorded[k] != v]
+    if differ:
+        raise SystemExit(f'{source}: its signature records another ViT than its weights '
+                         f'({"; ".join(differ)}): the file was edited or put together from '
+                         'two models. Save the backbone again from the model that made it.')
+    return dict(kwargs, num_heads=recorded['num_heads'])
 
 
 def timm_state_dict(name, checkpoint=None, seed=0, **kwargs):
@@ -156,6 +193,8 @@ def main(argv=None):
         state_dict, heads = ckpt.state_dict, ckpt.num_heads
         source = f'{args.src} ({ckpt.format} format)'
 
+    signature = state_dict.get('signature')
+    state_dict = {k: v for k, v in state_dict.items() if k != 'signature'}
     unknown = [k for k in state_dict if not k.startswith(_KNOWN) and not is_ignorable(k)]
     if unknown:
         raise SystemExit(f'{source}: {len(unknown)} keys have no place in MMSeg\'s '
@@ -164,6 +203,8 @@ def main(argv=None):
     state_dict = {k: v.contiguous() for k, v in state_dict.items() if k not in ignored}
 
     kwargs = infer_backbone_kwargs(state_dict, heads)
+    if signature is not None:
+        kwargs = check_signature(signature, kwargs, source)
     if args.img_size:
         size = tuple(args.img_size) * (2 if len(args.img_size) == 1 else 1)
         patch = kwargs['patch_size']
@@ -176,7 +217,9 @@ def main(argv=None):
     os.makedirs(osp.dirname(osp.abspath(args.out)), exist_ok=True)
     torch.save(state_dict, args.out)
     print(f'{source} -> {args.out}: {len(state_dict)} tensors'
-          + (f', dropped {", ".join(ignored)}' if ignored else ''))
+          + (f', dropped {", ".join(ignored)}' if ignored else '')
+          + ('; its signature (vpt-seg\'s record of the architecture) fits the weights '
+             'and gave num_heads, left out' if signature is not None else ''))
     print('backbone arguments these weights fit (norm_cfg eps=1e-6 for timm/JAX ViTs):')
     print('  ' + ', '.join(f'{k}={v!r}' for k, v in kwargs.items()))
     return state_dict

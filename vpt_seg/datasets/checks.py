@@ -281,8 +281,9 @@ def read_label(path: str, *, img_shape: Optional[Tuple[int, int]] = None,
         FileNotFoundError: no such file (the message gives the image and the layout).
         DataError: truncated, over the pixel limit (``limit``, None:
             :func:`pixel_limit`), not decodable, JPEG data (lossy), not one channel, values
-            over 255, another size than ``img_shape``, or class ids outside ``0..num_classes-1`` other than
-            ``ignore_index`` (naming the value as stored in the file).
+            over 255, another size than ``img_shape``, or class ids outside
+            ``0..num_classes-1`` other than ``ignore_index`` (naming the value as stored in
+            the file).
     """
     try:
         data = _read_bytes(path, 'annotation', backend_args)
