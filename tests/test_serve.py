@@ -632,3 +632,29 @@ def test_class_names_that_spreadsheets_run_are_escaped_in_the_csv(served, monkey
         assert line['name'] == ';'.join("'" + n for n in names)
         tags += names if line['task'] == 'tags' else []
     assert tags  # the multi-label cells are not all empty
+
+
+@pytest.mark.parametrize('option,where,message', [
+    ('--images', 'file', 'argument --images: {path} is a file, not a folder: pass the folder '
+     'that holds the images (e.g. --images {images} to serve every image beside it)'),
+    ('--images', 'missing', 'argument --images: no folder {path}: pass the folder of images'),
+    ('--out-dir', 'file', 'argument --out-dir: {path} exists and is not a folder: pass a '
+     'folder for the results (it is created if missing)'),
+    ('--out-dir', 'under a file', 'argument --out-dir: {path} cannot be created: {file} is a '
+     'file, not a folder'),
+], ids=['images-file', 'images-missing', 'out-dir-file', 'out-dir-under-a-file'])
+def test_a_file_where_a_folder_goes_is_an_argparse_error(served, monkeypatch, capsys, option,
+                                                         where, message):
+    """Before: a raw NotADirectoryError (FileNotFoundError for a missing --images)."""
+    file = served['images'] / 'img0.png'
+    before = file.read_bytes()
+    path = {'file': file, 'missing': served['tmp'] / 'nope',
+            'under a file': file / 'out'}[where]
+    cfg, ckpt = served['specs']['seg']
+    args = {'--images': served['images'], '--out-dir': served['tmp'] / 'folder_out'}
+    args[option] = path
+    code, _, err = _run_here(monkeypatch, capsys, [
+        served['pretrained'], f'seg={cfg}:{ckpt}', *[a for kv in args.items() for a in kv]])
+    assert code == 2 and 'Traceback' not in err
+    assert message.format(path=path, file=file, images=served['images']) in err
+    assert file.read_bytes() == before and not (served['tmp'] / 'folder_out').exists()
