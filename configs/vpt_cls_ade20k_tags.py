@@ -21,13 +21,13 @@ model = dict(
 
 # Whole images, resized: a crop could cut a tagged class out of the image.
 train_pipeline = [
-    dict(type='LoadImageFromFile'),
+    dict(type='CheckedLoadImageFromFile', check_orientation=False),
     dict(type='Resize', scale=(crop_size, crop_size), keep_ratio=False),
     dict(type='RandomFlip', prob=0.5, direction='horizontal'),
     dict(type='PackClsInputs'),
 ]
 test_pipeline = [
-    dict(type='LoadImageFromFile'),
+    dict(type='CheckedLoadImageFromFile', check_orientation=False),
     dict(type='Resize', scale=(crop_size, crop_size), keep_ratio=False),
     dict(type='PackClsInputs'),
 ]

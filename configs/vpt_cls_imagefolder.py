@@ -36,15 +36,18 @@ model = dict(
         init_cfg=dict(type='Pretrained', checkpoint=pretrained)),
     head=dict(type='LinearClsHead', in_channels=embed_dims, num_classes=num_classes))
 
+# The checked loader: a truncated file, or one declaring more pixels than the limit
+# (max_pixels=, $VPT_SEG_MAX_PIXELS), is refused by name; a photo with an EXIF Orientation
+# is decoded upright, as LoadImageFromFile gives it (no annotation to line up with).
 train_pipeline = [
-    dict(type='LoadImageFromFile'),
+    dict(type='CheckedLoadImageFromFile', check_orientation=False),
     dict(type='Resize', scale=(256, 256), keep_ratio=False),
     dict(type='RandomCrop', crop_size=(crop_size, crop_size)),
     dict(type='RandomFlip', prob=0.5, direction='horizontal'),
     dict(type='PackClsInputs'),
 ]
 test_pipeline = [
-    dict(type='LoadImageFromFile'),
+    dict(type='CheckedLoadImageFromFile', check_orientation=False),
     dict(type='Resize', scale=(256, 256), keep_ratio=False),
     dict(type='CenterCrop', crop_size=crop_size),
     dict(type='PackClsInputs'),

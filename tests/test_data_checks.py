@@ -336,3 +336,49 @@ def test_the_limit_raised_is_not_undone_by_pillows_own(data, monkeypatch):
     sample = dataset(config(DEMO, data), 'val_dataloader')[0]
     assert sample['data_samples'].gt_sem_seg.data.shape[-2:] == (32, 32)
     assert Image.MAX_IMAGE_PIXELS == 100  # put back
+
+
+@pytest.mark.parametrize('name', ['vpt_cls_demo.py', 'vpt_cls_imagefolder.py',
+                                  'vpt_cls_ade20k_tags.py', 'demo/vpt_cls_tiny_ade_tags.py',
+                                  'study/pretrain_source.py'])
+def test_classification_configs_read_images_through_the_checked_loader(name):
+    cfg = Config.fromfile(osp.join(ROOT, 'configs', name))
+    for pipeline in (cfg.train_dataloader.dataset.pipeline,
+                     cfg.test_dataloader.dataset.pipeline):
+        (loader, ) = [s for s in pipeline if 'Load' in s['type']]
+        assert loader == dict(type='CheckedLoadImageFromFile', check_orientation=False)
+
+
+def test_classification_images_are_bounded_and_checked_but_photos_turned_upright(
+        tmp_path, monkeypatch):
+    """The classification configs' loader: a truncated image and one over the pixel limit
+    are refused by name (before: a grey fill, and any size OpenCV takes); a photo with an
+    EXIF Orientation is decoded upright as LoadImageFromFile gives it (no annotation to
+    line up with, so not refused)."""
+    from PIL import Image
+
+    from vpt_seg.datasets import make_cls_folder
+    monkeypatch.delenv('VPT_SEG_MAX_PIXELS', raising=False)
+    root = make_cls_folder(str(tmp_path / 'cls'), num_train=1, num_val=1)
+    cfg = Config.fromfile(osp.join(ROOT, 'configs', 'vpt_cls_demo.py'))
+    ds = DATASETS.build(dict(cfg.train_dataloader.dataset, data_root=root,
+                             pipeline=cfg.test_pipeline))  # no random flip
+    paths = [ds.get_data_info(i)['img_path'] for i in range(3)]
+    with open(paths[0], 'rb') as f:
+        head = f.read(100)
+    with open(paths[0], 'wb') as f:
+        f.write(head)
+    photo = Image.fromarray(np.random.RandomState(0).randint(0, 255, (32, 24, 3), np.uint8))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # shown rotated 90 degrees clockwise: 24 high, 32 wide
+    photo.save(paths[1], 'JPEG', exif=exif.tobytes())  # JPEG data under the .png name
+    with pytest.raises(DataError, match=re.escape(f"image '{paths[0]}' is truncated")):
+        ds[0]
+    upright = ds[1]['inputs']
+    assert upright.shape == (3, 24, 32)
+    assert np.array_equal(upright.numpy().transpose(1, 2, 0), cv2.imread(paths[1]))
+    monkeypatch.setenv('VPT_SEG_MAX_PIXELS', '1000')
+    with pytest.raises(ImageTooLargeError, match=re.escape(
+            f"image '{paths[2]}' declares 32x32 pixels (WxH: 1,024) in its header, over the "
+            'limit of 1,000 pixels')):
+        ds[2]

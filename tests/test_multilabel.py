@@ -131,7 +131,13 @@ def test_missing_or_broken_annotation_is_a_clear_error(data_root, tmp_path):
         tags_dataset(root)
     with open(ann, 'wb') as f:
         f.write(b'not a png')
-    with pytest.raises(ValueError, match='cannot read annotation file .*ADE_train_00000003'):
+    with pytest.raises(ValueError, match='annotation file .*ADE_train_00000003.png.* cannot '
+                       'be read: its header is not that of an image format'):
+        tags_dataset(root)
+    from bad_images import png_bomb  # 12000x12000 declared: refused from its header
+    png_bomb(ann)
+    with pytest.raises(ValueError, match="annotation file .*ADE_train_00000003.png' declares "
+                       r'12000x12000 pixels \(WxH: 144,000,000\) in its header, over the limit'):
         tags_dataset(root)
     cv2.imwrite(ann, np.full((8, 8), 300, np.uint16))  # would wrap to 44 as uint8
     with pytest.raises(ValueError, match='ADE_train_00000003.png.* is uint16 with values up '

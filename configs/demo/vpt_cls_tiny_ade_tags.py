@@ -16,11 +16,12 @@ model = dict(
     head=dict(in_channels=embed_dims, num_classes=len(classes)))
 
 train_pipeline = [
-    dict(type='LoadImageFromFile'),
+    dict(type='CheckedLoadImageFromFile', check_orientation=False),
     dict(type='RandomFlip', prob=0.5, direction='horizontal'),
     dict(type='PackClsInputs'),
 ]
-test_pipeline = [dict(type='LoadImageFromFile'), dict(type='PackClsInputs')]
+test_pipeline = [dict(type='CheckedLoadImageFromFile', check_orientation=False),
+                 dict(type='PackClsInputs')]
 train_dataloader = dict(
     batch_size=16, num_workers=0, persistent_workers=False,
     dataset=dict(data_root=data_root, metainfo=dict(classes=classes),

@@ -18,11 +18,12 @@ model = dict(
               multi_label=True))
 
 train_pipeline = [
-    dict(type='LoadImageFromFile'),
+    dict(type='CheckedLoadImageFromFile', check_orientation=False),
     dict(type='RandomFlip', prob=0.5),
     dict(type='PackClsInputs'),
 ]
-test_pipeline = [dict(type='LoadImageFromFile'), dict(type='PackClsInputs')]
+test_pipeline = [dict(type='CheckedLoadImageFromFile', check_orientation=False),
+                 dict(type='PackClsInputs')]
 train_dataloader = dict(
     batch_size=16,
     num_workers=0,

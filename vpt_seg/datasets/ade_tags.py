@@ -18,6 +18,8 @@ from mmengine.logging import print_log
 from mmseg.datasets import ADE20KDataset
 from mmseg.registry import DATASETS
 
+from .checks import check_image_data
+
 __all__ = ['ADE20KTagsDataset', 'label_lut']
 
 #: The label ``reduce_zero_label`` and ``label_map`` write for ignored pixels. MMSeg's
@@ -98,6 +100,7 @@ class ADE20KTagsDataset(ADE20KDataset):
             data = fileio.get(path, backend_args=self.backend_args)
         except FileNotFoundError as e:
             raise FileNotFoundError(f'annotation file {path!r} does not exist') from e
+        check_image_data(data, path, 'annotation file')  # truncated, unknown, or too large
         try:
             seg = mmcv.imfrombytes(data, flag='unchanged', backend='pillow')
         except Exception as e:  # PIL raises OSError/ValueError/SyntaxError on bad files

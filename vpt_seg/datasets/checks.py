@@ -190,7 +190,7 @@ def check_image_data(data: bytes, path: str, what: str = 'image',
     limit = pixel_limit(limit)
     size = image_size(data)
     if size is None:
-        raise DataError(f'{what} {path!r} cannot be read: its header is not one of an image '
+        raise DataError(f'{what} {path!r} cannot be read: its header is not that of an image '
                         'format vpt-seg reads (JPEG, PNG, BMP, TIFF, WebP); it is not an '
                         'image file or is damaged: re-copy or remove it')
     h, w = size
@@ -341,18 +341,24 @@ class CheckedLoadImageFromFile(LoadImageFromFile):
     Args:
         max_pixels: Pixel limit, checked from the header before decoding (None:
             ``$VPT_SEG_MAX_PIXELS``, else :data:`DEFAULT_MAX_PIXELS`).
+        check_orientation: Refuse photos with an EXIF Orientation other than 1 (their
+            annotations would not line up). False for classification, where no
+            annotation is read: such a photo is then decoded upright, as
+            ``LoadImageFromFile`` gives it.
         **kwargs: ``LoadImageFromFile``'s (``color_type``, ``imdecode_backend``, ...).
     """
 
-    def __init__(self, max_pixels: Optional[int] = None, **kwargs):
+    def __init__(self, max_pixels: Optional[int] = None, check_orientation: bool = True,
+                 **kwargs):
         super().__init__(**kwargs)
         if max_pixels is not None:
             pixel_limit(max_pixels)  # a bad value fails when the pipeline is built
-        self.max_pixels = max_pixels
+        self.max_pixels, self.check_orientation = max_pixels, check_orientation
 
     def transform(self, results: dict) -> dict:
         img = read_image(results['img_path'], self.color_type, self.imdecode_backend,
-                         self.backend_args, limit=self.max_pixels)
+                         self.backend_args, limit=self.max_pixels,
+                         check_orientation=self.check_orientation)
         if self.to_float32:
             img = img.astype(np.float32)
         results['img'] = img
