@@ -382,3 +382,26 @@ def test_classification_images_are_bounded_and_checked_but_photos_turned_upright
             f"image '{paths[2]}' declares 32x32 pixels (WxH: 1,024) in its header, over the "
             'limit of 1,000 pixels')):
         ds[2]
+
+
+@pytest.mark.parametrize('params', [[], [cv2.IMWRITE_JPEG_PROGRESSIVE, 1],
+                                    [cv2.IMWRITE_JPEG_RST_INTERVAL, 1]],
+                         ids=['baseline', 'progressive', 'restart-markers'])
+def test_a_jpeg_is_truncated_when_cut_anywhere_not_when_data_follows_its_end(
+        tmp_path, params):
+    """The one truncation check of training and serving walks the JPEG's segments and
+    scans to its end marker: cut anywhere, it is refused; with data after the end marker
+    (a phone's motion photo appends its video) it reads as the decoders read it."""
+    from vpt_seg.datasets.checks import read_image
+    ok, data = cv2.imencode('.jpg', np.random.default_rng(0).integers(0, 256, (32, 48, 3),
+                                                                       np.uint8), params)
+    data, path = data.tobytes(), str(tmp_path / 'a.jpg')
+    for cut in range(4, len(data) - 1, 37):
+        with open(path, 'wb') as f:
+            f.write(data[:cut])
+        with pytest.raises(DataError, match='is truncated'):
+            read_image(path)
+    with open(path, 'wb') as f:
+        f.write(data + b'\x00\x00\x00\x18ftypmp42' + bytes(300))
+    assert np.array_equal(read_image(path), cv2.imdecode(np.frombuffer(data, np.uint8),
+                                                         cv2.IMREAD_COLOR))

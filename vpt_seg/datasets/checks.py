@@ -128,10 +128,47 @@ def image_size(data: bytes) -> Optional[Tuple[int, int]]:
     return int(h), int(w)
 
 
+def _jpeg_ends(data: bytes) -> bool:
+    """Whether a JPEG's segments and scans run to its end marker (EOI).
+
+    Walks the marker segments by their lengths (so an EXIF thumbnail's own end marker,
+    inside APP1, does not count) and each scan's entropy-coded data to the next marker
+    (``FF 00`` stuffing and restart markers are part of the scan). Data after EOI (a
+    phone's appended video, a camera's trailer) is allowed, as the decoders allow it.
+    """
+    i, n = 2, len(data)
+    while i + 1 < n:
+        if data[i] != 0xFF:
+            return False                                  # not a marker: damaged
+        marker = data[i + 1]
+        if marker == 0xD9:
+            return True
+        if marker == 0xFF or marker == 0x01 or 0xD0 <= marker <= 0xD8:
+            i += 1 if marker == 0xFF else 2               # fill byte; markers without length
+            continue
+        if i + 4 > n:
+            return False
+        i += 2 + int.from_bytes(data[i + 2:i + 4], 'big')
+        if marker != 0xDA:
+            continue
+        while True:                                       # the scan: up to the next marker
+            i = data.find(b'\xff', i)
+            if i < 0 or i + 1 >= n:
+                return False
+            if data[i + 1] == 0 or 0xD0 <= data[i + 1] <= 0xD7:
+                i += 2
+                continue
+            if data[i + 1] == 0xFF:
+                i += 1
+                continue
+            break
+    return False
+
+
 def _truncated(data: bytes) -> bool:
-    """A JPEG without its end marker or a PNG without its IEND chunk."""
+    """A JPEG whose data stops before its end marker, or a PNG without its IEND chunk."""
     if data[:2] == b'\xff\xd8':
-        return not data.rstrip(b'\x00\n\r ').endswith(b'\xff\xd9')
+        return not _jpeg_ends(data)
     if data[:8] == b'\x89PNG\r\n\x1a\n':
         return b'IEND' not in data[-16:]
     return False
@@ -151,8 +188,8 @@ _ORIENTATIONS = {2: 'mirrored', 3: 'rotated 180 degrees', 4: 'flipped upside dow
 def exif_orientation(data: bytes) -> int:
     """The EXIF Orientation of an encoded image (1, upright as stored, when it has none)."""
     from PIL import Image
-    try:
-        with Image.open(io.BytesIO(data)) as im:
+    try:  # the header and EXIF only: no pixel is decoded
+        with _pil_limit(None), Image.open(io.BytesIO(data)) as im:
             value = im.getexif().get(0x0112, 1)
     except Exception:  # not something PIL reads: the decoder names the problem
         return 1
