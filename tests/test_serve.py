@@ -2,7 +2,9 @@
 for every head kind: single-label linear and MLP heads (softmax), a multi-label head
 (image tags: sigmoid, every class above 0.5) and a segmentation head (label maps), each
 at its own input size whatever the order of the tasks; its outputs never collide, never
-go through a link or outside --out-dir, and bad arguments are argparse errors."""
+go through a link or outside --out-dir, and bad arguments are argparse errors. Images are
+read as training reads them (a decompression bomb or a truncated JPEG refused before any
+work) and no CSV cell is a spreadsheet formula."""
 import csv
 import json
 import os
@@ -511,11 +513,15 @@ def _run_here(monkeypatch, capsys, argv):
     return code, out, err
 
 
-def _limit_memory():
-    """preexec_fn: at most 6 GiB of address space (the tool's imports take about 4), so
-    decoding the bomb (432 MB, then its label map and overlay) fails rather than swapping."""
+def _memory_limit():
+    """A preexec_fn: address space for the tool's imports (about what this process, which
+    made the same imports, maps: 4 GiB on CPU) plus 2 GiB, at least 6 GiB in all; decoding
+    the bomb (432 MB, then its label map and overlay: 3.7 GB) would not fit."""
     import resource
-    resource.setrlimit(resource.RLIMIT_AS, (6 << 30, 6 << 30))
+    with open('/proc/self/status') as f:
+        mapped = [int(ln.split()[1]) << 10 for ln in f if ln.startswith('VmSize:')][0]
+    limit = max(6 << 30, mapped + (2 << 30))
+    return lambda: resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 
 
 def test_a_decompression_bomb_is_refused_from_its_header_before_any_work(served):
@@ -535,7 +541,7 @@ def test_a_decompression_bomb_is_refused_from_its_header_before_any_work(served)
         [sys.executable, osp.join(ROOT, 'tools', 'serve.py'), served['pretrained'],
          f'seg={cfg}:{ckpt}', '--images', str(images), '--out-dir', str(out)],
         capture_output=True, text=True, cwd=ROOT, env=env, timeout=120,
-        preexec_fn=_limit_memory)
+        preexec_fn=_memory_limit())
     assert proc.returncode == 1, proc.stderr[-3000:]
     assert 'Traceback' not in proc.stderr
     assert f"image '{images / 'bomb.png'}' declares 12000x12000 pixels (WxH: 144,000,000) " \
