@@ -11,14 +11,13 @@ dataset.
 """
 from typing import Dict, List, Optional
 
-import mmcv
 import numpy as np
 from mmengine import fileio
 from mmengine.logging import print_log
 from mmseg.datasets import ADE20KDataset
 from mmseg.registry import DATASETS
 
-from .checks import check_image_data
+from .checks import check_image_data, decode
 
 __all__ = ['ADE20KTagsDataset', 'label_lut']
 
@@ -102,7 +101,7 @@ class ADE20KTagsDataset(ADE20KDataset):
             raise FileNotFoundError(f'annotation file {path!r} does not exist') from e
         check_image_data(data, path, 'annotation file')  # truncated, unknown, or too large
         try:
-            seg = mmcv.imfrombytes(data, flag='unchanged', backend='pillow')
+            seg = decode(data, 'unchanged', 'pillow')
         except Exception as e:  # PIL raises OSError/ValueError/SyntaxError on bad files
             raise ValueError(f'cannot read annotation file {path!r}: {e}') from e
         if seg is None:

@@ -47,7 +47,7 @@ __all__ = ['DataError', 'read_image', 'read_label', 'CheckedLoadImageFromFile',
            'ClassCountError', 'head_classes', 'check_class_counts', 'check_split_has_labels',
            'exif_orientation', 'use_checked_loaders', 'DEFAULT_MAX_PIXELS', 'MAX_PIXELS_ENV',
            'ImageTooLargeError', 'pixel_limit', 'image_size', 'check_image_data',
-           'check_image']
+           'check_image', 'decode']
 
 LAYOUT = ('images/<split>/NAME.jpg with annotations/<split>/NAME.png (ADE20k: '
           'ADEChallengeData2016/{images,annotations}/{training,validation})')
@@ -241,6 +241,15 @@ def check_image_data(data: bytes, path: str, what: str = 'image',
     return h, w
 
 
+def decode(data: bytes, flag: str = 'color', backend: str = 'cv2',
+           limit: Optional[int] = None) -> Optional[np.ndarray]:
+    """``mmcv.imfrombytes`` of data :func:`check_image_data` has passed, with pillow's own
+    bomb check at the same limit (it would otherwise refuse a limit raised above twice
+    its 89 MP, with its own words)."""
+    with _pil_limit(pixel_limit(limit)):
+        return mmcv.imfrombytes(data, flag=flag, backend=backend)
+
+
 def check_image(path: str, limit: Optional[int] = None, what: str = 'image',
                 backend_args=None) -> Tuple[int, int]:
     """:func:`check_image_data` of the file at ``path`` (its ``(H, W)``); nothing decoded.
@@ -276,8 +285,7 @@ def read_image(path: str, flag: str = 'color', backend: str = 'cv2',
             'annotation the same way if it was drawn on the stored pixels (e.g. PIL: '
             'ImageOps.exif_transpose(Image.open(path)).save(path)).')
     try:
-        with _pil_limit(pixel_limit(limit)):
-            img = mmcv.imfrombytes(data, flag=flag, backend=backend)
+        img = decode(data, flag, backend, limit)
     except Exception as err:  # the decoders raise their own types
         img, reason = None, f'{type(err).__name__}: {err}'
     else:
@@ -333,8 +341,7 @@ def read_label(path: str, *, img_shape: Optional[Tuple[int, int]] = None,
         raise DataError(f'annotation {path!r} is JPEG data{named}: JPEG is lossy, so its class '
                         'ids are changed around every edge. Export the labels losslessly '
                         '(PNG, one channel of class ids) from their source.')
-    with _pil_limit(pixel_limit(limit)):
-        raw = mmcv.imfrombytes(data, flag='unchanged', backend=backend)
+    raw = decode(data, 'unchanged', backend, limit)
     if raw is None:
         raise DataError(f'annotation {path!r} cannot be read: not an image file')
     if raw.ndim == 3 and raw.shape[2] == 1:
