@@ -232,11 +232,15 @@ class OneOf(Field):
         self.fields = fields
 
     def check(self, value, key, ctx):
+        errors = []
         for field in self.fields:
             try:
                 return field.check(value, key, ctx)
-            except HeaderSchemaError:
-                continue
+            except HeaderSchemaError as err:
+                errors.append(err)
+        deeper = [e for e in errors if e.key != key]  # a branch that took the value's form
+        if deeper:
+            raise max(deeper, key=lambda e: len(e.key))
         raise HeaderSchemaError(key, f'{value!r:.60} is not {self.describe()}')
 
     def describe(self):
