@@ -17,9 +17,15 @@ comes from someone else, so its config is stored and read as data:
   and ``default_scope`` is a registry scope that exists; no string holds ``{{``
   (MMEngine substitutes ``{{$ENV}}`` in text). Nothing is imported, run or
   read while checking.
-* :func:`config_as_text` renders checked data as plain assignments of Python literals
-  (``repr`` of dicts, lists, tuples, strings, numbers): what MMEngine's
-  ``MMSegInferencer(model=None, weights=TASK)`` runs through ``Config.fromstring``.
+* :func:`literal_config_text` writes any config as plain assignments of Python literals
+  (``repr`` of dicts, lists, tuples, strings, numbers, checked to read back the same):
+  every config vpt-seg writes (the folded ``OUT.py``); :func:`config_as_text` does so for
+  checked data, what MMEngine's ``MMSegInferencer(model=None, weights=TASK)`` runs
+  through ``Config.fromstring``.
+
+A task file's header is read more strictly than this module checks: into the schema of
+:mod:`vpt_seg.formats.task_schema`, which admits only the module types and arguments it
+types.
 """
 import ast
 import importlib.util

@@ -8,8 +8,9 @@ in the safetensors header (strings only):
 
 ============================  ===========================================================
 ``format``                    ``'vpt-seg-task'``; ``format_version`` ``'2'``
-``config_json``               the whole config the task was trained with, as data: JSON of
-                              ``cfg.to_dict()``, tuples tagged (:mod:`.config_data`)
+``config_json``               the config the task was trained with, as data: JSON of
+                              ``cfg.to_dict()``, tuples tagged (:mod:`.config_data`), read
+                              into the header schema (:mod:`.task_schema`)
 ``signature``                 the ViT's architecture (JSON list, see ``signature_fields``)
 ``pretrained``                file name of the frozen backbone's weights
 ``pretrained_path``           that file's path as the config named it
@@ -19,8 +20,9 @@ in the safetensors header (strings only):
 ============================  ===========================================================
 
 A task file is data, and reading one never executes anything, whatever its header
-holds: the config is JSON, checked before anything is built (only registered module
-names, no imports, no ``_base_``: :func:`~vpt_seg.formats.config_data.check_config_data`);
+holds: the config is JSON read into a schema of typed, bounded fields before anything
+is built, and the sizes it declares are checked against the file's tensors first
+(:func:`~vpt_seg.formats.task_schema.read_header_config`, ``check_header_shapes``);
 ``pretrained`` must be a bare file name and is looked for next to the task file only;
 ``pretrained_path`` must be a local path (a URL is never fetched); ``dataset_meta``
 must parse and name as many classes as the head has; every error names the file and
@@ -111,7 +113,8 @@ def write_task_file(out: str, model, cfg, pretrained: str, pretrained_path: str,
     if frozen_sha256:
         meta['frozen_sha256'] = frozen_sha256
     try:  # what a reader will make of it: refused now rather than when it is shared
-        read_header_config(meta['config_json'])
+        if 'model' in cfg:
+            read_header_config(meta['config_json'])
     except HeaderSchemaError as err:
         raise ValueError(f'task file {out}: the config does not fit the task-file header '
                          f'schema (docs/task_files.md lists it): {err}') from None
