@@ -251,3 +251,14 @@ def test_a_module_type_is_one_entry(monkeypatch):
     data['model']['head']['width'] = 5
     with pytest.raises(HeaderSchemaError, match=r'model.head.width: 5 is out of range'):
         read_header_config(json.dumps(data))
+
+
+def test_export_refuses_a_config_the_schema_does_not_take(deep, tmp_path):
+    from vpt_seg import export_task
+    cfg = Config(deep['cfg'].to_dict())
+    cfg.model.test_cfg = dict(mode='whole', extra=1)
+    out = tmp_path / 'task.safetensors'
+    with pytest.raises(ValueError, match=r'does not fit the task-file header schema.*'
+                       r'model.test_cfg.extra: not a field this schema has'):
+        export_task(cfg, str(deep['ckpt']), str(out))
+    assert not out.exists()
