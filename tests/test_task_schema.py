@@ -253,6 +253,25 @@ def test_a_module_type_is_one_entry(monkeypatch):
         read_header_config(json.dumps(data))
 
 
+def test_an_entry_checks_its_sizes_against_the_file(monkeypatch):
+    from vpt_seg.formats.task_schema import check_header_shapes
+
+    def shapes(cfg, key, tensors):
+        if tensors['proj.weight'][0] != cfg['width']:
+            raise HeaderSchemaError(f'{key}.width', f"{cfg['width']} in the header, "
+                                    f"{tensors['proj.weight'][0]} in the file")
+
+    monkeypatch.setitem(TABLE, 'cls_head', dict(TABLE['cls_head']))
+    register('cls_head', 'ToyHead', dict(width=Int(1, 4)), shapes=shapes)
+    model = read_header_config(json.dumps(dict(model=dict(
+        type='VPTClassifier', backbone=dict(type='PromptedVisionTransformer'),
+        head=dict(type='ToyHead', width=3)))))['model']
+    check_header_shapes(model, {'head.proj.weight': (3, 8)})
+    with pytest.raises(HeaderSchemaError, match='model.head.width: 3 in the header, 2 in '
+                       'the file'):
+        check_header_shapes(model, {'head.proj.weight': (2, 8)})
+
+
 def test_export_refuses_a_config_the_schema_does_not_take(deep, tmp_path):
     from vpt_seg import export_task
     cfg = Config(deep['cfg'].to_dict())

@@ -38,7 +38,8 @@ Adding a module type is one entry (see :func:`register`)::
     register('text_encoder', 'CoOpTextEncoder', dict(
         embed_dims=Int(1, 8192), checkpoint=PretrainedFile()), required=('embed_dims', ))
 
-A new kind (``'text_encoder'`` above) is created by its first entry.
+A new kind (``'text_encoder'`` above) is created by its first entry. An entry may also
+check the sizes it declares against the file's tensors (``shapes=``, see :class:`Entry`).
 """
 import json
 import math
@@ -279,11 +280,17 @@ class Struct(Field):
 
 
 class Entry:
-    """One module type a header may name: its typed arguments and which are required."""
+    """One module type a header may name: its typed arguments, which are required, and
+    optionally ``shapes(cfg, key, tensors)``: checks of the sizes ``cfg`` declares
+    against the file's tensor shapes under the module (``tensors``: key relative to the
+    module -> shape), raising :class:`HeaderSchemaError` naming ``key.<field>``; run by
+    :func:`check_header_shapes` before anything is built."""
 
-    def __init__(self, fields: Mapping[str, Field], required: Sequence[str] = ()):
+    def __init__(self, fields: Mapping[str, Field], required: Sequence[str] = (),
+                 shapes: Optional[Callable[[dict, str, Mapping[str, tuple]], None]] = None):
         self.fields = dict(fields)
         self.required = tuple(required)
+        self.shapes = shapes
 
 
 #: kind -> module type -> :class:`Entry`. Filled below; :func:`register` adds to it.
@@ -291,11 +298,12 @@ TABLE: Dict[str, Dict[str, Entry]] = {}
 
 
 def register(kind: str, type_name: str, fields: Mapping[str, Field],
-             required: Sequence[str] = ()) -> Entry:
+             required: Sequence[str] = (), shapes=None) -> Entry:
     """Admit ``type_name`` where the schema takes a module of ``kind`` (a
-    :class:`Module` field), with these typed arguments. The type must be a registered
-    module of that name; nothing else about it is trusted."""
-    entry = Entry(fields, required)
+    :class:`Module` field), with these typed arguments (and ``shapes``, see
+    :class:`Entry`). The type must be a registered module of that name; nothing else
+    about it is trusted."""
+    entry = Entry(fields, required, shapes)
     TABLE.setdefault(kind, {})[type_name] = entry
     return entry
 
@@ -661,6 +669,7 @@ def check_header_shapes(model: dict, shapes: Mapping[str, tuple],
             _fits(f'model.backbone.{part}.{option}', declared, shape[dim],
                   f'{part} tensors ({shape})')
 
+    _entry_shapes(model, shapes)
     heads = [('decode_head', model.get('decode_head'), 'decode_head.conv_seg.weight'),
              ('head', model.get('head'), 'head.fc.weight')]
     aux = model.get('auxiliary_head')
@@ -684,6 +693,28 @@ def check_header_shapes(model: dict, shapes: Mapping[str, tuple],
         elif where == 'head':
             _fits('model.head.in_channels', head['in_channels'], shape[1],
                   f'{key} shape {shape}')
+
+
+def _modules(data: Any, key: str, state: str):
+    """``(header key, state-dict prefix, cfg)`` of every module config under ``data``."""
+    if isinstance(data, dict):
+        if isinstance(data.get('type'), str):
+            yield key, state, data
+        for name, value in data.items():
+            yield from _modules(value, f'{key}.{name}', f'{state}{name}.')
+    elif isinstance(data, (list, tuple)):
+        for i, value in enumerate(data):
+            yield from _modules(value, f'{key}[{i}]', f'{state}{i}.')
+
+
+def _entry_shapes(model: dict, shapes: Mapping[str, tuple]):
+    """Each entry's own ``shapes`` check, on the tensors under its module."""
+    entries = {t: e for kind in TABLE.values() for t, e in kind.items() if e.shapes}
+    for key, state, cfg in _modules(model, 'model', ''):
+        entry = entries.get(cfg['type'])
+        if entry is not None:
+            entry.shapes(cfg, key, {k[len(state):]: v for k, v in shapes.items()
+                                    if k.startswith(state)})
 
 
 def walk_keys(data: Any, key: str = '') -> Iterable[str]:
