@@ -20,8 +20,8 @@ from vpt_seg import load_task_model
 from vpt_seg.formats.config_data import config_to_json
 from vpt_seg.formats.fold import fold_task
 from vpt_seg.formats.task_file import read_task_config, read_task_metadata
-from vpt_seg.formats.task_schema import (TABLE, HeaderSchemaError, Int, register,
-                                         read_header_config)
+from vpt_seg.formats.task_schema import (TABLE, HeaderSchemaError, Int, check_header_shapes,
+                                         register, read_header_config)
 
 
 def _with_config(deep, tmp_path, change, name='bad.safetensors', text=None):
@@ -151,7 +151,17 @@ def test_declared_sizes_are_checked_before_anything_is_built(deep, tmp_path, mon
         num_prompts=5), name='five.safetensors')
     classes = _with_config(deep, tmp_path, lambda d: d['model']['decode_head'].update(
         num_classes=9), name='classes.safetensors')
+    huge = _with_config(deep, tmp_path, lambda d: d['model']['backbone'].update(
+        img_size=[8192, 8192]), name='huge.safetensors')
     monkeypatch.setattr(MODELS, 'build', build)
+    _refused(ENTRY_POINTS['load_task_model'], huge, r'model.backbone.img_size\[0\]: 8192 is out of '
+             r'range \(an integer in \[1, 4096\]\)')
+    big = read_header_config(json.dumps(dict(model=dict(type='EncoderDecoder', backbone=dict(
+        type='PromptedVisionTransformer', embed_dims=8192, num_layers=128, num_heads=64),
+        decode_head=dict(type='FCNHead', in_channels=8192, channels=8, num_classes=2)))))
+    with pytest.raises(HeaderSchemaError, match=r'model.backbone: declares a ViT of about '
+                       r'1.03e\+11 parameters'):
+        check_header_shapes(big['model'], {})
     _refused(ENTRY_POINTS['load_task_model'], bad,
              r'model.backbone.num_prompts: 2000000 is out of range')
     _refused(ENTRY_POINTS['load_task_model'], wide,
@@ -254,8 +264,6 @@ def test_a_module_type_is_one_entry(monkeypatch):
 
 
 def test_an_entry_checks_its_sizes_against_the_file(monkeypatch):
-    from vpt_seg.formats.task_schema import check_header_shapes
-
     def shapes(cfg, key, tensors):
         if tensors['proj.weight'][0] != cfg['width']:
             raise HeaderSchemaError(f'{key}.width', f"{cfg['width']} in the header, "

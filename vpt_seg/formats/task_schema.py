@@ -54,7 +54,7 @@ __all__ = ['HeaderSchemaError', 'Field', 'Int', 'Float', 'Bool', 'Choice', 'Name
 #: How deep a header's JSON may nest (today's configs nest about 6 deep).
 MAX_DEPTH = 32
 #: The most parameters a header may declare for its backbone before anything is built.
-MAX_BACKBONE_PARAMS = 4_000_000_000
+MAX_BACKBONE_PARAMS = 2_000_000_000
 _TUPLE = '__tuple__'
 _DOTTED = re.compile(r'[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*')
 
@@ -335,6 +335,8 @@ class Module(Field):
 _SIZE = Int(1, 16384)
 _PAIR = Seq(Int(1, 16384), 2, 2)
 _SIZE_OR_PAIR = OneOf(Int(1, 16384), _PAIR)
+#: A backbone's input size (its position embedding is allocated for it).
+_IMG_SIZE = OneOf(Int(1, 4096), Seq(Int(1, 4096), 2, 2))
 _INDEX = Int(-128, 127)
 _INDICES = OneOf(_INDEX, Seq(_INDEX, 1, 128))
 _RATE = Float(0.0, 1.0)
@@ -365,7 +367,7 @@ PROMPTED_FIELDS = dict(
 
 register('backbone', 'PromptedVisionTransformer', dict(
     PROMPTED_FIELDS,
-    img_size=_SIZE_OR_PAIR, patch_size=Int(1, 1024), patch_pad=Choice('corner', 'same'),
+    img_size=_IMG_SIZE, patch_size=Int(1, 1024), patch_pad=Choice('corner', 'same'),
     in_channels=Int(1, 64), embed_dims=Int(1, 8192), num_layers=Int(1, 128),
     num_heads=Int(1, 256), mlp_ratio=Float(0.01, 64.0), out_origin=Bool(),
     out_indices=_INDICES, qkv_bias=Bool(), drop_rate=_RATE, attn_drop_rate=_RATE,
@@ -385,7 +387,7 @@ TIMM_KWARGS = dict(
 register('backbone', 'PromptedTimmViT', dict(
     PROMPTED_FIELDS,
     model_name=Name(r'[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127}'), checkpoint=PretrainedFile(),
-    model_kwargs=Opt(Struct(TIMM_KWARGS)), img_size=Opt(_SIZE_OR_PAIR),
+    model_kwargs=Opt(Struct(TIMM_KWARGS)), img_size=Opt(_IMG_SIZE),
     patch_size=Opt(Int(1, 1024)), dynamic_img_size=Bool(), out_indices=_INDICES,
     final_norm=Bool(), with_cp=Bool(), output_cls_token=Bool(), init_cfg=_NONE),
     required=('model_name', ))
@@ -638,11 +640,16 @@ def check_header_shapes(model: dict, shapes: Mapping[str, tuple],
     dims = int(found.get('embed_dims', sizes.get('embed_dims', 0)) or 0)
     layers = int(found.get('num_layers', sizes.get('num_layers', 0)) or 0)
     ffn = int(found.get('feedforward_channels', 4 * dims) or 0)
-    if dims * (4 * dims + 2 * ffn) * layers > MAX_BACKBONE_PARAMS:
-        raise HeaderSchemaError('model.backbone', f'declares a ViT of about '
-                                f'{dims * (4 * dims + 2 * ffn) * layers:.3g} parameters '
-                                f'(more than {MAX_BACKBONE_PARAMS:.3g}); refused before '
-                                'anything is allocated')
+    size = backbone.get('img_size') or 224
+    h, w = (size, size) if isinstance(size, int) else size
+    patch = int(found.get('patch_size', backbone.get('patch_size') or 16) or 16)
+    tokens = (h // patch + 1) * (w // patch + 1)  # the position embedding's grid
+    params = dims * (4 * dims + 2 * ffn) * layers + tokens * dims
+    if params > MAX_BACKBONE_PARAMS:
+        raise HeaderSchemaError('model.backbone', f'declares a ViT of about {params:.3g} '
+                                f'parameters (width {dims}, depth {layers}, a {h}x{w} '
+                                f'input; more than {MAX_BACKBONE_PARAMS:.3g}); refused '
+                                'before anything is allocated')
 
     prompt = shapes.get(prefix + 'prompt.embeddings')
     num = backbone.get('num_prompts', 0)
