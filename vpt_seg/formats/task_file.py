@@ -267,7 +267,9 @@ def read_task_config(path: str, meta: Optional[Dict[str, str]] = None) -> Config
     try:
         data = read_header_config(meta['config_json'], notes)
     except HeaderSchemaError as err:
-        raise _header_error(path, 'config_json', str(err)) from None
+        raise _header_error(path, 'config_json', f'{err}. A task file may only describe the '
+                            'model in the header schema (docs/task_files.md); to load it '
+                            'with another config, name that config') from None
     for note in notes:
         _note(f"task file {path}: header key 'config_json': {note}")
     _check_declared_shapes(path, meta, data['model'])
