@@ -91,3 +91,21 @@ def test_a_registered_name_that_is_also_a_module_is_refused(monkeypatch):
     monkeypatch.setitem(MODELS._module_dict, 'json', object)
     with pytest.raises(ConfigDataError, match="m.type: 'json' is not the name of a registered"):
         check_config_data(dict(m=dict(type='json')))
+
+
+def test_literal_config_text_reads_back_the_same_and_runs_nothing(tmp_path):
+    """What vpt-seg writes as a config (a folded OUT.py) is literals: a key or string
+    that closes its quotes stays data; Config.fromfile reads back the same dict."""
+    from vpt_seg.formats.config_data import literal_config_text
+    marker = tmp_path / 'M'
+    key = f"x': __import__('os').system('touch {marker}'), 'y"
+    data = dict(model=dict(type='X', nested={key: "'\"\n)", 't': (1, 2.5, None, True)}),
+                notes=[{key: 1e-6}])
+    path = tmp_path / 'written.py'
+    path.write_text(literal_config_text(Config(data), header=f'from {key}\nsecond'))
+    assert Config.fromfile(str(path)).to_dict() == data
+    assert not marker.exists()
+    with pytest.raises(ConfigDataError, match='config.model.f: a builtin_function_or_method'):
+        literal_config_text(dict(model=dict(f=print)))
+    with pytest.raises(ConfigDataError, match=r"config.model.x: inf cannot be stored"):
+        literal_config_text(dict(model=dict(x=float('inf'))))

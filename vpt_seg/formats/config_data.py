@@ -17,10 +17,17 @@ comes from someone else, so its config is stored and read as data:
   and ``default_scope`` is a registry scope that exists; no string holds ``{{``
   (MMEngine substitutes ``{{$ENV}}`` in text). Nothing is imported, run or
   read while checking.
-* :func:`config_as_text` renders checked data as plain assignments of Python literals
-  (``repr`` of dicts, lists, tuples, strings, numbers): what MMEngine's
-  ``MMSegInferencer(model=None, weights=TASK)`` runs through ``Config.fromstring``.
+* :func:`literal_config_text` writes any config as plain assignments of Python literals
+  (``repr`` of dicts, lists, tuples, strings, numbers, checked to read back the same):
+  every config vpt-seg writes (the folded ``OUT.py``); :func:`config_as_text` does so for
+  checked data, what MMEngine's ``MMSegInferencer(model=None, weights=TASK)`` runs
+  through ``Config.fromstring``.
+
+A task file's header is read more strictly than this module checks: into the schema of
+:mod:`vpt_seg.formats.task_schema`, which admits only the module types and arguments it
+types.
 """
+import ast
 import importlib.util
 import json
 import keyword
@@ -31,7 +38,7 @@ from typing import Any, Optional, Set
 from mmengine.config import Config
 
 __all__ = ['ConfigDataError', 'config_to_json', 'config_from_json', 'check_config_data',
-           'config_as_text']
+           'config_as_text', 'literal_config_text']
 
 _TUPLE = '__tuple__'
 #: Keys whose string values MMEngine resolves through its registries.
@@ -207,13 +214,40 @@ def config_from_json(text: str) -> Config:
     return Config(check_config_data(_decode(data)))
 
 
-def config_as_text(cfg: Config) -> Optional[str]:
-    """Checked config data as Python text of literal assignments (``name = {...}``).
+def literal_config_text(cfg, header: str = '') -> str:
+    """A config as Python text of literal assignments only (``name = {...}``): what
+    every config vpt-seg writes is made of (the folded ``OUT.py``, a folded checkpoint's
+    ``meta['cfg']``, a task file's config handed to MMEngine).
 
-    ``repr`` of dicts, lists, tuples, strings, numbers, booleans and None is a literal,
-    so running the text (as MMEngine's ``Config.fromstring`` does) only builds the data.
+    Each value is the ``repr`` of dicts, lists, tuples, strings, numbers, booleans and
+    None, which escapes every key and string, and is checked to read back as the same
+    literal (:func:`ast.literal_eval`); top-level names are identifiers. Running the text
+    (``Config.fromfile``, ``Config.fromstring``) only builds the data.
+
+    Args:
+        cfg: A :class:`~mmengine.config.Config` or a dict.
+        header: ``#`` comment lines put first (each line gets its ``#``).
+
+    Raises:
+        ConfigDataError: a value that is not plain data, or a top-level name that is not
+            an identifier (naming the key).
     """
     data = cfg.to_dict() if hasattr(cfg, 'to_dict') else dict(cfg)
-    _encode(data, 'config')  # plain data only
+    _encode(data, 'config')  # plain data only, finite numbers
+    lines = [f'# {line}'.rstrip() for line in header.splitlines()]
+    for key, value in data.items():
+        if not key.isidentifier() or keyword.iskeyword(key) or key in _RESERVED:
+            raise ConfigDataError(f'top-level name {key!r} cannot be written in a config')
+        text = repr(value)
+        if ast.literal_eval(text) != value:  # a subclass with its own repr
+            raise ConfigDataError(f'config.{key}: does not write as a literal')
+        lines.append(f'{key} = {text}')
+    return '\n'.join(lines) + '\n'
+
+
+def config_as_text(cfg: Config) -> Optional[str]:
+    """Checked config data as Python text of literal assignments
+    (:func:`literal_config_text`), for MMEngine's ``Config.fromstring``."""
+    data = cfg.to_dict() if hasattr(cfg, 'to_dict') else dict(cfg)
     check_config_data(data)
-    return '\n'.join(f'{key} = {value!r}' for key, value in data.items()) + '\n'
+    return literal_config_text(data)

@@ -31,6 +31,7 @@ from mmengine.config import Config
 from mmengine.logging import print_log
 
 from .weights import load_torch_file
+from .config_data import literal_config_text
 from .loading import load_task_model
 from .task_file import pretrained_option_of, read_task_config
 
@@ -130,7 +131,8 @@ def fold_task(config, checkpoint: str, out: str) -> Dict[str, object]:
     backbone.pretrained_file = None  # the weights are no pretrained file's any more
     standalone = standalone_config(cfg)
     cfg_path = folded_config_path(out)
-    meta = dict(cfg=standalone.pretty_text, vpt_seg_fold=dict(
+    text = literal_config_text(standalone)  # literals only: no key or string becomes code
+    meta = dict(cfg=text, vpt_seg_fold=dict(
         source=osp.abspath(checkpoint), folded=folded))
     if getattr(model, 'dataset_meta', None):
         meta['dataset_meta'] = {k: list(map(list, v)) if k == 'palette' else list(v)
@@ -138,10 +140,10 @@ def fold_task(config, checkpoint: str, out: str) -> Dict[str, object]:
                                 if k in ('classes', 'palette') and v is not None}
     torch.save(dict(meta=meta, state_dict=model.state_dict()), out)
     with open(cfg_path, 'w') as f:
-        f.write(f'# Written by tools/export_task.py --fold from {osp.basename(checkpoint)!r}:\n'
-                f'# the config of {osp.basename(out)}, a standalone checkpoint (LoRA and tuned '
-                'biases merged;\n# lora=None, save_frozen=True, no pretrained file).\n'
-                + standalone.pretty_text)
+        f.write(literal_config_text(standalone, header=(
+            f'Written by tools/export_task.py --fold from {osp.basename(checkpoint)!r}:\n'
+            f'the config of {osp.basename(out)}, a standalone checkpoint (LoRA and tuned '
+            'biases merged;\nlora=None, save_frozen=True, no pretrained file).')))
     if folded:
         print_log(f'{out}: folded {" and ".join(folded)} into the weights', logger='current')
     else:

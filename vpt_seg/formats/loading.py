@@ -479,8 +479,9 @@ def load_task_model(config, checkpoint: str, pretrained: Optional[str] = None) -
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as err:
-        raise ValueError(f'{checkpoint} does not fit {getattr(cfg, "filename", "the config")}:'
-                         f' {err}') from None
+        where = getattr(cfg, 'filename', None) or (
+            'the config stored in it' if config is None else 'the config')
+        raise ValueError(f'{checkpoint} does not fit {where}: {err}') from None
     meta = ckpt.get('meta') or {}
     if meta.get('dataset_meta'):  # class names (and palette) the runner stored
         if str(checkpoint).endswith('.safetensors'):

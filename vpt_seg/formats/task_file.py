@@ -8,8 +8,9 @@ in the safetensors header (strings only):
 
 ============================  ===========================================================
 ``format``                    ``'vpt-seg-task'``; ``format_version`` ``'2'``
-``config_json``               the whole config the task was trained with, as data: JSON of
-                              ``cfg.to_dict()``, tuples tagged (:mod:`.config_data`)
+``config_json``               the config the task was trained with, as data: JSON of
+                              ``cfg.to_dict()``, tuples tagged (:mod:`.config_data`), read
+                              into the header schema (:mod:`.task_schema`)
 ``signature``                 the ViT's architecture (JSON list, see ``signature_fields``)
 ``pretrained``                file name of the frozen backbone's weights
 ``pretrained_path``           that file's path as the config named it
@@ -19,8 +20,9 @@ in the safetensors header (strings only):
 ============================  ===========================================================
 
 A task file is data, and reading one never executes anything, whatever its header
-holds: the config is JSON, checked before anything is built (only registered module
-names, no imports, no ``_base_``: :func:`~vpt_seg.formats.config_data.check_config_data`);
+holds: the config is JSON read into a schema of typed, bounded fields before anything
+is built, and the sizes it declares are checked against the file's tensors first
+(:func:`~vpt_seg.formats.task_schema.read_header_config`, ``check_header_shapes``);
 ``pretrained`` must be a bare file name and is looked for next to the task file only;
 ``pretrained_path`` must be a local path (a URL is never fetched); ``dataset_meta``
 must parse and name as many classes as the head has; every error names the file and
@@ -48,7 +50,8 @@ import torch
 from mmengine.config import Config
 from mmengine.logging import print_log
 
-from .config_data import ConfigDataError, config_as_text, config_from_json, config_to_json
+from .config_data import config_as_text, config_to_json
+from .task_schema import HeaderSchemaError, check_header_shapes, read_header_config, tensor_shapes
 
 __all__ = ['TASK_FORMAT', 'FORMAT_VERSION', 'write_task_file', 'read_task_file',
            'read_task_metadata', 'read_task_config', 'pretrained_candidates',
@@ -109,6 +112,12 @@ def write_task_file(out: str, model, cfg, pretrained: str, pretrained_path: str,
     }
     if frozen_sha256:
         meta['frozen_sha256'] = frozen_sha256
+    try:  # what a reader will make of it: refused now rather than when it is shared
+        if 'model' in cfg:
+            read_header_config(meta['config_json'])
+    except HeaderSchemaError as err:
+        raise ValueError(f'task file {out}: the config does not fit the task-file header '
+                         f'schema (docs/task_files.md lists it): {err}') from None
     dataset_meta = getattr(model, 'dataset_meta', None)
     if dataset_meta:
         meta['dataset_meta'] = json.dumps(
@@ -226,17 +235,19 @@ def check_class_count(path: str, dataset_meta: Optional[dict], model_cfg) -> Non
 
 
 def read_task_config(path: str, meta: Optional[Dict[str, str]] = None) -> Config:
-    """The config stored in a task file, read as data (nothing is executed or imported,
-    see :mod:`vpt_seg.formats.config_data`).
+    """The config stored in a task file, read as data into the header schema
+    (:mod:`vpt_seg.formats.task_schema`): ``model`` (every argument typed),
+    ``test_dataloader.dataset.pipeline`` and ``default_scope``; the training settings
+    stored beside them are dropped unread. Nothing is executed, imported or fetched.
 
-    The stored ``init_cfg.checkpoint`` is header data like ``pretrained_path``: a URL
-    there is dropped with a note (the frozen weights come from the pretrained file next
-    to the task file).
+    The stored pretrained file (``init_cfg.checkpoint``, timm's ``checkpoint``) is
+    header data like ``pretrained_path``: a URL there is dropped with a note (the frozen
+    weights come from the pretrained file next to the task file).
 
     Raises:
         ValueError: a version-1 file (its config is Python text, which is never run):
-            name the config, or re-export it; no config in the file; a config that is
-            not plain, allowed data (naming the key and why).
+            name the config, or re-export it; no config in the file; a config the schema
+            does not admit (naming the header key and what the schema takes there).
     """
     meta = read_task_metadata(path) if meta is None else meta
     if meta.get('format') != TASK_FORMAT:
@@ -252,29 +263,48 @@ def read_task_config(path: str, meta: Optional[Dict[str, str]] = None) -> Config
             f'python tools/export_task.py CONFIG {path} NEW.safetensors')
     if not meta.get('config_json'):
         raise _header_error(path, 'config_json', 'missing')
+    notes: List[str] = []
     try:
-        cfg = config_from_json(meta['config_json'])
-    except ConfigDataError as err:
-        raise _header_error(path, 'config_json', str(err)) from None
-    backbone = (cfg.get('model') or {}).get('backbone')
-    if isinstance(backbone, dict):
-        backbone.pop('prefer_init_cfg', None)  # the user's word, never the file's
-        backbone.pop('prefer_checkpoint', None)
-        option = pretrained_option_of(backbone)
-        keys = option.split('.')[2:]  # ['init_cfg', 'checkpoint'] or ['checkpoint']
-        owner = backbone
-        for key in keys[:-1]:
-            owner = owner.get(key) if isinstance(owner, dict) else None
-        ckpt = owner.get(keys[-1]) if isinstance(owner, dict) else None
-        if isinstance(ckpt, str) and '://' in ckpt:
-            _note(f"task file {path}: header key 'config_json': {option} {ckpt!r} is a "
-                  'URL, which is never fetched: dropped')
-            if keys == ['init_cfg', 'checkpoint']:
-                backbone['init_cfg'] = None
-            else:
-                owner[keys[-1]] = None
+        data = read_header_config(meta['config_json'], notes)
+    except HeaderSchemaError as err:
+        raise _header_error(path, 'config_json', f'{err}. A task file may only describe the '
+                            'model in the header schema (docs/task_files.md); to load it '
+                            'with another config, name that config') from None
+    for note in notes:
+        _note(f"task file {path}: header key 'config_json': {note}")
+    _check_declared_shapes(path, meta, data['model'])
+    cfg = Config(data)
     check_class_count(path, _dataset_meta(path, meta), cfg.get('model'))
     return cfg
+
+
+def _check_declared_shapes(path: str, meta: Dict[str, str], model: dict):
+    """The sizes the header's model declares against the file's tensor shapes and
+    ``signature`` (:func:`~vpt_seg.formats.task_schema.check_header_shapes`), from the
+    safetensors header and the signature tensor only, before anything is built."""
+    from safetensors import safe_open
+    prefix = meta.get('backbone_prefix', 'backbone.')
+    if not isinstance(prefix, str) or not re.fullmatch(r'(\w+\.)+', prefix):
+        raise _header_error(path, 'backbone_prefix', f'{prefix!r} is not a module prefix '
+                            "such as 'backbone.'")
+    try:
+        fields = json.loads(meta.get('signature_fields') or '[]')
+    except (ValueError, RecursionError):
+        fields = []
+    fields = fields if isinstance(fields, list) and all(
+        isinstance(f, str) for f in fields) else []
+    try:
+        shapes = tensor_shapes(path)
+        signature = None
+        if prefix + 'signature' in shapes and len(shapes[prefix + 'signature']) == 1:
+            with safe_open(path, framework='pt') as f:
+                signature = f.get_tensor(prefix + 'signature').tolist()
+    except Exception as err:  # safetensors raises its own error types
+        raise ValueError(f'cannot read {path!r} as safetensors: {err}') from err
+    try:
+        check_header_shapes(model, shapes, signature, fields, prefix)
+    except HeaderSchemaError as err:
+        raise _header_error(path, 'config_json', str(err)) from None
 
 
 def read_task_file(path: str) -> Tuple['OrderedDict[str, torch.Tensor]', Dict[str, str]]:
@@ -322,7 +352,7 @@ def _backbone_type(meta: Dict[str, str]) -> Optional[str]:
     only; None where it cannot be read."""
     try:
         kind = json.loads(meta.get('config_json') or '{}')['model']['backbone']['type']
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, RecursionError):
         return None
     return kind if isinstance(kind, str) and re.fullmatch(r'\w{1,80}', kind) else None
 
