@@ -271,10 +271,17 @@ class CoOpTextEncoder(FrozenBackboneMixin, BaseModule):
                            device=self.text.token_embedding.weight.device)
         self.prompt.init_from(self._word_embeds(ids))
 
+    def prompt_embeddings(self) -> torch.Tensor:
+        """``(K, L, D)``: the prompts ``t_i`` as token embeddings, the context in place
+        (L: up to the longest prompt's end token)."""
+        if self.prompt is None:
+            raise ValueError('n_ctx=0: the prompts are the templates\' tokens, no context')
+        return self.prompt(self._word_embeds(self.token_ids), self.token_order)
+
     def _features(self) -> torch.Tensor:
         """``(K, E)`` normalised class features (a graph to the context when it needs one)."""
         if self.templates is None:
-            prompts = self.prompt(self._word_embeds(self.token_ids), self.token_order)
+            prompts = self.prompt_embeddings()
             return normalized_features(encode_prompts(self.text, prompts, self.eot_index))
         per_template = torch.stack([
             normalized_features(encode_prompts(self.text, self._word_embeds(ids), eot))
