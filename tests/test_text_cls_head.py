@@ -1,6 +1,7 @@
 """TextClsHead in VPTClassifier: CoOp's and zero-shot CLIP's logits against open_clip on
 one tiny CLIP file, what is tuned, task checkpoints and files, new class names, errors."""
 import copy
+import json
 import shutil
 
 import open_clip
@@ -140,7 +141,10 @@ def test_task_checkpoint_round_trip(clip_file, tmp_path):
 
     # A portable task file (safetensors, the config as data) loads without the config.
     task_file = str(tmp_path / 'task.safetensors')
-    export_task(config, str(ckpt), task_file)
+    header = export_task(config, str(ckpt), task_file)
+    recorded = json.loads(header['frozen_modules'])['head.text_encoder.']
+    assert recorded == dict(pretrained='open_clip_model.safetensors', pretrained_path=local,
+                            frozen_sha256=meta['frozen_sha256'])
     again = load_task_model(None, task_file)
     with torch.no_grad():
         assert torch.allclose(again(x, mode='tensor'), expected, atol=1e-6)
@@ -159,6 +163,9 @@ def test_task_checkpoint_round_trip(clip_file, tmp_path):
     with pytest.raises(ValueError, match=r'none of the candidates holds the frozen weights.*'
                                          r'sha256.*model.head.text_encoder.checkpoint'):
         load_task_model(config, str(ckpt))
+    with pytest.raises(ValueError, match=r'none of the candidates holds the frozen weights.*'
+                                         r'sha256.*model.head.text_encoder.checkpoint'):
+        load_task_model(None, task_file)
 
 
 def test_csc_task_with_another_class_list(clip_file, tmp_path):
@@ -194,3 +201,18 @@ def test_projection_width_must_match(clip_file):
     with pytest.raises(ValueError, match=r'text tower embeds into 32 dimensions.*projection '
                                          r'into 16'):
         MODELS.build(cfg)
+
+
+@pytest.mark.parametrize('value,match', [
+    ('{"../x.": {}}', r"'\.\./x\.': expected a module prefix"),
+    ('{"head.text_encoder.": {"frozen_sha256": "zz"}}', r"head.text_encoder.: 'zz' is not a sha256"),
+    ('[1]', r'expected \{"prefix\.":'),
+])
+def test_task_file_frozen_modules_header_checked(tmp_path, value, match):
+    from vpt_seg.formats.task_file import read_task_file
+    path = str(tmp_path / 'task.safetensors')
+    save_file({'x': torch.zeros(1)}, path, metadata=dict(
+        format='vpt-seg-task', format_version='2', frozen_modules=value))
+    with pytest.raises(ValueError, match=r"task\.safetensors: header key 'frozen_modules': "
+                                         + match):
+        read_task_file(path)
