@@ -216,3 +216,25 @@ def test_task_file_frozen_modules_header_checked(tmp_path, value, match):
     with pytest.raises(ValueError, match=r"task\.safetensors: header key 'frozen_modules': "
                                          + match):
         read_task_file(path)
+
+
+def test_count_params_names_the_context(tmp_path, monkeypatch, capsys):
+    """tools/count_params.py: a 'context' row (the only tuned tensor of CoOp), the frozen
+    'text tower' row, and a task file of the context alone."""
+    import os.path as osp
+    import runpy
+    root = osp.dirname(osp.dirname(osp.abspath(__file__)))
+    config = tmp_path / 'coop_tiny.py'
+    config.write_text(f"custom_imports = dict(imports=['vpt_seg'], allow_failed_imports=False)\n"
+                      f"model = {clip_cfg(None, n_ctx=16)!r}\n")
+    tool = osp.join(root, 'tools', 'count_params.py')
+    monkeypatch.setattr('sys.argv', [tool, str(config)])
+    runpy.run_path(tool, run_name='__main__')
+    out = capsys.readouterr().out
+    rows = {' '.join(line.split()[:-3]): line.split()[-3:] for line in out.splitlines()
+            if line.strip()}
+    assert rows['context'][:2] == ['1.0K', '1.0K']  # 16 x 64
+    assert rows['text tower'][0] == '0' and rows['text tower'][1] == '3.22M'
+    assert rows['total'][0] == '1.0K'
+    size = float(out.split('task file (model.state_dict()): ')[1].split()[0])
+    assert size < 16 and 'KiB;' in out  # the context and two signatures
