@@ -92,7 +92,8 @@ def test_coop_logits_and_what_is_tuned(clip_file, position, csc):
     losses = model(x, samples, mode='loss')
     assert set(losses) == {'loss_cls', 'acc'}
     losses['loss_cls'].backward()
-    grads = {n for n, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+    grads = {n for n, p in model.named_parameters()
+             if p.grad is not None and p.grad.abs().sum() > 0}
     tuned = {n for n, p in model.named_parameters() if p.requires_grad}
     assert grads == tuned
     assert 'head.text_encoder.prompt.ctx' in tuned
@@ -205,7 +206,8 @@ def test_projection_width_must_match(clip_file):
 
 @pytest.mark.parametrize('value,match', [
     ('{"../x.": {}}', r"'\.\./x\.': expected a module prefix"),
-    ('{"head.text_encoder.": {"frozen_sha256": "zz"}}', r"head.text_encoder.: 'zz' is not a sha256"),
+    ('{"head.text_encoder.": {"frozen_sha256": "zz"}}',
+     r"head.text_encoder.: 'zz' is not a sha256"),
     ('[1]', r'expected \{"prefix\.":'),
 ])
 def test_task_file_frozen_modules_header_checked(tmp_path, value, match):

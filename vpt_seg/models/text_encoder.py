@@ -21,6 +21,7 @@ like a prompted backbone's frozen weights (:class:`~vpt_seg.models.frozen.
 FrozenBackboneMixin`), left out of ``state_dict()``, recorded by file and sha256, and
 loaded from the CLIP file again when a task is loaded.
 """
+import logging
 import math
 from typing import Dict, List, Optional, Sequence, Union
 
@@ -144,7 +145,12 @@ class CoOpTextEncoder(FrozenBackboneMixin, BaseModule):
             if templates is not None:
                 raise ValueError('ctx_init starts a learned context; templates are the '
                                  'hand-written prompts of n_ctx=0: give one of them')
-            n_ctx = len(clip_tokenizer().encode(ctx_init))
+            count = len(clip_tokenizer().encode(ctx_init))
+            if n_ctx not in (16, count):  # 16: the default, which ctx_init overrides
+                print_log(f'CoOpTextEncoder: n_ctx={n_ctx} is ignored: ctx_init={ctx_init!r} '
+                          f'sets the context length to its {count} tokens', logger='current',
+                          level=logging.WARNING)
+            n_ctx = count
         room = context_length - 4  # [SOS], ".", [EOS] and a name of one token at least
         if n_ctx > room:
             what = (f'ctx_init={ctx_init!r} tokenizes to {n_ctx} tokens (BPE), more than fit'
