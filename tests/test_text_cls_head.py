@@ -156,6 +156,7 @@ def test_task_checkpoint_round_trip(clip_file, tmp_path):
     moved = load_task_model(Config(dict(model=other)), str(ckpt))
     assert moved(x, mode='tensor').shape == (3, 2)
     assert moved.head.class_names == ['dog', 'red car']
+    assert moved.dataset_meta['classes'] == ('dog', 'red car')
 
     # Other text-tower weights in the file the task records: refused by sha256.
     weights = dict(__import__('safetensors.torch', fromlist=['load_file']).load_file(local))

@@ -486,6 +486,11 @@ def load_task_model(config, checkpoint: str, pretrained: Optional[str] = None) -
         if str(checkpoint).endswith('.safetensors'):
             check_class_count(checkpoint, meta['dataset_meta'], model_cfg)
         model.dataset_meta = meta['dataset_meta']
+    names = getattr(getattr(model, 'head', None), 'class_names', None)
+    if names is not None:  # a text head classifies what it embeds (maybe a new list)
+        stored = list((getattr(model, 'dataset_meta', None) or {}).get('classes') or [])
+        if [str(c).replace('_', ' ').strip() for c in stored] != list(names):
+            model.dataset_meta = dict(classes=tuple(names))
     return model.eval()
 
 
