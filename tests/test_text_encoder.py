@@ -148,6 +148,17 @@ def test_bin_file_and_hub_folder(clip_file, tmp_path):
         assert torch.equal(a(), b())
 
 
+def test_checkpointing_same_features_and_gradients(clip_file):
+    path, _ = clip_file
+    plain, cp = encoder(path, n_ctx=3).train(), encoder(path, n_ctx=3, with_cp=True).train()
+    cp.load_state_dict(plain.state_dict())
+    a, b = plain(), cp()
+    assert torch.allclose(a, b, atol=1e-6)
+    a.square().sum().backward()
+    b.square().sum().backward()
+    assert torch.allclose(plain.ctx.grad, cp.ctx.grad, atol=1e-6)
+
+
 def test_truncation_keeps_features(clip_file):
     """The causal mask: cutting after the longest prompt's end token changes nothing."""
     path, _ = clip_file

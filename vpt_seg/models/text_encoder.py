@@ -95,6 +95,9 @@ class CoOpTextEncoder(FrozenBackboneMixin, BaseModule):
             :mod:`vpt_seg.tuners.coop`).
         quick_gelu: The tower's activation: QuickGELU (OpenAI's weights, and the
             ``*-quickgelu`` open_clip models) or GELU (most LAION models).
+        with_cp: Recompute each text block in the backward pass (open_clip's gradient
+            checkpointing): the memory of a training step no longer grows with K x layers
+            of activations (CoOp issue #12: many classes), at about a third more time.
         init_cfg: MMEngine's; unused (weights come from ``checkpoint``).
 
     Shapes:
@@ -122,6 +125,7 @@ class CoOpTextEncoder(FrozenBackboneMixin, BaseModule):
                  csc: bool = False,
                  class_position: str = 'end',
                  quick_gelu: bool = True,
+                 with_cp: bool = False,
                  init_cfg: Optional[dict] = None):
         super().__init__(init_cfg=init_cfg)
         names = self._class_names(dataset_name, vocabulary)
@@ -184,6 +188,7 @@ class CoOpTextEncoder(FrozenBackboneMixin, BaseModule):
             heads=num_heads, layers=num_layers, mlp_ratio=mlp_ratio, output_dim=output_dims,
             act_layer=QuickGELU if quick_gelu else nn.GELU)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
+        self.text.set_grad_checkpointing(bool(with_cp))
         freeze(self.text)
         self.logit_scale.requires_grad_(False)  # CoOp keeps CLIP's temperature
         self.prompt = (CoOpContext(n_ctx, embed_dims, len(names) if csc else None)
