@@ -101,6 +101,12 @@ def check_model_name(model_name: str) -> None:
             f'(no windows, stages or conv stem). Supported families: {_families_text()}')
 
 
+def is_clip_model(model_name: str) -> bool:
+    """True for timm's CLIP image towers (``vit_*_clip_*``), whose ``head`` is CLIP's
+    visual projection when loaded from a CLIP file."""
+    return bool(re.search(r'_clip(_|$)', model_name.split('.')[0]))
+
+
 def final_norm_attr(vit: nn.Module) -> Optional[str]:
     """The module that normalizes a timm ViT's last tokens: ``'norm'``, or ``'fc_norm'``
     where ``norm`` is Identity and the last LayerNorm follows the pooling (timm's EVA02;
@@ -302,6 +308,13 @@ class PromptedTimmViT(FrozenBackboneMixin, BaseModule):
             token beside its map (normed with the map where ``final_norm``), as MMSeg's
             ViT gives it: what :class:`~vpt_seg.models.VPTClassifier` reads. Families
             without a [CLS] token (SigLIP) raise.
+        keep_projection: Keep a CLIP image tower's projection (timm's ``head``, from
+            ``visual.proj`` of an open_clip/OpenAI file; frozen, its zero bias too) as
+            :attr:`visual_projection`, the map from the normed [CLS] to CLIP's joint
+            embedding. Its width is timm's for the name (512 for
+            ``vit_base_patch16_clip_quickgelu_224``), or ``model_kwargs['num_classes']``
+            (tiny models). :class:`~vpt_seg.models.VPTClassifier` sets it for a text head.
+            A model that is not a CLIP image tower is refused.
         prefer_checkpoint: When a task checkpoint is loaded, take its frozen weights from
             ``checkpoint`` only, not from the file the checkpoint records: the user named
             it (the tools set this when ``--cfg-options`` names
@@ -339,6 +352,7 @@ class PromptedTimmViT(FrozenBackboneMixin, BaseModule):
                  save_frozen: bool = False,
                  with_cp: bool = False,
                  output_cls_token: bool = False,
+                 keep_projection: bool = False,
                  prefer_checkpoint: bool = False,
                  init_cfg: Optional[dict] = None):
         if isinstance(init_cfg, dict) and init_cfg.get('type') == 'Pretrained':
@@ -352,6 +366,14 @@ class PromptedTimmViT(FrozenBackboneMixin, BaseModule):
                              'freeze=False every weight is tuned already.')
         check_model_name(model_name)
         kwargs = dict(model_kwargs or {})
+        if keep_projection and not is_clip_model(model_name):
+            raise ValueError(f'keep_projection=True (a text head needs CLIP image embeddings), '
+                             f'but {model_name!r} is not a CLIP image tower: it has no visual '
+                             'projection to CLIP\'s joint space. Use a CLIP model, e.g. '
+                             "model_name='vit_base_patch16_clip_quickgelu_224' with the "
+                             'open_clip file of OpenAI\'s weights')
+        # A CLIP projection's width: timm's for the name, or the caller's (tiny models).
+        proj_width = kwargs.pop('num_classes', None) if keep_projection else None
         clash = [k for k in _RESERVED + ('img_size', 'patch_size', 'dynamic_img_size')
                  if k in kwargs]
         if clash:
@@ -362,8 +384,10 @@ class PromptedTimmViT(FrozenBackboneMixin, BaseModule):
             if value is not None:
                 kwargs[key] = tuple(value) if isinstance(value, (list, tuple)) else value
         try:
-            vit = timm.create_model(model_name, pretrained=False, num_classes=0,
-                                    dynamic_img_size=dynamic_img_size, **kwargs)
+            heads = {} if keep_projection and proj_width is None else dict(
+                num_classes=proj_width if keep_projection else 0)
+            vit = timm.create_model(model_name, pretrained=False,
+                                    dynamic_img_size=dynamic_img_size, **heads, **kwargs)
         except TypeError as err:  # an argument the family's class does not take
             raise ValueError(f'timm cannot build {model_name!r} with {kwargs}: {err}') from None
         self._check_family(model_name, vit)
@@ -395,7 +419,9 @@ class PromptedTimmViT(FrozenBackboneMixin, BaseModule):
                              '(norm and fc_norm are both Identity); set final_norm=False')
         unused_norms = tuple(a for a in ('norm', 'fc_norm')
                              if not (final_norm and a == self._norm_attr))
-        self._ignored = _HEADS + unused_norms
+        self.keep_projection = keep_projection
+        self._ignored = tuple(h for h in _HEADS if not (keep_projection and h == 'head')) \
+            + unused_norms
         for attr in unused_norms:
             if hasattr(vit, attr):
                 setattr(vit, attr, nn.Identity())
@@ -415,10 +441,17 @@ class PromptedTimmViT(FrozenBackboneMixin, BaseModule):
                              'drop_path2 to add the adapter branch after')
         if freeze:
             freeze_module(vit, tune_bias=tune_bias)
+            if keep_projection and getattr(vit.head, 'bias', None) is not None:
+                vit.head.bias.requires_grad_(False)  # CLIP's projection has no bias
             if tune_bias:
                 self._report_biases()
         self.register_buffer('signature', self._signature())
         self.init_frozen_hooks()
+
+    @property
+    def visual_projection(self) -> Optional[nn.Module]:
+        """CLIP's image projection ``(B, C) -> (B, E)`` (``keep_projection``), or None."""
+        return self.vit.head if self.keep_projection else None
 
     # ---------------------------------------------------------- validation
     @staticmethod
