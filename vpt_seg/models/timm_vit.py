@@ -3,8 +3,11 @@
 timm builds the architecture (``timm.create_model(model_name, pretrained=False,
 num_classes=0, ...)``); the weights come only from a local file in the formats timm
 publishes (``model.safetensors``, ``pytorch_model.bin``, ``.pth``, or the hub's folder
-with one of them and ``config.json``), read safely and converted by the family's own
-``checkpoint_filter_fn``. The layer loop is the one every prompted backbone runs
+with one of them and ``config.json``) or open_clip publishes (``open_clip_model.safetensors``,
+``open_clip_pytorch_model.bin``: a whole CLIP, of which the ``visual.*`` image tower is
+read), read safely and converted by the family's own ``checkpoint_filter_fn``. A CLIP
+image tower keeps its frozen visual projection (timm's ``head``, OpenAI's
+``visual.proj``): :meth:`PromptedTimmViT.visual_projection`. The layer loop is the one every prompted backbone runs
 (:func:`vpt_seg.tuners.prompt.run_prompted_layers`) over timm's own blocks:
 
     x = norm_pre(pos_embed([prefix, patch_embed(image)]))   # (B, K + HW, C), K = prefix tokens
@@ -45,7 +48,7 @@ from .frozen import FrozenBackboneMixin
 
 __all__ = ['FAMILIES', 'TIMM_SIGNATURE_FIELDS', 'PromptedTimmViT', 'find_weights_file',
            'read_timm_state_dict', 'fit_timm_state_dict', 'final_norm_attr',
-           'write_hub_folder']
+           'write_hub_folder', 'clip_projection_dims', 'pretrained_normalization']
 
 #: The ViT families this backbone is tested on: (family, a timm name, what is special).
 FAMILIES = (
@@ -65,8 +68,12 @@ _MODULES = ('timm.models.vision_transformer', 'timm.models.deit', 'timm.models.e
 TIMM_SIGNATURE_FIELDS = ('embed_dims', 'num_layers', 'num_heads', 'patch_size', 'in_channels',
                          'feedforward_channels', 'num_prefix_tokens')
 
-#: Weight files of a hub folder, in the order timm's hub loader prefers them.
-HUB_FILES = ('model.safetensors', 'pytorch_model.bin')
+#: Weight files of a hub folder: timm's, in the order timm's hub loader prefers them, then
+#: open_clip's (a whole CLIP; ``timm/vit_base_patch16_clip_224.openai`` holds both kinds).
+HUB_FILES = ('model.safetensors', 'pytorch_model.bin',
+             'open_clip_model.safetensors', 'open_clip_pytorch_model.bin')
+#: open_clip's description of the CLIP in a hub folder (``model_cfg``, ``preprocess_cfg``).
+OPEN_CLIP_CONFIG = 'open_clip_config.json'
 
 #: create_model arguments the backbone sets itself.
 _RESERVED = ('pretrained', 'num_classes', 'pretrained_cfg_overlay', 'checkpoint_path')
@@ -111,13 +118,71 @@ def final_norm_attr(vit: nn.Module) -> Optional[str]:
     return None
 
 
+def _clip_cfg(model_name: str):
+    """timm's pretrained_cfg of the CLIP image tower ``model_name`` names, or None when
+    it names none: not a CLIP architecture (``*_clip_*``), or a tag fine-tuned into a
+    classifier (``.laion2b_ft_in1k``: its ``head`` classifies). An untagged name takes
+    the architecture's first CLIP tag (timm's default tag may be a fine-tuned one)."""
+    from timm.models import get_pretrained_cfg, split_model_name_tag
+    arch, tag = split_model_name_tag(model_name)
+    if '_clip' not in arch:
+        return None
+    tags = [tag] if tag else [n.split('.', 1)[1] for n in timm.list_pretrained(f'{arch}.*')]
+    for t in tags:
+        if 'ft' not in t.split('_'):
+            return get_pretrained_cfg(f'{arch}.{t}')
+    return None
+
+
+def clip_projection_dims(model_name: str) -> int:
+    """Width of the visual projection of the CLIP image tower ``model_name`` names (512
+    for ViT-B/16, 768 for ViT-L/14, from timm's pretrained_cfg), 0 for other models."""
+    cfg = _clip_cfg(model_name)
+    return int(cfg.num_classes) if cfg is not None else 0
+
+
+def pretrained_normalization(model_name: str) -> Optional[dict]:
+    """How the images of the CLIP ``model_name`` names were normalised in pretraining,
+    in MMSeg's data-preprocessor convention (0-255 pixels): ``dict(mean=[...],
+    std=[...])`` from timm's pretrained_cfg (OpenAI's CLIP: mean 0.48145466, 0.4578275,
+    0.40821073, std 0.26862954, 0.26130258, 0.27577711, times 255); None for models
+    that are not CLIP image towers (their configs name their normalisation)."""
+    cfg = _clip_cfg(model_name)
+    if cfg is None:
+        return None
+    return dict(mean=[round(m * 255, 6) for m in cfg.mean],
+                std=[round(s * 255, 6) for s in cfg.std])
+
+
+def _same_weights_arch(a: str, b: str) -> bool:
+    """timm's QuickGELU CLIP variants hold the same weights as their plain names
+    (``timm/vit_base_patch16_clip_224.openai`` serves ``vit_base_patch16_clip_quickgelu_224``)."""
+    return a.replace('_quickgelu', '') == b.replace('_quickgelu', '')
+
+
+def read_open_clip_config(weights_file: str) -> Optional[dict]:
+    """The ``open_clip_config.json`` beside a weights file (open_clip's hub layout), or
+    None. Data only: its ``model_cfg`` is read for ``quick_gelu``, nothing in it is
+    built or followed."""
+    path = osp.join(osp.dirname(weights_file), OPEN_CLIP_CONFIG)
+    if not osp.isfile(path):
+        return None
+    try:
+        with open(path) as f:
+            config = json.load(f)
+    except (OSError, ValueError) as err:
+        raise ValueError(f'{path}: not a readable open_clip config (JSON): {err}') from None
+    return config if isinstance(config, dict) else None
+
+
 # ------------------------------------------------------------------ files
 def find_weights_file(path: str, option: str = 'model.backbone.checkpoint'
                       ) -> Tuple[str, Optional[dict]]:
     """The weights file at ``path`` and the hub folder's ``config.json`` (or None).
 
     ``path`` is a file (``.safetensors``, ``.bin``, ``.pth``, ``.pt``) or a folder in the
-    hub's layout (``model.safetensors`` or ``pytorch_model.bin``, and ``config.json``), as
+    hub's layout (``model.safetensors`` or ``pytorch_model.bin``, and ``config.json``; or
+    open_clip's ``open_clip_model.safetensors`` / ``open_clip_pytorch_model.bin``), as
     ``huggingface-cli download timm/<name> --local-dir <folder>`` writes it.
 
     Raises:
@@ -139,7 +204,8 @@ def find_weights_file(path: str, option: str = 'model.backbone.checkpoint'
                         config = json.load(f)
                 return osp.join(path, name), config
         raise FileNotFoundError(f'{option}={path!r} is a folder without {" or ".join(HUB_FILES)} '
-                                '(the hub layout timm publishes); name the weights file itself')
+                                '(the hub layouts timm and open_clip publish); name the weights '
+                                'file itself')
     if not osp.isfile(path):
         raise FileNotFoundError(
             f'pretrained backbone weights not found: {path!r} (from {option}). Put the file '
@@ -268,8 +334,11 @@ class PromptedTimmViT(FrozenBackboneMixin, BaseModule):
         model_name: timm model name, with or without a pretrained tag
             (``'vit_large_patch14_reg4_dinov2.lvd142m'``); see :data:`FAMILIES`.
         checkpoint: Local weights: a ``.safetensors``/``.bin``/``.pth`` file or a hub
-            folder (``model.safetensors`` or ``pytorch_model.bin``, ``config.json``).
-            Loaded by :meth:`init_weights`; None = timm's random init.
+            folder (``model.safetensors`` or ``pytorch_model.bin``, ``config.json``), or
+            a CLIP file as open_clip publishes it (``open_clip_model.safetensors``,
+            ``open_clip_pytorch_model.bin``, or the folder with ``open_clip_config.json``:
+            the ``visual.*`` tower is read; OpenAI's CLIPs need ``*_clip_quickgelu_*``
+            names). Loaded by :meth:`init_weights`; None = timm's random init.
         model_kwargs: More arguments of ``timm.create_model`` (tests build tiny models of a
             family with ``embed_dim``/``depth``/``num_heads``).
         img_size: Training crop size: the position embedding is resampled to its grid
@@ -296,6 +365,12 @@ class PromptedTimmViT(FrozenBackboneMixin, BaseModule):
             ``fc2`` its output. None = off.
         adapter: AdaptFormer's adapter beside every MLP, ``dict(width=64, scale=0.1,
             dropout=0.0)``, added after LayerScale and drop-path. None = off.
+        projection_dims: CLIP image towers (timm's ``*_clip_*`` names): width of the
+            visual projection (timm's ``head``, OpenAI's ``visual.proj``), which is kept,
+            loaded from the file and always frozen (:meth:`visual_projection`). None =
+            timm's pretrained_cfg for the name (512 for ViT-B/16, 768 for ViT-L/14; 0 for
+            other models and for tags fine-tuned into classifiers); set it for tiny
+            CLIPs built through ``model_kwargs``; 0 = drop it. Other families: 0.
         save_frozen: Put the frozen weights into ``state_dict()`` too.
         with_cp: Recompute each block in the backward pass (activation checkpointing).
         output_cls_token: Each output is ``[map, cls]``, the layer's ``(B, C)`` [CLS]
@@ -336,6 +411,7 @@ class PromptedTimmViT(FrozenBackboneMixin, BaseModule):
                  tune_bias: bool = False,
                  lora: Optional[dict] = None,
                  adapter: Optional[dict] = None,
+                 projection_dims: Optional[int] = None,
                  save_frozen: bool = False,
                  with_cp: bool = False,
                  output_cls_token: bool = False,
@@ -361,12 +437,17 @@ class PromptedTimmViT(FrozenBackboneMixin, BaseModule):
         for key, value in (('img_size', img_size), ('patch_size', patch_size)):
             if value is not None:
                 kwargs[key] = tuple(value) if isinstance(value, (list, tuple)) else value
+        projection_dims = self._projection_dims(model_name, projection_dims)
         try:
-            vit = timm.create_model(model_name, pretrained=False, num_classes=0,
+            vit = timm.create_model(model_name, pretrained=False, num_classes=projection_dims,
                                     dynamic_img_size=dynamic_img_size, **kwargs)
         except TypeError as err:  # an argument the family's class does not take
             raise ValueError(f'timm cannot build {model_name!r} with {kwargs}: {err}') from None
         self._check_family(model_name, vit)
+        if projection_dims and not isinstance(getattr(vit, 'head', None), nn.Linear):
+            raise ValueError(f'projection_dims={projection_dims}: {model_name} builds no '
+                             'linear head to hold the visual projection')
+        self.projection_dims = projection_dims
         self.model_name = model_name
         self.checkpoint = checkpoint
         self.pretrained_file = checkpoint
@@ -395,7 +476,8 @@ class PromptedTimmViT(FrozenBackboneMixin, BaseModule):
                              '(norm and fc_norm are both Identity); set final_norm=False')
         unused_norms = tuple(a for a in ('norm', 'fc_norm')
                              if not (final_norm and a == self._norm_attr))
-        self._ignored = _HEADS + unused_norms
+        heads = tuple(h for h in _HEADS if not (projection_dims and h == 'head'))
+        self._ignored = heads + unused_norms
         for attr in unused_norms:
             if hasattr(vit, attr):
                 setattr(vit, attr, nn.Identity())
@@ -415,8 +497,10 @@ class PromptedTimmViT(FrozenBackboneMixin, BaseModule):
                              'drop_path2 to add the adapter branch after')
         if freeze:
             freeze_module(vit, tune_bias=tune_bias)
-            if tune_bias:
-                self._report_biases()
+        if self.projection is not None:  # CLIP's embedding space: never tuned
+            freeze_module(self.projection)
+        if freeze and tune_bias:
+            self._report_biases()
         self.register_buffer('signature', self._signature())
         self.init_frozen_hooks()
 
@@ -444,6 +528,21 @@ class PromptedTimmViT(FrozenBackboneMixin, BaseModule):
                 f'of {p}.')
 
     @staticmethod
+    def _projection_dims(model_name: str, projection_dims: Optional[int]) -> int:
+        if projection_dims is None:
+            return clip_projection_dims(model_name)
+        if isinstance(projection_dims, bool) or not isinstance(projection_dims, int) or \
+                projection_dims < 0:
+            raise ValueError(f'projection_dims={projection_dims!r}: the width of a CLIP '
+                             'visual projection (a positive int), 0 for none, or None for '
+                             "timm's pretrained_cfg")
+        if projection_dims and '_clip' not in model_name.split('.')[0]:
+            raise ValueError(f'projection_dims={projection_dims}: {model_name} is not a CLIP '
+                             'image tower (timm names *_clip_*), it has no visual projection; '
+                             'set projection_dims=0 or None')
+        return projection_dims
+
+    @staticmethod
     def _out_indices(out_indices, depth: int) -> Tuple[int, ...]:
         indices = [out_indices] if isinstance(out_indices, int) else list(out_indices)
         bad = [i for i in indices if not -depth <= i < depth]
@@ -460,7 +559,7 @@ class PromptedTimmViT(FrozenBackboneMixin, BaseModule):
 
     def _report_biases(self):
         """One log line: which biases ``tune_bias`` tunes, and which layers have none."""
-        tuned = list(bias_parameters(self.vit))
+        tuned = [(n, p) for n, p in bias_parameters(self.vit) if p.requires_grad]
         if not tuned:
             raise ValueError(f'tune_bias=True, but {self.model_name} has no bias terms')
 
@@ -631,6 +730,31 @@ class PromptedTimmViT(FrozenBackboneMixin, BaseModule):
             return tuple([self.to_map(feats[i], hw_shape), feats[i][:, 0]] for i in sorted(feats))
         return tuple(self.to_map(feats[i], hw_shape) for i in sorted(feats))
 
+    # ------------------------------------------------------ CLIP projection
+    @property
+    def projection(self) -> Optional[nn.Linear]:
+        """CLIP's visual projection (timm's ``head``, OpenAI's ``visual.proj``): a frozen
+        ``nn.Linear(embed_dims, projection_dims)`` loaded from the checkpoint; None for
+        models without one (``projection_dims=0``)."""
+        return self.vit.head if self.projection_dims else None
+
+    def visual_projection(self, pooled: torch.Tensor) -> torch.Tensor:
+        """CLIP's image embedding from the final [CLS] token through the final norm
+        (``final_norm=True``; what :class:`~vpt_seg.models.VPTClassifier` reads):
+        ``(B, embed_dims) -> (B, projection_dims)``, OpenAI's ``ln_post(x[:, 0]) @ proj``
+        (open_clip's ``encode_image``, unnormalised).
+
+        Raises:
+            ValueError: The model has no visual projection (not a CLIP image tower).
+        """
+        if self.projection is None:
+            raise ValueError(
+                f'{self.model_name} has no visual projection: text heads compare CLIP '
+                'image embeddings with CLIP text embeddings and need a CLIP image tower '
+                '(e.g. vit_base_patch16_clip_quickgelu_224 with an open_clip file); for '
+                'tiny CLIPs built through model_kwargs set projection_dims')
+        return self.projection(pooled)
+
     def train(self, mode: bool = True):
         """Frozen parts stay in eval mode (no dropout, no drop-path): only the dropout
         of the prompts, LoRA and adapters follows ``mode``."""
@@ -649,6 +773,25 @@ class PromptedTimmViT(FrozenBackboneMixin, BaseModule):
             self.load_pretrained(self.checkpoint)
         self._is_init = True
 
+    def _check_activation(self, file: str) -> None:
+        """Refuse a CLIP whose ``open_clip_config.json`` says it was trained with another
+        activation than the model builds: OpenAI's CLIPs (``quick_gelu: true``) need
+        timm's ``*_clip_quickgelu_*`` names (the weights load into both, the features
+        differ)."""
+        config = read_open_clip_config(file)
+        model_cfg = (config or {}).get('model_cfg')
+        if not isinstance(model_cfg, dict):
+            return
+        theirs = bool(model_cfg.get('quick_gelu', False))
+        ours = type(getattr(self.vit.blocks[0].mlp, 'act', None)).__name__ == 'QuickGELU'
+        if theirs != ours:
+            want = ('a *_clip_quickgelu_* name (e.g. vit_base_patch16_clip_quickgelu_224)'
+                    if theirs else 'a name without _quickgelu')
+            raise ValueError(
+                f'{file}: its {OPEN_CLIP_CONFIG} says quick_gelu={theirs} (OpenAI\'s CLIPs '
+                f'use QuickGELU), but {self.model_name} uses '
+                f'{"QuickGELU" if ours else "GELU"}; use {want}')
+
     def load_pretrained(self, path: str) -> None:
         """Load the timm weights at ``path`` (file or hub folder) into the model strictly.
 
@@ -660,11 +803,21 @@ class PromptedTimmViT(FrozenBackboneMixin, BaseModule):
         file, config = find_weights_file(path, self.pretrained_option)
         arch = self.model_name.split('.')[0]
         theirs = (config or {}).get('architecture')
-        if theirs and theirs != arch:
+        if theirs and not _same_weights_arch(theirs, arch):
             raise ValueError(f'{path}: its config.json says architecture {theirs!r}, the '
                              f'backbone builds {arch!r} (model_name={self.model_name!r})')
-        state, summary = fit_timm_state_dict(read_timm_state_dict(file), self.vit,
-                                             ignored=self._ignored, where=file)
+        self._check_activation(file)
+        try:
+            state, summary = fit_timm_state_dict(read_timm_state_dict(file), self.vit,
+                                                 ignored=self._ignored, where=file)
+        except ValueError as err:
+            if self.projection_dims and 'missing from the file: head.' in str(err):
+                raise ValueError(
+                    f'{err}. The backbone keeps a CLIP visual projection (head, '
+                    f'projection_dims={self.projection_dims}) and this file has none: name '
+                    'the CLIP file (open_clip_model.safetensors holds visual.proj), or set '
+                    'projection_dims=0') from None
+            raise
         self.vit.load_state_dict(state, strict=True)
         self.pretrained_file = path
         self._frozen_loaded = True
