@@ -48,7 +48,7 @@ from .frozen import FrozenBackboneMixin
 
 __all__ = ['FAMILIES', 'TIMM_SIGNATURE_FIELDS', 'PromptedTimmViT', 'find_weights_file',
            'read_timm_state_dict', 'fit_timm_state_dict', 'final_norm_attr',
-           'write_hub_folder', 'clip_projection_dims', 'pretrained_normalization']
+           'write_hub_folder', 'write_open_clip_folder', 'clip_projection_dims', 'pretrained_normalization']
 
 #: The ViT families this backbone is tested on: (family, a timm name, what is special).
 FAMILIES = (
@@ -224,6 +224,26 @@ def write_hub_folder(vit: nn.Module, folder: str, model_name: str) -> str:
     with open(osp.join(folder, 'config.json'), 'w') as f:
         json.dump(dict(architecture=model_name.split('.')[0], num_classes=0,
                        num_features=getattr(vit, 'num_features', None)), f, indent=2)
+    return folder
+
+
+def write_open_clip_folder(state_dict: Mapping[str, torch.Tensor], folder: str,
+                           model_cfg: dict, preprocess_cfg: Optional[dict] = None,
+                           torch_file: bool = False) -> str:
+    """Save a whole CLIP as open_clip publishes it on the hub (what its
+    ``save_for_hf`` writes, without the tokenizer files): ``open_clip_model.safetensors``
+    (OpenAI's key names: ``visual.*`` and the text tower), ``open_clip_config.json``
+    (``model_cfg``, ``preprocess_cfg``), and with ``torch_file``
+    ``open_clip_pytorch_model.bin`` too. Stand-in CLIPs for demos and tests. Returns the
+    folder."""
+    from safetensors.torch import save_file
+    os.makedirs(folder, exist_ok=True)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
+    save_file(tensors, osp.join(folder, 'open_clip_model.safetensors'))
+    if torch_file:
+        torch.save(tensors, osp.join(folder, 'open_clip_pytorch_model.bin'))
+    with open(osp.join(folder, OPEN_CLIP_CONFIG), 'w') as f:
+        json.dump(dict(model_cfg=model_cfg, preprocess_cfg=preprocess_cfg or {}), f, indent=2)
     return folder
 
 
