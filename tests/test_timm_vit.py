@@ -23,7 +23,6 @@ from mmseg.registry import MODELS
 from safetensors.torch import save_file
 from timm.layers import apply_rot_embed_cat
 
-from vpt_seg.models.timm_vit import clip_projection_dims
 from vpt_seg.tuners.tuning import bias_parameters
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
@@ -63,12 +62,7 @@ def files(tmp_path_factory):
             for p in ref.parameters():
                 p.add_(torch.randn_like(p) * 0.1)
         path = tmp_path_factory.mktemp(name.replace('.', '_')) / 'model.safetensors'
-        state = {k: v.contiguous() for k, v in ref.state_dict().items()}
-        proj = clip_projection_dims(name)
-        if proj:  # timm's CLIP files hold the visual projection as head (512 x C here)
-            state['head.weight'] = torch.randn(proj, TINY['embed_dim']) * 0.05
-            state['head.bias'] = torch.zeros(proj)
-        save_file(state, str(path))
+        save_file({k: v.contiguous() for k, v in ref.state_dict().items()}, str(path))
         out[name] = (str(path), ref)
     return out
 

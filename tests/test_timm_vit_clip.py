@@ -35,8 +35,8 @@ def clip(tmp_path_factory):
 
 def backbone(checkpoint, name=CLIP_NAME, **kwargs):
     cfg = dict(type='PromptedTimmViT', model_name=name, checkpoint=checkpoint,
-               model_kwargs=dict(embed_dim=64, depth=1, num_heads=1), img_size=32,
-               projection_dims=32, final_norm=True, output_cls_token=True)
+               model_kwargs=dict(embed_dim=64, depth=1, num_heads=1, num_classes=32),
+               img_size=32, keep_projection=True, final_norm=True, output_cls_token=True)
     cfg.update(kwargs)
     model = MODELS.build(cfg)
     model.init_weights()
@@ -56,8 +56,8 @@ def test_image_embedding_equals_open_clip_encode_image(clip, layout):
     assert ours.shape == (3, 32)
     torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-5)
     # the projection is OpenAI's visual.proj, transposed, frozen
-    torch.testing.assert_close(model.projection.weight, ref.visual.proj.detach().T)
-    assert not any(p.requires_grad for p in model.projection.parameters())
+    torch.testing.assert_close(model.visual_projection.weight, ref.visual.proj.detach().T)
+    assert not any(p.requires_grad for p in model.visual_projection.parameters())
 
 
 def test_projection_is_never_tuned_and_prompts_reach_it(clip):
@@ -71,7 +71,7 @@ def test_projection_is_never_tuned_and_prompts_reach_it(clip):
     out = model.visual_projection(model(torch.randn(2, 3, 32, 32))[-1][1])
     out.square().sum().backward()
     assert model.prompt.embeddings.grad.abs().sum() > 0
-    assert model.projection.weight.grad is None
+    assert model.visual_projection.weight.grad is None
 
 
 def test_torchscript_archive_is_refused_unread(tmp_path, monkeypatch):
@@ -93,7 +93,7 @@ def test_torchscript_archive_is_refused_unread(tmp_path, monkeypatch):
     monkeypatch.setattr(torch, 'load', never)
     model = MODELS.build(dict(type='PromptedTimmViT', model_name=CLIP_NAME, checkpoint=path,
                               model_kwargs=dict(embed_dim=64, depth=1, num_heads=1),
-                              img_size=32, projection_dims=32))
+                              img_size=32))
     with pytest.raises(UnreadableCheckpointError,
                        match=r"ViT-B-16\.pt' is a TorchScript archive.*refused unread.*"
                              r'open_clip_model\.safetensors'):
@@ -144,12 +144,17 @@ def test_a_file_without_the_projection_says_what_to_do(tmp_path):
     save_file({k: v.contiguous() for k, v in vit.state_dict().items()},
               str(tmp_path / 'model.safetensors'))
     with pytest.raises(ValueError, match=r'missing from the file: head\.weight.*'
-                                         r'projection_dims=32.*projection_dims=0'):
+                                         r'visual projection \(head, 32 wide.*'
+                                         r'open_clip_model\.safetensors'):
         backbone(str(tmp_path / 'model.safetensors'))
-    assert backbone(str(tmp_path / 'model.safetensors'), projection_dims=0).projection is None
+    assert backbone(str(tmp_path / 'model.safetensors'), keep_projection=False,
+                    model_kwargs=dict(embed_dim=64, depth=1, num_heads=1)
+                    ).visual_projection is None
 
 
-def test_projection_dims_defaults_and_refusals():
+def test_projection_width_from_timm_and_refusals():
+    """The width of a kept projection comes from timm's pretrained_cfg of a CLIP tag
+    (untagged names: the first CLIP tag, timm's default tag may be fine-tuned)."""
     from vpt_seg.models.timm_vit import clip_projection_dims
     assert clip_projection_dims('vit_base_patch16_clip_quickgelu_224') == 512
     assert clip_projection_dims('vit_base_patch16_clip_224') == 512      # default tag is ft
@@ -157,18 +162,18 @@ def test_projection_dims_defaults_and_refusals():
     assert clip_projection_dims('vit_base_patch16_clip_224.laion2b_ft_in1k') == 0
     assert clip_projection_dims('vit_base_patch16_224.augreg_in21k') == 0
     tiny = dict(embed_dim=32, depth=1, num_heads=2)
-    plain = MODELS.build(dict(type='PromptedTimmViT', model_name='vit_base_patch16_224',
+    kept = MODELS.build(dict(type='PromptedTimmViT', model_name='vit_base_patch16_clip_224',
+                             model_kwargs=tiny, img_size=32, keep_projection=True))
+    assert kept.visual_projection.out_features == 512
+    plain = MODELS.build(dict(type='PromptedTimmViT', model_name=CLIP_NAME,
                               model_kwargs=tiny, img_size=32))
-    assert plain.projection is None
-    with pytest.raises(ValueError, match=r'vit_base_patch16_224 has no visual projection.*'
-                                         r'CLIP image tower'):
-        plain.visual_projection(torch.zeros(1, 32))
-    with pytest.raises(ValueError, match='vit_base_patch16_224 is not a CLIP image tower'):
-        MODELS.build(dict(type='PromptedTimmViT', model_name='vit_base_patch16_224',
-                          model_kwargs=tiny, img_size=32, projection_dims=16))
-    with pytest.raises(ValueError, match=r"projection_dims=-1: the width"):
-        MODELS.build(dict(type='PromptedTimmViT', model_name=CLIP_NAME, model_kwargs=tiny,
-                          img_size=32, projection_dims=-1))
+    assert plain.visual_projection is None
+    with pytest.raises(ValueError, match=r'laion2b_ft_in1k.*fine-tuned into a classifier'):
+        MODELS.build(dict(type='PromptedTimmViT', keep_projection=True, model_kwargs=tiny,
+                          model_name='vit_base_patch16_clip_224.laion2b_ft_in1k', img_size=32))
+    with pytest.raises(ValueError, match=r"num_classes'\]=-1: with keep_projection"):
+        MODELS.build(dict(type='PromptedTimmViT', model_name=CLIP_NAME, img_size=32,
+                          model_kwargs=dict(tiny, num_classes=-1), keep_projection=True))
 
 
 def test_clip_classifier_normalises_as_clip_by_default():
@@ -183,7 +188,7 @@ def test_clip_classifier_normalises_as_clip_by_default():
     model = MODELS.build(dict(
         type='VPTClassifier',
         backbone=dict(type='PromptedTimmViT', model_name=CLIP_NAME, img_size=32,
-                      model_kwargs=dict(embed_dim=32, depth=1, num_heads=2), projection_dims=16),
+                      model_kwargs=dict(embed_dim=32, depth=1, num_heads=2)),
         head=dict(type='LinearClsHead', in_channels=32, num_classes=3)))
     img = torch.full((1, 3, 32, 32), 255.)
     out = model.data_preprocessor(dict(inputs=[img[0]]), False)['inputs']

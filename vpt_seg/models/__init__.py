@@ -10,3 +10,7 @@ __all__ += ['LinearClsHead', 'MLPClsHead', 'VPTClassifier']
 from .segmentor import BoundedEncoderDecoder, BoundedSegTTAModel  # noqa: E402
 
 __all__ += ['BoundedEncoderDecoder', 'BoundedSegTTAModel']
+from .text_encoder import CoOpTextEncoder  # noqa: E402
+from .text_cls_head import TextClsHead  # noqa: E402
+
+__all__ += ['CoOpTextEncoder', 'TextClsHead']

@@ -37,6 +37,24 @@ def default_data_preprocessor(backbone: dict) -> dict:
                 bgr_to_rgb=True)
 
 
+def _registered(cfg: dict):
+    kind = cfg.get('type') if isinstance(cfg, dict) else None
+    return MODELS.get(kind) if isinstance(kind, str) else kind
+
+
+def _require_projection(backbone: dict, head: dict):
+    """Refuse a backbone kind that cannot keep CLIP's visual projection."""
+    import inspect
+    cls = _registered(backbone)
+    if cls is None or 'keep_projection' not in inspect.signature(cls.__init__).parameters:
+        raise ValueError(
+            f'{head.get("type")} compares CLIP image embeddings with text embeddings: f(x) is '
+            'the final [CLS] through CLIP\'s visual projection, and the backbone '
+            f'{backbone.get("type")} has none (MMSeg\'s ViT layout keeps no projection). '
+            "Use type='PromptedTimmViT' with a CLIP model, e.g. "
+            "model_name='vit_base_patch16_clip_quickgelu_224' and the open_clip file")
+
+
 @MODELS.register_module()
 class VPTClassifier(BaseModel):
     """A prompted, frozen ViT and a head on its final [CLS] embedding.
@@ -50,7 +68,11 @@ class VPTClassifier(BaseModel):
             the last layer): the classifier reads the final [CLS], never an
             intermediate (un-normed) one.
         head: Config of the head (``LinearClsHead`` or ``MLPClsHead``); its
-            ``in_channels`` must equal the backbone width. With ``multi_label=True``
+            ``in_channels`` must equal the backbone width. A head that compares CLIP
+            embeddings (``TextClsHead``, CoOp) declares ``needs_projection``: the backbone
+            (``PromptedTimmViT`` with a CLIP model) then keeps CLIP's visual projection
+            (``keep_projection=True``) and the head gets ``f(x)``, the normed [CLS]
+            through it, ``in_channels`` = the projection's width. With ``multi_label=True``
             the data samples carry ``(K,)`` multi-hot ``gt_label`` (image tags,
             :class:`~vpt_seg.datasets.ADE20KTagsDataset`) and predictions are sigmoid
             scores.
@@ -81,6 +103,10 @@ class VPTClassifier(BaseModel):
         if not backbone['output_cls_token']:
             raise ValueError('VPTClassifier classifies from the [CLS] embedding; the backbone '
                              'needs output_cls_token=True (and with_cls_token=True).')
+        self.project = bool(getattr(_registered(head), 'needs_projection', False))
+        if self.project:
+            _require_projection(backbone, head)
+            backbone.setdefault('keep_projection', True)
         self.backbone = MODELS.build(backbone)
         # Both prompted backbones record (embed_dims, num_layers, ...) in `signature`.
         width, depth = (int(v) for v in self.backbone.signature[:2])
@@ -91,7 +117,20 @@ class VPTClassifier(BaseModel):
                 f'backbone\'s out_indices={backbone.get("out_indices")!r} leave out the last '
                 f'layer ({last}); use out_indices=-1 (the default) or include {last}.')
         self.head = MODELS.build(head)
-        if self.head.in_channels != width:
+        if self.project:
+            proj = getattr(self.backbone, 'visual_projection', None)
+            if proj is None:
+                raise ValueError(f'{head["type"]} needs CLIP image embeddings, but the backbone '
+                                 'keeps no visual projection (keep_projection=False); leave '
+                                 'keep_projection at its default')
+            width = proj.out_features
+            if self.head.in_channels != width:
+                raise ValueError(
+                    f'the text tower embeds into {self.head.in_channels} dimensions '
+                    f'(text_encoder output_dims), the image tower\'s projection into {width}: '
+                    'both towers must come from one CLIP model (set output_dims, and the '
+                    'backbone\'s model_name / model_kwargs, to the CLIP file\'s)')
+        elif self.head.in_channels != width:
             raise ValueError(f'head.in_channels={self.head.in_channels} but the backbone '
                              f'embeds tokens of width {width}')
 
@@ -102,8 +141,10 @@ class VPTClassifier(BaseModel):
     # ------------------------------------------------------------------ forward
     def extract_feat(self, inputs: torch.Tensor) -> torch.Tensor:
         """``(B, 3, H, W) -> (B, C)``: the final-layer [CLS] embedding (the backbone
-        outputs come in layer order and include the last layer, see ``__init__``)."""
-        return self.backbone(inputs)[-1][1]
+        outputs come in layer order and include the last layer, see ``__init__``); for a
+        head that ``needs_projection``, ``(B, E)``: it through CLIP's visual projection."""
+        cls = self.backbone(inputs)[-1][1]
+        return self.backbone.visual_projection(cls) if self.project else cls
 
     def forward(self,
                 inputs: torch.Tensor,

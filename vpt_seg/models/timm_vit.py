@@ -6,9 +6,10 @@ publishes (``model.safetensors``, ``pytorch_model.bin``, ``.pth``, or the hub's 
 with one of them and ``config.json``) or open_clip publishes (``open_clip_model.safetensors``,
 ``open_clip_pytorch_model.bin``: a whole CLIP, of which the ``visual.*`` image tower is
 read), read safely and converted by the family's own ``checkpoint_filter_fn``. A CLIP
-image tower keeps its frozen visual projection (timm's ``head``, OpenAI's
-``visual.proj``): :meth:`PromptedTimmViT.visual_projection`. The layer loop is the one every prompted backbone runs
-(:func:`vpt_seg.tuners.prompt.run_prompted_layers`) over timm's own blocks:
+image tower can keep its frozen visual projection (timm's ``head``, OpenAI's
+``visual.proj``): :attr:`PromptedTimmViT.visual_projection`. The layer loop is the one
+every prompted backbone runs (:func:`vpt_seg.tuners.prompt.run_prompted_layers`) over
+timm's own blocks:
 
     x = norm_pre(pos_embed([prefix, patch_embed(image)]))   # (B, K + HW, C), K = prefix tokens
     for i, block in enumerate(blocks):
@@ -48,7 +49,8 @@ from .frozen import FrozenBackboneMixin
 
 __all__ = ['FAMILIES', 'TIMM_SIGNATURE_FIELDS', 'PromptedTimmViT', 'find_weights_file',
            'read_timm_state_dict', 'fit_timm_state_dict', 'final_norm_attr',
-           'write_hub_folder', 'write_open_clip_folder', 'clip_projection_dims', 'pretrained_normalization']
+           'write_hub_folder', 'write_open_clip_folder', 'is_clip_model',
+           'clip_projection_dims', 'pretrained_normalization']
 
 #: The ViT families this backbone is tested on: (family, a timm name, what is special).
 FAMILIES = (
@@ -108,6 +110,12 @@ def check_model_name(model_name: str) -> None:
             f'(no windows, stages or conv stem). Supported families: {_families_text()}')
 
 
+def is_clip_model(model_name: str) -> bool:
+    """True for timm's CLIP image towers (``vit_*_clip_*``), whose ``head`` is CLIP's
+    visual projection when loaded from a CLIP file."""
+    return bool(re.search(r'_clip(_|$)', model_name.split('.')[0]))
+
+
 def final_norm_attr(vit: nn.Module) -> Optional[str]:
     """The module that normalizes a timm ViT's last tokens: ``'norm'``, or ``'fc_norm'``
     where ``norm`` is Identity and the last LayerNorm follows the pooling (timm's EVA02;
@@ -125,7 +133,7 @@ def _clip_cfg(model_name: str):
     the architecture's first CLIP tag (timm's default tag may be a fine-tuned one)."""
     from timm.models import get_pretrained_cfg, split_model_name_tag
     arch, tag = split_model_name_tag(model_name)
-    if '_clip' not in arch:
+    if not is_clip_model(arch):
         return None
     tags = [tag] if tag else [n.split('.', 1)[1] for n in timm.list_pretrained(f'{arch}.*')]
     for t in tags:
@@ -385,18 +393,20 @@ class PromptedTimmViT(FrozenBackboneMixin, BaseModule):
             ``fc2`` its output. None = off.
         adapter: AdaptFormer's adapter beside every MLP, ``dict(width=64, scale=0.1,
             dropout=0.0)``, added after LayerScale and drop-path. None = off.
-        projection_dims: CLIP image towers (timm's ``*_clip_*`` names): width of the
-            visual projection (timm's ``head``, OpenAI's ``visual.proj``), which is kept,
-            loaded from the file and always frozen (:meth:`visual_projection`). None =
-            timm's pretrained_cfg for the name (512 for ViT-B/16, 768 for ViT-L/14; 0 for
-            other models and for tags fine-tuned into classifiers); set it for tiny
-            CLIPs built through ``model_kwargs``; 0 = drop it. Other families: 0.
         save_frozen: Put the frozen weights into ``state_dict()`` too.
         with_cp: Recompute each block in the backward pass (activation checkpointing).
         output_cls_token: Each output is ``[map, cls]``, the layer's ``(B, C)`` [CLS]
             token beside its map (normed with the map where ``final_norm``), as MMSeg's
             ViT gives it: what :class:`~vpt_seg.models.VPTClassifier` reads. Families
             without a [CLS] token (SigLIP) raise.
+        keep_projection: Keep a CLIP image tower's projection (timm's ``head``, from
+            ``visual.proj`` of an open_clip/OpenAI file; always frozen, its zero bias
+            too) as :attr:`visual_projection`, the map from the normed [CLS] to CLIP's
+            joint embedding. Its width is ``model_kwargs['num_classes']`` (tiny models)
+            or timm's pretrained_cfg for the name (:func:`clip_projection_dims`: 512 for
+            ``vit_base_patch16_clip_quickgelu_224``, 768 for ViT-L/14).
+            :class:`~vpt_seg.models.VPTClassifier` sets it for a text head. A model that
+            is not a CLIP image tower, or a tag fine-tuned into a classifier, is refused.
         prefer_checkpoint: When a task checkpoint is loaded, take its frozen weights from
             ``checkpoint`` only, not from the file the checkpoint records: the user named
             it (the tools set this when ``--cfg-options`` names
@@ -431,10 +441,10 @@ class PromptedTimmViT(FrozenBackboneMixin, BaseModule):
                  tune_bias: bool = False,
                  lora: Optional[dict] = None,
                  adapter: Optional[dict] = None,
-                 projection_dims: Optional[int] = None,
                  save_frozen: bool = False,
                  with_cp: bool = False,
                  output_cls_token: bool = False,
+                 keep_projection: bool = False,
                  prefer_checkpoint: bool = False,
                  init_cfg: Optional[dict] = None):
         if isinstance(init_cfg, dict) and init_cfg.get('type') == 'Pretrained':
@@ -448,6 +458,15 @@ class PromptedTimmViT(FrozenBackboneMixin, BaseModule):
                              'freeze=False every weight is tuned already.')
         check_model_name(model_name)
         kwargs = dict(model_kwargs or {})
+        if keep_projection and not is_clip_model(model_name):
+            raise ValueError(f'keep_projection=True (a text head needs CLIP image embeddings), '
+                             f'but {model_name!r} is not a CLIP image tower: it has no visual '
+                             'projection to CLIP\'s joint space. Use a CLIP model, e.g. '
+                             "model_name='vit_base_patch16_clip_quickgelu_224' with the "
+                             'open_clip file of OpenAI\'s weights')
+        # A CLIP projection's width: the caller's (tiny models), or timm's for the name.
+        projection_dims = self._projection_dims(
+            model_name, kwargs.pop('num_classes', None)) if keep_projection else 0
         clash = [k for k in _RESERVED + ('img_size', 'patch_size', 'dynamic_img_size')
                  if k in kwargs]
         if clash:
@@ -457,7 +476,6 @@ class PromptedTimmViT(FrozenBackboneMixin, BaseModule):
         for key, value in (('img_size', img_size), ('patch_size', patch_size)):
             if value is not None:
                 kwargs[key] = tuple(value) if isinstance(value, (list, tuple)) else value
-        projection_dims = self._projection_dims(model_name, projection_dims)
         try:
             vit = timm.create_model(model_name, pretrained=False, num_classes=projection_dims,
                                     dynamic_img_size=dynamic_img_size, **kwargs)
@@ -465,8 +483,9 @@ class PromptedTimmViT(FrozenBackboneMixin, BaseModule):
             raise ValueError(f'timm cannot build {model_name!r} with {kwargs}: {err}') from None
         self._check_family(model_name, vit)
         if projection_dims and not isinstance(getattr(vit, 'head', None), nn.Linear):
-            raise ValueError(f'projection_dims={projection_dims}: {model_name} builds no '
-                             'linear head to hold the visual projection')
+            raise ValueError(f'keep_projection=True: {model_name} builds no linear head to '
+                             'hold the visual projection')
+        self.keep_projection = keep_projection
         self.projection_dims = projection_dims
         self.model_name = model_name
         self.checkpoint = checkpoint
@@ -496,8 +515,8 @@ class PromptedTimmViT(FrozenBackboneMixin, BaseModule):
                              '(norm and fc_norm are both Identity); set final_norm=False')
         unused_norms = tuple(a for a in ('norm', 'fc_norm')
                              if not (final_norm and a == self._norm_attr))
-        heads = tuple(h for h in _HEADS if not (projection_dims and h == 'head'))
-        self._ignored = heads + unused_norms
+        self._ignored = tuple(h for h in _HEADS if not (keep_projection and h == 'head')) \
+            + unused_norms
         for attr in unused_norms:
             if hasattr(vit, attr):
                 setattr(vit, attr, nn.Identity())
@@ -517,12 +536,20 @@ class PromptedTimmViT(FrozenBackboneMixin, BaseModule):
                              'drop_path2 to add the adapter branch after')
         if freeze:
             freeze_module(vit, tune_bias=tune_bias)
-        if self.projection is not None:  # CLIP's embedding space: never tuned
-            freeze_module(self.projection)
+        if self.visual_projection is not None:  # CLIP's joint space: never tuned (its
+            freeze_module(self.visual_projection)  # zero bias neither, even with tune_bias)
         if freeze and tune_bias:
             self._report_biases()
         self.register_buffer('signature', self._signature())
         self.init_frozen_hooks()
+
+    @property
+    def visual_projection(self) -> Optional[nn.Module]:
+        """CLIP's visual projection (``keep_projection``): a frozen ``nn.Linear``, ``(B, C)
+        -> (B, E)``, applied to the final [CLS] through the final norm (``final_norm``,
+        what :class:`~vpt_seg.models.VPTClassifier` reads) it gives OpenAI's
+        ``ln_post(x[:, 0]) @ proj``, open_clip's ``encode_image``; None without one."""
+        return self.vit.head if self.keep_projection else None
 
     # ---------------------------------------------------------- validation
     @staticmethod
@@ -548,19 +575,20 @@ class PromptedTimmViT(FrozenBackboneMixin, BaseModule):
                 f'of {p}.')
 
     @staticmethod
-    def _projection_dims(model_name: str, projection_dims: Optional[int]) -> int:
-        if projection_dims is None:
-            return clip_projection_dims(model_name)
-        if isinstance(projection_dims, bool) or not isinstance(projection_dims, int) or \
-                projection_dims < 0:
-            raise ValueError(f'projection_dims={projection_dims!r}: the width of a CLIP '
-                             'visual projection (a positive int), 0 for none, or None for '
-                             "timm's pretrained_cfg")
-        if projection_dims and '_clip' not in model_name.split('.')[0]:
-            raise ValueError(f'projection_dims={projection_dims}: {model_name} is not a CLIP '
-                             'image tower (timm names *_clip_*), it has no visual projection; '
-                             'set projection_dims=0 or None')
-        return projection_dims
+    def _projection_dims(model_name: str, width: Optional[int]) -> int:
+        """The kept projection's width: ``width`` (``model_kwargs['num_classes']``) or
+        timm's pretrained_cfg for the name."""
+        if width is None:
+            width = clip_projection_dims(model_name)
+            if not width:
+                raise ValueError(
+                    f'keep_projection=True, but {model_name!r} names a CLIP fine-tuned into '
+                    'a classifier (its head classifies, it is no projection); name the CLIP '
+                    'itself, e.g. vit_base_patch16_clip_quickgelu_224.openai')
+        if isinstance(width, bool) or not isinstance(width, int) or width <= 0:
+            raise ValueError(f"model_kwargs['num_classes']={width!r}: with keep_projection it "
+                             "is the width of CLIP's visual projection, a positive int")
+        return width
 
     @staticmethod
     def _out_indices(out_indices, depth: int) -> Tuple[int, ...]:
@@ -750,31 +778,6 @@ class PromptedTimmViT(FrozenBackboneMixin, BaseModule):
             return tuple([self.to_map(feats[i], hw_shape), feats[i][:, 0]] for i in sorted(feats))
         return tuple(self.to_map(feats[i], hw_shape) for i in sorted(feats))
 
-    # ------------------------------------------------------ CLIP projection
-    @property
-    def projection(self) -> Optional[nn.Linear]:
-        """CLIP's visual projection (timm's ``head``, OpenAI's ``visual.proj``): a frozen
-        ``nn.Linear(embed_dims, projection_dims)`` loaded from the checkpoint; None for
-        models without one (``projection_dims=0``)."""
-        return self.vit.head if self.projection_dims else None
-
-    def visual_projection(self, pooled: torch.Tensor) -> torch.Tensor:
-        """CLIP's image embedding from the final [CLS] token through the final norm
-        (``final_norm=True``; what :class:`~vpt_seg.models.VPTClassifier` reads):
-        ``(B, embed_dims) -> (B, projection_dims)``, OpenAI's ``ln_post(x[:, 0]) @ proj``
-        (open_clip's ``encode_image``, unnormalised).
-
-        Raises:
-            ValueError: The model has no visual projection (not a CLIP image tower).
-        """
-        if self.projection is None:
-            raise ValueError(
-                f'{self.model_name} has no visual projection: text heads compare CLIP '
-                'image embeddings with CLIP text embeddings and need a CLIP image tower '
-                '(e.g. vit_base_patch16_clip_quickgelu_224 with an open_clip file); for '
-                'tiny CLIPs built through model_kwargs set projection_dims')
-        return self.projection(pooled)
-
     def train(self, mode: bool = True):
         """Frozen parts stay in eval mode (no dropout, no drop-path): only the dropout
         of the prompts, LoRA and adapters follows ``mode``."""
@@ -831,12 +834,12 @@ class PromptedTimmViT(FrozenBackboneMixin, BaseModule):
             state, summary = fit_timm_state_dict(read_timm_state_dict(file), self.vit,
                                                  ignored=self._ignored, where=file)
         except ValueError as err:
-            if self.projection_dims and 'missing from the file: head.' in str(err):
+            if self.keep_projection and 'missing from the file: head.' in str(err):
                 raise ValueError(
-                    f'{err}. The backbone keeps a CLIP visual projection (head, '
-                    f'projection_dims={self.projection_dims}) and this file has none: name '
-                    'the CLIP file (open_clip_model.safetensors holds visual.proj), or set '
-                    'projection_dims=0') from None
+                    f'{err}. The backbone keeps CLIP\'s visual projection (head, '
+                    f'{self.projection_dims} wide; keep_projection=True, set for text heads) '
+                    'and this file has none: name the CLIP file (open_clip_model.safetensors '
+                    'holds visual.proj)') from None
             raise
         self.vit.load_state_dict(state, strict=True)
         self.pretrained_file = path

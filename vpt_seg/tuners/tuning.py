@@ -60,8 +60,10 @@ def format_count(n: int) -> str:
 def parameter_report(model: nn.Module, backbone: nn.Module,
                      prompt: nn.Module = None) -> 'OrderedDict[str, Dict[str, int]]':
     """Tuned and total parameter counts by part: prompts, LoRA and adapters (rows only
-    where the backbone has them), backbone biases, the rest of the backbone, heads
-    (everything outside the backbone).
+    where the backbone has them), backbone biases, the rest of the backbone, the parts
+    that modules outside the backbone declare (a CoOp text encoder's ``context`` and
+    ``text tower``, through a ``parameter_parts()`` method returning ``{row: [params]}``),
+    heads (everything else).
 
     Returns:
         ``{part: {'tuned': int, 'total': int}}`` plus a ``'total'`` row.
@@ -72,9 +74,15 @@ def parameter_report(model: nn.Module, backbone: nn.Module,
              for p in module.parameters()}
     bias_ids = {id(p) for _, p in bias_parameters(backbone)} - set(owner)
     backbone_ids = {id(p) for p in backbone.parameters()}
+    declared = OrderedDict()
+    for module in model.modules():
+        if module is not backbone and callable(getattr(module, 'parameter_parts', None)):
+            for part, params in module.parameter_parts().items():
+                declared.setdefault(part, [])
+                owner.update({id(p): part for p in params})
     parts = OrderedDict((k, dict(tuned=0, total=0)) for k in
                         ['prompts'] + [k for k in ('LoRA', 'adapters') if methods[k] is not None]
-                        + ['backbone biases', 'backbone other', 'heads'])
+                        + ['backbone biases', 'backbone other'] + list(declared) + ['heads'])
     for param in model.parameters():
         pid = id(param)
         part = (owner.get(pid) or ('backbone biases' if pid in bias_ids
