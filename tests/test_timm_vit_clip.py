@@ -118,6 +118,23 @@ def test_gelu_clip_with_a_quickgelu_name_is_refused(clip, tmp_path):
         backbone(str(other))
 
 
+def test_an_open_clip_config_without_quick_gelu_says_nothing(clip, tmp_path):
+    """open_clip keeps quick_gelu of OpenAI's weights in its registry, not in the hub's
+    open_clip_config.json (model_cfg of 'ViT-B-16'): such a folder loads with either name."""
+    folder, ref = clip
+    other = tmp_path / 'openai'
+    shutil.copytree(folder, other)
+    config = json.loads((other / 'open_clip_config.json').read_text())
+    del config['model_cfg']['quick_gelu']
+    (other / 'open_clip_config.json').write_text(json.dumps(config))
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        model = backbone(str(other))
+        torch.testing.assert_close(model.visual_projection(model(x)[-1][1]),
+                                   ref.encode_image(x), rtol=0, atol=1e-5)
+        assert backbone(str(other), name='vit_base_patch16_clip_224') is not None
+
+
 def test_timm_hub_config_of_the_plain_name_serves_the_quickgelu_name(clip, tmp_path):
     """timm publishes OpenAI's weights under vit_base_patch16_clip_224.openai (its
     config.json names that architecture); the QuickGELU name loads them."""

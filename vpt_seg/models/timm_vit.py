@@ -798,12 +798,13 @@ class PromptedTimmViT(FrozenBackboneMixin, BaseModule):
 
     def _check_activation(self, file: str) -> None:
         """Refuse a CLIP whose ``open_clip_config.json`` says it was trained with another
-        activation than the model builds: OpenAI's CLIPs (``quick_gelu: true``) need
-        timm's ``*_clip_quickgelu_*`` names (the weights load into both, the features
-        differ)."""
+        activation than the model builds: QuickGELU CLIPs (``quick_gelu: true``, OpenAI's)
+        need timm's ``*_clip_quickgelu_*`` names (the weights load into both, the
+        features differ). A config without the key says nothing (open_clip keeps it in
+        its own registry; the hub's OpenAI folders do not record it)."""
         config = read_open_clip_config(file)
         model_cfg = (config or {}).get('model_cfg')
-        if not isinstance(model_cfg, dict):
+        if not isinstance(model_cfg, dict) or 'quick_gelu' not in model_cfg:
             return
         theirs = bool(model_cfg.get('quick_gelu', False))
         ours = type(getattr(self.vit.blocks[0].mlp, 'act', None)).__name__ == 'QuickGELU'
