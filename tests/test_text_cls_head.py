@@ -1,6 +1,7 @@
 """TextClsHead in VPTClassifier: CoOp's and zero-shot CLIP's logits against open_clip on
 one tiny CLIP file, what is tuned, task checkpoints and files, new class names, errors."""
 import copy
+import json
 import shutil
 
 import open_clip
@@ -91,7 +92,8 @@ def test_coop_logits_and_what_is_tuned(clip_file, position, csc):
     losses = model(x, samples, mode='loss')
     assert set(losses) == {'loss_cls', 'acc'}
     losses['loss_cls'].backward()
-    grads = {n for n, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+    grads = {n for n, p in model.named_parameters()
+             if p.grad is not None and p.grad.abs().sum() > 0}
     tuned = {n for n, p in model.named_parameters() if p.requires_grad}
     assert grads == tuned
     assert 'head.text_encoder.prompt.ctx' in tuned
@@ -140,7 +142,10 @@ def test_task_checkpoint_round_trip(clip_file, tmp_path):
 
     # A portable task file (safetensors, the config as data) loads without the config.
     task_file = str(tmp_path / 'task.safetensors')
-    export_task(config, str(ckpt), task_file)
+    header = export_task(config, str(ckpt), task_file)
+    recorded = json.loads(header['frozen_modules'])['head.text_encoder.']
+    assert recorded == dict(pretrained='open_clip_model.safetensors', pretrained_path=local,
+                            frozen_sha256=meta['frozen_sha256'])
     again = load_task_model(None, task_file)
     with torch.no_grad():
         assert torch.allclose(again(x, mode='tensor'), expected, atol=1e-6)
@@ -151,6 +156,7 @@ def test_task_checkpoint_round_trip(clip_file, tmp_path):
     moved = load_task_model(Config(dict(model=other)), str(ckpt))
     assert moved(x, mode='tensor').shape == (3, 2)
     assert moved.head.class_names == ['dog', 'red car']
+    assert moved.dataset_meta['classes'] == ('dog', 'red car')
 
     # Other text-tower weights in the file the task records: refused by sha256.
     weights = dict(__import__('safetensors.torch', fromlist=['load_file']).load_file(local))
@@ -159,6 +165,9 @@ def test_task_checkpoint_round_trip(clip_file, tmp_path):
     with pytest.raises(ValueError, match=r'none of the candidates holds the frozen weights.*'
                                          r'sha256.*model.head.text_encoder.checkpoint'):
         load_task_model(config, str(ckpt))
+    with pytest.raises(ValueError, match=r'none of the candidates holds the frozen weights.*'
+                                         r'sha256.*model.head.text_encoder.checkpoint'):
+        load_task_model(None, task_file)
 
 
 def test_csc_task_with_another_class_list(clip_file, tmp_path):
@@ -194,3 +203,41 @@ def test_projection_width_must_match(clip_file):
     with pytest.raises(ValueError, match=r'text tower embeds into 32 dimensions.*projection '
                                          r'into 16'):
         MODELS.build(cfg)
+
+
+@pytest.mark.parametrize('value,match', [
+    ('{"../x.": {}}', r"'\.\./x\.': expected a module prefix"),
+    ('{"head.text_encoder.": {"frozen_sha256": "zz"}}',
+     r"head.text_encoder.: 'zz' is not a sha256"),
+    ('[1]', r'expected \{"prefix\.":'),
+])
+def test_task_file_frozen_modules_header_checked(tmp_path, value, match):
+    from vpt_seg.formats.task_file import read_task_file
+    path = str(tmp_path / 'task.safetensors')
+    save_file({'x': torch.zeros(1)}, path, metadata=dict(
+        format='vpt-seg-task', format_version='2', frozen_modules=value))
+    with pytest.raises(ValueError, match=r"task\.safetensors: header key 'frozen_modules': "
+                                         + match):
+        read_task_file(path)
+
+
+def test_count_params_names_the_context(tmp_path, monkeypatch, capsys):
+    """tools/count_params.py: a 'context' row (the only tuned tensor of CoOp), the frozen
+    'text tower' row, and a task file of the context alone."""
+    import os.path as osp
+    import runpy
+    root = osp.dirname(osp.dirname(osp.abspath(__file__)))
+    config = tmp_path / 'coop_tiny.py'
+    config.write_text(f"custom_imports = dict(imports=['vpt_seg'], allow_failed_imports=False)\n"
+                      f"model = {clip_cfg(None, n_ctx=16)!r}\n")
+    tool = osp.join(root, 'tools', 'count_params.py')
+    monkeypatch.setattr('sys.argv', [tool, str(config)])
+    runpy.run_path(tool, run_name='__main__')
+    out = capsys.readouterr().out
+    rows = {' '.join(line.split()[:-3]): line.split()[-3:] for line in out.splitlines()
+            if line.strip()}
+    assert rows['context'][:2] == ['1.0K', '1.0K']  # 16 x 64
+    assert rows['text tower'][0] == '0' and rows['text tower'][1] == '3.22M'
+    assert rows['total'][0] == '1.0K'
+    size = float(out.split('task file (model.state_dict()): ')[1].split()[0])
+    assert size < 16 and 'KiB;' in out  # the context and two signatures

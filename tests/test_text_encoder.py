@@ -137,6 +137,28 @@ def test_templates_match_open_clip(clip_file):
     assert len(vild.templates) == 14
 
 
+def test_bin_file_and_hub_folder(clip_file, tmp_path):
+    """open_clip_pytorch_model.bin (torch.load, weights only) in a hub folder reads as the
+    safetensors file does."""
+    path, clip = clip_file
+    torch.save(clip.state_dict(), str(tmp_path / 'open_clip_pytorch_model.bin'))
+    a, b = encoder(str(tmp_path), n_ctx=3), encoder(path, n_ctx=3)
+    b.load_state_dict(a.state_dict())  # the same context
+    with torch.no_grad():
+        assert torch.equal(a(), b())
+
+
+def test_checkpointing_same_features_and_gradients(clip_file):
+    path, _ = clip_file
+    plain, cp = encoder(path, n_ctx=3).train(), encoder(path, n_ctx=3, with_cp=True).train()
+    cp.load_state_dict(plain.state_dict())
+    a, b = plain(), cp()
+    assert torch.allclose(a, b, atol=1e-6)
+    a.square().sum().backward()
+    b.square().sum().backward()
+    assert torch.allclose(plain.ctx.grad, cp.ctx.grad, atol=1e-6)
+
+
 def test_truncation_keeps_features(clip_file):
     """The causal mask: cutting after the longest prompt's end token changes nothing."""
     path, _ = clip_file
@@ -210,7 +232,8 @@ def test_new_class_names(clip_file):
 
 # ------------------------------------------------------------------- errors
 @pytest.mark.parametrize('kw,match', [
-    (dict(vocabulary=['cat', ' '.join(['word'] * 80)]), r"class 'word word.*is 99 tokens \(80 for the name"),
+    (dict(vocabulary=['cat', ' '.join(['word'] * 80)]),
+     r"class 'word word.*is 99 tokens \(80 for the name"),
     (dict(vocabulary=['cat', '']), r'position\(s\) \[1\] are empty'),
     (dict(vocabulary=['cat', 'dog', 'cat']), r"duplicate class name\(s\) \['cat'\]"),
     (dict(vocabulary=['traffic light', 'traffic_light']), r"duplicate.*'traffic light'"),

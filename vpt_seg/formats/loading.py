@@ -486,6 +486,11 @@ def load_task_model(config, checkpoint: str, pretrained: Optional[str] = None) -
         if str(checkpoint).endswith('.safetensors'):
             check_class_count(checkpoint, meta['dataset_meta'], model_cfg)
         model.dataset_meta = meta['dataset_meta']
+    names = getattr(getattr(model, 'head', None), 'class_names', None)
+    if names is not None:  # a text head classifies what it embeds (maybe a new list)
+        stored = list((getattr(model, 'dataset_meta', None) or {}).get('classes') or [])
+        if [str(c).replace('_', ' ').strip() for c in stored] != list(names):
+            model.dataset_meta = dict(classes=tuple(names))
     return model.eval()
 
 
@@ -519,6 +524,15 @@ def export_task(config, checkpoint: str, out: str) -> Dict[str, str]:
     pretrained = getattr(backbone, 'pretrained_file', None) or ''
     digest = frozen_digest(backbone) if any(
         not p.requires_grad for p in backbone.parameters()) else None
+    others = {}
+    for name, module in model.named_modules():
+        if module is backbone or not name or not callable(
+                getattr(module, 'configured_pretrained', None)):
+            continue  # only modules that declare frozen weights from a file (a text tower)
+        file = getattr(module, 'pretrained_file', None) or ''
+        others[name + '.'] = dict(
+            pretrained=file, pretrained_path=module.configured_pretrained() or file,
+            frozen_sha256=frozen_digest(module) if module._frozen_loaded else '')
     return write_task_file(out, model, cfg, pretrained=pretrained,
                            pretrained_path=configured_in_cfg(cfg.model.backbone) or pretrained,
-                           frozen_sha256=digest)
+                           frozen_sha256=digest, frozen_modules=others)

@@ -16,6 +16,9 @@ in the safetensors header (strings only):
 ``dataset_meta``              class names and palette (JSON), when the run stored them
 ``backbone_prefix``           where the backbone's keys start (``'backbone.'``)
 ``frozen_sha256``             sha256 of the frozen weights as loaded (absent for ``Full``)
+``frozen_modules``            other modules with frozen weights from a file (a CoOp text
+                              tower): JSON ``{prefix: {pretrained, pretrained_path,
+                              frozen_sha256}}``, each read as the backbone's keys are
 ============================  ===========================================================
 
 A task file is data, and reading one never executes anything, whatever its header
@@ -77,7 +80,9 @@ def pretrained_option_of(backbone_cfg) -> str:
 
 
 def write_task_file(out: str, model, cfg, pretrained: str, pretrained_path: str,
-                    frozen_sha256: Optional[str] = None) -> Dict[str, str]:
+                    frozen_sha256: Optional[str] = None,
+                    frozen_modules: Optional[Dict[str, Dict[str, str]]] = None
+                    ) -> Dict[str, str]:
     """Write ``model``'s ``state_dict()`` and the header (see the module docstring) to
     ``out``; :func:`vpt_seg.formats.loading.export_task` loads the task and calls this.
 
@@ -88,6 +93,9 @@ def write_task_file(out: str, model, cfg, pretrained: str, pretrained_path: str,
         pretrained: The file (or hub folder) its frozen weights were loaded from.
         pretrained_path: That file's path as the config names it.
         frozen_sha256: sha256 of the frozen weights (None: nothing is frozen).
+        frozen_modules: ``{prefix: {'pretrained': file, 'pretrained_path': path,
+            'frozen_sha256': hex}}`` of other modules whose frozen weights come from a file
+            (a CoOp text tower); ``pretrained`` is stored as a bare file name.
 
     Returns:
         The metadata written.
@@ -109,6 +117,13 @@ def write_task_file(out: str, model, cfg, pretrained: str, pretrained_path: str,
     }
     if frozen_sha256:
         meta['frozen_sha256'] = frozen_sha256
+    if frozen_modules:
+        meta['frozen_modules'] = json.dumps({
+            prefix: dict(pretrained=osp.basename(str(v.get('pretrained') or '').rstrip('/\\')),
+                         pretrained_path=str(v.get('pretrained_path') or ''),
+                         **({'frozen_sha256': v['frozen_sha256']} if v.get('frozen_sha256')
+                            else {}))
+            for prefix, v in frozen_modules.items()})
     dataset_meta = getattr(model, 'dataset_meta', None)
     if dataset_meta:
         meta['dataset_meta'] = json.dumps(
@@ -314,7 +329,39 @@ def read_task_file(path: str) -> Tuple['OrderedDict[str, torch.Tensor]', Dict[st
             state._metadata[prefix[:-1]]['backbone_type'] = kind
         if digest:
             state._metadata[prefix[:-1]]['frozen_sha256'] = digest
+        state._metadata.update(_frozen_modules(path, meta))
     return state, meta
+
+
+def _frozen_modules(path: str, meta: Dict[str, str]) -> Dict[str, dict]:
+    """``frozen_modules`` as state-dict metadata: ``{module: {'pretrained': candidates,
+    'frozen_sha256': hex}}``, each field checked as the backbone's."""
+    text = meta.get('frozen_modules')
+    if not text:
+        return {}
+    key = 'frozen_modules'
+    try:
+        value = json.loads(text)
+    except ValueError as err:
+        raise _header_error(path, key, f'not valid JSON ({err})') from None
+    if not isinstance(value, dict):
+        raise _header_error(path, key, 'expected {"prefix.": {"pretrained": ..., '
+                            '"pretrained_path": ..., "frozen_sha256": ...}}')
+    out = {}
+    for prefix, entry in value.items():
+        if not isinstance(prefix, str) or not re.fullmatch(r'(\w+\.)+', prefix) \
+                or not isinstance(entry, dict) \
+                or not all(isinstance(v, str) for v in entry.values()):
+            raise _header_error(path, key, f'{prefix!r:.80}: expected a module prefix such as '
+                                "'head.text_encoder.' and string fields")
+        digest = entry.get('frozen_sha256')
+        if digest and not re.fullmatch(r'[0-9a-f]{64}', digest):
+            raise _header_error(path, key, f'{prefix}: {digest!r:.80} is not a sha256 hex '
+                                'digest')
+        out[prefix[:-1]] = {'pretrained': pretrained_candidates(path, entry)}
+        if digest:
+            out[prefix[:-1]]['frozen_sha256'] = digest
+    return out
 
 
 def _backbone_type(meta: Dict[str, str]) -> Optional[str]:

@@ -143,7 +143,12 @@ class VPTClassifier(BaseModel):
         """``(B, 3, H, W) -> (B, C)``: the final-layer [CLS] embedding (the backbone
         outputs come in layer order and include the last layer, see ``__init__``); for a
         head that ``needs_projection``, ``(B, E)``: it through CLIP's visual projection."""
-        cls = self.backbone(inputs)[-1][1]
+        return self.embed_cls(self.backbone(inputs)[-1][1])
+
+    def embed_cls(self, cls: torch.Tensor) -> torch.Tensor:
+        """What the head takes from the final normed [CLS] ``(B, C)``: itself, or for a
+        head that ``needs_projection`` CLIP's image embedding ``(B, E)`` (serving calls it
+        on the shared pass's [CLS])."""
         return self.backbone.visual_projection(cls) if self.project else cls
 
     def forward(self,

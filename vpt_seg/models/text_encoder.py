@@ -21,6 +21,7 @@ like a prompted backbone's frozen weights (:class:`~vpt_seg.models.frozen.
 FrozenBackboneMixin`), left out of ``state_dict()``, recorded by file and sha256, and
 loaded from the CLIP file again when a task is loaded.
 """
+import logging
 import math
 from typing import Dict, List, Optional, Sequence, Union
 
@@ -94,6 +95,9 @@ class CoOpTextEncoder(FrozenBackboneMixin, BaseModule):
             :mod:`vpt_seg.tuners.coop`).
         quick_gelu: The tower's activation: QuickGELU (OpenAI's weights, and the
             ``*-quickgelu`` open_clip models) or GELU (most LAION models).
+        with_cp: Recompute each text block in the backward pass (open_clip's gradient
+            checkpointing): the memory of a training step no longer grows with K x layers
+            of activations (CoOp issue #12: many classes), at about a third more time.
         init_cfg: MMEngine's; unused (weights come from ``checkpoint``).
 
     Shapes:
@@ -121,6 +125,7 @@ class CoOpTextEncoder(FrozenBackboneMixin, BaseModule):
                  csc: bool = False,
                  class_position: str = 'end',
                  quick_gelu: bool = True,
+                 with_cp: bool = False,
                  init_cfg: Optional[dict] = None):
         super().__init__(init_cfg=init_cfg)
         names = self._class_names(dataset_name, vocabulary)
@@ -144,7 +149,12 @@ class CoOpTextEncoder(FrozenBackboneMixin, BaseModule):
             if templates is not None:
                 raise ValueError('ctx_init starts a learned context; templates are the '
                                  'hand-written prompts of n_ctx=0: give one of them')
-            n_ctx = len(clip_tokenizer().encode(ctx_init))
+            count = len(clip_tokenizer().encode(ctx_init))
+            if n_ctx not in (16, count):  # 16: the default, which ctx_init overrides
+                print_log(f'CoOpTextEncoder: n_ctx={n_ctx} is ignored: ctx_init={ctx_init!r} '
+                          f'sets the context length to its {count} tokens', logger='current',
+                          level=logging.WARNING)
+            n_ctx = count
         room = context_length - 4  # [SOS], ".", [EOS] and a name of one token at least
         if n_ctx > room:
             what = (f'ctx_init={ctx_init!r} tokenizes to {n_ctx} tokens (BPE), more than fit'
@@ -178,6 +188,7 @@ class CoOpTextEncoder(FrozenBackboneMixin, BaseModule):
             heads=num_heads, layers=num_layers, mlp_ratio=mlp_ratio, output_dim=output_dims,
             act_layer=QuickGELU if quick_gelu else nn.GELU)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
+        self.text.set_grad_checkpointing(bool(with_cp))
         freeze(self.text)
         self.logit_scale.requires_grad_(False)  # CoOp keeps CLIP's temperature
         self.prompt = (CoOpContext(n_ctx, embed_dims, len(names) if csc else None)

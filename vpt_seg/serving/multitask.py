@@ -297,7 +297,7 @@ class MultiTaskViT(nn.Module):
         for name, (idx, feats) in self.extract_feats(inputs, tasks).items():
             model = self.tasks[name]
             if self.kinds[name] == 'cls':
-                logits = model.head(feats[-1][1])                              # (B_t, K)
+                logits = model.head(model.embed_cls(feats[-1][1]))             # (B_t, K)
             else:
                 if model.with_neck:
                     feats = model.neck(feats)
