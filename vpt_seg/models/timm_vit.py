@@ -50,7 +50,7 @@ from .frozen import FrozenBackboneMixin
 __all__ = ['FAMILIES', 'TIMM_SIGNATURE_FIELDS', 'PromptedTimmViT', 'find_weights_file',
            'read_timm_state_dict', 'fit_timm_state_dict', 'final_norm_attr',
            'write_hub_folder', 'write_open_clip_folder', 'is_clip_model',
-           'clip_projection_dims', 'pretrained_normalization']
+           'clip_projection_dims', 'pretrained_normalization', 'read_open_clip_config']
 
 #: The ViT families this backbone is tested on: (family, a timm name, what is special).
 FAMILIES = (
