@@ -114,6 +114,39 @@ def test_timm_ade20k_configs_build_at_full_size(name):
                                                     'BoundedSegTTAModel')
 
 
+#: CoOp on OpenAI's CLIP ViT-B/16: tuned parameters (the context, 16 x 512; with VPT-deep
+#: also 8 prompts x 768 in each of the 12 layers).
+COOP_CONFIGS = {'coop_cls_imagefolder.py': 16 * 512,
+                'vpt-coop_cls_imagefolder.py': 16 * 512 + 12 * 8 * 768}
+OPENAI_MEAN = [0.48145466, 0.4578275, 0.40821073]
+
+
+@pytest.mark.parametrize('name', sorted(COOP_CONFIGS))
+def test_coop_configs_build_at_full_size_with_clip_normalisation(name):
+    """CoOp's model on ViT-B/16 OpenAI (both towers from one open_clip file), CLIP's
+    normalisation and bicubic resizing, the context (and prompts) the only tuned part."""
+    cfg = Config.fromfile(osp.join(ROOT, 'configs', name))
+    backbone_cfg, text_cfg = cfg.model.backbone, cfg.model.head.text_encoder
+    assert backbone_cfg.model_name == 'vit_base_patch16_clip_quickgelu_224'
+    assert backbone_cfg.checkpoint == text_cfg.checkpoint == \
+        'pretrain/clip_vit_b16/open_clip_model.safetensors'
+    assert (text_cfg.n_ctx, text_cfg.ctx_init, text_cfg.csc, text_cfg.class_position) == \
+        (16, None, False, 'end')
+    assert cfg.model.data_preprocessor.mean == pytest.approx([m * 255 for m in OPENAI_MEAN])
+    assert all(step.get('interpolation') == 'bicubic'
+               for step in cfg.train_pipeline + cfg.test_pipeline if step.type == 'Resize')
+    assert (cfg.optim_wrapper.optimizer.type, cfg.optim_wrapper.optimizer.lr,
+            cfg.train_dataloader.batch_size) == ('SGD', 0.002, 32)
+    assert cfg.optim_wrapper.constructor == 'TunedOptimWrapperConstructor'
+    model = MODELS.build(cfg.model)
+    assert model.backbone.visual_projection.out_features == model.head.in_channels == 512
+    assert model.data_preprocessor.mean.flatten().tolist() == pytest.approx(
+        [m * 255 for m in OPENAI_MEAN])
+    assert count_parameters(model, tuned_only=True) == COOP_CONFIGS[name]
+    optim = build_optim_wrapper(model, cfg.optim_wrapper).optimizer
+    assert sum(p.numel() for g in optim.param_groups for p in g['params']) == COOP_CONFIGS[name]
+
+
 @pytest.mark.parametrize('path', ['demo/setr_vpt_tiny_ade20k.py',
                                   'demo/setr_vpt_tiny_dinov2_ade20k.py', 'study/vpt-deep.py',
                                   'study/head.py', 'study/full.py', 'study/lora.py',

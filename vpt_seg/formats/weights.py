@@ -27,7 +27,7 @@ from typing import Any, Dict, Mapping, NamedTuple, Optional, Tuple
 import numpy as np
 import torch
 
-__all__ = ['FORMATS', 'ViTCheckpoint', 'UnreadableCheckpointError',
+__all__ = ['FORMATS', 'ViTCheckpoint', 'UnreadableCheckpointError', 'CLIP_FILE_HINT',
            'read_checkpoint', 'reading_once', 'load_torch_file',
            'describe_state_dict', 'detect_format',
            'convert_timm_to_mmseg', 'convert_jax_npz', 'to_mmseg_state_dict',
@@ -117,6 +117,27 @@ def _load_error_reason(err: BaseException, path: Optional[str] = None) -> str:
 _RESUME_HINT = ('If a run was killed while saving it, use an earlier checkpoint '
                 '(tools/train.py --resume skips unreadable ones).')
 
+#: How to get a CLIP file we read instead of OpenAI's TorchScript archive.
+CLIP_FILE_HINT = (
+    "OpenAI's CLIP .pt files are TorchScript archives (code, not weights), which are never "
+    'run. Use the same weights as open_clip publishes them, e.g. for ViT-B/16: '
+    'huggingface-cli download timm/vit_base_patch16_clip_224.openai --local-dir '
+    'pretrain/clip_vit_b16, and name pretrain/clip_vit_b16/open_clip_model.safetensors '
+    '(docs/coop.md)')
+
+
+def _is_torchscript(path: str) -> bool:
+    """A zip whose records include ``constants.pkl``: a TorchScript archive (the test
+    ``torch.serialization`` makes before it would hand the file to ``torch.jit.load``),
+    found from the zip's directory without reading any record."""
+    import zipfile
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return any(n.split('/')[-1] == 'constants.pkl' and n.count('/') <= 1
+                       for n in archive.namelist())
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return False
+
 
 def load_torch_file(path: str, map_location: Any = 'cpu', what: str = 'checkpoint',
                     hint: str = _RESUME_HINT, name: Optional[str] = None) -> Any:
@@ -129,13 +150,19 @@ def load_torch_file(path: str, map_location: Any = 'cpu', what: str = 'checkpoin
 
     Raises:
         FileNotFoundError: ``path`` is not a file.
-        UnreadableCheckpointError: the file is truncated, not a torch file, or holds
-            Python objects that safe loading refuses; the message names the file and never
-            suggests turning safe loading off.
+        UnreadableCheckpointError: the file is truncated, not a torch file, holds
+            Python objects that safe loading refuses, or is a TorchScript archive
+            (OpenAI's CLIP ``.pt``: refused before torch sees it); the message names the
+            file and never suggests turning safe loading off.
     """
     path = osp.expanduser(str(path))
     if not osp.isfile(path):
         raise FileNotFoundError(f'{what} not found: {path!r}')
+    if _is_torchscript(path):
+        where = repr(path) if name is None else f'{name!r} (downloaded to {path!r})'
+        raise UnreadableCheckpointError(
+            f'{where} is a TorchScript archive, not a {what}: it holds code as well as '
+            f'weights and is refused unread. {CLIP_FILE_HINT}')
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # zip, pickle and EOF errors, each with its own type

@@ -15,7 +15,26 @@ from mmengine.model import BaseModel
 from mmengine.structures import BaseDataElement
 from mmseg.registry import MODELS
 
-__all__ = ['VPTClassifier']
+__all__ = ['VPTClassifier', 'default_data_preprocessor']
+
+#: ImageNet's mean and std in MMSeg's convention (0-255 pixels, RGB).
+IMAGENET_NORMALIZATION = dict(mean=[123.675, 116.28, 103.53], std=[58.395, 57.12, 57.375])
+
+
+def default_data_preprocessor(backbone: dict) -> dict:
+    """The data preprocessor a classifier gets when its config names none: images
+    normalised as the backbone's pretraining did. A CLIP image tower
+    (``PromptedTimmViT`` with a ``*_clip_*`` name) takes the mean/std of timm's
+    pretrained_cfg for it (OpenAI's CLIP: mean 0.48145466, 0.4578275, 0.40821073, std
+    0.26862954, 0.26130258, 0.27577711, times 255); every other backbone ImageNet's,
+    as before. BGR -> RGB (images are read as BGR)."""
+    from .timm_vit import PromptedTimmViT, pretrained_normalization
+    norm = None
+    if backbone.get('type') in ('PromptedTimmViT', PromptedTimmViT) and \
+            isinstance(backbone.get('model_name'), str):
+        norm = pretrained_normalization(backbone['model_name'])
+    return dict(type='ImgDataPreprocessor', **(norm or IMAGENET_NORMALIZATION),
+                bgr_to_rgb=True)
 
 
 def _registered(cfg: dict):
@@ -58,7 +77,8 @@ class VPTClassifier(BaseModel):
             :class:`~vpt_seg.datasets.ADE20KTagsDataset`) and predictions are sigmoid
             scores.
         data_preprocessor: Normalisation (and channel order) of the images; default
-            ``ImgDataPreprocessor`` with ImageNet mean/std and BGR -> RGB.
+            :func:`default_data_preprocessor` (the CLIP's own mean/std for CLIP image
+            towers, ImageNet's otherwise; BGR -> RGB).
         init_cfg: MMEngine init config.
 
     The backbone's ``signature`` buffer goes into every checkpoint, so a task file made
@@ -75,8 +95,7 @@ class VPTClassifier(BaseModel):
                  data_preprocessor: Optional[dict] = None,
                  init_cfg: Optional[dict] = None):
         if data_preprocessor is None:
-            data_preprocessor = dict(type='ImgDataPreprocessor', mean=[123.675, 116.28, 103.53],
-                                     std=[58.395, 57.12, 57.375], bgr_to_rgb=True)
+            data_preprocessor = default_data_preprocessor(backbone)
         super().__init__(data_preprocessor=data_preprocessor, init_cfg=init_cfg)
         backbone = dict(backbone)
         backbone.setdefault('output_cls_token', True)

@@ -3,9 +3,13 @@
 timm builds the architecture (``timm.create_model(model_name, pretrained=False,
 num_classes=0, ...)``); the weights come only from a local file in the formats timm
 publishes (``model.safetensors``, ``pytorch_model.bin``, ``.pth``, or the hub's folder
-with one of them and ``config.json``), read safely and converted by the family's own
-``checkpoint_filter_fn``. The layer loop is the one every prompted backbone runs
-(:func:`vpt_seg.tuners.prompt.run_prompted_layers`) over timm's own blocks:
+with one of them and ``config.json``) or open_clip publishes (``open_clip_model.safetensors``,
+``open_clip_pytorch_model.bin``: a whole CLIP, of which the ``visual.*`` image tower is
+read), read safely and converted by the family's own ``checkpoint_filter_fn``. A CLIP
+image tower can keep its frozen visual projection (timm's ``head``, OpenAI's
+``visual.proj``): :attr:`PromptedTimmViT.visual_projection`. The layer loop is the one
+every prompted backbone runs (:func:`vpt_seg.tuners.prompt.run_prompted_layers`) over
+timm's own blocks:
 
     x = norm_pre(pos_embed([prefix, patch_embed(image)]))   # (B, K + HW, C), K = prefix tokens
     for i, block in enumerate(blocks):
@@ -45,7 +49,8 @@ from .frozen import FrozenBackboneMixin
 
 __all__ = ['FAMILIES', 'TIMM_SIGNATURE_FIELDS', 'PromptedTimmViT', 'find_weights_file',
            'read_timm_state_dict', 'fit_timm_state_dict', 'final_norm_attr',
-           'write_hub_folder']
+           'write_hub_folder', 'write_open_clip_folder', 'is_clip_model',
+           'clip_projection_dims', 'pretrained_normalization', 'read_open_clip_config']
 
 #: The ViT families this backbone is tested on: (family, a timm name, what is special).
 FAMILIES = (
@@ -65,8 +70,12 @@ _MODULES = ('timm.models.vision_transformer', 'timm.models.deit', 'timm.models.e
 TIMM_SIGNATURE_FIELDS = ('embed_dims', 'num_layers', 'num_heads', 'patch_size', 'in_channels',
                          'feedforward_channels', 'num_prefix_tokens')
 
-#: Weight files of a hub folder, in the order timm's hub loader prefers them.
-HUB_FILES = ('model.safetensors', 'pytorch_model.bin')
+#: Weight files of a hub folder: timm's, in the order timm's hub loader prefers them, then
+#: open_clip's (a whole CLIP; ``timm/vit_base_patch16_clip_224.openai`` holds both kinds).
+HUB_FILES = ('model.safetensors', 'pytorch_model.bin',
+             'open_clip_model.safetensors', 'open_clip_pytorch_model.bin')
+#: open_clip's description of the CLIP in a hub folder (``model_cfg``, ``preprocess_cfg``).
+OPEN_CLIP_CONFIG = 'open_clip_config.json'
 
 #: create_model arguments the backbone sets itself.
 _RESERVED = ('pretrained', 'num_classes', 'pretrained_cfg_overlay', 'checkpoint_path')
@@ -117,13 +126,71 @@ def final_norm_attr(vit: nn.Module) -> Optional[str]:
     return None
 
 
+def _clip_cfg(model_name: str):
+    """timm's pretrained_cfg of the CLIP image tower ``model_name`` names, or None when
+    it names none: not a CLIP architecture (``*_clip_*``), or a tag fine-tuned into a
+    classifier (``.laion2b_ft_in1k``: its ``head`` classifies). An untagged name takes
+    the architecture's first CLIP tag (timm's default tag may be a fine-tuned one)."""
+    from timm.models import get_pretrained_cfg, split_model_name_tag
+    arch, tag = split_model_name_tag(model_name)
+    if not is_clip_model(arch):
+        return None
+    tags = [tag] if tag else [n.split('.', 1)[1] for n in timm.list_pretrained(f'{arch}.*')]
+    for t in tags:
+        if 'ft' not in t.split('_'):
+            return get_pretrained_cfg(f'{arch}.{t}')
+    return None
+
+
+def clip_projection_dims(model_name: str) -> int:
+    """Width of the visual projection of the CLIP image tower ``model_name`` names (512
+    for ViT-B/16, 768 for ViT-L/14, from timm's pretrained_cfg), 0 for other models."""
+    cfg = _clip_cfg(model_name)
+    return int(cfg.num_classes) if cfg is not None else 0
+
+
+def pretrained_normalization(model_name: str) -> Optional[dict]:
+    """How the images of the CLIP ``model_name`` names were normalised in pretraining,
+    in MMSeg's data-preprocessor convention (0-255 pixels): ``dict(mean=[...],
+    std=[...])`` from timm's pretrained_cfg (OpenAI's CLIP: mean 0.48145466, 0.4578275,
+    0.40821073, std 0.26862954, 0.26130258, 0.27577711, times 255); None for models
+    that are not CLIP image towers (their configs name their normalisation)."""
+    cfg = _clip_cfg(model_name)
+    if cfg is None:
+        return None
+    return dict(mean=[round(m * 255, 6) for m in cfg.mean],
+                std=[round(s * 255, 6) for s in cfg.std])
+
+
+def _same_weights_arch(a: str, b: str) -> bool:
+    """timm's QuickGELU CLIP variants hold the same weights as their plain names
+    (``timm/vit_base_patch16_clip_224.openai`` serves ``vit_base_patch16_clip_quickgelu_224``)."""
+    return a.replace('_quickgelu', '') == b.replace('_quickgelu', '')
+
+
+def read_open_clip_config(weights_file: str) -> Optional[dict]:
+    """The ``open_clip_config.json`` beside a weights file (open_clip's hub layout), or
+    None. Data only: its ``model_cfg`` is read for ``quick_gelu``, nothing in it is
+    built or followed."""
+    path = osp.join(osp.dirname(weights_file), OPEN_CLIP_CONFIG)
+    if not osp.isfile(path):
+        return None
+    try:
+        with open(path) as f:
+            config = json.load(f)
+    except (OSError, ValueError) as err:
+        raise ValueError(f'{path}: not a readable open_clip config (JSON): {err}') from None
+    return config if isinstance(config, dict) else None
+
+
 # ------------------------------------------------------------------ files
 def find_weights_file(path: str, option: str = 'model.backbone.checkpoint'
                       ) -> Tuple[str, Optional[dict]]:
     """The weights file at ``path`` and the hub folder's ``config.json`` (or None).
 
     ``path`` is a file (``.safetensors``, ``.bin``, ``.pth``, ``.pt``) or a folder in the
-    hub's layout (``model.safetensors`` or ``pytorch_model.bin``, and ``config.json``), as
+    hub's layout (``model.safetensors`` or ``pytorch_model.bin``, and ``config.json``; or
+    open_clip's ``open_clip_model.safetensors`` / ``open_clip_pytorch_model.bin``), as
     ``huggingface-cli download timm/<name> --local-dir <folder>`` writes it.
 
     Raises:
@@ -145,7 +212,8 @@ def find_weights_file(path: str, option: str = 'model.backbone.checkpoint'
                         config = json.load(f)
                 return osp.join(path, name), config
         raise FileNotFoundError(f'{option}={path!r} is a folder without {" or ".join(HUB_FILES)} '
-                                '(the hub layout timm publishes); name the weights file itself')
+                                '(the hub layouts timm and open_clip publish); name the weights '
+                                'file itself')
     if not osp.isfile(path):
         raise FileNotFoundError(
             f'pretrained backbone weights not found: {path!r} (from {option}). Put the file '
@@ -164,6 +232,26 @@ def write_hub_folder(vit: nn.Module, folder: str, model_name: str) -> str:
     with open(osp.join(folder, 'config.json'), 'w') as f:
         json.dump(dict(architecture=model_name.split('.')[0], num_classes=0,
                        num_features=getattr(vit, 'num_features', None)), f, indent=2)
+    return folder
+
+
+def write_open_clip_folder(state_dict: Mapping[str, torch.Tensor], folder: str,
+                           model_cfg: dict, preprocess_cfg: Optional[dict] = None,
+                           torch_file: bool = False) -> str:
+    """Save a whole CLIP as open_clip publishes it on the hub (what its
+    ``save_for_hf`` writes, without the tokenizer files): ``open_clip_model.safetensors``
+    (OpenAI's key names: ``visual.*`` and the text tower), ``open_clip_config.json``
+    (``model_cfg``, ``preprocess_cfg``), and with ``torch_file``
+    ``open_clip_pytorch_model.bin`` too. Stand-in CLIPs for demos and tests. Returns the
+    folder."""
+    from safetensors.torch import save_file
+    os.makedirs(folder, exist_ok=True)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
+    save_file(tensors, osp.join(folder, 'open_clip_model.safetensors'))
+    if torch_file:
+        torch.save(tensors, osp.join(folder, 'open_clip_pytorch_model.bin'))
+    with open(osp.join(folder, OPEN_CLIP_CONFIG), 'w') as f:
+        json.dump(dict(model_cfg=model_cfg, preprocess_cfg=preprocess_cfg or {}), f, indent=2)
     return folder
 
 
@@ -274,8 +362,11 @@ class PromptedTimmViT(FrozenBackboneMixin, BaseModule):
         model_name: timm model name, with or without a pretrained tag
             (``'vit_large_patch14_reg4_dinov2.lvd142m'``); see :data:`FAMILIES`.
         checkpoint: Local weights: a ``.safetensors``/``.bin``/``.pth`` file or a hub
-            folder (``model.safetensors`` or ``pytorch_model.bin``, ``config.json``).
-            Loaded by :meth:`init_weights`; None = timm's random init.
+            folder (``model.safetensors`` or ``pytorch_model.bin``, ``config.json``), or
+            a CLIP file as open_clip publishes it (``open_clip_model.safetensors``,
+            ``open_clip_pytorch_model.bin``, or the folder with ``open_clip_config.json``:
+            the ``visual.*`` tower is read; OpenAI's CLIPs need ``*_clip_quickgelu_*``
+            names). Loaded by :meth:`init_weights`; None = timm's random init.
         model_kwargs: More arguments of ``timm.create_model`` (tests build tiny models of a
             family with ``embed_dim``/``depth``/``num_heads``).
         img_size: Training crop size: the position embedding is resampled to its grid
@@ -309,12 +400,13 @@ class PromptedTimmViT(FrozenBackboneMixin, BaseModule):
             ViT gives it: what :class:`~vpt_seg.models.VPTClassifier` reads. Families
             without a [CLS] token (SigLIP) raise.
         keep_projection: Keep a CLIP image tower's projection (timm's ``head``, from
-            ``visual.proj`` of an open_clip/OpenAI file; frozen, its zero bias too) as
-            :attr:`visual_projection`, the map from the normed [CLS] to CLIP's joint
-            embedding. Its width is timm's for the name (512 for
-            ``vit_base_patch16_clip_quickgelu_224``), or ``model_kwargs['num_classes']``
-            (tiny models). :class:`~vpt_seg.models.VPTClassifier` sets it for a text head.
-            A model that is not a CLIP image tower is refused.
+            ``visual.proj`` of an open_clip/OpenAI file; always frozen, its zero bias
+            too) as :attr:`visual_projection`, the map from the normed [CLS] to CLIP's
+            joint embedding. Its width is ``model_kwargs['num_classes']`` (tiny models)
+            or timm's pretrained_cfg for the name (:func:`clip_projection_dims`: 512 for
+            ``vit_base_patch16_clip_quickgelu_224``, 768 for ViT-L/14).
+            :class:`~vpt_seg.models.VPTClassifier` sets it for a text head. A model that
+            is not a CLIP image tower, or a tag fine-tuned into a classifier, is refused.
         prefer_checkpoint: When a task checkpoint is loaded, take its frozen weights from
             ``checkpoint`` only, not from the file the checkpoint records: the user named
             it (the tools set this when ``--cfg-options`` names
@@ -372,8 +464,9 @@ class PromptedTimmViT(FrozenBackboneMixin, BaseModule):
                              'projection to CLIP\'s joint space. Use a CLIP model, e.g. '
                              "model_name='vit_base_patch16_clip_quickgelu_224' with the "
                              'open_clip file of OpenAI\'s weights')
-        # A CLIP projection's width: timm's for the name, or the caller's (tiny models).
-        proj_width = kwargs.pop('num_classes', None) if keep_projection else None
+        # A CLIP projection's width: the caller's (tiny models), or timm's for the name.
+        projection_dims = self._projection_dims(
+            model_name, kwargs.pop('num_classes', None)) if keep_projection else 0
         clash = [k for k in _RESERVED + ('img_size', 'patch_size', 'dynamic_img_size')
                  if k in kwargs]
         if clash:
@@ -384,13 +477,16 @@ class PromptedTimmViT(FrozenBackboneMixin, BaseModule):
             if value is not None:
                 kwargs[key] = tuple(value) if isinstance(value, (list, tuple)) else value
         try:
-            heads = {} if keep_projection and proj_width is None else dict(
-                num_classes=proj_width if keep_projection else 0)
-            vit = timm.create_model(model_name, pretrained=False,
-                                    dynamic_img_size=dynamic_img_size, **heads, **kwargs)
+            vit = timm.create_model(model_name, pretrained=False, num_classes=projection_dims,
+                                    dynamic_img_size=dynamic_img_size, **kwargs)
         except TypeError as err:  # an argument the family's class does not take
             raise ValueError(f'timm cannot build {model_name!r} with {kwargs}: {err}') from None
         self._check_family(model_name, vit)
+        if projection_dims and not isinstance(getattr(vit, 'head', None), nn.Linear):
+            raise ValueError(f'keep_projection=True: {model_name} builds no linear head to '
+                             'hold the visual projection')
+        self.keep_projection = keep_projection
+        self.projection_dims = projection_dims
         self.model_name = model_name
         self.checkpoint = checkpoint
         self.pretrained_file = checkpoint
@@ -419,7 +515,6 @@ class PromptedTimmViT(FrozenBackboneMixin, BaseModule):
                              '(norm and fc_norm are both Identity); set final_norm=False')
         unused_norms = tuple(a for a in ('norm', 'fc_norm')
                              if not (final_norm and a == self._norm_attr))
-        self.keep_projection = keep_projection
         self._ignored = tuple(h for h in _HEADS if not (keep_projection and h == 'head')) \
             + unused_norms
         for attr in unused_norms:
@@ -441,16 +536,19 @@ class PromptedTimmViT(FrozenBackboneMixin, BaseModule):
                              'drop_path2 to add the adapter branch after')
         if freeze:
             freeze_module(vit, tune_bias=tune_bias)
-            if keep_projection and getattr(vit.head, 'bias', None) is not None:
-                vit.head.bias.requires_grad_(False)  # CLIP's projection has no bias
-            if tune_bias:
-                self._report_biases()
+        if self.visual_projection is not None:  # CLIP's joint space: never tuned (its
+            freeze_module(self.visual_projection)  # zero bias neither, even with tune_bias)
+        if freeze and tune_bias:
+            self._report_biases()
         self.register_buffer('signature', self._signature())
         self.init_frozen_hooks()
 
     @property
     def visual_projection(self) -> Optional[nn.Module]:
-        """CLIP's image projection ``(B, C) -> (B, E)`` (``keep_projection``), or None."""
+        """CLIP's visual projection (``keep_projection``): a frozen ``nn.Linear``, ``(B, C)
+        -> (B, E)``, applied to the final [CLS] through the final norm (``final_norm``,
+        what :class:`~vpt_seg.models.VPTClassifier` reads) it gives OpenAI's
+        ``ln_post(x[:, 0]) @ proj``, open_clip's ``encode_image``; None without one."""
         return self.vit.head if self.keep_projection else None
 
     # ---------------------------------------------------------- validation
@@ -477,6 +575,22 @@ class PromptedTimmViT(FrozenBackboneMixin, BaseModule):
                 f'of {p}.')
 
     @staticmethod
+    def _projection_dims(model_name: str, width: Optional[int]) -> int:
+        """The kept projection's width: ``width`` (``model_kwargs['num_classes']``) or
+        timm's pretrained_cfg for the name."""
+        if width is None:
+            width = clip_projection_dims(model_name)
+            if not width:
+                raise ValueError(
+                    f'keep_projection=True, but {model_name!r} names a CLIP fine-tuned into '
+                    'a classifier (its head classifies, it is no projection); name the CLIP '
+                    'itself, e.g. vit_base_patch16_clip_quickgelu_224.openai')
+        if isinstance(width, bool) or not isinstance(width, int) or width <= 0:
+            raise ValueError(f"model_kwargs['num_classes']={width!r}: with keep_projection it "
+                             "is the width of CLIP's visual projection, a positive int")
+        return width
+
+    @staticmethod
     def _out_indices(out_indices, depth: int) -> Tuple[int, ...]:
         indices = [out_indices] if isinstance(out_indices, int) else list(out_indices)
         bad = [i for i in indices if not -depth <= i < depth]
@@ -493,7 +607,7 @@ class PromptedTimmViT(FrozenBackboneMixin, BaseModule):
 
     def _report_biases(self):
         """One log line: which biases ``tune_bias`` tunes, and which layers have none."""
-        tuned = list(bias_parameters(self.vit))
+        tuned = [(n, p) for n, p in bias_parameters(self.vit) if p.requires_grad]
         if not tuned:
             raise ValueError(f'tune_bias=True, but {self.model_name} has no bias terms')
 
@@ -682,6 +796,26 @@ class PromptedTimmViT(FrozenBackboneMixin, BaseModule):
             self.load_pretrained(self.checkpoint)
         self._is_init = True
 
+    def _check_activation(self, file: str) -> None:
+        """Refuse a CLIP whose ``open_clip_config.json`` says it was trained with another
+        activation than the model builds: QuickGELU CLIPs (``quick_gelu: true``, OpenAI's)
+        need timm's ``*_clip_quickgelu_*`` names (the weights load into both, the
+        features differ). A config without the key says nothing (open_clip keeps it in
+        its own registry; the hub's OpenAI folders do not record it)."""
+        config = read_open_clip_config(file)
+        model_cfg = (config or {}).get('model_cfg')
+        if not isinstance(model_cfg, dict) or 'quick_gelu' not in model_cfg:
+            return
+        theirs = bool(model_cfg.get('quick_gelu', False))
+        ours = type(getattr(self.vit.blocks[0].mlp, 'act', None)).__name__ == 'QuickGELU'
+        if theirs != ours:
+            want = ('a *_clip_quickgelu_* name (e.g. vit_base_patch16_clip_quickgelu_224)'
+                    if theirs else 'a name without _quickgelu')
+            raise ValueError(
+                f'{file}: its {OPEN_CLIP_CONFIG} says quick_gelu={theirs} (OpenAI\'s CLIPs '
+                f'use QuickGELU), but {self.model_name} uses '
+                f'{"QuickGELU" if ours else "GELU"}; use {want}')
+
     def load_pretrained(self, path: str) -> None:
         """Load the timm weights at ``path`` (file or hub folder) into the model strictly.
 
@@ -693,11 +827,21 @@ class PromptedTimmViT(FrozenBackboneMixin, BaseModule):
         file, config = find_weights_file(path, self.pretrained_option)
         arch = self.model_name.split('.')[0]
         theirs = (config or {}).get('architecture')
-        if theirs and theirs != arch:
+        if theirs and not _same_weights_arch(theirs, arch):
             raise ValueError(f'{path}: its config.json says architecture {theirs!r}, the '
                              f'backbone builds {arch!r} (model_name={self.model_name!r})')
-        state, summary = fit_timm_state_dict(read_timm_state_dict(file), self.vit,
-                                             ignored=self._ignored, where=file)
+        self._check_activation(file)
+        try:
+            state, summary = fit_timm_state_dict(read_timm_state_dict(file), self.vit,
+                                                 ignored=self._ignored, where=file)
+        except ValueError as err:
+            if self.keep_projection and 'missing from the file: head.' in str(err):
+                raise ValueError(
+                    f'{err}. The backbone keeps CLIP\'s visual projection (head, '
+                    f'{self.projection_dims} wide; keep_projection=True, set for text heads) '
+                    'and this file has none: name the CLIP file (open_clip_model.safetensors '
+                    'holds visual.proj)') from None
+            raise
         self.vit.load_state_dict(state, strict=True)
         self.pretrained_file = path
         self._frozen_loaded = True
