@@ -241,3 +241,41 @@ def test_count_params_names_the_context(tmp_path, monkeypatch, capsys):
     assert rows['total'][0] == '1.0K'
     size = float(out.split('task file (model.state_dict()): ')[1].split()[0])
     assert size < 16 and 'KiB;' in out  # the context and two signatures
+
+
+def _coop_task_file(clip_file, tmp_path):
+    """A CoOp task file (context only) of the tiny CLIP, its CLIP file beside it."""
+    path, _ = clip_file
+    local = str(tmp_path / 'open_clip_model.safetensors')
+    shutil.copy(path, local)
+    cfg = clip_cfg(local, n_ctx=4)
+    ckpt = tmp_path / 'task.pth'
+    torch.save(dict(state_dict=build(cfg).state_dict(), meta={}), str(ckpt))
+    task_file = str(tmp_path / 'coop.safetensors')
+    export_task(Config(dict(model=cfg)), str(ckpt), task_file)
+    return task_file
+
+
+@pytest.mark.parametrize('change,key,message', [
+    (dict(n_ctx=8), 'n_ctx', r"8 in the header, but the file's prompt.ctx shape \(4, 64\)"),
+    (dict(csc=True), 'csc', r"True in the header, but the file's prompt.ctx shape"),
+    (dict(embed_dims=8192, num_layers=128), 'embed_dims', r'a text tower of about 1\.0\d*e\+11'),
+    (dict(vocabulary=['cat', '../../etc/passwd']), r'vocabulary\[1\]', 'is not a name'),
+    (dict(templates='{}/../x'), 'templates', 'is not'),
+    (dict(class_position='back'), 'class_position', "is not one of 'end', 'middle', 'front'"),
+])
+def test_a_coop_header_is_read_into_the_schema(clip_file, tmp_path, monkeypatch, change, key,
+                                               message):
+    """A CoOp task file's header is typed like any other (vpt_seg/formats/task_schema.py):
+    names are names, the context's declared shape is checked against the file's
+    ``prompt.ctx``, and the frozen text tower it implies is bounded, before anything is
+    built."""
+    from test_task_file import _rewrite
+    from vpt_seg.formats.task_file import read_task_metadata
+    task_file = _coop_task_file(clip_file, tmp_path)
+    data = json.loads(read_task_metadata(task_file)['config_json'])
+    data['model']['head']['text_encoder'].update(change)
+    bad = _rewrite(task_file, tmp_path / 'bad.safetensors', config_json=json.dumps(data))
+    monkeypatch.setattr(MODELS, 'build', lambda *a, **k: pytest.fail('built before refusing'))
+    with pytest.raises(ValueError, match=rf"model\.head\.text_encoder\.{key}: .*{message}"):
+        load_task_model(None, bad)

@@ -383,13 +383,15 @@ TIMM_KWARGS = dict(
     mlp_ratio=Float(0.01, 64.0), reg_tokens=Int(0, 64), class_token=Bool(),
     no_embed_class=Bool(), init_values=Opt(Float(0.0, 1e6)), qkv_bias=Bool(),
     in_chans=Int(1, 64), drop_rate=_RATE, attn_drop_rate=_RATE, drop_path_rate=_RATE,
-    pos_drop_rate=_RATE, proj_drop_rate=_RATE)
+    pos_drop_rate=_RATE, proj_drop_rate=_RATE,
+    num_classes=Int(0, 8192))  # CLIP's projection width (with keep_projection)
 register('backbone', 'PromptedTimmViT', dict(
     PROMPTED_FIELDS,
     model_name=Name(r'[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127}'), checkpoint=PretrainedFile(),
     model_kwargs=Opt(Struct(TIMM_KWARGS)), img_size=Opt(_IMG_SIZE),
     patch_size=Opt(Int(1, 1024)), dynamic_img_size=Bool(), out_indices=_INDICES,
-    final_norm=Bool(), with_cp=Bool(), output_cls_token=Bool(), init_cfg=_NONE),
+    final_norm=Bool(), with_cp=Bool(), output_cls_token=Bool(), keep_projection=Bool(),
+    init_cfg=_NONE),
     required=('model_name', ))
 
 register('loss', 'CrossEntropyLoss', dict(
@@ -427,6 +429,46 @@ register('cls_head', 'MLPClsHead', dict(
     _CLS_HEAD, hidden_channels=Opt(OneOf(_SIZE, Seq(_SIZE, 1, 16))),
     norm=Choice('BN', 'LN', None)), ('in_channels', 'num_classes'))
 
+
+
+def _text_encoder_shapes(cfg: dict, key: str, tensors: Mapping[str, tuple]):
+    """A CoOp task's context ``prompt.ctx`` is ``(n_ctx, embed_dims)`` (``(K, n_ctx,
+    embed_dims)`` with ``csc``), and the frozen text tower it implies is bounded, before
+    anything is built (the tower is allocated before its CLIP file is read)."""
+    dims = cfg.get('embed_dims', 512)
+    tower = (cfg.get('num_layers', 12) * 12 * dims * dims
+             + (cfg.get('total_vocab_size', 49408) + cfg.get('context_length', 77)) * dims)
+    if tower > MAX_BACKBONE_PARAMS:
+        raise HeaderSchemaError(f'{key}.embed_dims', f'a text tower of about {tower:.3g} '
+                                f'parameters is declared; at most {MAX_BACKBONE_PARAMS:.3g}')
+    ctx = tensors.get('prompt.ctx')
+    n_ctx = cfg.get('n_ctx', 16)
+    if ctx is None:
+        if n_ctx and not cfg.get('ctx_init'):
+            raise HeaderSchemaError(f'{key}.n_ctx', f'n_ctx={n_ctx} declares a learned context '
+                                    'but the file holds no prompt.ctx tensor')
+        return
+    _fits(f'{key}.embed_dims', dims, ctx[-1], f'prompt.ctx shape {ctx}')
+    if not cfg.get('ctx_init'):  # with ctx_init, n_ctx is the words' token count
+        _fits(f'{key}.n_ctx', n_ctx, ctx[-2], f'prompt.ctx shape {ctx}')
+    _fits(f'{key}.csc', bool(cfg.get('csc', False)), len(ctx) == 3, f'prompt.ctx shape {ctx}')
+
+
+#: CoOp (models/text_encoder.py, models/text_cls_head.py): class names and words are
+#: names, templates are names with one ``{}``, the CLIP file is a pretrained file.
+_TEMPLATE = Name(r'[^{}]*\{\}[^{}]*', max_len=300)
+register('text_encoder', 'CoOpTextEncoder', dict(
+    dataset_name=Opt(Name(r'\w{1,60}')), vocabulary=Opt(Seq(Name(), 1, 100_000)),
+    templates=Opt(OneOf(Choice('vild', 'imagenet'), _TEMPLATE, Seq(_TEMPLATE, 1, 1000))),
+    total_vocab_size=Int(1, 1_000_000), context_length=Int(3, 1024), embed_dims=Int(1, 8192),
+    num_layers=Int(1, 128), num_heads=Int(1, 256), mlp_ratio=Float(0.01, 64.0),
+    output_dims=Int(1, 8192), checkpoint=PretrainedFile(), n_ctx=Int(0, 1021),
+    ctx_init=Opt(Name(max_len=1000)), csc=Bool(), class_position=Choice('end', 'middle', 'front'),
+    quick_gelu=Bool(), with_cp=Bool(), init_cfg=_NONE), shapes=_text_encoder_shapes)
+register('cls_head', 'TextClsHead', dict(
+    text_encoder=Module('text_encoder'), loss_weight=Float(0.0, 1e6),
+    label_smoothing=Float(0.0, 0.999), init_cfg=_NONE), ('text_encoder', ))
+
 _SEG_PRE_TEST = Struct(dict(size=Opt(_PAIR), size_divisor=Opt(_SIZE)))
 register('data_preprocessor', 'SegDataPreProcessor', dict(
     mean=Opt(_MEANS), std=Opt(_STDS), size=Opt(_PAIR), size_divisor=Opt(_SIZE),
@@ -454,11 +496,16 @@ _LOAD_IMAGE = dict(to_float32=Bool(), color_type=Choice('color', 'grayscale', 'u
                    imdecode_backend=Choice('cv2', 'pillow'), ignore_empty=Bool())
 _LOAD_ANN = dict(reduce_zero_label=Opt(Bool()), imdecode_backend=Choice('cv2', 'pillow'))
 _META_KEYS = Seq(Name(r'\w{1,60}'), 0, 64)
+#: A header may lower the pixel limit of the checked loaders, never raise it above
+#: ``datasets.checks.DEFAULT_MAX_PIXELS`` (a task file must not open the door to a bomb).
+HEADER_MAX_PIXELS = 2 ** 27
+_CHECKED = dict(max_pixels=Opt(Int(1, HEADER_MAX_PIXELS)))
 register('transform', 'LoadImageFromFile', _LOAD_IMAGE)
-register('transform', 'CheckedLoadImageFromFile', _LOAD_IMAGE)
+register('transform', 'CheckedLoadImageFromFile', dict(_LOAD_IMAGE, check_orientation=Bool(),
+                                                        **_CHECKED))
 register('transform', 'LoadAnnotations', _LOAD_ANN)
 register('transform', 'CheckedLoadAnnotations', dict(_LOAD_ANN, num_classes=Opt(_CLASSES),
-                                                     ignore_index=Int(0, 65535)))
+                                                     ignore_index=Int(0, 65535), **_CHECKED))
 register('transform', 'Resize', dict(
     scale=Opt(_SIZE_OR_PAIR), scale_factor=Opt(OneOf(Float(1e-3, 1e3),
                                                      Seq(Float(1e-3, 1e3), 2, 2))),
