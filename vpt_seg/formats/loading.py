@@ -43,6 +43,7 @@ import torch
 from mmengine.logging import print_log
 from torch import nn
 
+from .outputs import OutputError, atomic_write, check_output
 from .weights import describe_state_dict, load_torch_file
 from .task_file import (check_class_count, load_from_safetensors, pretrained_option_of,
                         read_task_config, write_task_file)
@@ -51,7 +52,7 @@ from ..tuners.tuning import frozen_state_keys
 __all__ = ['record_pretrained', 'check_signature', 'check_shapes', 'prepare_state_dict',
            'frozen_candidates', 'complete_frozen', 'frozen_digest', 'load_checkpoint_file',
            'check_task_state_dict', 'check_task_checkpoint', 'configured_in_cfg',
-           'load_task_model', 'export_task']
+           'load_task_model', 'export_inputs', 'export_task']
 
 
 def _listing(keys: Sequence[str], limit: int = 12) -> str:
@@ -489,17 +490,53 @@ def load_task_model(config, checkpoint: str, pretrained: Optional[str] = None) -
     return model.eval()
 
 
-def export_task(config, checkpoint: str, out: str) -> Dict[str, str]:
+def export_inputs(cfg, checkpoint: str, model: Optional[nn.Module] = None
+                  ) -> Dict[str, Optional[str]]:
+    """What an export reads, ``{what: path}``, for
+    :func:`~vpt_seg.formats.outputs.check_output`: the config's file, the checkpoint,
+    the pretrained file the config names and, once ``model`` is loaded, the file its
+    frozen weights came from."""
+    backbone_cfg = (cfg.get('model') or {}).get('backbone') if cfg is not None else None
+    inputs = {'the config': getattr(cfg, 'filename', None) if cfg is not None else None,
+              'the checkpoint': checkpoint,
+              'the pretrained file the config names': (
+                  configured_in_cfg(backbone_cfg) if isinstance(backbone_cfg, Mapping)
+                  else None)}
+    if model is not None:
+        inputs['the pretrained file the frozen weights were loaded from'] = getattr(
+            getattr(model, 'backbone', None), 'pretrained_file', None)
+    return inputs
+
+
+def _check_task_output(out: str, force: bool):
+    """Refuse to replace an existing file that is not a task file unless ``force``."""
+    if not osp.isfile(out) or force:
+        return
+    from .task_file import TASK_FORMAT, read_task_metadata
+    try:
+        ours = read_task_metadata(out).get('format') == TASK_FORMAT
+    except ValueError:
+        ours = False
+    if not ours:
+        raise OutputError(f'OUT {out!r} exists and is not a vpt-seg task file; export_task '
+                          'replaces only its own files. Choose another path, or pass --force '
+                          '(force=True) to replace it.')
+
+
+def export_task(config, checkpoint: str, out: str, force: bool = False) -> Dict[str, str]:
     """Write a task checkpoint as a portable task file (:mod:`vpt_seg.formats.task_file`).
 
     The header records the backbone's own ``signature_fields``, its pretrained file
     (the file name, looked for next to the task file, and the path the config names)
-    and the frozen weights' sha256.
+    and the frozen weights' sha256. The file is written beside ``out`` and renamed
+    over it when complete (:func:`~vpt_seg.formats.outputs.atomic_write`), with the
+    usual file mode.
 
     Args:
         config: The task's config file (or :class:`~mmengine.config.Config`).
         checkpoint: Its training or task checkpoint (``.pth``), or a task file.
         out: The task file to write (``.safetensors``).
+        force: Replace an existing ``out`` that is not a task file (never an input).
 
     Returns:
         The metadata written.
@@ -507,6 +544,9 @@ def export_task(config, checkpoint: str, out: str) -> Dict[str, str]:
     Raises:
         ValueError: ``out`` does not end in ``.safetensors``, or the checkpoint does not
             fit the config (see :func:`load_task_model`).
+        OutputError: ``out`` is the config, the checkpoint or the pretrained file (or
+            a file in its hub folder), is a folder or would go under a file, or is an
+            existing file that is not a task file (without ``force``).
     """
     from mmengine.config import Config
 
@@ -514,11 +554,16 @@ def export_task(config, checkpoint: str, out: str) -> Dict[str, str]:
     if not out.endswith('.safetensors'):
         raise ValueError(f'task file {out!r}: the name must end in .safetensors')
     cfg = Config.fromfile(resolve_config(config)) if isinstance(config, str) else config
+    check_output(out, export_inputs(cfg, checkpoint))
+    _check_task_output(out, force)
     model = load_task_model(cfg, checkpoint)
+    check_output(out, export_inputs(cfg, checkpoint, model))
     backbone = model.backbone
     pretrained = getattr(backbone, 'pretrained_file', None) or ''
     digest = frozen_digest(backbone) if any(
         not p.requires_grad for p in backbone.parameters()) else None
-    return write_task_file(out, model, cfg, pretrained=pretrained,
-                           pretrained_path=configured_in_cfg(cfg.model.backbone) or pretrained,
-                           frozen_sha256=digest)
+    with atomic_write(out) as tmp:
+        meta = write_task_file(tmp, model, cfg, pretrained=pretrained,
+                               pretrained_path=configured_in_cfg(cfg.model.backbone)
+                               or pretrained, frozen_sha256=digest)
+    return meta

@@ -35,6 +35,7 @@ from mmseg.registry import MODELS
 from torch import nn
 from torch.utils.checkpoint import checkpoint as activation_checkpoint
 
+from ..formats.outputs import atomic_write
 from ..formats.weights import read_checkpoint
 from ..tuners.prompt import PromptGroup, VisualPrompt, run_prompted_layers
 from ..tuners.terms import NO_TERMS, BlockTerms
@@ -153,9 +154,10 @@ def write_hub_folder(vit: nn.Module, folder: str, model_name: str) -> str:
     tests). Returns the folder."""
     from safetensors.torch import save_file
     os.makedirs(folder, exist_ok=True)
-    save_file({k: v.detach().cpu().contiguous() for k, v in vit.state_dict().items()},
-              osp.join(folder, 'model.safetensors'))
-    with open(osp.join(folder, 'config.json'), 'w') as f:
+    with atomic_write(osp.join(folder, 'model.safetensors')) as tmp:  # the usual file mode
+        save_file({k: v.detach().cpu().contiguous() for k, v in vit.state_dict().items()},
+                  tmp)
+    with atomic_write(osp.join(folder, 'config.json')) as tmp, open(tmp, 'w') as f:
         json.dump(dict(architecture=model_name.split('.')[0], num_classes=0,
                        num_features=getattr(vit, 'num_features', None)), f, indent=2)
     return folder

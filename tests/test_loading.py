@@ -1,0 +1,172 @@
+"""Loading and exporting a task (vpt_seg/formats/loading.py) on the demo's tiny ViT: an
+export never replaces what it reads, and a write that fails leaves the earlier output;
+the tuner options a task was made with are compared when it is loaded or resumed; a
+``load_from`` of a full checkpoint says that it replaces the frozen weights."""
+import copy
+import importlib.util
+import os
+import os.path as osp
+import sys
+
+import pytest
+import torch
+
+import vpt_seg  # noqa: F401  (before mmseg: compat fixes, registration)
+from mmengine.config import Config
+from mmengine.registry import init_default_scope
+from mmseg.registry import MODELS
+
+from vpt_seg import export_task, load_task_model
+from vpt_seg.formats import loading
+from vpt_seg.formats.outputs import OutputError, atomic_write, file_mode
+from vpt_seg.formats.task_file import read_task_metadata
+
+init_default_scope('mmseg')
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+DEMO = osp.join(ROOT, 'configs', 'demo', 'setr_vpt_tiny_ade20k.py')
+LORA = dict(rank=2, alpha=4, targets=('q', 'v'))
+
+
+def _tool(name):
+    spec = importlib.util.spec_from_file_location(name, osp.join(ROOT, 'tools', f'{name}.py'))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _run_tool(name, monkeypatch, *argv):
+    """Run tools/NAME.py's main in this process; its SystemExit message, or None."""
+    monkeypatch.setattr(sys, 'argv', [name + '.py', *map(str, argv)])
+    try:
+        _tool(name).main()
+    except SystemExit as err:
+        return str(err.code)
+    return None
+
+
+@pytest.fixture(scope='module')
+def task(tmp_path_factory):
+    """The demo config (a copy in the temp folder) with LoRA and an adapter, a tiny
+    pretrained file as .safetensors, and a task checkpoint with random tuned weights."""
+    from safetensors.torch import save_file
+    tmp = tmp_path_factory.mktemp('loading')
+    cfg = Config.fromfile(DEMO)
+    torch.manual_seed(0)
+    vit = MODELS.build(dict(cfg.model.backbone, num_prompts=0, save_frozen=True,
+                            init_cfg=None))
+    vit.init_weights()
+    pretrained = tmp / 'vit.safetensors'
+    save_file({k: v.contiguous() for k, v in vit.state_dict().items()
+               if k != 'signature'}, str(pretrained))
+    cfg.model.backbone.init_cfg.checkpoint = str(pretrained)
+    cfg.model.backbone.update(lora=LORA, adapter=dict(width=4, scale=0.5))
+    config = tmp / 'task_cfg.py'
+    cfg.dump(str(config))
+    cfg = Config.fromfile(str(config))
+    model = MODELS.build(cfg.model)
+    model.init_weights()
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(0.1 * torch.randn_like(p))
+    ckpt = tmp / 'iter_1.pth'
+    torch.save({'state_dict': model.state_dict()}, ckpt)
+    return dict(tmp=tmp, cfg=cfg, config=str(config), ckpt=str(ckpt),
+                pretrained=str(pretrained), model=model.eval())
+
+
+def _snapshot(*paths):
+    out = {}
+    for p in paths:
+        with open(p, 'rb') as f:
+            out[p] = f.read()
+    return out
+
+
+# ------------------------------------------------- outputs never overwrite inputs
+def test_an_export_onto_an_input_is_refused_and_the_input_kept(task, tmp_path, monkeypatch):
+    before = _snapshot(task['pretrained'], task['ckpt'], task['config'])
+    # the pretrained file it loads (the finding: overwritten, then named as the backbone)
+    with pytest.raises(OutputError, match=r'is the pretrained file .*vit\.safetensors.*'
+                       r'Choose another output path'):
+        export_task(task['cfg'], task['ckpt'], task['pretrained'])
+    # through a symbolic link and a hard link to it
+    os.symlink(task['pretrained'], tmp_path / 'link.safetensors')
+    os.link(task['pretrained'], tmp_path / 'hard.safetensors')
+    for name in ('link.safetensors', 'hard.safetensors'):
+        with pytest.raises(OutputError, match='is the pretrained file'):
+            export_task(task['cfg'], task['ckpt'], str(tmp_path / name), force=True)
+    # a task file re-exported onto itself
+    first = str(tmp_path / 'task.safetensors')
+    export_task(task['cfg'], task['ckpt'], first)
+    kept = _snapshot(first)
+    with pytest.raises(OutputError, match='is the checkpoint'):
+        export_task(task['cfg'], first, first, force=True)
+    # the tool: one line naming the file, exit status 1, no traceback
+    message = _run_tool('export_task', monkeypatch, task['config'], task['ckpt'],
+                        task['pretrained'])
+    assert message.startswith('export_task.py: OUT') and 'pretrained file' in message
+    assert _snapshot(task['pretrained'], task['ckpt'], task['config']) == before
+    assert _snapshot(first) == kept
+
+
+def test_an_existing_file_that_is_not_a_task_file_needs_force(task, tmp_path, monkeypatch):
+    other = tmp_path / 'weights.safetensors'
+    other.write_bytes(b'not a task file')
+    with pytest.raises(OutputError, match=r'not a vpt-seg task file.*--force'):
+        export_task(task['cfg'], task['ckpt'], str(other))
+    assert other.read_bytes() == b'not a task file'
+    assert _run_tool('export_task', monkeypatch, task['config'], task['ckpt'], other,
+                     '--force') is None
+    assert read_task_metadata(str(other))['format'] == 'vpt-seg-task'
+    export_task(task['cfg'], task['ckpt'], str(other))  # its own file: replaced freely
+
+
+@pytest.mark.parametrize('where,match', [
+    ('folder', r"is a folder; name the file to write in it"),
+    ('under_file', r"would go under .*plain, which is a file, not a folder"),
+])
+def test_an_output_that_is_a_folder_or_under_a_file_is_refused(task, tmp_path, monkeypatch,
+                                                               where, match):
+    (tmp_path / 'plain').write_text('x')
+    out = {'folder': tmp_path / 'x.safetensors', 'under_file':
+           tmp_path / 'plain' / 'sub' / 'x.safetensors'}[where]
+    if where == 'folder':
+        out.mkdir()
+    with pytest.raises(OutputError, match=match):
+        export_task(task['cfg'], task['ckpt'], str(out))
+    message = _run_tool('export_task', monkeypatch, task['config'], task['ckpt'], out)
+    assert message.startswith('export_task.py: ') and 'OUT' in message
+
+
+def test_a_write_that_fails_midway_leaves_the_previous_output(task, tmp_path, monkeypatch):
+    out = str(tmp_path / 'task.safetensors')
+    export_task(task['cfg'], task['ckpt'], out)
+    before = _snapshot(out)
+    real = loading.write_task_file
+
+    def dies(path, *args, **kwargs):
+        real(path, *args, **kwargs)
+        with open(path, 'r+b') as f:  # half the bytes on disk, then the process "dies"
+            f.truncate(os.path.getsize(path) // 2)
+        raise KeyboardInterrupt
+    monkeypatch.setattr(loading, 'write_task_file', dies)
+    with pytest.raises(KeyboardInterrupt):
+        export_task(task['cfg'], task['ckpt'], out)
+    assert _snapshot(out) == before
+    assert os.listdir(tmp_path) == ['task.safetensors']  # no temporary file left
+
+
+def test_task_files_get_the_usual_file_mode(task, tmp_path):
+    old = os.umask(0o022)
+    try:
+        out = tmp_path / 'task.safetensors'
+        export_task(task['cfg'], task['ckpt'], str(out))
+        assert oct(out.stat().st_mode & 0o777) == oct(0o644)
+        os.umask(0o027)
+        assert file_mode() == 0o640
+        with atomic_write(str(tmp_path / 'x.txt')) as tmp, open(tmp, 'w') as f:
+            f.write('x')
+        assert oct((tmp_path / 'x.txt').stat().st_mode & 0o777) == oct(0o640)
+    finally:
+        os.umask(old)
