@@ -170,3 +170,60 @@ def test_task_files_get_the_usual_file_mode(task, tmp_path):
         assert oct((tmp_path / 'x.txt').stat().st_mode & 0o777) == oct(0o640)
     finally:
         os.umask(old)
+
+
+# ------------------------------------------------- tuner options are compared
+@pytest.fixture(scope='module')
+def task_file(task):
+    out = str(task['tmp'] / 'tuned.safetensors')
+    export_task(task['cfg'], task['ckpt'], out)
+    return out
+
+
+@pytest.mark.parametrize('change,said,fix', [
+    (dict(lora=dict(LORA, alpha=8)), 'lora.alpha 4.0 in the checkpoint, 8.0 here',
+     'model.backbone.lora.alpha=4.0'),
+    (dict(lora=dict(LORA, dropout=0.1)), 'lora.dropout 0.0 in the checkpoint, 0.1 here',
+     'model.backbone.lora.dropout=0.0'),
+    (dict(adapter=dict(width=4, scale=0.1)), 'adapter.scale 0.5 in the checkpoint, 0.1 here',
+     'model.backbone.adapter.scale=0.5'),
+])
+@pytest.mark.parametrize('source', ['task_file', 'checkpoint'])
+def test_other_tuner_options_are_refused_naming_both_values_and_the_override(
+        task, task_file, change, said, fix, source):
+    """A task file (its stored config) and a training checkpoint (its metadata, read
+    as --resume and load_from read it) record the options; each loader refuses."""
+    from mmengine.runner.checkpoint import load_checkpoint
+    from mmseg.apis import init_model
+    cfg = copy.deepcopy(task['cfg'])
+    cfg.model.backbone.update(change)
+    path = task_file if source == 'task_file' else task['ckpt']
+    match = f'other tuner options .*{said}.*--cfg-options {fix}'
+    with pytest.raises(ValueError, match=match):
+        load_task_model(copy.deepcopy(cfg), path)
+    with pytest.raises(ValueError, match=match):
+        init_model(copy.deepcopy(cfg), path, device='cpu')
+    model = MODELS.build(copy.deepcopy(cfg).model)
+    with pytest.raises(ValueError, match=match):
+        load_checkpoint(model, path, map_location='cpu')  # what Runner.resume calls
+    cfg.merge_from_dict({fix.split('=')[0]: float(fix.split('=')[1])})  # the override
+    x = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        torch.testing.assert_close(load_task_model(cfg, path).backbone(x),
+                                   task['model'].backbone(x))
+
+
+def test_lora_targets_are_compared_in_any_order_and_old_files_still_load(task, tmp_path):
+    cfg = copy.deepcopy(task['cfg'])
+    cfg.model.backbone.lora = dict(LORA, targets=('v', 'q'))
+    load_task_model(cfg, task['ckpt'])
+    # a checkpoint saved before the options were recorded: nothing to compare
+    state = torch.load(task['ckpt'], weights_only=True)['state_dict']
+    assert state._metadata['backbone']['tuners'] == {
+        'lora': dict(rank=2, alpha=4.0, targets=['q', 'v'], dropout=0.0),
+        'adapter': dict(width=4, scale=0.5, dropout=0.0)}
+    del state._metadata['backbone']['tuners']
+    old = str(tmp_path / 'old.pth')
+    torch.save({'state_dict': state}, old)
+    cfg.model.backbone.lora = dict(LORA, alpha=8)
+    load_task_model(cfg, old)

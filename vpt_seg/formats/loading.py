@@ -49,7 +49,8 @@ from .task_file import (check_class_count, load_from_safetensors, pretrained_opt
                         read_task_config, write_task_file)
 from ..tuners.tuning import frozen_state_keys
 
-__all__ = ['record_pretrained', 'check_signature', 'check_shapes', 'prepare_state_dict',
+__all__ = ['record_pretrained', 'check_signature', 'tuner_options', 'check_tuner_options',
+           'check_shapes', 'prepare_state_dict',
            'frozen_candidates', 'complete_frozen', 'frozen_digest', 'load_checkpoint_file',
            'check_task_state_dict', 'check_task_checkpoint', 'configured_in_cfg',
            'load_task_model', 'export_inputs', 'export_task']
@@ -91,6 +92,7 @@ def record_pretrained(backbone: nn.Module, state_dict, prefix: str, local_metada
     absolute), the frozen weights' sha256 once they came from a file, and no frozen
     weights unless ``save_frozen``."""
     local_metadata['backbone_type'] = type(backbone).__name__  # named when refused
+    local_metadata['tuners'] = tuner_options(backbone)  # compared when loaded, resumed
     path = backbone.pretrained_file
     if path:
         local_metadata['pretrained'] = [path] if '://' in path else list(
@@ -124,6 +126,59 @@ def check_signature(backbone: nn.Module, theirs: Optional[torch.Tensor], where: 
                          for f, a, b in zip(fields, theirs.tolist(), ours.tolist()) if a != b)
     raise ValueError(f'{where}checkpoint was made for another ViT than this backbone '
                      f'({diff}); use the config it was trained with.')
+
+
+def tuner_options(backbone: nn.Module) -> Dict[str, Optional[dict]]:
+    """The options of a backbone's tuners as checkpoints and task files record them:
+    ``{'lora': dict(rank, alpha, targets, dropout) or None, 'adapter': dict(width,
+    scale, dropout) or None}`` (targets a list, numbers as validated)."""
+    out = {}
+    for part in ('lora', 'adapter'):
+        cfg = getattr(backbone, f'{part}_cfg', None)
+        out[part] = None if cfg is None else {
+            k: list(v) if isinstance(v, tuple) else v for k, v in cfg.items()}
+    return out
+
+
+def _option_value(value) -> str:
+    """A recorded option as ``--cfg-options`` takes it."""
+    if isinstance(value, (list, tuple)):
+        return '"[' + ','.join(map(str, value)) + ']"'
+    return repr(value)
+
+
+def check_tuner_options(backbone: nn.Module, recorded: Optional[Mapping], where: str = ''):
+    """Raise ``ValueError`` if a checkpoint records other tuner options (LoRA's rank,
+    alpha, targets and dropout; the adapter's width, scale and dropout) than
+    ``backbone`` has, naming both values and the ``--cfg-options`` that applies the
+    recorded ones. ``recorded`` (the state dict's ``tuners`` metadata, or what a task
+    file's stored config says) may lack a tuner or be None (files written before the
+    options were recorded): only what is recorded is compared; a tuner the checkpoint
+    has and the backbone has not (or the reverse) is :func:`check_tuner_keys`'s to
+    refuse, by its tensors."""
+    if not isinstance(recorded, Mapping):
+        return
+    diffs, fixes = [], []
+    for part in ('lora', 'adapter'):
+        theirs, ours = recorded.get(part), tuner_options(backbone).get(part)
+        if not isinstance(theirs, Mapping) or ours is None:
+            continue
+        for key, value in ours.items():
+            if key not in theirs:
+                continue
+            other = theirs[key]
+            same = (sorted(other) == sorted(value) if isinstance(value, list)
+                    and isinstance(other, (list, tuple)) else other == value)
+            if not same:
+                diffs.append(f'{part}.{key} {_option_value(other)} in the checkpoint, '
+                             f'{_option_value(value)} here')
+                fixes.append(f'model.backbone.{part}.{key}={_option_value(other)}')
+    if diffs:
+        raise ValueError(
+            f'{where}checkpoint was made with other tuner options than this backbone '
+            f'has ({"; ".join(diffs)}); its tuned weights mean something else with these. '
+            'Use the config it was trained with, or apply the recorded options: '
+            f'--cfg-options {" ".join(fixes)}')
 
 
 def check_shapes(backbone: nn.Module, state_dict, prefix: str, exempt: Collection[str] = ()):
@@ -210,6 +265,7 @@ def prepare_state_dict(backbone: nn.Module, state_dict, prefix: str, local_metad
     if not task:  # a pretrained file or an MMSeg checkpoint
         state_dict[sig_key] = backbone.signature.clone()
     check_tuner_keys(backbone, state_dict, prefix, task)
+    check_tuner_options(backbone, local_metadata.get('tuners'))
     backbone.check_checkpoint_fits(state_dict, prefix)
     frozen = [prefix + k for k in frozen_state_keys(backbone)]
     present = [k for k in frozen if k in state_dict]

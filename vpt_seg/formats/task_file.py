@@ -312,6 +312,9 @@ def read_task_file(path: str) -> Tuple['OrderedDict[str, torch.Tensor]', Dict[st
         kind = _backbone_type(meta)
         if kind:
             state._metadata[prefix[:-1]]['backbone_type'] = kind
+        tuners = _tuner_options(meta)
+        if tuners is not None:
+            state._metadata[prefix[:-1]]['tuners'] = tuners
         if digest:
             state._metadata[prefix[:-1]]['frozen_sha256'] = digest
     return state, meta
@@ -325,6 +328,39 @@ def _backbone_type(meta: Dict[str, str]) -> Optional[str]:
     except (ValueError, KeyError, TypeError):
         return None
     return kind if isinstance(kind, str) and re.fullmatch(r'\w{1,80}', kind) else None
+
+
+def _untag(obj):
+    if isinstance(obj, dict) and set(obj) == {'__tuple__'}:
+        return [_untag(v) for v in obj['__tuple__']]
+    return obj
+
+
+def _tuner_options(meta: Dict[str, str]) -> Optional[Dict[str, Optional[dict]]]:
+    """The LoRA and adapter options of the stored config (``model.backbone.lora`` and
+    ``.adapter``, validated as the backbone validates them), which the loader compares
+    with the backbone's (:func:`vpt_seg.formats.loading.check_tuner_options`); None
+    where they cannot be read (the config's own checks then name the key), and a tuner
+    whose options do not validate is left out."""
+    from ..tuners.adapter import check_adapter_options
+    from ..tuners.lora import check_lora_options
+    try:
+        backbone = json.loads(meta.get('config_json') or '{}')['model']['backbone']
+    except (ValueError, KeyError, TypeError):
+        return None
+    if not isinstance(backbone, dict):
+        return None
+    out = {}
+    for part, check in (('lora', check_lora_options), ('adapter', check_adapter_options)):
+        value = _untag(backbone.get(part))
+        if isinstance(value, dict):
+            value = {k: _untag(v) for k, v in value.items()}
+        try:
+            out[part] = None if value is None else {
+                k: list(v) if isinstance(v, tuple) else v for k, v in check(value).items()}
+        except (ValueError, TypeError):
+            continue
+    return out
 
 
 def _checkpoint_of(path: str, state, meta) -> dict:
