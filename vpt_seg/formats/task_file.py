@@ -52,7 +52,8 @@ from .config_data import ConfigDataError, config_as_text, config_from_json, conf
 
 __all__ = ['TASK_FORMAT', 'FORMAT_VERSION', 'write_task_file', 'read_task_file',
            'read_task_metadata', 'read_task_config', 'pretrained_candidates',
-           'pretrained_option_of', 'check_class_count', 'load_from_safetensors']
+           'pretrained_option_of', 'check_class_count', 'check_task_tensors',
+           'load_from_safetensors']
 
 TASK_FORMAT = 'vpt-seg-task'
 FORMAT_VERSION = '2'
@@ -277,6 +278,31 @@ def read_task_config(path: str, meta: Optional[Dict[str, str]] = None) -> Config
     return cfg
 
 
+#: Task-file tensors that hold integers: the architecture's ``signature`` and batch
+#: norm's step count. Every other tensor is a weight and must be floating point.
+INTEGER_TENSORS = ('signature', 'num_batches_tracked')
+
+
+def check_task_tensors(path: str, state) -> None:
+    """Raise ``ValueError`` naming the first tensor of a task file that is not what a
+    task's tensors are: an integer or boolean weight (which loading would cast
+    silently), a floating ``signature``, or NaN or infinite values (which would serve
+    all-zero label maps). Such a file is damaged or was not written by
+    ``tools/export_task.py``."""
+    fix = ('the file is damaged or was not written by tools/export_task.py; export the '
+           'task again from its training checkpoint')
+    for key, t in state.items():
+        integer = key.rsplit('.', 1)[-1] in INTEGER_TENSORS
+        if integer != (not t.is_floating_point()) or t.dtype == torch.bool:
+            want = 'integers' if integer else 'floating point (a weight)'
+            raise ValueError(f'task file {path}: tensor {key!r} is {t.dtype}, it should be '
+                             f'{want}; {fix}')
+        if not integer and not bool(torch.isfinite(t).all()):
+            bad = int((~torch.isfinite(t)).sum())
+            raise ValueError(f'task file {path}: tensor {key!r} holds {bad} NaN or infinite '
+                             f'values (of {t.numel()}); {fix}')
+
+
 def read_task_file(path: str) -> Tuple['OrderedDict[str, torch.Tensor]', Dict[str, str]]:
     """Tensors and header of a task file, ready for ``load_state_dict``.
 
@@ -287,7 +313,8 @@ def read_task_file(path: str) -> Tuple['OrderedDict[str, torch.Tensor]', Dict[st
 
     Raises:
         ValueError: a header field that is not what it should be, naming the file and
-            the key.
+            the key; a tensor that is not a finite floating-point weight (or an integer
+            ``signature``), naming it (:func:`check_task_tensors`).
     """
     from safetensors.torch import load_file
     meta = read_task_metadata(path)
@@ -308,6 +335,7 @@ def read_task_file(path: str) -> Tuple['OrderedDict[str, torch.Tensor]', Dict[st
             raise _header_error(path, 'frozen_sha256', f'{digest!r:.80} is not a sha256 '
                                 'hex digest')
         _dataset_meta(path, meta)  # parses, or names the key
+        check_task_tensors(path, state)
         state._metadata[prefix[:-1]] = {'pretrained': pretrained_candidates(path, meta)}
         kind = _backbone_type(meta)
         if kind:
