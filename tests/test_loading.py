@@ -227,3 +227,87 @@ def test_lora_targets_are_compared_in_any_order_and_old_files_still_load(task, t
     torch.save({'state_dict': state}, old)
     cfg.model.backbone.lora = dict(LORA, alpha=8)
     load_task_model(cfg, old)
+
+
+# ------------------------------------------------- load_from a full checkpoint
+def test_load_from_a_folded_checkpoint_says_so_and_the_runs_checkpoints_load(
+        task, tmp_path, monkeypatch):
+    """The finding: load_from a folded checkpoint (LoRA merged) into a frozen config
+    replaced the frozen backbone silently, and the run's checkpoints then recorded the
+    config's pretrained file with a sha256 no file has: tools/test.py refused them."""
+    from mmengine.runner.checkpoint import load_checkpoint
+
+    from vpt_seg.formats.fold import fold_task
+    cfg = copy.deepcopy(task['cfg'])
+    cfg.model.backbone.adapter = None
+    torch.manual_seed(2)
+    lora_task = MODELS.build(copy.deepcopy(cfg.model))
+    lora_task.init_weights()
+    with torch.no_grad():
+        for p in lora_task.parameters():
+            if p.requires_grad:
+                p.add_(0.1 * torch.randn_like(p))
+    torch.save({'state_dict': lora_task.state_dict()}, tmp_path / 'lora.pth')
+    folded = str(tmp_path / 'folded.pth')
+    fold_task(cfg, str(tmp_path / 'lora.pth'), folded)
+
+    cfg.model.backbone.lora = None  # a prompt run on top of the folded model
+    model = MODELS.build(copy.deepcopy(cfg.model))
+    model.init_weights()  # the frozen weights from the config's pretrained file
+    notes = []
+    monkeypatch.setattr(loading, 'print_log', lambda m, **k: notes.append(m))
+    state = torch.load(folded, weights_only=True)['state_dict']
+    loading.check_task_checkpoint(model, state, folded)  # the runner's hook, as load_from
+    load_checkpoint(model, folded, map_location='cpu')
+    (said, ) = [n for n in notes if 'full checkpoint' in n]
+    assert said == (f'{folded} is a full checkpoint whose frozen backbone weights differ '
+                    f'from {task["pretrained"]} (init_cfg.checkpoint): they replace them; '
+                    f"this run's checkpoints record {folded} as where their frozen weights "
+                    'come from')
+    ckpt = str(tmp_path / 'iter_2.pth')
+    torch.save({'state_dict': model.state_dict()}, ckpt)
+    saved = torch.load(ckpt, weights_only=True)['state_dict']
+    assert saved._metadata['backbone']['pretrained'][0] == folded
+    assert not any(k in saved for k, p in model.named_parameters() if not p.requires_grad)
+    again = load_task_model(cfg, ckpt)  # as tools/test.py loads it
+    x = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        torch.testing.assert_close(again.eval().backbone(x), model.eval().backbone(x))
+
+
+def test_a_dinov2_runs_checkpoints_after_load_from_a_folded_one_load(tmp_path):
+    """The same for timm's backbone: its reader takes the ViT of a full checkpoint."""
+    import timm
+    from mmengine.runner.checkpoint import load_checkpoint
+
+    from vpt_seg.formats.fold import fold_task
+    from vpt_seg.models.timm_vit import write_hub_folder
+    cfg = Config.fromfile(osp.join(ROOT, 'configs', 'demo', 'setr_vpt_tiny_dinov2_ade20k.py'))
+    b = cfg.model.backbone
+    torch.manual_seed(0)
+    ref = timm.create_model(b.model_name, pretrained=False, num_classes=0, img_size=56,
+                            **b.model_kwargs)
+    cfg.model.backbone.checkpoint = write_hub_folder(ref, str(tmp_path / 'hub'), b.model_name)
+    cfg.model.backbone.lora = dict(rank=2, targets=('q', 'v'))
+    lora_task = MODELS.build(copy.deepcopy(cfg.model))
+    lora_task.init_weights()
+    with torch.no_grad():
+        for p in lora_task.parameters():
+            if p.requires_grad:
+                p.add_(0.1 * torch.randn_like(p))
+    torch.save({'state_dict': lora_task.state_dict()}, tmp_path / 'lora.pth')
+    folded = str(tmp_path / 'folded.pth')
+    fold_task(cfg, str(tmp_path / 'lora.pth'), folded)
+    cfg.model.backbone.lora = None
+    model = MODELS.build(copy.deepcopy(cfg.model))
+    model.init_weights()
+    loading.check_task_checkpoint(
+        model, torch.load(folded, weights_only=True)['state_dict'], folded)
+    load_checkpoint(model, folded, map_location='cpu')
+    ckpt = str(tmp_path / 'iter_2.pth')
+    torch.save({'state_dict': model.state_dict()}, ckpt)
+    again = load_task_model(cfg, ckpt)
+    x = torch.randn(1, 3, 56, 56, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        for a, b in zip(again.eval().backbone(x), model.eval().backbone(x)):
+            torch.testing.assert_close(a, b)

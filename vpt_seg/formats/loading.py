@@ -271,6 +271,8 @@ def prepare_state_dict(backbone: nn.Module, state_dict, prefix: str, local_metad
     present = [k for k in frozen if k in state_dict]
     if 0 < len(present) < len(frozen) and not backbone._loading_pretrained:
         raise ValueError(_partial_frozen_message(state_dict, prefix, frozen, present))
+    if present and not backbone._loading_pretrained and backbone._frozen_loaded:
+        _replacing_frozen(backbone, state_dict, prefix)
     if not frozen or present or backbone._loading_pretrained:
         return  # a full checkpoint (or the pretrained file itself)
     digest = local_metadata.get('frozen_sha256')
@@ -290,6 +292,33 @@ def prepare_state_dict(backbone: nn.Module, state_dict, prefix: str, local_metad
     params = dict(backbone.named_parameters(prefix=prefix[:-1] if prefix else ''))
     for key in frozen:
         state_dict[key] = params[key].detach()
+
+
+def _replacing_frozen(backbone: nn.Module, state_dict, prefix: str):
+    """A full checkpoint (a folded one, ``save_frozen=True``) loaded over frozen weights
+    that came from a file already (training: ``init_weights``, then ``load_from``): if
+    its frozen weights differ, say so in one line and make the checkpoint the file the
+    run's checkpoints record (:func:`record_pretrained`: its path and the sha256 of the
+    weights now loaded), so they load with ``tools/test.py``; where the file is not
+    known, the backbone saves its frozen weights instead (``save_frozen``)."""
+    params = dict(backbone.named_parameters())
+    keys = frozen_state_keys(backbone)
+    if all(torch.equal(state_dict[prefix + k].detach().cpu(), params[k].detach().cpu())
+           for k in keys if prefix + k in state_dict):
+        return
+    source = getattr(backbone, '_checkpoint_source', None)
+    before = backbone.pretrained_file
+    if source and '://' not in source and osp.isfile(source):
+        backbone.pretrained_file = source
+        after = (f'this run\'s checkpoints record {source} as where their frozen weights '
+                 'come from')
+    else:
+        backbone.save_frozen = True
+        after = 'this run\'s checkpoints will hold the frozen weights (save_frozen=True)'
+    if before:  # (weights of a random initialisation are replaced without a word)
+        print_log(f'{source or "the checkpoint"} is a full checkpoint whose frozen backbone '
+                  f'weights differ from {before} ({_short(backbone.pretrained_option)}): '
+                  f'they replace them; {after}', logger='current', level=logging.WARNING)
 
 
 def _recorded(local_metadata: dict) -> List[str]:
@@ -446,7 +475,8 @@ def check_task_checkpoint(model: nn.Module, state_dict: Mapping[str, Any], path:
     ``signature``, naming the backbone kind it records), then one that lacks tuned
     weights the model needs (:func:`check_task_state_dict`). The kind goes first: a
     DINOv2 task on an MMSeg-layout config differs in its heads too, but the backbone is
-    what to fix.
+    what to fix. The backbone is told the file's name (``_checkpoint_source``): a full
+    checkpoint that replaces its frozen weights is then recorded as their source.
 
     Args:
         model: The model about to load it (``model.backbone``: a prompted backbone).
@@ -456,6 +486,8 @@ def check_task_checkpoint(model: nn.Module, state_dict: Mapping[str, Any], path:
         metadata: The state dict's ``_metadata`` (default: ``state_dict._metadata``).
     """
     backbone = getattr(model, 'backbone', None)
+    if hasattr(backbone, 'signature_fields'):
+        backbone._checkpoint_source = path  # named if it replaces frozen weights
     signature = state_dict.get('backbone.signature')
     if signature is not None and getattr(backbone, 'signature_fields', None):
         metadata = getattr(state_dict, '_metadata', None) if metadata is None else metadata

@@ -163,10 +163,15 @@ def write_hub_folder(vit: nn.Module, folder: str, model_name: str) -> str:
     return folder
 
 
+#: Where a segmentor's checkpoint keeps a ``PromptedTimmViT``'s timm weights.
+_VPT_SEG_PREFIX = 'backbone.vit.'
+
+
 def read_timm_state_dict(path: str) -> Dict[str, torch.Tensor]:
     """A timm weights file as a flat state dict: read safely (safetensors, or
     ``torch.load(weights_only=True)``), unwrapped from a training checkpoint
-    (EMA weights first, as timm's loader), ``module.`` prefixes removed."""
+    (EMA weights first, as timm's loader), ``module.`` prefixes removed; of a full
+    vpt-seg checkpoint (``backbone.vit.*``), the ViT's weights."""
     from timm.models import clean_state_dict
     obj = read_checkpoint(path)
     while isinstance(obj, Mapping) and not any(isinstance(v, torch.Tensor) for v in obj.values()):
@@ -177,6 +182,10 @@ def read_timm_state_dict(path: str) -> Dict[str, torch.Tensor]:
         obj = inner
     if not isinstance(obj, Mapping) or not obj:
         raise ValueError(f'{path!r} holds no weights (expected a mapping of names to tensors)')
+    inner = {k[len(_VPT_SEG_PREFIX):]: v for k, v in obj.items()
+             if isinstance(k, str) and k.startswith(_VPT_SEG_PREFIX)}
+    if inner:  # a full vpt-seg checkpoint of this backbone (a folded one): its ViT
+        obj = inner
     return clean_state_dict(dict(obj))
 
 
