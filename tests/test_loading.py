@@ -311,3 +311,59 @@ def test_a_dinov2_runs_checkpoints_after_load_from_a_folded_one_load(tmp_path):
     with torch.no_grad():
         for a, b in zip(again.eval().backbone(x), model.eval().backbone(x)):
             torch.testing.assert_close(a, b)
+
+
+# ------------------------------------------------- refusals that name what to do
+def test_init_model_refuses_a_task_without_the_prompts_as_tools_test_does(task, tmp_path):
+    """The finding: MMSeg's init_model (a non-strict load) left random prompts behind
+    MMEngine's generic missing-keys warning, where tools/test.py refuses the pair."""
+    from mmseg.apis import init_model
+    cfg = copy.deepcopy(task['cfg'])
+    cfg.model.backbone.num_prompts = 0
+    model = MODELS.build(copy.deepcopy(cfg.model))
+    model.init_weights()
+    ckpt = str(tmp_path / 'no_prompts.pth')
+    torch.save({'state_dict': model.state_dict()}, ckpt)
+    out = str(tmp_path / 'no_prompts.safetensors')
+    export_task(cfg, ckpt, out)
+    for path in (ckpt, out):
+        with pytest.raises(ValueError, match=r'lacks tuned weights this model needs: '
+                           r'backbone\.prompt \(1 tensors\).*Give the task checkpoint this '
+                           'config wrote'):
+            init_model(copy.deepcopy(task['cfg']), path, device='cpu')
+        with pytest.raises(ValueError, match=rf'{path} lacks tuned weights this model needs: '
+                           r'backbone\.prompt'):  # tools/test.py's words (its hook)
+            loading.check_task_checkpoint(MODELS.build(copy.deepcopy(task['cfg'].model)),
+                                          loading.load_checkpoint_file(path)[1], path)
+
+
+@pytest.mark.parametrize('direction', ['dinov2_file_for_mmseg', 'mmseg_file_for_dinov2'])
+def test_a_pretrained_file_of_the_other_family_is_named_as_such(task, tmp_path, direction):
+    """The finding: a DINOv2 hub folder named for an MMSeg-layout task was refused as
+    'same architecture, other values'."""
+    import timm
+
+    from vpt_seg.models.timm_vit import write_hub_folder
+    dino = Config.fromfile(osp.join(ROOT, 'configs', 'demo', 'setr_vpt_tiny_dinov2_ade20k.py'))
+    b = dino.model.backbone
+    ref = timm.create_model(b.model_name, pretrained=False, num_classes=0, img_size=56,
+                            **b.model_kwargs)
+    hub = write_hub_folder(ref, str(tmp_path / 'hub'), b.model_name)
+    if direction == 'dinov2_file_for_mmseg':
+        cfg, ckpt, named = copy.deepcopy(task['cfg']), task['ckpt'], hub
+        match = (r"hub \(cannot be used: a timm hub folder \(vit_small_patch14_reg4_dinov2\), "
+                 r'weights for PromptedTimmViT.*this backbone is PromptedVisionTransformer, '
+                 'the MMSeg ViT layout: another family')
+    else:
+        dino.model.backbone.checkpoint = hub
+        model = MODELS.build(copy.deepcopy(dino.model))
+        model.init_weights()
+        ckpt = str(tmp_path / 'dino.pth')
+        torch.save({'state_dict': model.state_dict()}, ckpt)
+        cfg, named = dino, task['pretrained']
+        match = (r'vit\.safetensors \(cannot be used: an MMSeg-layout ViT file, weights for '
+                 r'PromptedVisionTransformer; this backbone is PromptedTimmViT '
+                 r'\(vit_small_patch14_reg4_dinov2, timm\): another family')
+    with pytest.raises(ValueError, match=match) as err:
+        load_task_model(cfg, ckpt, pretrained=named)
+    assert 'same architecture' not in str(err.value)

@@ -258,6 +258,13 @@ def prepare_state_dict(backbone: nn.Module, state_dict, prefix: str, local_metad
             no candidate holds the recorded frozen weights.
         FileNotFoundError: no candidate for the frozen weights exists.
     """
+    try:
+        _prepare_state_dict(backbone, state_dict, prefix, local_metadata)
+    finally:
+        backbone._checkpoint_source = None  # named by check_task_checkpoint, this load only
+
+
+def _prepare_state_dict(backbone: nn.Module, state_dict, prefix: str, local_metadata: dict):
     sig_key = prefix + 'signature'
     check_signature(backbone, state_dict.get(sig_key),
                     theirs_type=local_metadata.get('backbone_type'))
@@ -266,6 +273,13 @@ def prepare_state_dict(backbone: nn.Module, state_dict, prefix: str, local_metad
         state_dict[sig_key] = backbone.signature.clone()
     check_tuner_keys(backbone, state_dict, prefix, task)
     check_tuner_options(backbone, local_metadata.get('tuners'))
+    if task and not backbone._loading_pretrained:
+        # MMSeg's init_model loads non-strictly: tuned weights missing from a vpt-seg
+        # checkpoint would stay at their random initialisation (tools/test.py refuses).
+        frozen_keys = set(frozen_state_keys(backbone))
+        check_task_state_dict(
+            [prefix + k for k, p in backbone.named_parameters() if k not in frozen_keys],
+            state_dict, getattr(backbone, '_checkpoint_source', None) or 'checkpoint')
     backbone.check_checkpoint_fits(state_dict, prefix)
     frozen = [prefix + k for k in frozen_state_keys(backbone)]
     present = [k for k in frozen if k in state_dict]
@@ -350,6 +364,36 @@ def _other_weights_message(backbone, path: str, local_metadata: dict) -> str:
                                            if recorded else '') + '.')
 
 
+def _other_family(backbone: nn.Module, path: str) -> Optional[str]:
+    """Why a pretrained candidate is of another family than ``backbone`` (a timm hub
+    folder for an MMSeg-layout ViT, an MMSeg-layout file for timm's), for messages;
+    None where it is not (or cannot tell)."""
+    ours = type(backbone).__name__
+    timm_backbone = ours == 'PromptedTimmViT'
+    try:
+        if osp.isdir(path):
+            import json
+            with open(osp.join(path, 'config.json')) as f:
+                arch = json.load(f).get('architecture')
+            if timm_backbone:
+                return None
+            return (f"a timm hub folder ({arch or 'no architecture named'}), weights for "
+                    f"PromptedTimmViT (model.backbone.type='PromptedTimmViT'); this backbone "
+                    f'is {ours}, the MMSeg ViT layout: another family')
+        if timm_backbone and osp.isfile(path):
+            from .weights import detect_format, read_checkpoint
+            obj = read_checkpoint(path)
+            fmt, _ = detect_format(obj['state_dict'] if isinstance(
+                obj.get('state_dict'), Mapping) else obj)
+            if fmt == 'mmseg':
+                return (f'an MMSeg-layout ViT file, weights for PromptedVisionTransformer; '
+                        f'this backbone is {ours} ({backbone.model_name}, timm): another '
+                        'family')
+    except (OSError, ValueError, TypeError, AttributeError, KeyError):
+        return None
+    return None
+
+
 def complete_frozen(backbone: nn.Module, local_metadata: dict):
     """Load the frozen weights a task checkpoint leaves out, from the first of
     :func:`frozen_candidates` that exists, is readable, is this ViT and, when the
@@ -386,7 +430,7 @@ def complete_frozen(backbone: nn.Module, local_metadata: dict):
             backbone.load_pretrained(found)
         except (OSError, ValueError, RuntimeError) as err:  # unreadable, not this ViT
             backbone._frozen_loaded = False
-            reason = str(err).strip().split('\n')[0]
+            reason = _other_family(backbone, found) or str(err).strip().split('\n')[0]
             skipped.append(f'{found} (cannot be used: {reason})')
             print_log(f'{found}: skipped, {reason}', logger='current', level=logging.WARNING)
             continue
@@ -409,8 +453,10 @@ def complete_frozen(backbone: nn.Module, local_metadata: dict):
             'paths (a .safetensors task file: next to it), or name it: --cfg-options '
             f'{option}=/path/to/weights for the tools, vpt_seg.load_task_model(config, '
             "ckpt, pretrained=...) in Python (MMSeg's init_model drops init_cfg).")
-    what = (f'the checkpoint records their sha256 {digest[:16]}...; same architecture, '
-            'other values' if digest else 'none is readable')
+    other = any(s.endswith('(other weights: sha256 differs)') for s in skipped)
+    what = (f'the checkpoint records their sha256 {digest[:16]}...; ' + (
+        'same architecture, other values' if other else 'none of them can be used here')
+        if digest else 'none is readable')
     raise ValueError(
         'none of the candidates holds the frozen weights this task was trained on '
         f'({what}): ' + '; '.join(skipped) + '. Put the pretrained file the task was made '
