@@ -367,3 +367,23 @@ def test_a_pretrained_file_of_the_other_family_is_named_as_such(task, tmp_path, 
     with pytest.raises(ValueError, match=match) as err:
         load_task_model(cfg, ckpt, pretrained=named)
     assert 'same architecture' not in str(err.value)
+
+
+def test_count_params_gives_the_size_of_the_file_export_task_writes(task, tmp_path,
+                                                                     monkeypatch):
+    """The finding: count_params.py's "task file" size was a torch.save of the state
+    dict, not the exported file's."""
+    tool = _tool('count_params')
+    cfg = Config.fromfile(task['config'])
+    model = MODELS.build(copy.deepcopy(cfg.model))
+    size = tool.task_file_bytes(model, cfg)
+    meta = tool.dataset_meta_of(cfg)
+    assert len(meta['classes']) == 150 and len(meta['palette']) == 150
+    state = torch.load(task['ckpt'], weights_only=True)['state_dict']
+    ckpt = str(tmp_path / 'trained.pth')
+    torch.save({'state_dict': state, 'meta': {'dataset_meta': meta}}, ckpt)  # as a run does
+    out = tmp_path / 'task.safetensors'
+    export_task(cfg, ckpt, str(out))
+    assert out.stat().st_size == size
+    monkeypatch.setattr(sys, 'argv', ['count_params.py', task['config']])
+    tool.main()
