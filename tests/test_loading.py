@@ -288,6 +288,8 @@ def test_a_dinov2_runs_checkpoints_after_load_from_a_folded_one_load(tmp_path):
     ref = timm.create_model(b.model_name, pretrained=False, num_classes=0, img_size=56,
                             **b.model_kwargs)
     cfg.model.backbone.checkpoint = write_hub_folder(ref, str(tmp_path / 'hub'), b.model_name)
+    for name in ('model.safetensors', 'config.json'):  # the umask's mode, not 0600
+        assert (tmp_path / 'hub' / name).stat().st_mode & 0o777 == file_mode()
     cfg.model.backbone.lora = dict(rank=2, targets=('q', 'v'))
     lora_task = MODELS.build(copy.deepcopy(cfg.model))
     lora_task.init_weights()
