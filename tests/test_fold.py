@@ -235,3 +235,77 @@ def test_the_tool_folds_and_tools_test_gives_the_tasks_miou(families):
     bad = run('export_task.py', cfg_file, ckpt, out[:-4] + '.safetensors', '--fold')
     assert bad.returncode == 2 and '--fold writes an MMSeg checkpoint' in bad.stderr
     shutil.rmtree(families['tmp'] / 'tool')
+
+
+# ------------------------------------------------- outputs never overwrite inputs
+def _bytes(*paths):
+    return {p: open(p, 'rb').read() for p in paths}
+
+
+def test_a_fold_never_replaces_its_inputs_or_a_config_it_did_not_write(families, tmp_path):
+    from vpt_seg.formats.outputs import OutputError
+    cfg, ckpt, _, pretrained = _task(families, 'mmseg_lora')
+    config = str(tmp_path / 'my_task.py')
+    cfg.dump(config)
+    cfg = Config.fromfile(config)
+    before = _bytes(config, ckpt, pretrained)
+    # OUT named after the config: OUT.py would be the config (the finding)
+    with pytest.raises(OutputError, match=r"OUT\.py .*my_task\.py' is the config"):
+        fold_task(cfg, ckpt, str(tmp_path / 'my_task.pth'), force=True)
+    with pytest.raises(OutputError, match=r"is the checkpoint"):
+        fold_task(cfg, ckpt, ckpt, force=True)
+    with pytest.raises(OutputError, match=r"is the pretrained file"):
+        fold_task(cfg, ckpt, pretrained, force=True)
+    assert _bytes(config, ckpt, pretrained) == before
+    # an OUT.py that a fold did not write: only with force
+    mine = tmp_path / 'deploy.py'
+    mine.write_text('# my own config\n')
+    out = str(tmp_path / 'deploy.pth')
+    with pytest.raises(OutputError, match=r'deploy\.py exists and was not written by '
+                       r'export_task\.py --fold.*--force'):
+        fold_task(cfg, ckpt, out)
+    assert mine.read_text() == '# my own config\n' and not osp.exists(out)
+    fold_task(cfg, ckpt, out, force=True)
+    fold_task(cfg, ckpt, out)  # an earlier fold's pair: replaced freely
+    old = 0o666 & ~os.umask(0)
+    os.umask(0o666 & ~old)
+    assert {oct(os.stat(p).st_mode & 0o777) for p in (out, str(mine))} == {oct(old)}
+    # an OUT.pth without its OUT.py (another checkpoint, not a fold)
+    lone = tmp_path / 'lone.pth'
+    shutil.copy(ckpt, lone)
+    with pytest.raises(OutputError, match=r'lone\.pth exists and is not an earlier fold'):
+        fold_task(cfg, ckpt, str(lone))
+
+
+def test_a_fold_that_dies_midway_leaves_the_previous_pair(families, tmp_path, monkeypatch):
+    cfg, ckpt, _, _ = _task(families, 'mmseg_lora')
+    out = str(tmp_path / 'seg.pth')
+    fold_task(cfg, ckpt, out)
+    before = _bytes(out, folded_config_path(out))
+    real = torch.save
+
+    def dies(obj, path):
+        real(obj, path)
+        with open(path, 'r+b') as f:
+            f.truncate(os.path.getsize(path) // 2)
+        raise KeyboardInterrupt  # killed mid-write
+    monkeypatch.setattr(fold.torch, 'save', dies)
+    with pytest.raises(KeyboardInterrupt):
+        fold_task(cfg, ckpt, out)
+    monkeypatch.undo()
+    assert _bytes(out, folded_config_path(out)) == before
+    assert sorted(os.listdir(tmp_path)) == ['seg.pth', 'seg.py']
+    torch.load(out, weights_only=True)
+
+
+@pytest.mark.parametrize('where', ['folder', 'under_file'])
+def test_a_fold_into_a_folder_or_under_a_file_is_refused_by_name(families, tmp_path, where):
+    from vpt_seg.formats.outputs import OutputError
+    cfg, ckpt, _, _ = _task(families, 'mmseg_vpt')
+    (tmp_path / 'plain').write_text('x')
+    out = tmp_path / ('deploy.pth' if where == 'folder' else 'plain/deploy.pth')
+    if where == 'folder':
+        out.mkdir()
+    match = 'is a folder; name the file' if where == 'folder' else 'which is a file, not a folder'
+    with pytest.raises(OutputError, match=match):
+        fold_task(cfg, ckpt, str(out))

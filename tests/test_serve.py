@@ -7,6 +7,7 @@ read as training reads them (a decompression bomb or a truncated JPEG refused be
 work) and no CSV cell is a spreadsheet formula."""
 import csv
 import json
+import math
 import os
 import os.path as osp
 import re
@@ -664,3 +665,40 @@ def test_a_file_where_a_folder_goes_is_an_argparse_error(served, monkeypatch, ca
     assert code == 2 and 'Traceback' not in err
     assert message.format(path=path, file=file, images=served['images']) in err
     assert file.read_bytes() == before and not (served['tmp'] / 'folder_out').exists()
+
+
+def test_verify_counts_a_nan_output_as_a_failure(served, monkeypatch, capsys):
+    """The finding: max(0.0, nan) is 0.0, so --verify passed NaN outputs as equal."""
+    from vpt_seg.serving.serve import worse
+    nan = float('nan')
+    assert math.isnan(worse(0.0, nan)) and math.isnan(worse(nan, 1e-6))
+    assert worse(1e-6, 2e-6) == 2e-6
+    mt = MultiTaskViT(build_shared_backbone(TASKS['single']['backbone'],
+                                            pretrained=served['pretrained']))
+    mt.add_task('single', load_task_model(*served['specs']['single'],
+                                          pretrained=served['pretrained']))
+    mt.eval()
+    img = cv2.imread(str(served['images'] / 'img0.png'), cv2.IMREAD_COLOR)
+    pairs = [('a.png', 'single'), ('b.png', 'single')]
+    with torch.no_grad():
+        outputs = list(mt(mt.preprocess([task_input(img, (32, 32))] * 2, ['single'] * 2),
+                          ['single'] * 2))
+    outputs[0] = torch.full_like(outputs[0], nan)  # the first sample's output is NaN
+    worst = verify_batch(mt, {'a.png': img, 'b.png': img}, pairs, outputs)
+    assert math.isnan(worst['single'])
+    # the tool: a NaN difference fails --verify, saying so
+    import importlib.util
+    spec = importlib.util.spec_from_file_location('serve_nan', osp.join(ROOT, 'tools',
+                                                                        'serve.py'))
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    monkeypatch.setattr(tool, 'verify_batch', lambda mt, o, batch, *a: {
+        t: nan for _, t in batch})
+    cfg, ckpt = served['specs']['seg']
+    monkeypatch.setattr(sys, 'argv', ['serve.py', served['pretrained'], f'seg={cfg}:{ckpt}',
+                                      '--images', str(served['images']), '--out-dir',
+                                      str(served['tmp'] / 'nan_out'), '--verify'])
+    with pytest.raises(SystemExit, match=r'--verify: seg differ .* \(NaN: non-finite'):
+        tool.main()
+    assert 'seg: largest difference to its own model alone at 32x32: nan' in (
+        capsys.readouterr().out)

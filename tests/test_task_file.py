@@ -430,6 +430,39 @@ def test_dataset_meta_is_checked(deep, tmp_path):
             load()
 
 
+def _with_tensor(src, dst, key, change):
+    """Copy a task file with one tensor replaced by ``change(tensor)``."""
+    from safetensors.torch import load_file, save_file
+    tensors = load_file(str(src))
+    tensors[key] = change(tensors[key])
+    save_file(tensors, str(dst), metadata=read_task_metadata(str(src)))
+    return str(dst)
+
+
+@pytest.mark.parametrize('key,change,match', [
+    ('backbone.prompt.embeddings', lambda t: t.index_fill(-1, torch.tensor([0]), float('nan')),
+     r'holds \d+ NaN or infinite values'),
+    ('decode_head.conv_seg.weight', lambda t: t.clone().fill_(float('inf')),
+     r'holds \d+ NaN or infinite values'),
+    ('decode_head.conv_seg.bias', lambda t: t.to(torch.int32), 'is torch.int32, it should '
+     r'be floating point \(a weight\)'),
+    ('decode_head.conv_seg.bias', lambda t: t > 0, 'is torch.bool, it should be floating'),
+    ('backbone.signature', lambda t: t.float(), 'is torch.float32, it should be integers'),
+])
+def test_tensors_that_are_not_finite_weights_are_refused_by_name(deep, tmp_path, key,
+                                                                  change, match):
+    """The finding: NaN prompts loaded without a word and served all-zero label maps;
+    integer tensors were cast silently."""
+    from vpt_seg.formats.task_file import read_task_file as read
+    assert key in read(str(deep['file']))[0]
+    bad = _with_tensor(deep['file'], tmp_path / 'bad.safetensors', key, change)
+    full = rf"task file {bad}: tensor '{key}' {match}.*export the task again"
+    for load in (lambda: read(bad), lambda: load_task_model(None, bad),
+                 lambda: init_model(copy.deepcopy(deep['cfg']), bad, device='cpu')):
+        with pytest.raises(ValueError, match=full):
+            load()
+
+
 # ------------------------------------- training checkpoints guard their frozen weights
 def test_a_training_checkpoint_refuses_other_frozen_weights(pretrained, tmp_path, notes,
                                                             monkeypatch):

@@ -2,6 +2,7 @@
 one tiny CLIP file, what is tuned, task checkpoints and files, new class names, errors."""
 import copy
 import json
+import os
 import shutil
 
 import open_clip
@@ -239,7 +240,8 @@ def test_count_params_names_the_context(tmp_path, monkeypatch, capsys):
     assert rows['context'][:2] == ['1.0K', '1.0K']  # 16 x 64
     assert rows['text tower'][0] == '0' and rows['text tower'][1] == '3.22M'
     assert rows['total'][0] == '1.0K'
-    size = float(out.split('task file (model.state_dict()): ')[1].split()[0])
+    size = float(out.split('task file (tools/export_task.py, model.state_dict() and header): ')
+                 [1].split()[0])
     assert size < 16 and 'KiB;' in out  # the context and two signatures
 
 
@@ -279,3 +281,25 @@ def test_a_coop_header_is_read_into_the_schema(clip_file, tmp_path, monkeypatch,
     monkeypatch.setattr(MODELS, 'build', lambda *a, **k: pytest.fail('built before refusing'))
     with pytest.raises(ValueError, match=rf"model\.head\.text_encoder\.{key}: .*{message}"):
         load_task_model(None, bad)
+
+
+def test_export_never_writes_over_the_clip_file(clip_file, tmp_path):
+    """The CLIP file the text tower was read from is an input of the export: a task file
+    written over it would destroy the frozen weights (formats/outputs.py)."""
+    task_file = _coop_task_file(clip_file, tmp_path)
+    assert task_file  # the tiny task exports
+    local = str(tmp_path / 'open_clip_model.safetensors')
+    before = open(local, 'rb').read()
+    (tmp_path / 'visual').mkdir()
+    visual = str(tmp_path / 'visual' / 'open_clip_model.safetensors')
+    shutil.copy(local, visual)
+    cfg = clip_cfg(visual, n_ctx=4)
+    cfg['head']['text_encoder']['checkpoint'] = local
+    bad = str(tmp_path / 'clip.safetensors')
+    os.symlink(local, bad)
+    with pytest.raises(ValueError, match=r'is the file the frozen head\.text_encoder was '
+                                         r'loaded from'):
+        ckpt = tmp_path / 'own.pth'
+        torch.save(dict(state_dict=build(cfg).state_dict(), meta={}), str(ckpt))
+        export_task(Config(dict(model=cfg)), str(ckpt), bad, force=True)
+    assert open(local, 'rb').read() == before

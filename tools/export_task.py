@@ -25,6 +25,12 @@ with lora=None, save_frozen=True and no pretrained file:
 
 A task with nothing to fold (no LoRA, no tuned biases) is written all the same, as a
 standalone checkpoint (the log says so).
+
+Outputs never replace inputs: OUT (and, with --fold, OUT.py) may not be the config, the
+checkpoint or the pretrained file; an existing OUT.py that an earlier --fold did not write
+(or an existing OUT.safetensors that is not a task file) is replaced only with --force.
+Every file is written beside its final name and renamed when complete, with the usual
+file mode (umask).
 """
 import argparse
 import os
@@ -35,6 +41,7 @@ from mmengine.config import Config, DictAction
 
 from vpt_seg.formats.fold import fold_task
 from vpt_seg.formats.loading import export_task
+from vpt_seg.formats.outputs import check_output_folder
 from vpt_seg.runner import mark_named_pretrained, resolve_config
 
 
@@ -59,6 +66,9 @@ def main():
                         help='write a standalone MMSeg checkpoint instead: LoRA and tuned '
                         'biases merged into the weights, frozen weights included, and its '
                         'config beside it (OUT.py); loads with no pretrained file')
+    parser.add_argument('--force', action='store_true',
+                        help='replace an existing OUT.py (with --fold) or OUT.safetensors '
+                        'that this tool did not write; an input is never replaced')
     args = parser.parse_args()
     want = '.pth' if args.fold else '.safetensors'
     if not args.out.endswith(want):
@@ -71,16 +81,22 @@ def main():
     if args.cfg_options:
         cfg.merge_from_dict(args.cfg_options)
         mark_named_pretrained(cfg, args.cfg_options)
-    os.makedirs(osp.dirname(osp.abspath(args.out)), exist_ok=True)  # as MMSeg's --out
+    try:
+        check_output_folder(args.out)
+        os.makedirs(osp.dirname(osp.abspath(args.out)), exist_ok=True)  # as MMSeg's --out
+        if args.fold:
+            done = fold_task(cfg, args.checkpoint, args.out, force=args.force)
+        else:
+            meta = export_task(cfg, args.checkpoint, args.out, force=args.force)
+    except (ValueError, FileNotFoundError) as err:  # refusals name the file and the fix
+        raise SystemExit(f'export_task.py: {err}') from None
     if args.fold:
-        done = fold_task(cfg, args.checkpoint, args.out)
         print(f'standalone checkpoint {args.out} ({osp.getsize(args.out) / 2**20:.1f} MiB) '
               f'and its config {done["config"]}: folded '
               f'{" and ".join(done["folded"]) or "nothing (no LoRA, no tuned biases)"}; '
               f'features equal the task\'s to {done["largest_difference"]:.2g}; load with '
               f'tools/test.py {done["config"]} {args.out}, no pretrained file needed')
         return
-    meta = export_task(cfg, args.checkpoint, args.out)
     size = osp.getsize(args.out)
     print(f'task file {args.out}: {size / 2**10:.1f} KiB; loads with the pretrained backbone '
           f'{meta["pretrained"]!r} beside it (or at {meta["pretrained_path"]!r})')

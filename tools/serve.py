@@ -43,6 +43,7 @@ at the task's input size, prints the largest difference per task and exits 1 abo
 """
 import argparse
 import json
+import math
 import os
 import os.path as osp
 
@@ -62,7 +63,8 @@ from vpt_seg.datasets.image_folder import IMG_EXTENSIONS
 from vpt_seg.serving.multitask import MultiTaskViT, build_shared_backbone, load_task_model
 from vpt_seg.runner import resolve_config
 from vpt_seg.serving.serve import (OutputDir, check_task_name, input_size, label_map, load_image,
-                             output_names, overlay, plan_batches, task_input, verify_batch)
+                             output_names, overlay, plan_batches, task_input, verify_batch,
+                                   worse)
 from vpt_seg.formats.task_file import read_task_config
 
 
@@ -302,7 +304,7 @@ def main():
         if args.verify:
             for task, diff in verify_batch(mt, originals, batch, outputs, args.size,
                                            args.device).items():
-                worst[task] = max(worst.get(task, 0.0), diff)
+                worst[task] = worse(worst.get(task, 0.0), diff)
         for (f, task), logits in zip(batch, outputs):
             names, palette = metas[task]
             if mt.kinds[task] == 'cls':
@@ -346,7 +348,10 @@ def main():
         bad = sorted(t for t in worst if not worst[t] <= VERIFY_ATOL)
         if bad:
             raise SystemExit(f'--verify: {", ".join(bad)} differ from their own models '
-                             f'alone by more than {VERIFY_ATOL:g}')
+                             f'alone by more than {VERIFY_ATOL:g}' + (
+                                 ' (NaN: non-finite outputs; check the task files and the '
+                                 'pretrained file)' if any(math.isnan(worst[t]) for t in bad)
+                                 else ''))
 
 
 if __name__ == '__main__':

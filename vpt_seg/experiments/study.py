@@ -358,9 +358,12 @@ def export_timm_backbone(checkpoint: str, out_path: str, model_name: str) -> str
     if not vit:
         raise ValueError(f'{checkpoint} holds no {prefix}* weights (not a PromptedTimmViT '
                          'model trained with freeze=False?)')
+    from ..formats.outputs import atomic_write
     os.makedirs(osp.dirname(out_path), exist_ok=True)
-    save_file(vit, out_path)
-    with open(osp.join(osp.dirname(out_path), 'config.json'), 'w') as f:
+    with atomic_write(out_path) as tmp:  # a hub folder with the usual file mode
+        save_file(vit, tmp)
+    with atomic_write(osp.join(osp.dirname(out_path), 'config.json')) as tmp, \
+            open(tmp, 'w') as f:
         json.dump(dict(architecture=model_name.split('.')[0], num_classes=0), f, indent=2)
     return out_path
 

@@ -22,7 +22,6 @@ MMSeg's ``init_model('OUT.py', 'OUT.pth')`` and ``inference_model``, and
 ``tools/test.py OUT.py OUT.pth``, load it with no pretrained file anywhere.
 """
 import copy
-import os
 import os.path as osp
 from typing import Dict
 
@@ -32,7 +31,8 @@ from mmengine.logging import print_log
 
 from .weights import load_torch_file
 from .config_data import literal_config_text
-from .loading import load_task_model
+from .loading import export_inputs, load_task_model
+from .outputs import OutputError, atomic_write, check_output
 from .task_file import pretrained_option_of, read_task_config
 
 __all__ = ['standalone_config', 'fold_task', 'folded_config_path']
@@ -45,6 +45,37 @@ FOLD_ATOL = 1e-4
 def folded_config_path(out: str) -> str:
     """The config written beside a folded checkpoint: ``OUT.pth`` -> ``OUT.py``."""
     return osp.splitext(out)[0] + '.py'
+
+
+#: The first words of every config :func:`fold_task` writes: an existing ``OUT.py``
+#: without them is not replaced unless forced.
+FOLD_MARK = '# Written by tools/export_task.py --fold'
+
+
+def _written_by_fold(path: str) -> bool:
+    try:
+        with open(path, errors='replace') as f:
+            return f.read(len(FOLD_MARK)) == FOLD_MARK
+    except OSError:
+        return False
+
+
+def _check_fold_outputs(out: str, cfg_path: str, inputs, force: bool):
+    """Refuse outputs that are inputs, and an ``OUT.py`` (or an ``OUT.pth`` without its
+    ``OUT.py``) that an earlier fold did not write, unless ``force``."""
+    check_output(out, inputs)
+    check_output(cfg_path, inputs, option='OUT.py')
+    if force:
+        return
+    if osp.lexists(cfg_path) and not _written_by_fold(cfg_path):
+        raise OutputError(
+            f'{cfg_path} exists and was not written by export_task.py --fold (its config '
+            f'goes there, beside {out}); choose another OUT, or pass --force (force=True) to '
+            'replace it.')
+    if osp.lexists(out) and not osp.lexists(cfg_path):
+        raise OutputError(
+            f'{out} exists and is not an earlier fold (no {osp.basename(cfg_path)} of ours '
+            'beside it); choose another OUT, or pass --force (force=True) to replace it.')
 
 
 def standalone_config(cfg: Config) -> Config:
@@ -76,7 +107,7 @@ def _features(model, x):
     return out if isinstance(out, (tuple, list)) else (out, )
 
 
-def fold_task(config, checkpoint: str, out: str) -> Dict[str, object]:
+def fold_task(config, checkpoint: str, out: str, force: bool = False) -> Dict[str, object]:
     """Write one task as a standalone MMSeg checkpoint and its config (module docstring).
 
     The task is loaded as :func:`~vpt_seg.formats.loading.load_task_model` loads it (frozen
@@ -93,15 +124,21 @@ def fold_task(config, checkpoint: str, out: str) -> Dict[str, object]:
             one stored in a task file.
         checkpoint: Its training or task checkpoint (``.pth``), or a task file.
         out: The checkpoint to write (``.pth``); the config goes beside it
-            (:func:`folded_config_path`).
+            (:func:`folded_config_path`). Both are written to temporary files beside
+            them, read back and compared, and only then renamed over them, so an earlier
+            fold's files stay as they were if anything fails.
+        force: Replace an existing ``OUT.py`` (or an ``OUT.pth`` without one) that an
+            earlier fold did not write (never an input).
 
     Returns:
         ``dict(checkpoint=out, config=..., folded=[what was merged], largest_difference=...)``.
 
     Raises:
         ValueError: ``out`` does not end in ``.pth``; the checkpoint does not fit the
-            config; the folded model differs from the task (a bug; both files are then
-            removed).
+            config; the folded model differs from the task (a bug; nothing is written).
+        OutputError: ``out`` or ``OUT.py`` is the config, the checkpoint or the
+            pretrained file, is a folder or would go under a file; or ``OUT.py`` exists
+            and an earlier fold did not write it (without ``force``).
     """
     from mmseg.registry import MODELS
 
@@ -111,8 +148,11 @@ def fold_task(config, checkpoint: str, out: str) -> Dict[str, object]:
                          '(its config goes beside it, as .py)')
     if isinstance(config, str):
         config = Config.fromfile(resolve_config(config))
+    cfg_path = folded_config_path(out)
+    _check_fold_outputs(out, cfg_path, export_inputs(config, checkpoint), force)
     model = load_task_model(config, checkpoint)
     cfg = config if config is not None else read_task_config(checkpoint)
+    _check_fold_outputs(out, cfg_path, export_inputs(config, checkpoint, model), True)
     backbone = model.backbone
     size = tuple(getattr(backbone, 'img_size', (224, 224)))
     x = torch.randn(1, getattr(backbone, 'in_channels', 3), *size,
@@ -130,36 +170,37 @@ def fold_task(config, checkpoint: str, out: str) -> Dict[str, object]:
     backbone.save_frozen = True
     backbone.pretrained_file = None  # the weights are no pretrained file's any more
     standalone = standalone_config(cfg)
-    cfg_path = folded_config_path(out)
-    text = literal_config_text(standalone)  # literals only: no key or string becomes code
-    meta = dict(cfg=text, vpt_seg_fold=dict(
+    meta = dict(cfg=literal_config_text(standalone), vpt_seg_fold=dict(
         source=osp.abspath(checkpoint), folded=folded))
     if getattr(model, 'dataset_meta', None):
         meta['dataset_meta'] = {k: list(map(list, v)) if k == 'palette' else list(v)
                                 for k, v in model.dataset_meta.items()
                                 if k in ('classes', 'palette') and v is not None}
-    torch.save(dict(meta=meta, state_dict=model.state_dict()), out)
-    with open(cfg_path, 'w') as f:
-        f.write(literal_config_text(standalone, header=(
-            f'Written by tools/export_task.py --fold from {osp.basename(checkpoint)!r}:\n'
-            f'the config of {osp.basename(out)}, a standalone checkpoint (LoRA and tuned '
-            'biases merged;\nlora=None, save_frozen=True, no pretrained file).')))
+    # Both files go to temporary names beside the outputs, are read back and compared
+    # there, and replace the outputs only then: a kill or a failure leaves what was
+    # there before.
+    with atomic_write(out) as tmp_out, atomic_write(cfg_path, suffix='.py') as tmp_cfg:
+        torch.save(dict(meta=meta, state_dict=model.state_dict()), tmp_out)
+        with open(tmp_cfg, 'w') as f:
+            # literals only: no key or string of the config becomes code
+            f.write(literal_config_text(standalone, header=(
+                f'{FOLD_MARK[2:]} from {osp.basename(checkpoint)!r}:\n'
+                f'the config of {osp.basename(out)}, a standalone checkpoint (LoRA and tuned '
+                'biases merged;\nlora=None, save_frozen=True, no pretrained file).')))
+        # Read back as a user would: the written config, the file through the safe reader.
+        check = MODELS.build(Config.fromfile(tmp_cfg).model)
+        state = load_torch_file(tmp_out, what='folded checkpoint')['state_dict']
+        check.load_state_dict(state, strict=True)
+        worst = max(float((a - b).abs().max()) for a, b in zip(_features(check.eval(), x),
+                                                               expected))
+        if not worst <= FOLD_ATOL:
+            raise ValueError(f'{out}: the folded backbone differs from the task by '
+                             f'{worst:.3g} (> {FOLD_ATOL:g}) on a random input; nothing was '
+                             'written; please report this')
     if folded:
         print_log(f'{out}: folded {" and ".join(folded)} into the weights', logger='current')
     else:
         print_log(f'{out}: nothing to fold (no LoRA, no tuned biases); written as a '
                   'standalone checkpoint: the pretrained weights with the task\'s prompts, '
                   'adapters and heads, no pretrained file needed', logger='current')
-
-    # Read back as a user would: the written config, the file through the safe reader.
-    check = MODELS.build(Config.fromfile(cfg_path).model)
-    state = load_torch_file(out, what='folded checkpoint')['state_dict']
-    check.load_state_dict(state, strict=True)
-    worst = max(float((a - b).abs().max()) for a, b in zip(_features(check.eval(), x),
-                                                           expected))
-    if not worst <= FOLD_ATOL:
-        for path in (out, cfg_path):
-            os.remove(path)
-        raise ValueError(f'{out}: the folded backbone differs from the task by {worst:.3g} '
-                         f'(> {FOLD_ATOL:g}) on a random input; please report this')
     return dict(checkpoint=out, config=cfg_path, folded=folded, largest_difference=worst)

@@ -43,15 +43,17 @@ import torch
 from mmengine.logging import print_log
 from torch import nn
 
+from .outputs import OutputError, atomic_write, check_output
 from .weights import describe_state_dict, load_torch_file
 from .task_file import (check_class_count, load_from_safetensors, pretrained_option_of,
                         read_task_config, write_task_file)
 from ..tuners.tuning import frozen_state_keys
 
-__all__ = ['record_pretrained', 'check_signature', 'check_shapes', 'prepare_state_dict',
+__all__ = ['record_pretrained', 'check_signature', 'tuner_options', 'check_tuner_options',
+           'check_shapes', 'prepare_state_dict',
            'frozen_candidates', 'complete_frozen', 'frozen_digest', 'load_checkpoint_file',
            'check_task_state_dict', 'check_task_checkpoint', 'configured_in_cfg',
-           'load_task_model', 'export_task']
+           'load_task_model', 'export_inputs', 'export_task']
 
 
 def _listing(keys: Sequence[str], limit: int = 12) -> str:
@@ -90,6 +92,7 @@ def record_pretrained(backbone: nn.Module, state_dict, prefix: str, local_metada
     absolute), the frozen weights' sha256 once they came from a file, and no frozen
     weights unless ``save_frozen``."""
     local_metadata['backbone_type'] = type(backbone).__name__  # named when refused
+    local_metadata['tuners'] = tuner_options(backbone)  # compared when loaded, resumed
     path = backbone.pretrained_file
     if path:
         local_metadata['pretrained'] = [path] if '://' in path else list(
@@ -123,6 +126,59 @@ def check_signature(backbone: nn.Module, theirs: Optional[torch.Tensor], where: 
                          for f, a, b in zip(fields, theirs.tolist(), ours.tolist()) if a != b)
     raise ValueError(f'{where}checkpoint was made for another ViT than this backbone '
                      f'({diff}); use the config it was trained with.')
+
+
+def tuner_options(backbone: nn.Module) -> Dict[str, Optional[dict]]:
+    """The options of a backbone's tuners as checkpoints and task files record them:
+    ``{'lora': dict(rank, alpha, targets, dropout) or None, 'adapter': dict(width,
+    scale, dropout) or None}`` (targets a list, numbers as validated)."""
+    out = {}
+    for part in ('lora', 'adapter'):
+        cfg = getattr(backbone, f'{part}_cfg', None)
+        out[part] = None if cfg is None else {
+            k: list(v) if isinstance(v, tuple) else v for k, v in cfg.items()}
+    return out
+
+
+def _option_value(value) -> str:
+    """A recorded option as ``--cfg-options`` takes it."""
+    if isinstance(value, (list, tuple)):
+        return '"[' + ','.join(map(str, value)) + ']"'
+    return repr(value)
+
+
+def check_tuner_options(backbone: nn.Module, recorded: Optional[Mapping], where: str = ''):
+    """Raise ``ValueError`` if a checkpoint records other tuner options (LoRA's rank,
+    alpha, targets and dropout; the adapter's width, scale and dropout) than
+    ``backbone`` has, naming both values and the ``--cfg-options`` that applies the
+    recorded ones. ``recorded`` (the state dict's ``tuners`` metadata, or what a task
+    file's stored config says) may lack a tuner or be None (files written before the
+    options were recorded): only what is recorded is compared; a tuner the checkpoint
+    has and the backbone has not (or the reverse) is :func:`check_tuner_keys`'s to
+    refuse, by its tensors."""
+    if not isinstance(recorded, Mapping):
+        return
+    diffs, fixes = [], []
+    for part in ('lora', 'adapter'):
+        theirs, ours = recorded.get(part), tuner_options(backbone).get(part)
+        if not isinstance(theirs, Mapping) or ours is None:
+            continue
+        for key, value in ours.items():
+            if key not in theirs:
+                continue
+            other = theirs[key]
+            same = (sorted(other) == sorted(value) if isinstance(value, list)
+                    and isinstance(other, (list, tuple)) else other == value)
+            if not same:
+                diffs.append(f'{part}.{key} {_option_value(other)} in the checkpoint, '
+                             f'{_option_value(value)} here')
+                fixes.append(f'model.backbone.{part}.{key}={_option_value(other)}')
+    if diffs:
+        raise ValueError(
+            f'{where}checkpoint was made with other tuner options than this backbone '
+            f'has ({"; ".join(diffs)}); its tuned weights mean something else with these. '
+            'Use the config it was trained with, or apply the recorded options: '
+            f'--cfg-options {" ".join(fixes)}')
 
 
 def check_shapes(backbone: nn.Module, state_dict, prefix: str, exempt: Collection[str] = ()):
@@ -202,6 +258,13 @@ def prepare_state_dict(backbone: nn.Module, state_dict, prefix: str, local_metad
             no candidate holds the recorded frozen weights.
         FileNotFoundError: no candidate for the frozen weights exists.
     """
+    try:
+        _prepare_state_dict(backbone, state_dict, prefix, local_metadata)
+    finally:
+        backbone._checkpoint_source = None  # named by check_task_checkpoint, this load only
+
+
+def _prepare_state_dict(backbone: nn.Module, state_dict, prefix: str, local_metadata: dict):
     sig_key = prefix + 'signature'
     check_signature(backbone, state_dict.get(sig_key),
                     theirs_type=local_metadata.get('backbone_type'))
@@ -209,11 +272,21 @@ def prepare_state_dict(backbone: nn.Module, state_dict, prefix: str, local_metad
     if not task:  # a pretrained file or an MMSeg checkpoint
         state_dict[sig_key] = backbone.signature.clone()
     check_tuner_keys(backbone, state_dict, prefix, task)
+    check_tuner_options(backbone, local_metadata.get('tuners'))
+    if task and not backbone._loading_pretrained:
+        # MMSeg's init_model loads non-strictly: tuned weights missing from a vpt-seg
+        # checkpoint would stay at their random initialisation (tools/test.py refuses).
+        frozen_keys = set(frozen_state_keys(backbone))
+        check_task_state_dict(
+            [prefix + k for k, p in backbone.named_parameters() if k not in frozen_keys],
+            state_dict, getattr(backbone, '_checkpoint_source', None) or 'checkpoint')
     backbone.check_checkpoint_fits(state_dict, prefix)
     frozen = [prefix + k for k in frozen_state_keys(backbone)]
     present = [k for k in frozen if k in state_dict]
     if 0 < len(present) < len(frozen) and not backbone._loading_pretrained:
         raise ValueError(_partial_frozen_message(state_dict, prefix, frozen, present))
+    if present and not backbone._loading_pretrained and backbone._frozen_loaded:
+        _replacing_frozen(backbone, state_dict, prefix)
     if not frozen or present or backbone._loading_pretrained:
         return  # a full checkpoint (or the pretrained file itself)
     digest = local_metadata.get('frozen_sha256')
@@ -233,6 +306,33 @@ def prepare_state_dict(backbone: nn.Module, state_dict, prefix: str, local_metad
     params = dict(backbone.named_parameters(prefix=prefix[:-1] if prefix else ''))
     for key in frozen:
         state_dict[key] = params[key].detach()
+
+
+def _replacing_frozen(backbone: nn.Module, state_dict, prefix: str):
+    """A full checkpoint (a folded one, ``save_frozen=True``) loaded over frozen weights
+    that came from a file already (training: ``init_weights``, then ``load_from``): if
+    its frozen weights differ, say so in one line and make the checkpoint the file the
+    run's checkpoints record (:func:`record_pretrained`: its path and the sha256 of the
+    weights now loaded), so they load with ``tools/test.py``; where the file is not
+    known, the backbone saves its frozen weights instead (``save_frozen``)."""
+    params = dict(backbone.named_parameters())
+    keys = frozen_state_keys(backbone)
+    if all(torch.equal(state_dict[prefix + k].detach().cpu(), params[k].detach().cpu())
+           for k in keys if prefix + k in state_dict):
+        return
+    source = getattr(backbone, '_checkpoint_source', None)
+    before = backbone.pretrained_file
+    if source and '://' not in source and osp.isfile(source):
+        backbone.pretrained_file = source
+        after = (f'this run\'s checkpoints record {source} as where their frozen weights '
+                 'come from')
+    else:
+        backbone.save_frozen = True
+        after = 'this run\'s checkpoints will hold the frozen weights (save_frozen=True)'
+    if before:  # (weights of a random initialisation are replaced without a word)
+        print_log(f'{source or "the checkpoint"} is a full checkpoint whose frozen backbone '
+                  f'weights differ from {before} ({_short(backbone.pretrained_option)}): '
+                  f'they replace them; {after}', logger='current', level=logging.WARNING)
 
 
 def _recorded(local_metadata: dict) -> List[str]:
@@ -262,6 +362,36 @@ def _other_weights_message(backbone, path: str, local_metadata: dict) -> str:
             '...). The file you name is used as given, so it must be the pretrained file '
             'the task was trained with' + (f' (the checkpoint records {recorded})'
                                            if recorded else '') + '.')
+
+
+def _other_family(backbone: nn.Module, path: str) -> Optional[str]:
+    """Why a pretrained candidate is of another family than ``backbone`` (a timm hub
+    folder for an MMSeg-layout ViT, an MMSeg-layout file for timm's), for messages;
+    None where it is not (or cannot tell)."""
+    ours = type(backbone).__name__
+    timm_backbone = ours == 'PromptedTimmViT'
+    try:
+        if osp.isdir(path):
+            import json
+            with open(osp.join(path, 'config.json')) as f:
+                arch = json.load(f).get('architecture')
+            if timm_backbone:
+                return None
+            return (f"a timm hub folder ({arch or 'no architecture named'}), weights for "
+                    f"PromptedTimmViT (model.backbone.type='PromptedTimmViT'); this backbone "
+                    f'is {ours}, the MMSeg ViT layout: another family')
+        if timm_backbone and osp.isfile(path):
+            from .weights import detect_format, read_checkpoint
+            obj = read_checkpoint(path)
+            fmt, _ = detect_format(obj['state_dict'] if isinstance(
+                obj.get('state_dict'), Mapping) else obj)
+            if fmt == 'mmseg':
+                return (f'an MMSeg-layout ViT file, weights for PromptedVisionTransformer; '
+                        f'this backbone is {ours} ({backbone.model_name}, timm): another '
+                        'family')
+    except (OSError, ValueError, TypeError, AttributeError, KeyError):
+        return None
+    return None
 
 
 def complete_frozen(backbone: nn.Module, local_metadata: dict):
@@ -300,7 +430,7 @@ def complete_frozen(backbone: nn.Module, local_metadata: dict):
             backbone.load_pretrained(found)
         except (OSError, ValueError, RuntimeError) as err:  # unreadable, not this ViT
             backbone._frozen_loaded = False
-            reason = str(err).strip().split('\n')[0]
+            reason = _other_family(backbone, found) or str(err).strip().split('\n')[0]
             skipped.append(f'{found} (cannot be used: {reason})')
             print_log(f'{found}: skipped, {reason}', logger='current', level=logging.WARNING)
             continue
@@ -323,8 +453,10 @@ def complete_frozen(backbone: nn.Module, local_metadata: dict):
             'paths (a .safetensors task file: next to it), or name it: --cfg-options '
             f'{option}=/path/to/weights for the tools, vpt_seg.load_task_model(config, '
             "ckpt, pretrained=...) in Python (MMSeg's init_model drops init_cfg).")
-    what = (f'the checkpoint records their sha256 {digest[:16]}...; same architecture, '
-            'other values' if digest else 'none is readable')
+    other = any(s.endswith('(other weights: sha256 differs)') for s in skipped)
+    what = (f'the checkpoint records their sha256 {digest[:16]}...; ' + (
+        'same architecture, other values' if other else 'none of them can be used here')
+        if digest else 'none is readable')
     raise ValueError(
         'none of the candidates holds the frozen weights this task was trained on '
         f'({what}): ' + '; '.join(skipped) + '. Put the pretrained file the task was made '
@@ -389,7 +521,8 @@ def check_task_checkpoint(model: nn.Module, state_dict: Mapping[str, Any], path:
     ``signature``, naming the backbone kind it records), then one that lacks tuned
     weights the model needs (:func:`check_task_state_dict`). The kind goes first: a
     DINOv2 task on an MMSeg-layout config differs in its heads too, but the backbone is
-    what to fix.
+    what to fix. The backbone is told the file's name (``_checkpoint_source``): a full
+    checkpoint that replaces its frozen weights is then recorded as their source.
 
     Args:
         model: The model about to load it (``model.backbone``: a prompted backbone).
@@ -399,6 +532,8 @@ def check_task_checkpoint(model: nn.Module, state_dict: Mapping[str, Any], path:
         metadata: The state dict's ``_metadata`` (default: ``state_dict._metadata``).
     """
     backbone = getattr(model, 'backbone', None)
+    if hasattr(backbone, 'signature_fields'):
+        backbone._checkpoint_source = path  # named if it replaces frozen weights
     signature = state_dict.get('backbone.signature')
     if signature is not None and getattr(backbone, 'signature_fields', None):
         metadata = getattr(state_dict, '_metadata', None) if metadata is None else metadata
@@ -495,17 +630,65 @@ def load_task_model(config, checkpoint: str, pretrained: Optional[str] = None) -
     return model.eval()
 
 
-def export_task(config, checkpoint: str, out: str) -> Dict[str, str]:
+def export_inputs(cfg, checkpoint: str, model: Optional[nn.Module] = None
+                  ) -> Dict[str, Optional[str]]:
+    """What an export reads, ``{what: path}``, for
+    :func:`~vpt_seg.formats.outputs.check_output`: the config's file, the checkpoint,
+    the pretrained file the config names and, once ``model`` is loaded, the file its
+    frozen weights came from."""
+    backbone_cfg = (cfg.get('model') or {}).get('backbone') if cfg is not None else None
+    inputs = {'the config': getattr(cfg, 'filename', None) if cfg is not None else None,
+              'the checkpoint': checkpoint,
+              'the pretrained file the config names': (
+                  configured_in_cfg(backbone_cfg) if isinstance(backbone_cfg, Mapping)
+                  else None)}
+    if model is not None:
+        inputs['the pretrained file the frozen weights were loaded from'] = getattr(
+            getattr(model, 'backbone', None), 'pretrained_file', None)
+        for name, module in _frozen_modules(model):  # a CoOp text tower's CLIP file
+            inputs[f'the file the frozen {name} was loaded from'] = module.pretrained_file
+    return inputs
+
+
+def _frozen_modules(model: nn.Module):
+    """``(name, module)`` of the modules besides the backbone that hold frozen weights
+    from a file of their own (a CoOp text tower)."""
+    backbone = getattr(model, 'backbone', None)
+    for name, module in model.named_modules():
+        if name and module is not backbone and callable(
+                getattr(module, 'configured_pretrained', None)):
+            yield name, module
+
+
+def _check_task_output(out: str, force: bool):
+    """Refuse to replace an existing file that is not a task file unless ``force``."""
+    if not osp.isfile(out) or force:
+        return
+    from .task_file import TASK_FORMAT, read_task_metadata
+    try:
+        ours = read_task_metadata(out).get('format') == TASK_FORMAT
+    except ValueError:
+        ours = False
+    if not ours:
+        raise OutputError(f'OUT {out!r} exists and is not a vpt-seg task file; export_task '
+                          'replaces only its own files. Choose another path, or pass --force '
+                          '(force=True) to replace it.')
+
+
+def export_task(config, checkpoint: str, out: str, force: bool = False) -> Dict[str, str]:
     """Write a task checkpoint as a portable task file (:mod:`vpt_seg.formats.task_file`).
 
     The header records the backbone's own ``signature_fields``, its pretrained file
     (the file name, looked for next to the task file, and the path the config names)
-    and the frozen weights' sha256.
+    and the frozen weights' sha256. The file is written beside ``out`` and renamed
+    over it when complete (:func:`~vpt_seg.formats.outputs.atomic_write`), with the
+    usual file mode.
 
     Args:
         config: The task's config file (or :class:`~mmengine.config.Config`).
         checkpoint: Its training or task checkpoint (``.pth``), or a task file.
         out: The task file to write (``.safetensors``).
+        force: Replace an existing ``out`` that is not a task file (never an input).
 
     Returns:
         The metadata written.
@@ -513,6 +696,9 @@ def export_task(config, checkpoint: str, out: str) -> Dict[str, str]:
     Raises:
         ValueError: ``out`` does not end in ``.safetensors``, or the checkpoint does not
             fit the config (see :func:`load_task_model`).
+        OutputError: ``out`` is the config, the checkpoint or the pretrained file (or
+            a file in its hub folder), is a folder or would go under a file, or is an
+            existing file that is not a task file (without ``force``).
     """
     from mmengine.config import Config
 
@@ -520,20 +706,22 @@ def export_task(config, checkpoint: str, out: str) -> Dict[str, str]:
     if not out.endswith('.safetensors'):
         raise ValueError(f'task file {out!r}: the name must end in .safetensors')
     cfg = Config.fromfile(resolve_config(config)) if isinstance(config, str) else config
+    check_output(out, export_inputs(cfg, checkpoint))
+    _check_task_output(out, force)
     model = load_task_model(cfg, checkpoint)
+    check_output(out, export_inputs(cfg, checkpoint, model))
     backbone = model.backbone
     pretrained = getattr(backbone, 'pretrained_file', None) or ''
     digest = frozen_digest(backbone) if any(
         not p.requires_grad for p in backbone.parameters()) else None
     others = {}
-    for name, module in model.named_modules():
-        if module is backbone or not name or not callable(
-                getattr(module, 'configured_pretrained', None)):
-            continue  # only modules that declare frozen weights from a file (a text tower)
+    for name, module in _frozen_modules(model):
         file = getattr(module, 'pretrained_file', None) or ''
         others[name + '.'] = dict(
             pretrained=file, pretrained_path=module.configured_pretrained() or file,
             frozen_sha256=frozen_digest(module) if module._frozen_loaded else '')
-    return write_task_file(out, model, cfg, pretrained=pretrained,
-                           pretrained_path=configured_in_cfg(cfg.model.backbone) or pretrained,
-                           frozen_sha256=digest, frozen_modules=others)
+    with atomic_write(out) as tmp:
+        meta = write_task_file(tmp, model, cfg, pretrained=pretrained,
+                               pretrained_path=configured_in_cfg(cfg.model.backbone)
+                               or pretrained, frozen_sha256=digest, frozen_modules=others)
+    return meta

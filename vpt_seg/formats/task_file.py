@@ -58,7 +58,8 @@ from .task_schema import HeaderSchemaError, check_header_shapes, read_header_con
 
 __all__ = ['TASK_FORMAT', 'FORMAT_VERSION', 'write_task_file', 'read_task_file',
            'read_task_metadata', 'read_task_config', 'pretrained_candidates',
-           'pretrained_option_of', 'check_class_count', 'load_from_safetensors']
+           'pretrained_option_of', 'check_class_count', 'check_task_tensors',
+           'load_from_safetensors']
 
 TASK_FORMAT = 'vpt-seg-task'
 FORMAT_VERSION = '2'
@@ -322,6 +323,31 @@ def _check_declared_shapes(path: str, meta: Dict[str, str], model: dict):
         raise _header_error(path, 'config_json', str(err)) from None
 
 
+#: Task-file tensors that hold integers: the architecture's ``signature`` and batch
+#: norm's step count. Every other tensor is a weight and must be floating point.
+INTEGER_TENSORS = ('signature', 'num_batches_tracked')
+
+
+def check_task_tensors(path: str, state) -> None:
+    """Raise ``ValueError`` naming the first tensor of a task file that is not what a
+    task's tensors are: an integer or boolean weight (which loading would cast
+    silently), a floating ``signature``, or NaN or infinite values (which would serve
+    all-zero label maps). Such a file is damaged or was not written by
+    ``tools/export_task.py``."""
+    fix = ('the file is damaged or was not written by tools/export_task.py; export the '
+           'task again from its training checkpoint')
+    for key, t in state.items():
+        integer = key.rsplit('.', 1)[-1] in INTEGER_TENSORS
+        if integer != (not t.is_floating_point()) or t.dtype == torch.bool:
+            want = 'integers' if integer else 'floating point (a weight)'
+            raise ValueError(f'task file {path}: tensor {key!r} is {t.dtype}, it should be '
+                             f'{want}; {fix}')
+        if not integer and not bool(torch.isfinite(t).all()):
+            bad = int((~torch.isfinite(t)).sum())
+            raise ValueError(f'task file {path}: tensor {key!r} holds {bad} NaN or infinite '
+                             f'values (of {t.numel()}); {fix}')
+
+
 def read_task_file(path: str) -> Tuple['OrderedDict[str, torch.Tensor]', Dict[str, str]]:
     """Tensors and header of a task file, ready for ``load_state_dict``.
 
@@ -332,7 +358,8 @@ def read_task_file(path: str) -> Tuple['OrderedDict[str, torch.Tensor]', Dict[st
 
     Raises:
         ValueError: a header field that is not what it should be, naming the file and
-            the key.
+            the key; a tensor that is not a finite floating-point weight (or an integer
+            ``signature``), naming it (:func:`check_task_tensors`).
     """
     from safetensors.torch import load_file
     meta = read_task_metadata(path)
@@ -353,10 +380,14 @@ def read_task_file(path: str) -> Tuple['OrderedDict[str, torch.Tensor]', Dict[st
             raise _header_error(path, 'frozen_sha256', f'{digest!r:.80} is not a sha256 '
                                 'hex digest')
         _dataset_meta(path, meta)  # parses, or names the key
+        check_task_tensors(path, state)
         state._metadata[prefix[:-1]] = {'pretrained': pretrained_candidates(path, meta)}
         kind = _backbone_type(meta)
         if kind:
             state._metadata[prefix[:-1]]['backbone_type'] = kind
+        tuners = _tuner_options(meta)
+        if tuners is not None:
+            state._metadata[prefix[:-1]]['tuners'] = tuners
         if digest:
             state._metadata[prefix[:-1]]['frozen_sha256'] = digest
         state._metadata.update(_frozen_modules(path, meta))
@@ -402,6 +433,39 @@ def _backbone_type(meta: Dict[str, str]) -> Optional[str]:
     except (ValueError, KeyError, TypeError, RecursionError):
         return None
     return kind if isinstance(kind, str) and re.fullmatch(r'\w{1,80}', kind) else None
+
+
+def _untag(obj):
+    if isinstance(obj, dict) and set(obj) == {'__tuple__'}:
+        return [_untag(v) for v in obj['__tuple__']]
+    return obj
+
+
+def _tuner_options(meta: Dict[str, str]) -> Optional[Dict[str, Optional[dict]]]:
+    """The LoRA and adapter options of the stored config (``model.backbone.lora`` and
+    ``.adapter``, validated as the backbone validates them), which the loader compares
+    with the backbone's (:func:`vpt_seg.formats.loading.check_tuner_options`); None
+    where they cannot be read (the config's own checks then name the key), and a tuner
+    whose options do not validate is left out."""
+    from ..tuners.adapter import check_adapter_options
+    from ..tuners.lora import check_lora_options
+    try:
+        backbone = json.loads(meta.get('config_json') or '{}')['model']['backbone']
+    except (ValueError, KeyError, TypeError, RecursionError):
+        return None  # the header schema names what is wrong with it
+    if not isinstance(backbone, dict):
+        return None
+    out = {}
+    for part, check in (('lora', check_lora_options), ('adapter', check_adapter_options)):
+        value = _untag(backbone.get(part))
+        if isinstance(value, dict):
+            value = {k: _untag(v) for k, v in value.items()}
+        try:
+            out[part] = None if value is None else {
+                k: list(v) if isinstance(v, tuple) else v for k, v in check(value).items()}
+        except (ValueError, TypeError):
+            continue
+    return out
 
 
 def _checkpoint_of(path: str, state, meta) -> dict:

@@ -130,6 +130,7 @@ class FrozenBackboneMixin:
         self._frozen_loaded = False     # set once the frozen weights came from a file
         self._loading_pretrained = False  # guards the load pre-hook against re-entry
         self._digest = (None, None)     # (versions of the frozen tensors, sha256)
+        self._checkpoint_source = None  # the checkpoint being loaded, where known
         self.register_state_dict_post_hook(FrozenBackboneMixin._record)
         self.register_load_state_dict_pre_hook(FrozenBackboneMixin._prepare)
 

@@ -39,6 +39,7 @@ from mmseg.registry import MODELS
 from torch import nn
 from torch.utils.checkpoint import checkpoint as activation_checkpoint
 
+from ..formats.outputs import atomic_write
 from ..formats.weights import read_checkpoint
 from ..tuners.prompt import PromptGroup, VisualPrompt, run_prompted_layers
 from ..tuners.terms import NO_TERMS, BlockTerms
@@ -227,9 +228,10 @@ def write_hub_folder(vit: nn.Module, folder: str, model_name: str) -> str:
     tests). Returns the folder."""
     from safetensors.torch import save_file
     os.makedirs(folder, exist_ok=True)
-    save_file({k: v.detach().cpu().contiguous() for k, v in vit.state_dict().items()},
-              osp.join(folder, 'model.safetensors'))
-    with open(osp.join(folder, 'config.json'), 'w') as f:
+    with atomic_write(osp.join(folder, 'model.safetensors')) as tmp:  # the usual file mode
+        save_file({k: v.detach().cpu().contiguous() for k, v in vit.state_dict().items()},
+                  tmp)
+    with atomic_write(osp.join(folder, 'config.json')) as tmp, open(tmp, 'w') as f:
         json.dump(dict(architecture=model_name.split('.')[0], num_classes=0,
                        num_features=getattr(vit, 'num_features', None)), f, indent=2)
     return folder
@@ -255,10 +257,15 @@ def write_open_clip_folder(state_dict: Mapping[str, torch.Tensor], folder: str,
     return folder
 
 
+#: Where a segmentor's checkpoint keeps a ``PromptedTimmViT``'s timm weights.
+_VPT_SEG_PREFIX = 'backbone.vit.'
+
+
 def read_timm_state_dict(path: str) -> Dict[str, torch.Tensor]:
     """A timm weights file as a flat state dict: read safely (safetensors, or
     ``torch.load(weights_only=True)``), unwrapped from a training checkpoint
-    (EMA weights first, as timm's loader), ``module.`` prefixes removed."""
+    (EMA weights first, as timm's loader), ``module.`` prefixes removed; of a full
+    vpt-seg checkpoint (``backbone.vit.*``), the ViT's weights."""
     from timm.models import clean_state_dict
     obj = read_checkpoint(path)
     while isinstance(obj, Mapping) and not any(isinstance(v, torch.Tensor) for v in obj.values()):
@@ -269,6 +276,10 @@ def read_timm_state_dict(path: str) -> Dict[str, torch.Tensor]:
         obj = inner
     if not isinstance(obj, Mapping) or not obj:
         raise ValueError(f'{path!r} holds no weights (expected a mapping of names to tensors)')
+    inner = {k[len(_VPT_SEG_PREFIX):]: v for k, v in obj.items()
+             if isinstance(k, str) and k.startswith(_VPT_SEG_PREFIX)}
+    if inner:  # a full vpt-seg checkpoint of this backbone (a folded one): its ViT
+        obj = inner
     return clean_state_dict(dict(obj))
 
 

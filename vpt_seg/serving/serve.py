@@ -22,6 +22,7 @@ the ``--verify`` reference, and output files that cannot collide or leave ``--ou
   an existing symbolic link (file or task folder) is refused by name, and nothing is
   written outside ``--out-dir``.
 """
+import math
 import os
 import os.path as osp
 import re
@@ -37,7 +38,7 @@ from ..datasets.checks import read_image
 from ..models.segmentor import DEFAULT_LOGITS_BUDGET, resized_labels
 
 __all__ = ['TASK_NAME', 'check_task_name', 'input_size', 'plan_batches', 'load_image',
-           'task_input', 'label_map', 'overlay', 'verify_batch', 'output_names',
+           'task_input', 'label_map', 'overlay', 'verify_batch', 'worse', 'output_names',
            'OutputDir']
 
 #: A task name: letters, digits, ``_`` and ``-`` (it names a folder under --out-dir).
@@ -129,7 +130,7 @@ def verify_batch(mt, originals: Dict[str, np.ndarray], pairs: Sequence[Tuple[str
     alone on its images prepared on their own, at the task's own input size.
 
     A served output of another shape (an image that went in at another size) counts as
-    ``inf``.
+    ``inf``; a NaN anywhere makes the task's difference NaN (:func:`worse`).
     """
     worst: Dict[str, float] = {}
     tasks = [t for _, t in pairs]
@@ -141,8 +142,14 @@ def verify_batch(mt, originals: Dict[str, np.ndarray], pairs: Sequence[Tuple[str
         for i, r in zip(idx, ref):
             out = outputs[i]
             diff = float('inf') if out.shape != r.shape else (out - r).abs().max().item()
-            worst[name] = max(worst.get(name, 0.0), diff)
+            worst[name] = worse(worst.get(name, 0.0), diff)
     return worst
+
+
+def worse(a: float, b: float) -> float:
+    """The larger of two differences, NaN if either is NaN (a NaN output is a failure;
+    ``max(0.0, nan)`` would be 0.0)."""
+    return a if math.isnan(a) else b if math.isnan(b) else max(a, b)
 
 
 def output_names(files: Sequence[str]) -> Dict[str, Tuple[str, str]]:
