@@ -405,3 +405,34 @@ def test_a_jpeg_is_truncated_when_cut_anywhere_not_when_data_follows_its_end(
         f.write(data + b'\x00\x00\x00\x18ftypmp42' + bytes(300))
     assert np.array_equal(read_image(path), cv2.imdecode(np.frombuffer(data, np.uint8),
                                                          cv2.IMREAD_COLOR))
+
+
+@pytest.mark.parametrize('loader', [dict(type='LoadImageFromFile'),
+                                    dict(type='CheckedLoadImageFromFile', max_pixels=4096)])
+def test_mmseg_inferencer_reads_files_through_the_checked_loader(tmp_path, loader):
+    """MMSegInferencer turns the test pipeline's image loader into MMSeg's InferencerLoader
+    (vpt_seg/patches.py): file paths go through the checked loader (a bomb refused from its
+    header, a truncated JPEG refused), arrays as MMSeg reads them, a good file as
+    LoadImageFromFile reads it."""
+    from bad_images import png_bomb, truncated_jpeg
+    from mmseg.apis import MMSegInferencer
+
+    class Stub:
+        _get_transform_idx = MMSegInferencer._get_transform_idx
+
+    cfg = Config(dict(test_dataloader=dict(dataset=dict(pipeline=[
+        dict(loader), dict(type='PackSegInputs')]))))
+    pipeline = MMSegInferencer._init_pipeline(Stub(), cfg)
+    bomb = str(tmp_path / 'bomb.png')
+    png_bomb(bomb)
+    with pytest.raises(ImageTooLargeError, match=re.escape(f"image '{bomb}' declares 12000x12000")):
+        pipeline(bomb)
+    cut = tmp_path / 'cut.jpg'
+    truncated_jpeg(str(cut))
+    with pytest.raises(DataError, match='truncated'):
+        pipeline(str(cut))
+    good = str(tmp_path / 'good.png')
+    image = np.random.default_rng(0).integers(0, 256, (16, 24, 3), np.uint8)
+    cv2.imwrite(good, image)
+    assert np.array_equal(pipeline(good)['inputs'].numpy().transpose(1, 2, 0), image)
+    assert np.array_equal(pipeline(image)['inputs'].numpy().transpose(1, 2, 0), image)

@@ -65,6 +65,9 @@ PATCHES = (
                                                        'weights load wherever MMEngine loads'),
     ('mmseg MMSegInferencer._get_transform_idx', 'also finds subclasses of LoadImageFromFile '
                                                  'and LoadAnnotations (the checked loaders)'),
+    ('mmseg InferencerLoader.__init__', 'the image files MMSegInferencer reads go through '
+                                        'the checked loader (pixel limit from the header, '
+                                        'truncated files refused), as every other reader'),
     ('warnings filters', 'mmcv-lite, pkg_resources and MMSeg deprecations that a user '
                          'cannot act on (by message and module)'),
     ('mmengine MMLogger.__init__', 'adds a filter for three MMEngine log warnings that a user '
@@ -177,6 +180,27 @@ def _inferencer():
         MMSegInferencer._get_transform_idx = transform_idx_finding_subclasses(found)
 
 
+def _inferencer_loader():
+    from mmseg.datasets.transforms.loading import InferencerLoader
+    from mmseg.registry import TRANSFORMS
+
+    from .datasets.checks import CheckedLoadImageFromFile
+    if getattr(InferencerLoader.__init__, 'checked', False):
+        return
+
+    def __init__(self, max_pixels=None, check_orientation=False, **kwargs):
+        # MMSegInferencer turns the config's (checked) image loader into an
+        # InferencerLoader with the same arguments: file paths are read as training and
+        # serving read them; no annotation is read, so a rotated photo is decoded upright.
+        super(InferencerLoader, self).__init__()
+        self.from_file = CheckedLoadImageFromFile(
+            max_pixels=max_pixels, check_orientation=check_orientation, **kwargs)
+        self.from_ndarray = TRANSFORMS.build(dict(type='LoadImageFromNDArray', **kwargs))
+
+    __init__.checked = True
+    InferencerLoader.__init__ = __init__
+
+
 def _warning_filters():
     for message, category, module in _NOISE:
         warnings.filterwarnings('ignore', message=message, category=category, module=module)
@@ -208,6 +232,7 @@ def apply():
     _mmengine_checkpoint_types()
     _checkpoint_loaders()
     _inferencer()
+    _inferencer_loader()
 
 
 apply()
