@@ -8,6 +8,7 @@ saved as open_clip publishes CLIPs on the hub (:func:`write_open_clip_folder`). 
 weights are random: a stand-in for ``timm/vit_base_patch16_clip_224.openai`` that runs
 the whole pipeline offline, not a model that knows anything.
 """
+import logging
 from typing import Optional
 
 import torch
@@ -44,7 +45,13 @@ def build_tiny_clip(model_cfg: Optional[dict] = None, seed: int = 0) -> torch.nn
     import open_clip
     cfg = dict(model_cfg or tiny_clip_model_cfg())
     torch.manual_seed(seed)
-    model = open_clip.create_model('ViT-B-16', pretrained=None, **cfg)
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # open_clip warns that a random model is random: it is meant
+    try:
+        model = open_clip.create_model('ViT-B-16', pretrained=None, **cfg)
+    finally:
+        root.setLevel(level)
     with torch.no_grad():
         for name, p in model.named_parameters():
             if p.dim() == 1 and 'ln' in name:
