@@ -28,7 +28,7 @@ import json
 import os
 import os.path as osp
 import re
-from functools import partial
+from collections import OrderedDict
 from typing import Dict, Mapping, Optional, Sequence, Tuple, Union
 
 import timm
@@ -41,12 +41,12 @@ from torch.utils.checkpoint import checkpoint as activation_checkpoint
 
 from ..formats.outputs import atomic_write
 from ..formats.weights import read_checkpoint
-from ..tuners.prompt import PromptGroup, VisualPrompt, run_prompted_layers
-from ..tuners.terms import NO_TERMS, BlockTerms
+from ..tuners.prompt import VisualPrompt
+from ..tuners.terms import ONE_TASK, TaskBatch
 from ..tuners.tuning import bias_parameters, format_count
 from ..tuners.tuning import freeze as freeze_module
 from . import vit_ops
-from .frozen import FrozenBackboneMixin
+from .backbone import PromptedBackbone, check_freeze_options
 
 __all__ = ['FAMILIES', 'TIMM_SIGNATURE_FIELDS', 'PromptedTimmViT', 'find_weights_file',
            'read_timm_state_dict', 'fit_timm_state_dict', 'final_norm_attr',
@@ -366,7 +366,7 @@ def _lora_linears(block: nn.Module) -> Dict[nn.Linear, Tuple[Tuple[str, Optional
 
 
 @MODELS.register_module()
-class PromptedTimmViT(FrozenBackboneMixin, BaseModule):
+class PromptedTimmViT(PromptedBackbone, BaseModule):
     """A frozen timm ViT (any supported family) with visual prompts and bias tuning.
 
     Args:
@@ -464,9 +464,7 @@ class PromptedTimmViT(FrozenBackboneMixin, BaseModule):
                              f"{init_cfg.get('checkpoint')}' (and _delete_=True when the "
                              'config inherits an MMSeg ViT backbone)')
         super().__init__(init_cfg=init_cfg)
-        if tune_bias and not freeze:
-            raise ValueError('tune_bias=True tunes biases of a frozen backbone; with '
-                             'freeze=False every weight is tuned already.')
+        check_freeze_options(freeze, tune_bias)
         check_model_name(model_name)
         kwargs = dict(model_kwargs or {})
         if keep_projection and not is_clip_model(model_name):
@@ -635,10 +633,10 @@ class PromptedTimmViT(FrozenBackboneMixin, BaseModule):
                                            f'{", ".join(none)}' if none else ''),
                   logger='current')
 
-    # -------------------------------------------------------------- forward
-    # The steps of the forward, public and named as PromptedVisionTransformer's, so that
-    # multi-task serving can run the same ones: patches, prefix and position, pre-norm,
-    # blocks (through vpt_seg.tuners.prompt.run_prompted_layers), final norm, maps.
+    # ------------------------------------------------------------ layout steps
+    # PromptedBackbone's steps over timm's modules (the forward is the base's). timm's
+    # blocks run as modules, so what the tasks add (per-sample biases, LoRA, adapters)
+    # comes through TaskBatch.hooked.
     @property
     def num_prefix_tokens(self) -> int:
         """Tokens before the patches ([CLS] and registers); prompts go right after them."""
@@ -660,12 +658,11 @@ class PromptedTimmViT(FrozenBackboneMixin, BaseModule):
             raise ValueError(f'image size {h}x{w} differs from img_size {self.img_size} and '
                              'dynamic_img_size=False; set dynamic_img_size=True')
 
-    def embed_patches(self, inputs: torch.Tensor, biases: vit_ops.Biases = vit_ops.SHARED_BIASES):
+    def embed_patches(self, inputs: torch.Tensor, batch: TaskBatch = ONE_TASK):
         """timm's patch embedding: ``(B, 3, H, W) -> (B, H/p, W/p, C)`` tokens
-        (``(B, HW, C)`` without ``dynamic_img_size``) and the grid ``(H/p, W/p)``.
-        ``biases``: a per-sample bias lookup (serving, :meth:`vit_ops.Biases.hooked`)."""
+        (``(B, HW, C)`` without ``dynamic_img_size``) and the grid ``(H/p, W/p)``."""
         grid = self.vit.patch_embed.dynamic_feat_size(tuple(inputs.shape[-2:]))
-        with biases.hooked(self.vit.patch_embed):
+        with batch.hooked(self.vit.patch_embed):
             return self.vit.patch_embed(inputs), grid
 
     def add_prefix(self, x: torch.Tensor, hw_shape) -> torch.Tensor:
@@ -689,54 +686,49 @@ class PromptedTimmViT(FrozenBackboneMixin, BaseModule):
         EVA's ``rope`` table (None for families without RoPE)."""
         return dict(rope=self.rotary_embedding(hw_shape))
 
-    def norm_pre(self, x: torch.Tensor, biases: vit_ops.Biases = vit_ops.SHARED_BIASES):
+    def norm_pre(self, x: torch.Tensor, batch: TaskBatch = ONE_TASK):
         """The pre-norm (CLIP), or ``x`` unchanged (Identity)."""
-        with biases.hooked(self.vit.norm_pre):
+        with batch.hooked(self.vit.norm_pre):
             return self.vit.norm_pre(x)
 
-    def norm_out(self, x: torch.Tensor, biases: vit_ops.Biases = vit_ops.SHARED_BIASES):
+    def norm_out(self, x: torch.Tensor, batch: TaskBatch = ONE_TASK):
         """The final norm (``final_norm=True``): ``norm``, or EVA02's ``fc_norm``."""
         norm = getattr(self.vit, self._norm_attr)
-        with biases.hooked(norm):
+        with batch.hooked(norm):
             return norm(x)
 
     def _call_block(self, i: int, x: torch.Tensor, kwargs: dict,
-                    terms: BlockTerms) -> torch.Tensor:
+                    batch: TaskBatch) -> torch.Tensor:
         block = self.vit.blocks[i]
         rope = kwargs.get('rope')
         if rope is not None:
             # RoPE rotates the last HW tokens only: [CLS], registers and the prompt slots
             # before them count as prefix (timm's EvaAttention skips num_prefix_tokens).
             block.attn.num_prefix_tokens = x.shape[1] - rope.shape[-2]
-        if not terms.active:
+        if not (batch.active or batch.per_sample):
             return block(x, **kwargs)
         # Inside the (checkpointed) call, so a recomputation adds the same terms.
-        with terms.hooked(i, self._linears[i], block.mlp, getattr(block, 'drop_path2', None)):
+        with batch.hooked(block, i, self._linears[i], block.mlp,
+                          getattr(block, 'drop_path2', None)):
             return block(x, **kwargs)
 
     def run_block(self, i: int, x: torch.Tensor, mask: Optional[torch.Tensor] = None,
-                  biases: vit_ops.Biases = vit_ops.SHARED_BIASES,
-                  terms: BlockTerms = NO_TERMS,
+                  batch: TaskBatch = ONE_TASK,
                   rope: Optional[torch.Tensor] = None) -> torch.Tensor:
         """timm's block ``i``, ``(B, N, C) -> (B, N, C)``; ``mask``: a boolean
         ``(B, 1, 1, N)`` key mask (timm's ``attn_mask``); ``rope``: EVA's table from
-        :meth:`rotary_embedding`. timm's blocks run as modules, so a per-sample bias
-        lookup (``biases``, serving) and the LoRA updates and adapter branches
-        (``terms``) are added by forward hooks (:meth:`vit_ops.Biases.hooked`,
-        :meth:`BlockTerms.hooked`)."""
+        :meth:`rotary_embedding`; ``batch``: per-sample biases, LoRA updates and adapter
+        branches, added by forward hooks (:meth:`TaskBatch.hooked`)."""
         block = self.vit.blocks[i]
         kwargs = {} if mask is None else dict(attn_mask=mask)
         if self._eva:
             kwargs['rope'] = rope
-        if biases.per_sample:  # serving: inference only
-            with biases.hooked(block):
-                return self._call_block(i, x, kwargs, terms)
-        if self.with_cp and torch.is_grad_enabled() and (
-                x.requires_grad or terms.active or
+        if not batch.per_sample and self.with_cp and torch.is_grad_enabled() and (
+                x.requires_grad or batch.active or
                 any(p.requires_grad for p in block.parameters())):
-            return activation_checkpoint(self._call_block, i, x, kwargs, terms,
+            return activation_checkpoint(self._call_block, i, x, kwargs, batch,
                                          use_reentrant=False)
-        return self._call_block(i, x, kwargs, terms)
+        return self._call_block(i, x, kwargs, batch)
 
     def lora_weight(self, layer: int, site: str):
         """The linear of ``site`` in block ``layer`` and its output rows (packed qkv)."""
@@ -770,32 +762,23 @@ class PromptedTimmViT(FrozenBackboneMixin, BaseModule):
                                    else part.stop - part.start)
         return found
 
-    def to_map(self, x: torch.Tensor, hw_shape) -> torch.Tensor:
-        """``(B, K + HW, C) -> (B, C, H, W)``."""
-        patches = x[:, self.num_prefix:]
-        B, _, C = patches.shape
-        return patches.reshape(B, hw_shape[0], hw_shape[1], C).permute(0, 3, 1, 2).contiguous()
+    def shared_structure(self) -> Dict[str, object]:
+        """What the shared pass relies on beyond parameter shapes (timm builds the rest
+        from the name)."""
+        return OrderedDict(
+            backbone=type(self).__name__, model=self.model_name.split('.')[0],
+            signature=self.signature.tolist(), num_prefix_tokens=self.num_prefix_tokens,
+            dynamic_img_size=self.vit.dynamic_img_size,
+            norm_eps=sorted({m.eps for m in self.modules() if isinstance(m, nn.LayerNorm)}))
 
-    def forward(self, inputs: torch.Tensor) -> Tuple[torch.Tensor, ...]:
-        self.check_input(inputs)
-        x, hw_shape = self.embed_patches(inputs)
-        x = self.norm_pre(self.add_prefix(x, hw_shape))                  # (B, K + HW, C)
-        block = partial(self.run_block, terms=BlockTerms.of(self),
-                        **self.block_kwargs(hw_shape))
-        group = PromptGroup(self.prompt, None, self.out_indices, self.final_norm)
-        feats, = run_prompted_layers(x, [group], block, len(self.vit.blocks),
-                                     self.num_prefix, self.norm_out)
-        if self.output_cls_token:                                        # [CLS] is token 0
-            return tuple([self.to_map(feats[i], hw_shape), feats[i][:, 0]] for i in sorted(feats))
-        return tuple(self.to_map(feats[i], hw_shape) for i in sorted(feats))
-
-    def train(self, mode: bool = True):
-        """Frozen parts stay in eval mode (no dropout, no drop-path): only the dropout
-        of the prompts, LoRA and adapters follows ``mode``."""
-        super().train(mode)
-        if self.freeze and mode:
-            self.vit.train(False)
-        return self
+    def check_shareable(self, what: str) -> None:
+        """Per-sample biases come through hooks; EVA's q/v biases, applied inside its
+        attention, cannot."""
+        if self.tune_bias and any(n.endswith(('q_bias', 'v_bias'))
+                                  for n, p in self.named_parameters() if p.requires_grad):
+            raise ValueError(f'{what} tunes the q/v biases inside EVA\'s attention, '
+                             'which cannot be given per sample in a shared batch; serve it '
+                             'on its own')
 
     # ------------------------------------------------------------- weights
     def configured_pretrained(self) -> Optional[str]:
