@@ -195,34 +195,8 @@ class PromptedTimmViT(PromptedBackbone, BaseModule):
         super().__init__(init_cfg=init_cfg)
         check_freeze_options(freeze, tune_bias)
         check_model_name(model_name)
-        kwargs = dict(model_kwargs or {})
-        if keep_projection and not is_clip_model(model_name):
-            raise ValueError(f'keep_projection=True (a text head needs CLIP image embeddings), '
-                             f'but {model_name!r} is not a CLIP image tower: it has no visual '
-                             'projection to CLIP\'s joint space. Use a CLIP model, e.g. '
-                             "model_name='vit_base_patch16_clip_quickgelu_224' with the "
-                             'open_clip file of OpenAI\'s weights')
-        # A CLIP projection's width: the caller's (tiny models), or timm's for the name.
-        projection_dims = self._projection_dims(
-            model_name, kwargs.pop('num_classes', None)) if keep_projection else 0
-        clash = [k for k in _RESERVED + ('img_size', 'patch_size', 'dynamic_img_size')
-                 if k in kwargs]
-        if clash:
-            raise ValueError(f'model_kwargs {clash}: set by the backbone itself (weights come '
-                             'from checkpoint=, img_size/patch_size/dynamic_img_size are '
-                             "the backbone's own arguments)")
-        for key, value in (('img_size', img_size), ('patch_size', patch_size)):
-            if value is not None:
-                kwargs[key] = tuple(value) if isinstance(value, (list, tuple)) else value
-        try:
-            vit = timm.create_model(model_name, pretrained=False, num_classes=projection_dims,
-                                    dynamic_img_size=dynamic_img_size, **kwargs)
-        except TypeError as err:  # an argument the family's class does not take
-            raise ValueError(f'timm cannot build {model_name!r} with {kwargs}: {err}') from None
-        self._check_family(model_name, vit)
-        if projection_dims and not isinstance(getattr(vit, 'head', None), nn.Linear):
-            raise ValueError(f'keep_projection=True: {model_name} builds no linear head to '
-                             'hold the visual projection')
+        vit, projection_dims = self._build_vit(model_name, model_kwargs, img_size, patch_size,
+                                               dynamic_img_size, keep_projection)
         self.keep_projection = keep_projection
         self.projection_dims = projection_dims
         self.model_name = model_name
@@ -245,21 +219,8 @@ class PromptedTimmViT(PromptedBackbone, BaseModule):
         depth = len(vit.blocks)
         self.out_indices = self._out_indices(out_indices, depth)
 
-        # What segmentation never uses goes: pooling/classifier heads and, unless
-        # final_norm, the last norm. Their keys in a file are ignored at load.
         self._norm_attr = final_norm_attr(vit)
-        if final_norm and self._norm_attr is None:
-            raise ValueError(f'final_norm=True, but {model_name} has no last LayerNorm '
-                             '(norm and fc_norm are both Identity); set final_norm=False')
-        unused_norms = tuple(a for a in ('norm', 'fc_norm')
-                             if not (final_norm and a == self._norm_attr))
-        self._ignored = tuple(h for h in HEAD_MODULES if not (keep_projection and h == 'head')) \
-            + unused_norms
-        for attr in unused_norms:
-            if hasattr(vit, attr):
-                setattr(vit, attr, nn.Identity())
-        if getattr(vit, 'attn_pool', None) is not None:
-            vit.attn_pool = None
+        self._ignored = self._drop_unused(vit, model_name, final_norm, keep_projection)
         self.vit = vit
 
         self.prompt = VisualPrompt(
@@ -280,6 +241,63 @@ class PromptedTimmViT(PromptedBackbone, BaseModule):
             self._report_biases()
         self.register_buffer('signature', self._signature())
         self.init_frozen_hooks()
+
+    @classmethod
+    def _build_vit(cls, model_name: str, model_kwargs: Optional[dict], img_size, patch_size,
+                   dynamic_img_size: bool, keep_projection: bool) -> Tuple[nn.Module, int]:
+        """timm's model for the name and arguments (checked), and the width of the CLIP
+        projection it keeps (0: none)."""
+        kwargs = dict(model_kwargs or {})
+        if keep_projection and not is_clip_model(model_name):
+            raise ValueError(f'keep_projection=True (a text head needs CLIP image embeddings), '
+                             f'but {model_name!r} is not a CLIP image tower: it has no visual '
+                             'projection to CLIP\'s joint space. Use a CLIP model, e.g. '
+                             "model_name='vit_base_patch16_clip_quickgelu_224' with the "
+                             'open_clip file of OpenAI\'s weights')
+        # A CLIP projection's width: the caller's (tiny models), or timm's for the name.
+        projection_dims = cls._projection_dims(
+            model_name, kwargs.pop('num_classes', None)) if keep_projection else 0
+        clash = [k for k in _RESERVED + ('img_size', 'patch_size', 'dynamic_img_size')
+                 if k in kwargs]
+        if clash:
+            raise ValueError(f'model_kwargs {clash}: set by the backbone itself (weights come '
+                             'from checkpoint=, img_size/patch_size/dynamic_img_size are '
+                             "the backbone's own arguments)")
+        for key, value in (('img_size', img_size), ('patch_size', patch_size)):
+            if value is not None:
+                kwargs[key] = tuple(value) if isinstance(value, (list, tuple)) else value
+        try:
+            vit = timm.create_model(model_name, pretrained=False, num_classes=projection_dims,
+                                    dynamic_img_size=dynamic_img_size, **kwargs)
+        except TypeError as err:  # an argument the family's class does not take
+            raise ValueError(f'timm cannot build {model_name!r} with {kwargs}: {err}') from None
+        cls._check_family(model_name, vit)
+        if projection_dims and not isinstance(getattr(vit, 'head', None), nn.Linear):
+            raise ValueError(f'keep_projection=True: {model_name} builds no linear head to '
+                             'hold the visual projection')
+        return vit, projection_dims
+
+    @staticmethod
+    def _drop_unused(vit: nn.Module, model_name: str, final_norm: bool,
+                     keep_projection: bool) -> Tuple[str, ...]:
+        """Remove what segmentation never uses from ``vit``; returns the top-level names
+        whose keys a file may hold and the load ignores."""
+        # What segmentation never uses goes: pooling/classifier heads and, unless
+        # final_norm, the last norm. Their keys in a file are ignored at load.
+        norm_attr = final_norm_attr(vit)
+        if final_norm and norm_attr is None:
+            raise ValueError(f'final_norm=True, but {model_name} has no last LayerNorm '
+                             '(norm and fc_norm are both Identity); set final_norm=False')
+        unused_norms = tuple(a for a in ('norm', 'fc_norm')
+                             if not (final_norm and a == norm_attr))
+        ignored = tuple(h for h in HEAD_MODULES if not (keep_projection and h == 'head')) \
+            + unused_norms
+        for attr in unused_norms:
+            if hasattr(vit, attr):
+                setattr(vit, attr, nn.Identity())
+        if getattr(vit, 'attn_pool', None) is not None:
+            vit.attn_pool = None
+        return ignored
 
     @property
     def visual_projection(self) -> Optional[nn.Module]:
