@@ -77,7 +77,7 @@ def test_each_family_implements_every_layout_step_and_inherits_the_forward(cls):
     assert issubclass(cls, PromptedBackbone)
     missing = [s for s in STEPS if getattr(cls, s) is getattr(PromptedBackbone, s)]
     assert not missing, f'{cls.__name__} does not implement {missing}'
-    for shared in ('forward', 'forward_tasks', 'to_map', 'train'):
+    for shared in ('forward', 'forward_tasks', 'to_map', 'train', 'share_frozen'):
         assert getattr(cls, shared) is getattr(PromptedBackbone, shared), shared
 
 

@@ -3,8 +3,9 @@
 A backbone family (MMSeg's layout, :class:`~vpt_seg.models.PromptedVisionTransformer`;
 any timm ViT, :class:`~vpt_seg.models.PromptedTimmViT`) subclasses
 :class:`PromptedBackbone` and implements only its **layout steps**; the forward over
-them, ``train()``, the feature maps, the option checks and what serving asks of a
-backbone are written once, here. A third family implements the steps below and
+them, ``train()``, the feature maps, the option checks and the checks that let a task
+share another backbone's frozen weights (:meth:`PromptedBackbone.share_frozen`) are
+written once, here. A third family implements the steps below and
 nothing else:
 
 ========================  ==============================================================
@@ -162,6 +163,64 @@ class PromptedBackbone(FrozenBackboneMixin):
             x = tokens.new_empty((patches.shape[0],) + tokens.shape[1:]) if x is None else x
             x[idx] = tokens
         return x
+
+    # ------------------------------------------------------------------ sharing
+    def share_frozen(self, shared: 'PromptedBackbone', what: str) -> None:
+        """Check that this (task) backbone can run on ``shared``'s frozen weights, then
+        tie its frozen parameters to ``shared``'s (the copies are freed).
+
+        Raises:
+            ValueError: (naming ``what``) not frozen, another backbone kind, a final
+                norm the shared backbone lacks, another architecture (every difference
+                listed) or other frozen weights (another pretrained file).
+        """
+        if not self.freeze:
+            raise ValueError(f'{what}: only tasks on a frozen PromptedVisionTransformer '
+                             'or PromptedTimmViT (freeze=True) can share a backbone; a fully '
+                             'fine-tuned ViT is a model of its own')
+        if type(self) is not type(shared):
+            raise ValueError(f'{what} runs on a {type(self).__name__}, the shared '
+                             f'backbone is a {type(shared).__name__}')
+        self.check_shareable(what)
+        if self.final_norm and not shared.final_norm:
+            raise ValueError(f'{what} reads the final norm (final_norm=True), but the '
+                             'shared backbone was built without one (its pretrained file has '
+                             'none); serve it on a backbone file with a final norm')
+        diff = self._differences(shared)
+        if diff:
+            raise ValueError(f'{what} was made for another ViT than the shared '
+                             'backbone:\n  ' + '\n  '.join(diff))
+        params = dict(shared.named_parameters())
+        for pname, param in list(self.named_parameters()):
+            if param.requires_grad or pname not in params or \
+                    params[pname].shape != param.shape:
+                continue
+            if not torch.equal(param.detach().to(params[pname].device), params[pname]):
+                raise ValueError(
+                    f'{what}: frozen weight {pname} differs from the shared '
+                    "backbone's; the task was trained on another pretrained file")
+            owner, _, attr = pname.rpartition('.')
+            self.get_submodule(owner)._parameters[attr] = params[pname]  # tie, free the copy
+
+    def _differences(self, shared: 'PromptedBackbone') -> List[str]:
+        """What differs from ``shared`` beyond the tuned tensors: the structure and the
+        frozen parameters' shapes (position embeddings for another ``img_size`` are
+        the task's own)."""
+        ours, theirs = shared.shared_structure(), self.shared_structure()
+        diff = [f'{k}: {theirs[k]} (task) vs {ours[k]} (shared)' for k in ours
+                if ours[k] != theirs[k]]
+        params = dict(shared.named_parameters())
+        for pname, param in self.named_parameters():
+            if param.requires_grad or (pname.endswith('pos_embed') and
+                                       param.shape != params[pname].shape):
+                continue  # tuned, or position embeddings for another img_size (kept)
+            if pname not in params:
+                diff.append(f'{pname}: in the task, not in the shared backbone (build it '
+                            'with final_norm=True / the same options)')
+            elif params[pname].shape != param.shape:
+                diff.append(f'{pname}: {tuple(param.shape)} (task) vs '
+                            f'{tuple(params[pname].shape)} (shared)')
+        return diff
 
     def train(self, mode: bool = True):
         """Frozen parts stay in eval mode (no dropout, no drop-path): only the dropout

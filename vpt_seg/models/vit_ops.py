@@ -31,7 +31,8 @@ from torch import nn
 
 from ..tuners.terms import ONE_TASK, TaskBatch
 
-__all__ = ['fast_path_default', 'TaskBatch', 'ONE_TASK', 'FFNParts', 'ffn_parts', 'linear', 'layer_norm', 'patch_embed', 'attention',
+__all__ = ['fast_path_default', 'TaskBatch', 'ONE_TASK', 'FFNParts', 'ffn_parts',
+           'linear', 'layer_norm', 'patch_embed', 'attention',
            'mlp', 'block', 'check_supported']
 
 

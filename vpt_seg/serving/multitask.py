@@ -106,46 +106,11 @@ class MultiTaskViT(nn.Module):
         if name in self.tasks:
             raise ValueError(f'task {name!r} is already registered')
         kind = task_kind(model)
-        vit = model.backbone
-        if not isinstance(vit, PromptedBackbone) or not vit.freeze:
+        if not isinstance(model.backbone, PromptedBackbone):
             raise ValueError(f'task {name!r}: only tasks on a frozen PromptedVisionTransformer '
                              'or PromptedTimmViT (freeze=True) can share a backbone; a fully '
                              'fine-tuned ViT is a model of its own')
-        if type(vit) is not type(self.backbone):
-            raise ValueError(f'task {name!r} runs on a {type(vit).__name__}, the shared '
-                             f'backbone is a {type(self.backbone).__name__}')
-        vit.check_shareable(f'task {name!r}')
-        if vit.final_norm and not self.backbone.final_norm:
-            raise ValueError(f'task {name!r} reads the final norm (final_norm=True), but the '
-                             'shared backbone was built without one (its pretrained file has '
-                             'none); serve it on a backbone file with a final norm')
-        ours, theirs = self.backbone.shared_structure(), vit.shared_structure()
-        diff = [f'{k}: {theirs[k]} (task) vs {ours[k]} (shared)' for k in ours
-                if ours[k] != theirs[k]]
-        shared = dict(self.backbone.named_parameters())
-        for pname, param in vit.named_parameters():
-            if param.requires_grad or (pname.endswith('pos_embed') and
-                                       param.shape != shared[pname].shape):
-                continue  # tuned, or position embeddings for another img_size (kept)
-            if pname not in shared:
-                diff.append(f'{pname}: in the task, not in the shared backbone (build it '
-                            'with final_norm=True / the same options)')
-            elif shared[pname].shape != param.shape:
-                diff.append(f'{pname}: {tuple(param.shape)} (task) vs '
-                            f'{tuple(shared[pname].shape)} (shared)')
-        if diff:
-            raise ValueError(f'task {name!r} was made for another ViT than the shared '
-                             'backbone:\n  ' + '\n  '.join(diff))
-        for pname, param in list(vit.named_parameters()):
-            if param.requires_grad or pname not in shared or \
-                    shared[pname].shape != param.shape:
-                continue
-            if not torch.equal(param.detach().to(shared[pname].device), shared[pname]):
-                raise ValueError(
-                    f'task {name!r}: frozen weight {pname} differs from the shared '
-                    "backbone's; the task was trained on another pretrained file")
-            owner, _, attr = pname.rpartition('.')
-            vit.get_submodule(owner)._parameters[attr] = shared[pname]  # tie, free the copy
+        model.backbone.share_frozen(self.backbone, f'task {name!r}')
         model.eval()
         self.tasks[name] = model
         self.kinds[name] = kind
