@@ -302,6 +302,7 @@ def fit_timm_state_dict(state_dict: Mapping[str, torch.Tensor], vit: nn.Module,
         resampled.append(f'position embedding {state_dict[grid].shape[1]} -> '
                          f'{state[grid].shape[1]} tokens')
     heads = sorted({k.split('.')[0] for k in dropped})
-    summary = (f'{len(state)} tensors' + (f'; resampled {", ".join(resampled)}' if resampled else '')
+    summary = (f'{len(state)} tensors'
+               + (f'; resampled {", ".join(resampled)}' if resampled else '')
                + (f'; ignored {", ".join(heads)} ({len(dropped)} tensors)' if heads else ''))
     return state, summary
