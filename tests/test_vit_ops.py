@@ -138,9 +138,9 @@ def test_per_sample_biases_equal_one_model_per_sample():
             if p.requires_grad:
                 p.data.add_(0.3)
     image = torch.randn(2, 3, 32, 32)
-    biases = vit_ops.Biases(base, tasks, torch.tensor([0, 1]))
-    x, _ = vit_ops.patch_embed(base.patch_embed, image, biases)
-    mixed = vit_ops.block(base.layers[1], x, biases=biases)
+    batch = vit_ops.TaskBatch(tasks, [torch.tensor([0]), torch.tensor([1])], shared=base)
+    x, _ = vit_ops.patch_embed(base.patch_embed, image, batch)
+    mixed = vit_ops.block(base.layers[1], x, batch=batch)
     for b, t in enumerate(tasks):
         x_t, _ = vit_ops.patch_embed(t.patch_embed, image[b:b + 1])
         torch.testing.assert_close(x[b:b + 1], x_t, atol=1e-5, rtol=1e-5)

@@ -1,7 +1,8 @@
 """MMSeg's ``VisionTransformer`` with a frozen body and visual prompts (VPT)."""
 import logging
 import os.path as osp
-from typing import Optional, Sequence
+from collections import OrderedDict
+from typing import Dict, Optional, Sequence
 
 import torch
 from mmengine.logging import print_log
@@ -14,10 +15,10 @@ from . import vit_ops
 from ..formats import loading
 from ..formats.fitting import fit_state_dict
 from ..formats.weights import load_vit_checkpoint, to_mmseg_state_dict
-from ..tuners.prompt import PromptGroup, VisualPrompt, run_prompted_layers
-from ..tuners.terms import NO_TERMS, BlockTerms
+from ..tuners.prompt import VisualPrompt
+from ..tuners.terms import ONE_TASK, TaskBatch
 from ..tuners.tuning import freeze as freeze_module
-from .frozen import FrozenBackboneMixin
+from .backbone import PromptedBackbone, check_freeze_options
 
 #: What a backbone's ``signature`` buffer records, in order.
 SIGNATURE_FIELDS = ('embed_dims', 'num_layers', 'num_heads', 'patch_size', 'in_channels',
@@ -29,7 +30,7 @@ def vit_signature(vit: VisionTransformer) -> torch.Tensor:
     layer = vit.layers[0]
     return torch.tensor([vit.cls_token.shape[-1], len(vit.layers), layer.attn.attn.num_heads,
                          vit.patch_size, vit.patch_embed.projection.in_channels,
-                         layer.ffn.layers[0][0].out_features])
+                         vit_ops.ffn_parts(layer.ffn).first.out_features])
 
 
 def _no_attention_weights(module, args, kwargs):
@@ -40,7 +41,7 @@ def _no_attention_weights(module, args, kwargs):
 
 
 @MODELS.register_module()
-class PromptedVisionTransformer(FrozenBackboneMixin, VisionTransformer):
+class PromptedVisionTransformer(PromptedBackbone, VisionTransformer):
     """A frozen ViT with deep or shallow visual prompts and optional bias tuning.
 
     Accepts every argument of MMSeg's :class:`~mmseg.models.backbones.VisionTransformer`
@@ -113,9 +114,7 @@ class PromptedVisionTransformer(FrozenBackboneMixin, VisionTransformer):
                 'frozen_exclude matches parameter names by substring and cannot be combined '
                 'with freeze=True; use tune_bias=True to tune biases, or freeze=False to '
                 f'use frozen_exclude as in VisionTransformer (got {frozen_exclude}).')
-        if tune_bias and not freeze:
-            raise ValueError('tune_bias=True tunes biases of a frozen backbone; with '
-                             'freeze=False every weight is tuned already.')
+        check_freeze_options(freeze, tune_bias)
         super().__init__(**kwargs)
         if self.img_size[0] % self.patch_size or self.img_size[1] % self.patch_size:
             h, w = self.img_size
@@ -139,6 +138,7 @@ class PromptedVisionTransformer(FrozenBackboneMixin, VisionTransformer):
             init=prompt_init,
             patch_size=self.patch_size,
             in_channels=self.in_channels)
+        self._ffn_parts = [vit_ops.ffn_parts(layer.ffn) for layer in self.layers]
         self.init_tuners(lora, adapter, len(self.layers), embed_dims)
         self.freeze = freeze
         self.tune_bias = tune_bias
@@ -165,9 +165,8 @@ class PromptedVisionTransformer(FrozenBackboneMixin, VisionTransformer):
             layer.attn.attn.register_forward_pre_hook(_no_attention_weights, with_kwargs=True)
         self.init_frozen_hooks()
 
-    # ------------------------------------------------------------------ forward
-    # The steps of the forward, public so that multi-task serving runs the same ones
-    # (vpt_seg.serving.multitask): patches, prefix and position, pre-norm, blocks, final norm, maps.
+    # ------------------------------------------------------------ layout steps
+    # PromptedBackbone's steps over MMSeg's modules (the forward is the base's).
     @property
     def num_prefix_tokens(self) -> int:
         """Tokens before the patches ([CLS] or none); prompts go right after them."""
@@ -186,10 +185,15 @@ class PromptedVisionTransformer(FrozenBackboneMixin, VisionTransformer):
                 "and patch_pad=None; resize or crop the input, or set patch_pad='corner' "
                 'to pad it as MMSeg does.')
 
-    def embed_patches(self, inputs: torch.Tensor, biases: vit_ops.Biases = vit_ops.SHARED_BIASES):
+    def _functional(self, batch: TaskBatch) -> bool:
+        """Whether to compute through :mod:`.vit_ops` (the fast path, or per-sample
+        biases that MMSeg's modules cannot take)."""
+        return self.fast_path or batch.per_sample
+
+    def embed_patches(self, inputs: torch.Tensor, batch: TaskBatch = ONE_TASK):
         """``(B, 3, H, W) -> (B, HW, C)`` patch tokens and the grid ``(H / p, W / p)``."""
-        if self.fast_path or biases is not vit_ops.SHARED_BIASES:
-            return vit_ops.patch_embed(self.patch_embed, inputs, biases)
+        if self._functional(batch):
+            return vit_ops.patch_embed(self.patch_embed, inputs, batch)
         return self.patch_embed(inputs)
 
     def add_prefix(self, x: torch.Tensor, hw_shape) -> torch.Tensor:
@@ -199,88 +203,69 @@ class PromptedVisionTransformer(FrozenBackboneMixin, VisionTransformer):
         x = self._pos_embeding(x, hw_shape, self.pos_embed)
         return x if self.with_cls_token else x[:, 1:]
 
-    def norm_pre(self, x: torch.Tensor, biases: vit_ops.Biases = vit_ops.SHARED_BIASES):
+    def norm_pre(self, x: torch.Tensor, batch: TaskBatch = ONE_TASK):
         """The pre-norm (CLIP-style ViTs), or ``x`` unchanged."""
         if not self.pre_norm:
             return x
-        return vit_ops.layer_norm(x, self.pre_ln, biases) if self.fast_path or \
-            biases is not vit_ops.SHARED_BIASES else self.pre_ln(x)
+        return vit_ops.layer_norm(x, self.pre_ln, batch) if self._functional(batch) \
+            else self.pre_ln(x)
 
-    def norm_out(self, x: torch.Tensor, biases: vit_ops.Biases = vit_ops.SHARED_BIASES):
+    def norm_out(self, x: torch.Tensor, batch: TaskBatch = ONE_TASK):
         """The final norm (``final_norm=True``)."""
-        return vit_ops.layer_norm(x, self.norm1, biases) if self.fast_path or \
-            biases is not vit_ops.SHARED_BIASES else self.norm1(x)
-
-    def block_kwargs(self, hw_shape) -> dict:
-        """What :meth:`run_block` takes besides the tokens for this grid: nothing here
-        (timm's EVA takes its RoPE table)."""
-        return {}
+        return vit_ops.layer_norm(x, self.norm1, batch) if self._functional(batch) \
+            else self.norm1(x)
 
     def run_block(self, i: int, x: torch.Tensor, mask: Optional[torch.Tensor] = None,
-                  biases: vit_ops.Biases = vit_ops.SHARED_BIASES,
-                  terms: BlockTerms = NO_TERMS) -> torch.Tensor:
+                  batch: TaskBatch = ONE_TASK) -> torch.Tensor:
         """Transformer block ``i``, ``(B, N, C) -> (B, N, C)``; ``mask``: a boolean
-        ``(B, 1, 1, N)`` key mask, ``biases``: a per-sample bias lookup (serving),
-        ``terms``: LoRA updates and adapter branches (the model's, or per sample)."""
+        ``(B, 1, 1, N)`` key mask, ``batch``: biases (per sample when serving), LoRA
+        updates and adapter branches."""
         layer = self.layers[i]
-        if not (self.fast_path or terms.active) and mask is None and \
-                biases is vit_ops.SHARED_BIASES:
+        if not (self._functional(batch) or batch.active) and mask is None:
             return layer(x)  # MMSeg's layer (it honours with_cp itself)
-        if layer.with_cp and torch.is_grad_enabled() and (x.requires_grad or terms.active):
-            return checkpoint(vit_ops.block, layer, x, mask, biases, terms, i,
+        parts = self._ffn_parts[i]
+        if layer.with_cp and torch.is_grad_enabled() and (x.requires_grad or batch.active):
+            return checkpoint(vit_ops.block, layer, x, mask, batch, i, parts,
                               use_reentrant=False)
-        return vit_ops.block(layer, x, mask, biases, terms, i)
+        return vit_ops.block(layer, x, mask, batch, i, parts)
 
     def lora_weight(self, layer: int, site: str):
         """``q``/``k``/``v``: rows of ``in_proj_weight``; ``proj``, ``fc1``, ``fc2``: whole."""
         block = self.layers[layer]
         if site in ('q', 'k', 'v'):
-            C = self.cls_token.shape[-1]
-            j = 'qkv'.index(site)
-            return block.attn.attn.in_proj_weight, slice(j * C, (j + 1) * C)
-        linears = [m for m in block.ffn.layers.modules() if isinstance(m, nn.Linear)]
-        return {'proj': block.attn.attn.out_proj, 'fc1': linears[0],
-                'fc2': linears[-1]}[site].weight, None
+            return block.attn.attn.in_proj_weight, dict(
+                vit_ops.qkv_sites(self.cls_token.shape[-1]))[site]
+        parts = self._ffn_parts[layer]
+        return {'proj': block.attn.attn.out_proj, 'fc1': parts.first,
+                'fc2': parts.last}[site].weight, None
 
     def lora_sites(self, target: str):
         """``q``/``k``/``v``: slices of the packed ``in_proj``, ``proj``: ``out_proj``,
         ``fc1``/``fc2``: the FFN's first and last linear; ``{site: (in, out)}``."""
         C = self.cls_token.shape[-1]
-        hidden = self.layers[0].ffn.layers[0][0].out_features
+        hidden = self._ffn_parts[0].first.out_features
         return {'fc1': {'fc1': (C, hidden)}, 'fc2': {'fc2': (hidden, C)}}.get(
             target, {target: (C, C)} if target in ('q', 'k', 'v', 'proj') else {})
 
-    def to_map(self, x: torch.Tensor, hw_shape):
-        """``(B, K + HW, C) -> (B, C, H, W)`` (plus the [CLS] vector if asked for)."""
-        patches = x[:, self.num_prefix_tokens:]
-        B, _, C = patches.shape
-        out = patches.reshape(B, hw_shape[0], hw_shape[1], C).permute(0, 3, 1, 2).contiguous()
-        return [out, x[:, 0]] if self.output_cls_token else out
+    def shared_structure(self) -> Dict[str, object]:
+        """What the shared pass relies on, beyond parameter shapes."""
+        layer = self.layers[0]
+        pad = self.patch_embed.adap_padding
+        return OrderedDict(
+            with_cls_token=self.with_cls_token,
+            pre_norm=self.pre_norm,
+            patch_size=self.patch_size,
+            patch_pad=None if pad is None else (pad.padding, pad.kernel_size, pad.stride,
+                                                pad.dilation),
+            num_layers=len(self.layers),
+            num_heads=layer.attn.attn.num_heads,
+            norm_eps=sorted({m.eps for m in self.modules() if isinstance(m, nn.LayerNorm)}),
+            activation=repr(self._ffn_parts[0].activation),
+            num_fcs=layer.ffn.num_fcs, backbone=type(self).__name__)
 
-    def forward(self, inputs: torch.Tensor):
-        self.check_input(inputs)
-        x, hw_shape = self.embed_patches(inputs)                         # (B, HW, C)
-        x = self.norm_pre(self.add_prefix(x, hw_shape))                  # (B, K + HW, C)
-        outs = [self.to_map(x, hw_shape)] if self.out_origin else []
-        group = PromptGroup(self.prompt, None, self.out_indices, self.final_norm)
-        terms = BlockTerms.of(self)
-
-        def block(i, x, mask):
-            return self.run_block(i, x, mask, terms=terms)
-        feats, = run_prompted_layers(x, [group], block, len(self.layers),
-                                     self.num_prefix_tokens, self.norm_out)
-        return tuple(outs + [self.to_map(feats[i], hw_shape) for i in sorted(feats)])
-
-    def train(self, mode: bool = True):
-        """Frozen parts stay in eval mode (no dropout, no drop-path): only the dropout
-        of the prompts (as in the paper's code), LoRA and adapters follows ``mode``."""
-        super().train(mode)
-        if self.freeze and mode:
-            tuners = self.tuner_modules()
-            for child in self.children():
-                if all(child is not t for t in tuners):
-                    child.train(False)
-        return self
+    def check_shareable(self, what: str) -> None:
+        """The functional pass must compute it (:func:`vit_ops.check_supported`)."""
+        vit_ops.check_supported(self, what, 'such a ViT cannot be served on a shared backbone')
 
     # ------------------------------------------------------- weights and saving
     def init_weights(self):

@@ -21,15 +21,14 @@ Prompts sit right after all prefix tokens ([CLS] and registers), get no position
 embedding and no rotary embedding (EVA's attention skips every token before the patches:
 ``K``, plus the ``P`` prompt slots where there are prompts).
 
-Read top-down: the supported families, file finding and reading, fitting a state dict,
-then the backbone.
+Read top-down: the backbone's own tables, its LoRA sites, then the backbone (its layout
+steps; the forward is :class:`~vpt_seg.models.backbone.PromptedBackbone`'s). The family
+table and the reading of timm and open_clip files are in
+:mod:`vpt_seg.formats.timm_files` (re-exported here).
 """
-import json
-import os
-import os.path as osp
 import re
-from functools import partial
-from typing import Dict, Mapping, Optional, Sequence, Tuple, Union
+from collections import OrderedDict
+from typing import Dict, Optional, Sequence, Tuple, Union
 
 import timm
 import torch
@@ -39,82 +38,31 @@ from mmseg.registry import MODELS
 from torch import nn
 from torch.utils.checkpoint import checkpoint as activation_checkpoint
 
-from ..formats.outputs import atomic_write
-from ..formats.weights import read_checkpoint
-from ..tuners.prompt import PromptGroup, VisualPrompt, run_prompted_layers
-from ..tuners.terms import NO_TERMS, BlockTerms
+from ..formats.timm_files import (FAMILIES, HUB_FILES, OPEN_CLIP_CONFIG,  # noqa: F401
+                                  HEAD_MODULES, check_model_name, clip_projection_dims,
+                                  families_text, find_weights_file, fit_timm_state_dict,
+                                  is_clip_model, pretrained_normalization,
+                                  read_open_clip_config, read_timm_state_dict,
+                                  same_weights_arch, vit_classes, write_hub_folder,
+                                  write_open_clip_folder)
+from ..tuners.prompt import VisualPrompt
+from ..tuners.terms import ONE_TASK, TaskBatch
 from ..tuners.tuning import bias_parameters, format_count
 from ..tuners.tuning import freeze as freeze_module
-from . import vit_ops
-from .frozen import FrozenBackboneMixin
+from .backbone import PromptedBackbone, check_freeze_options
 
 __all__ = ['FAMILIES', 'TIMM_SIGNATURE_FIELDS', 'PromptedTimmViT', 'find_weights_file',
            'read_timm_state_dict', 'fit_timm_state_dict', 'final_norm_attr',
            'write_hub_folder', 'write_open_clip_folder', 'is_clip_model',
            'clip_projection_dims', 'pretrained_normalization', 'read_open_clip_config']
 
-#: The ViT families this backbone is tested on: (family, a timm name, what is special).
-FAMILIES = (
-    ('ViT / AugReg', 'vit_base_patch16_224.augreg_in21k', '[CLS]'),
-    ('DeiT-III', 'deit3_base_patch16_224', 'LayerScale, position embedding without [CLS]'),
-    ('DINOv2', 'vit_base_patch14_dinov2', 'patch 14, LayerScale'),
-    ('DINOv2 + registers', 'vit_base_patch14_reg4_dinov2', '[CLS] + 4 registers'),
-    ('EVA02', 'eva02_base_patch14_224', "timm's Eva: RoPE, SwiGLU, last norm in fc_norm"),
-    ('CLIP', 'vit_base_patch16_clip_224', 'pre-norm (norm_pre)'),
-    ('SigLIP', 'vit_base_patch16_siglip_224', 'no [CLS], attention-pool head (unused)'),
-    ('MAE', 'vit_base_patch16_224.mae', '[CLS]'),
-)
-#: timm modules whose ViT classes (``VisionTransformer``, ``Eva``) the backbone runs.
-_MODULES = ('timm.models.vision_transformer', 'timm.models.deit', 'timm.models.eva')
 
 #: What the ``signature`` buffer records, in order.
 TIMM_SIGNATURE_FIELDS = ('embed_dims', 'num_layers', 'num_heads', 'patch_size', 'in_channels',
                          'feedforward_channels', 'num_prefix_tokens')
 
-#: Weight files of a hub folder: timm's, in the order timm's hub loader prefers them, then
-#: open_clip's (a whole CLIP; ``timm/vit_base_patch16_clip_224.openai`` holds both kinds).
-HUB_FILES = ('model.safetensors', 'pytorch_model.bin',
-             'open_clip_model.safetensors', 'open_clip_pytorch_model.bin')
-#: open_clip's description of the CLIP in a hub folder (``model_cfg``, ``preprocess_cfg``).
-OPEN_CLIP_CONFIG = 'open_clip_config.json'
-
 #: create_model arguments the backbone sets itself.
 _RESERVED = ('pretrained', 'num_classes', 'pretrained_cfg_overlay', 'checkpoint_path')
-
-#: Top-level modules of a timm ViT that hold no backbone weights for segmentation
-#: (classifier and pooling heads); the file's keys under them are ignored.
-_HEADS = ('head', 'head_dist', 'attn_pool')
-
-
-def _families_text() -> str:
-    return '; '.join(f'{f} ({n})' for f, n, _ in FAMILIES)
-
-
-def _vit_classes():
-    from timm.models.eva import Eva
-    from timm.models.vision_transformer import VisionTransformer
-    return VisionTransformer, Eva
-
-
-def check_model_name(model_name: str) -> None:
-    """Raise ``ValueError`` unless ``model_name`` is a timm ViT of a supported family."""
-    from timm.models import is_model, model_entrypoint, split_model_name_tag
-    arch, _ = split_model_name_tag(model_name)
-    if not is_model(arch):
-        raise ValueError(f'model_name={model_name!r} is not a timm model (timm.list_models() '
-                         f'lists them); supported ViT families: {_families_text()}')
-    module = model_entrypoint(arch).__module__
-    if module not in _MODULES:
-        raise ValueError(
-            f'model_name={model_name!r} ({module}) is not a plain ViT: PromptedTimmViT '
-            'prompts the token sequence of a ViT with one global attention over all tokens '
-            f'(no windows, stages or conv stem). Supported families: {_families_text()}')
-
-
-def is_clip_model(model_name: str) -> bool:
-    """True for timm's CLIP image towers (``vit_*_clip_*``), whose ``head`` is CLIP's
-    visual projection when loaded from a CLIP file."""
-    return bool(re.search(r'_clip(_|$)', model_name.split('.')[0]))
 
 
 def final_norm_attr(vit: nn.Module) -> Optional[str]:
@@ -125,225 +73,6 @@ def final_norm_attr(vit: nn.Module) -> Optional[str]:
         if not isinstance(getattr(vit, attr, None), (nn.Identity, type(None))):
             return attr
     return None
-
-
-def _clip_cfg(model_name: str):
-    """timm's pretrained_cfg of the CLIP image tower ``model_name`` names, or None when
-    it names none: not a CLIP architecture (``*_clip_*``), or a tag fine-tuned into a
-    classifier (``.laion2b_ft_in1k``: its ``head`` classifies). An untagged name takes
-    the architecture's first CLIP tag (timm's default tag may be a fine-tuned one)."""
-    from timm.models import get_pretrained_cfg, split_model_name_tag
-    arch, tag = split_model_name_tag(model_name)
-    if not is_clip_model(arch):
-        return None
-    tags = [tag] if tag else [n.split('.', 1)[1] for n in timm.list_pretrained(f'{arch}.*')]
-    for t in tags:
-        if 'ft' not in t.split('_'):
-            return get_pretrained_cfg(f'{arch}.{t}')
-    return None
-
-
-def clip_projection_dims(model_name: str) -> int:
-    """Width of the visual projection of the CLIP image tower ``model_name`` names (512
-    for ViT-B/16, 768 for ViT-L/14, from timm's pretrained_cfg), 0 for other models."""
-    cfg = _clip_cfg(model_name)
-    return int(cfg.num_classes) if cfg is not None else 0
-
-
-def pretrained_normalization(model_name: str) -> Optional[dict]:
-    """How the images of the CLIP ``model_name`` names were normalised in pretraining,
-    in MMSeg's data-preprocessor convention (0-255 pixels): ``dict(mean=[...],
-    std=[...])`` from timm's pretrained_cfg (OpenAI's CLIP: mean 0.48145466, 0.4578275,
-    0.40821073, std 0.26862954, 0.26130258, 0.27577711, times 255); None for models
-    that are not CLIP image towers (their configs name their normalisation)."""
-    cfg = _clip_cfg(model_name)
-    if cfg is None:
-        return None
-    return dict(mean=[round(m * 255, 6) for m in cfg.mean],
-                std=[round(s * 255, 6) for s in cfg.std])
-
-
-def _same_weights_arch(a: str, b: str) -> bool:
-    """timm's QuickGELU CLIP variants hold the same weights as their plain names
-    (``timm/vit_base_patch16_clip_224.openai`` serves ``vit_base_patch16_clip_quickgelu_224``)."""
-    return a.replace('_quickgelu', '') == b.replace('_quickgelu', '')
-
-
-def read_open_clip_config(weights_file: str) -> Optional[dict]:
-    """The ``open_clip_config.json`` beside a weights file (open_clip's hub layout), or
-    None. Data only: its ``model_cfg`` is read for ``quick_gelu``, nothing in it is
-    built or followed."""
-    path = osp.join(osp.dirname(weights_file), OPEN_CLIP_CONFIG)
-    if not osp.isfile(path):
-        return None
-    try:
-        with open(path) as f:
-            config = json.load(f)
-    except (OSError, ValueError) as err:
-        raise ValueError(f'{path}: not a readable open_clip config (JSON): {err}') from None
-    return config if isinstance(config, dict) else None
-
-
-# ------------------------------------------------------------------ files
-def find_weights_file(path: str, option: str = 'model.backbone.checkpoint'
-                      ) -> Tuple[str, Optional[dict]]:
-    """The weights file at ``path`` and the hub folder's ``config.json`` (or None).
-
-    ``path`` is a file (``.safetensors``, ``.bin``, ``.pth``, ``.pt``) or a folder in the
-    hub's layout (``model.safetensors`` or ``pytorch_model.bin``, and ``config.json``; or
-    open_clip's ``open_clip_model.safetensors`` / ``open_clip_pytorch_model.bin``), as
-    ``huggingface-cli download timm/<name> --local-dir <folder>`` writes it.
-
-    Raises:
-        FileNotFoundError: Nothing at ``path``, or a folder without a weights file; the
-            message names the path and ``option``.
-        ValueError: A URL or hub name (weights are read from local files only).
-    """
-    if '://' in path or path.startswith('hf-hub:') or path.startswith('hf_hub:'):
-        raise ValueError(f'{option}={path!r}: weights are read from local files only; '
-                         'download it first (e.g. huggingface-cli download timm/<name> '
-                         '--local-dir pretrain/<name>) and name the file or folder')
-    path = osp.expanduser(path)
-    if osp.isdir(path):
-        for name in HUB_FILES:
-            if osp.isfile(osp.join(path, name)):
-                config = None
-                if osp.isfile(osp.join(path, 'config.json')):
-                    with open(osp.join(path, 'config.json')) as f:
-                        config = json.load(f)
-                return osp.join(path, name), config
-        raise FileNotFoundError(f'{option}={path!r} is a folder without {" or ".join(HUB_FILES)} '
-                                '(the hub layouts timm and open_clip publish); name the weights '
-                                'file itself')
-    if not osp.isfile(path):
-        raise FileNotFoundError(
-            f'pretrained backbone weights not found: {path!r} (from {option}). Put the file '
-            f'there, or point the config at it: --cfg-options {option}=/path/to/model.safetensors')
-    return path, None
-
-
-def write_hub_folder(vit: nn.Module, folder: str, model_name: str) -> str:
-    """Save a timm model as the hub publishes it: ``folder/model.safetensors`` and a
-    ``config.json`` naming its architecture (stand-in pretrained weights for demos and
-    tests). Returns the folder."""
-    from safetensors.torch import save_file
-    os.makedirs(folder, exist_ok=True)
-    with atomic_write(osp.join(folder, 'model.safetensors')) as tmp:  # the usual file mode
-        save_file({k: v.detach().cpu().contiguous() for k, v in vit.state_dict().items()},
-                  tmp)
-    with atomic_write(osp.join(folder, 'config.json')) as tmp, open(tmp, 'w') as f:
-        json.dump(dict(architecture=model_name.split('.')[0], num_classes=0,
-                       num_features=getattr(vit, 'num_features', None)), f, indent=2)
-    return folder
-
-
-def write_open_clip_folder(state_dict: Mapping[str, torch.Tensor], folder: str,
-                           model_cfg: dict, preprocess_cfg: Optional[dict] = None,
-                           torch_file: bool = False) -> str:
-    """Save a whole CLIP as open_clip publishes it on the hub (what its
-    ``save_for_hf`` writes, without the tokenizer files): ``open_clip_model.safetensors``
-    (OpenAI's key names: ``visual.*`` and the text tower), ``open_clip_config.json``
-    (``model_cfg``, ``preprocess_cfg``), and with ``torch_file``
-    ``open_clip_pytorch_model.bin`` too. Stand-in CLIPs for demos and tests. Returns the
-    folder."""
-    from safetensors.torch import save_file
-    os.makedirs(folder, exist_ok=True)
-    tensors = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
-    save_file(tensors, osp.join(folder, 'open_clip_model.safetensors'))
-    if torch_file:
-        torch.save(tensors, osp.join(folder, 'open_clip_pytorch_model.bin'))
-    with open(osp.join(folder, OPEN_CLIP_CONFIG), 'w') as f:
-        json.dump(dict(model_cfg=model_cfg, preprocess_cfg=preprocess_cfg or {}), f, indent=2)
-    return folder
-
-
-#: Where a segmentor's checkpoint keeps a ``PromptedTimmViT``'s timm weights.
-_VPT_SEG_PREFIX = 'backbone.vit.'
-
-
-def read_timm_state_dict(path: str) -> Dict[str, torch.Tensor]:
-    """A timm weights file as a flat state dict: read safely (safetensors, or
-    ``torch.load(weights_only=True)``), unwrapped from a training checkpoint
-    (EMA weights first, as timm's loader), ``module.`` prefixes removed; of a full
-    vpt-seg checkpoint (``backbone.vit.*``), the ViT's weights."""
-    from timm.models import clean_state_dict
-    obj = read_checkpoint(path)
-    while isinstance(obj, Mapping) and not any(isinstance(v, torch.Tensor) for v in obj.values()):
-        inner = next((obj[k] for k in ('state_dict_ema', 'model_ema', 'state_dict', 'model',
-                                       'module') if isinstance(obj.get(k), Mapping)), None)
-        if inner is None:
-            break
-        obj = inner
-    if not isinstance(obj, Mapping) or not obj:
-        raise ValueError(f'{path!r} holds no weights (expected a mapping of names to tensors)')
-    inner = {k[len(_VPT_SEG_PREFIX):]: v for k, v in obj.items()
-             if isinstance(k, str) and k.startswith(_VPT_SEG_PREFIX)}
-    if inner:  # a full vpt-seg checkpoint of this backbone (a folded one): its ViT
-        obj = inner
-    return clean_state_dict(dict(obj))
-
-
-def _filter_fn(vit: nn.Module):
-    """The family's own conversion (``checkpoint_filter_fn`` of the model's timm module)."""
-    import importlib
-    return importlib.import_module(type(vit).__module__).checkpoint_filter_fn
-
-
-def fit_timm_state_dict(state_dict: Mapping[str, torch.Tensor], vit: nn.Module,
-                        ignored: Sequence[str] = _HEADS, where: str = 'checkpoint'
-                        ) -> Tuple[Dict[str, torch.Tensor], str]:
-    """Convert a file's state dict with the family's ``checkpoint_filter_fn`` (which also
-    resamples the patch embedding and position grid to ``vit``'s, timm's
-    ``resample_patch_embed``/``resample_abs_pos_embed``) and check it against ``vit``.
-
-    Args:
-        state_dict: As read from the file.
-        vit: The timm model to load into.
-        ignored: Top-level module names whose keys are dropped (heads, unused norms).
-        where: The file, for messages.
-
-    Returns:
-        The state dict to load strictly, and a one-line summary.
-
-    Raises:
-        ValueError: The weights belong to another model (missing, unexpected or
-            differently shaped keys, all named) or cannot be converted.
-    """
-    filter_fn = _filter_fn(vit)
-    try:
-        state = filter_fn(dict(state_dict), vit)
-    except Exception as err:  # a foreign layout deep inside timm's conversion
-        raise ValueError(f'{where}: cannot convert these weights for {type(vit).__name__} '
-                         f'with {filter_fn.__module__}.checkpoint_filter_fn: '
-                         f'{type(err).__name__}: {err}') from None
-    dropped = sorted(k for k in state if k.split('.')[0] in ignored)
-    state = {k: v for k, v in state.items() if k not in dropped}
-    target = vit.state_dict()
-    missing = [k for k in target if k not in state]
-    unexpected = [k for k in state if k not in target]
-    shapes = [f'{k}: {tuple(state[k].shape)} in the file, {tuple(target[k].shape)} here'
-              for k in target if k in state and state[k].shape != target[k].shape]
-    if missing or unexpected or shapes:
-        def listing(keys):
-            return ', '.join(keys[:8]) + (f' ... ({len(keys)} in all)' if len(keys) > 8 else '')
-        parts = ([f'shapes differ: {listing(shapes)}'] if shapes else []) + (
-            [f'missing from the file: {listing(missing)}'] if missing else []) + (
-            [f'not in this model: {listing(unexpected)}'] if unexpected else [])
-        raise ValueError(f'{where} holds the weights of another model than this '
-                         f'{type(vit).__name__} (another model_name or size?): '
-                         + '; '.join(parts))
-    resampled = []
-    kernel, grid = 'patch_embed.proj.weight', 'pos_embed'
-    if kernel in state_dict and kernel in state and state_dict[kernel].shape != state[kernel].shape:
-        resampled.append('patch embedding {}x{} -> {}x{}'.format(
-            *state_dict[kernel].shape[-2:], *state[kernel].shape[-2:]))
-    if grid in state_dict and grid in state and state_dict[grid].shape != state[grid].shape:
-        resampled.append(f'position embedding {state_dict[grid].shape[1]} -> '
-                         f'{state[grid].shape[1]} tokens')
-    heads = sorted({k.split('.')[0] for k in dropped})
-    summary = (f'{len(state)} tensors' + (f'; resampled {", ".join(resampled)}' if resampled else '')
-               + (f'; ignored {", ".join(heads)} ({len(dropped)} tensors)' if heads else ''))
-    return state, summary
 
 
 # ---------------------------------------------------------------- backbone
@@ -366,7 +95,7 @@ def _lora_linears(block: nn.Module) -> Dict[nn.Linear, Tuple[Tuple[str, Optional
 
 
 @MODELS.register_module()
-class PromptedTimmViT(FrozenBackboneMixin, BaseModule):
+class PromptedTimmViT(PromptedBackbone, BaseModule):
     """A frozen timm ViT (any supported family) with visual prompts and bias tuning.
 
     Args:
@@ -464,38 +193,10 @@ class PromptedTimmViT(FrozenBackboneMixin, BaseModule):
                              f"{init_cfg.get('checkpoint')}' (and _delete_=True when the "
                              'config inherits an MMSeg ViT backbone)')
         super().__init__(init_cfg=init_cfg)
-        if tune_bias and not freeze:
-            raise ValueError('tune_bias=True tunes biases of a frozen backbone; with '
-                             'freeze=False every weight is tuned already.')
+        check_freeze_options(freeze, tune_bias)
         check_model_name(model_name)
-        kwargs = dict(model_kwargs or {})
-        if keep_projection and not is_clip_model(model_name):
-            raise ValueError(f'keep_projection=True (a text head needs CLIP image embeddings), '
-                             f'but {model_name!r} is not a CLIP image tower: it has no visual '
-                             'projection to CLIP\'s joint space. Use a CLIP model, e.g. '
-                             "model_name='vit_base_patch16_clip_quickgelu_224' with the "
-                             'open_clip file of OpenAI\'s weights')
-        # A CLIP projection's width: the caller's (tiny models), or timm's for the name.
-        projection_dims = self._projection_dims(
-            model_name, kwargs.pop('num_classes', None)) if keep_projection else 0
-        clash = [k for k in _RESERVED + ('img_size', 'patch_size', 'dynamic_img_size')
-                 if k in kwargs]
-        if clash:
-            raise ValueError(f'model_kwargs {clash}: set by the backbone itself (weights come '
-                             'from checkpoint=, img_size/patch_size/dynamic_img_size are '
-                             "the backbone's own arguments)")
-        for key, value in (('img_size', img_size), ('patch_size', patch_size)):
-            if value is not None:
-                kwargs[key] = tuple(value) if isinstance(value, (list, tuple)) else value
-        try:
-            vit = timm.create_model(model_name, pretrained=False, num_classes=projection_dims,
-                                    dynamic_img_size=dynamic_img_size, **kwargs)
-        except TypeError as err:  # an argument the family's class does not take
-            raise ValueError(f'timm cannot build {model_name!r} with {kwargs}: {err}') from None
-        self._check_family(model_name, vit)
-        if projection_dims and not isinstance(getattr(vit, 'head', None), nn.Linear):
-            raise ValueError(f'keep_projection=True: {model_name} builds no linear head to '
-                             'hold the visual projection')
+        vit, projection_dims = self._build_vit(model_name, model_kwargs, img_size, patch_size,
+                                               dynamic_img_size, keep_projection)
         self.keep_projection = keep_projection
         self.projection_dims = projection_dims
         self.model_name = model_name
@@ -518,28 +219,15 @@ class PromptedTimmViT(FrozenBackboneMixin, BaseModule):
         depth = len(vit.blocks)
         self.out_indices = self._out_indices(out_indices, depth)
 
-        # What segmentation never uses goes: pooling/classifier heads and, unless
-        # final_norm, the last norm. Their keys in a file are ignored at load.
         self._norm_attr = final_norm_attr(vit)
-        if final_norm and self._norm_attr is None:
-            raise ValueError(f'final_norm=True, but {model_name} has no last LayerNorm '
-                             '(norm and fc_norm are both Identity); set final_norm=False')
-        unused_norms = tuple(a for a in ('norm', 'fc_norm')
-                             if not (final_norm and a == self._norm_attr))
-        self._ignored = tuple(h for h in _HEADS if not (keep_projection and h == 'head')) \
-            + unused_norms
-        for attr in unused_norms:
-            if hasattr(vit, attr):
-                setattr(vit, attr, nn.Identity())
-        if getattr(vit, 'attn_pool', None) is not None:
-            vit.attn_pool = None
+        self._ignored = self._drop_unused(vit, model_name, final_norm, keep_projection)
         self.vit = vit
 
         self.prompt = VisualPrompt(
             num_tokens=num_prompts, embed_dims=vit.embed_dim, num_layers=depth, deep=deep,
             layers=prompt_layers, dropout=prompt_dropout, num_prefix=self.num_prefix,
             init=prompt_init, patch_size=self.patch_size, in_channels=self.in_channels)
-        self._eva = isinstance(vit, _vit_classes()[1])
+        self._eva = isinstance(vit, vit_classes()[1])
         self._linears = [_lora_linears(block) for block in vit.blocks]
         self.init_tuners(lora, adapter, depth, vit.embed_dim)
         if self.adapter is not None and not hasattr(vit.blocks[0], 'drop_path2'):
@@ -554,6 +242,63 @@ class PromptedTimmViT(FrozenBackboneMixin, BaseModule):
         self.register_buffer('signature', self._signature())
         self.init_frozen_hooks()
 
+    @classmethod
+    def _build_vit(cls, model_name: str, model_kwargs: Optional[dict], img_size, patch_size,
+                   dynamic_img_size: bool, keep_projection: bool) -> Tuple[nn.Module, int]:
+        """timm's model for the name and arguments (checked), and the width of the CLIP
+        projection it keeps (0: none)."""
+        kwargs = dict(model_kwargs or {})
+        if keep_projection and not is_clip_model(model_name):
+            raise ValueError(f'keep_projection=True (a text head needs CLIP image embeddings), '
+                             f'but {model_name!r} is not a CLIP image tower: it has no visual '
+                             'projection to CLIP\'s joint space. Use a CLIP model, e.g. '
+                             "model_name='vit_base_patch16_clip_quickgelu_224' with the "
+                             'open_clip file of OpenAI\'s weights')
+        # A CLIP projection's width: the caller's (tiny models), or timm's for the name.
+        projection_dims = cls._projection_dims(
+            model_name, kwargs.pop('num_classes', None)) if keep_projection else 0
+        clash = [k for k in _RESERVED + ('img_size', 'patch_size', 'dynamic_img_size')
+                 if k in kwargs]
+        if clash:
+            raise ValueError(f'model_kwargs {clash}: set by the backbone itself (weights come '
+                             'from checkpoint=, img_size/patch_size/dynamic_img_size are '
+                             "the backbone's own arguments)")
+        for key, value in (('img_size', img_size), ('patch_size', patch_size)):
+            if value is not None:
+                kwargs[key] = tuple(value) if isinstance(value, (list, tuple)) else value
+        try:
+            vit = timm.create_model(model_name, pretrained=False, num_classes=projection_dims,
+                                    dynamic_img_size=dynamic_img_size, **kwargs)
+        except TypeError as err:  # an argument the family's class does not take
+            raise ValueError(f'timm cannot build {model_name!r} with {kwargs}: {err}') from None
+        cls._check_family(model_name, vit)
+        if projection_dims and not isinstance(getattr(vit, 'head', None), nn.Linear):
+            raise ValueError(f'keep_projection=True: {model_name} builds no linear head to '
+                             'hold the visual projection')
+        return vit, projection_dims
+
+    @staticmethod
+    def _drop_unused(vit: nn.Module, model_name: str, final_norm: bool,
+                     keep_projection: bool) -> Tuple[str, ...]:
+        """Remove what segmentation never uses from ``vit``; returns the top-level names
+        whose keys a file may hold and the load ignores."""
+        # What segmentation never uses goes: pooling/classifier heads and, unless
+        # final_norm, the last norm. Their keys in a file are ignored at load.
+        norm_attr = final_norm_attr(vit)
+        if final_norm and norm_attr is None:
+            raise ValueError(f'final_norm=True, but {model_name} has no last LayerNorm '
+                             '(norm and fc_norm are both Identity); set final_norm=False')
+        unused_norms = tuple(a for a in ('norm', 'fc_norm')
+                             if not (final_norm and a == norm_attr))
+        ignored = tuple(h for h in HEAD_MODULES if not (keep_projection and h == 'head')) \
+            + unused_norms
+        for attr in unused_norms:
+            if hasattr(vit, attr):
+                setattr(vit, attr, nn.Identity())
+        if getattr(vit, 'attn_pool', None) is not None:
+            vit.attn_pool = None
+        return ignored
+
     @property
     def visual_projection(self) -> Optional[nn.Module]:
         """CLIP's visual projection (``keep_projection``): a frozen ``nn.Linear``, ``(B, C)
@@ -566,10 +311,10 @@ class PromptedTimmViT(FrozenBackboneMixin, BaseModule):
     @staticmethod
     def _check_family(model_name: str, vit: nn.Module):
         from timm.layers import PatchEmbed
-        if not isinstance(vit, _vit_classes()) or type(vit.patch_embed) is not PatchEmbed:
+        if not isinstance(vit, vit_classes()) or type(vit.patch_embed) is not PatchEmbed:
             raise ValueError(f'model_name={model_name!r} builds a {type(vit).__name__} (patch '
                              f'embedding {type(vit.patch_embed).__name__}), not a plain ViT; '
-                             f'supported families: {_families_text()}')
+                             f'supported families: {families_text()}')
         drop = getattr(vit, 'patch_drop', None)
         if drop is not None and not isinstance(drop, nn.Identity):
             raise ValueError('patch dropout (patch_drop_rate > 0) drops patch tokens, so '
@@ -635,10 +380,10 @@ class PromptedTimmViT(FrozenBackboneMixin, BaseModule):
                                            f'{", ".join(none)}' if none else ''),
                   logger='current')
 
-    # -------------------------------------------------------------- forward
-    # The steps of the forward, public and named as PromptedVisionTransformer's, so that
-    # multi-task serving can run the same ones: patches, prefix and position, pre-norm,
-    # blocks (through vpt_seg.tuners.prompt.run_prompted_layers), final norm, maps.
+    # ------------------------------------------------------------ layout steps
+    # PromptedBackbone's steps over timm's modules (the forward is the base's). timm's
+    # blocks run as modules, so what the tasks add (per-sample biases, LoRA, adapters)
+    # comes through TaskBatch.hooked.
     @property
     def num_prefix_tokens(self) -> int:
         """Tokens before the patches ([CLS] and registers); prompts go right after them."""
@@ -660,12 +405,11 @@ class PromptedTimmViT(FrozenBackboneMixin, BaseModule):
             raise ValueError(f'image size {h}x{w} differs from img_size {self.img_size} and '
                              'dynamic_img_size=False; set dynamic_img_size=True')
 
-    def embed_patches(self, inputs: torch.Tensor, biases: vit_ops.Biases = vit_ops.SHARED_BIASES):
+    def embed_patches(self, inputs: torch.Tensor, batch: TaskBatch = ONE_TASK):
         """timm's patch embedding: ``(B, 3, H, W) -> (B, H/p, W/p, C)`` tokens
-        (``(B, HW, C)`` without ``dynamic_img_size``) and the grid ``(H/p, W/p)``.
-        ``biases``: a per-sample bias lookup (serving, :meth:`vit_ops.Biases.hooked`)."""
+        (``(B, HW, C)`` without ``dynamic_img_size``) and the grid ``(H/p, W/p)``."""
         grid = self.vit.patch_embed.dynamic_feat_size(tuple(inputs.shape[-2:]))
-        with biases.hooked(self.vit.patch_embed):
+        with batch.hooked(self.vit.patch_embed):
             return self.vit.patch_embed(inputs), grid
 
     def add_prefix(self, x: torch.Tensor, hw_shape) -> torch.Tensor:
@@ -689,54 +433,49 @@ class PromptedTimmViT(FrozenBackboneMixin, BaseModule):
         EVA's ``rope`` table (None for families without RoPE)."""
         return dict(rope=self.rotary_embedding(hw_shape))
 
-    def norm_pre(self, x: torch.Tensor, biases: vit_ops.Biases = vit_ops.SHARED_BIASES):
+    def norm_pre(self, x: torch.Tensor, batch: TaskBatch = ONE_TASK):
         """The pre-norm (CLIP), or ``x`` unchanged (Identity)."""
-        with biases.hooked(self.vit.norm_pre):
+        with batch.hooked(self.vit.norm_pre):
             return self.vit.norm_pre(x)
 
-    def norm_out(self, x: torch.Tensor, biases: vit_ops.Biases = vit_ops.SHARED_BIASES):
+    def norm_out(self, x: torch.Tensor, batch: TaskBatch = ONE_TASK):
         """The final norm (``final_norm=True``): ``norm``, or EVA02's ``fc_norm``."""
         norm = getattr(self.vit, self._norm_attr)
-        with biases.hooked(norm):
+        with batch.hooked(norm):
             return norm(x)
 
     def _call_block(self, i: int, x: torch.Tensor, kwargs: dict,
-                    terms: BlockTerms) -> torch.Tensor:
+                    batch: TaskBatch) -> torch.Tensor:
         block = self.vit.blocks[i]
         rope = kwargs.get('rope')
         if rope is not None:
             # RoPE rotates the last HW tokens only: [CLS], registers and the prompt slots
             # before them count as prefix (timm's EvaAttention skips num_prefix_tokens).
             block.attn.num_prefix_tokens = x.shape[1] - rope.shape[-2]
-        if not terms.active:
+        if not (batch.active or batch.per_sample):
             return block(x, **kwargs)
         # Inside the (checkpointed) call, so a recomputation adds the same terms.
-        with terms.hooked(i, self._linears[i], block.mlp, getattr(block, 'drop_path2', None)):
+        with batch.hooked(block, i, self._linears[i], block.mlp,
+                          getattr(block, 'drop_path2', None)):
             return block(x, **kwargs)
 
     def run_block(self, i: int, x: torch.Tensor, mask: Optional[torch.Tensor] = None,
-                  biases: vit_ops.Biases = vit_ops.SHARED_BIASES,
-                  terms: BlockTerms = NO_TERMS,
+                  batch: TaskBatch = ONE_TASK,
                   rope: Optional[torch.Tensor] = None) -> torch.Tensor:
         """timm's block ``i``, ``(B, N, C) -> (B, N, C)``; ``mask``: a boolean
         ``(B, 1, 1, N)`` key mask (timm's ``attn_mask``); ``rope``: EVA's table from
-        :meth:`rotary_embedding`. timm's blocks run as modules, so a per-sample bias
-        lookup (``biases``, serving) and the LoRA updates and adapter branches
-        (``terms``) are added by forward hooks (:meth:`vit_ops.Biases.hooked`,
-        :meth:`BlockTerms.hooked`)."""
+        :meth:`rotary_embedding`; ``batch``: per-sample biases, LoRA updates and adapter
+        branches, added by forward hooks (:meth:`TaskBatch.hooked`)."""
         block = self.vit.blocks[i]
         kwargs = {} if mask is None else dict(attn_mask=mask)
         if self._eva:
             kwargs['rope'] = rope
-        if biases.per_sample:  # serving: inference only
-            with biases.hooked(block):
-                return self._call_block(i, x, kwargs, terms)
-        if self.with_cp and torch.is_grad_enabled() and (
-                x.requires_grad or terms.active or
+        if not batch.per_sample and self.with_cp and torch.is_grad_enabled() and (
+                x.requires_grad or batch.active or
                 any(p.requires_grad for p in block.parameters())):
-            return activation_checkpoint(self._call_block, i, x, kwargs, terms,
+            return activation_checkpoint(self._call_block, i, x, kwargs, batch,
                                          use_reentrant=False)
-        return self._call_block(i, x, kwargs, terms)
+        return self._call_block(i, x, kwargs, batch)
 
     def lora_weight(self, layer: int, site: str):
         """The linear of ``site`` in block ``layer`` and its output rows (packed qkv)."""
@@ -770,32 +509,23 @@ class PromptedTimmViT(FrozenBackboneMixin, BaseModule):
                                    else part.stop - part.start)
         return found
 
-    def to_map(self, x: torch.Tensor, hw_shape) -> torch.Tensor:
-        """``(B, K + HW, C) -> (B, C, H, W)``."""
-        patches = x[:, self.num_prefix:]
-        B, _, C = patches.shape
-        return patches.reshape(B, hw_shape[0], hw_shape[1], C).permute(0, 3, 1, 2).contiguous()
+    def shared_structure(self) -> Dict[str, object]:
+        """What the shared pass relies on beyond parameter shapes (timm builds the rest
+        from the name)."""
+        return OrderedDict(
+            backbone=type(self).__name__, model=self.model_name.split('.')[0],
+            signature=self.signature.tolist(), num_prefix_tokens=self.num_prefix_tokens,
+            dynamic_img_size=self.vit.dynamic_img_size,
+            norm_eps=sorted({m.eps for m in self.modules() if isinstance(m, nn.LayerNorm)}))
 
-    def forward(self, inputs: torch.Tensor) -> Tuple[torch.Tensor, ...]:
-        self.check_input(inputs)
-        x, hw_shape = self.embed_patches(inputs)
-        x = self.norm_pre(self.add_prefix(x, hw_shape))                  # (B, K + HW, C)
-        block = partial(self.run_block, terms=BlockTerms.of(self),
-                        **self.block_kwargs(hw_shape))
-        group = PromptGroup(self.prompt, None, self.out_indices, self.final_norm)
-        feats, = run_prompted_layers(x, [group], block, len(self.vit.blocks),
-                                     self.num_prefix, self.norm_out)
-        if self.output_cls_token:                                        # [CLS] is token 0
-            return tuple([self.to_map(feats[i], hw_shape), feats[i][:, 0]] for i in sorted(feats))
-        return tuple(self.to_map(feats[i], hw_shape) for i in sorted(feats))
-
-    def train(self, mode: bool = True):
-        """Frozen parts stay in eval mode (no dropout, no drop-path): only the dropout
-        of the prompts, LoRA and adapters follows ``mode``."""
-        super().train(mode)
-        if self.freeze and mode:
-            self.vit.train(False)
-        return self
+    def check_shareable(self, what: str) -> None:
+        """Per-sample biases come through hooks; EVA's q/v biases, applied inside its
+        attention, cannot."""
+        if self.tune_bias and any(n.endswith(('q_bias', 'v_bias'))
+                                  for n, p in self.named_parameters() if p.requires_grad):
+            raise ValueError(f'{what} tunes the q/v biases inside EVA\'s attention, '
+                             'which cannot be given per sample in a shared batch; serve it '
+                             'on its own')
 
     # ------------------------------------------------------------- weights
     def configured_pretrained(self) -> Optional[str]:
@@ -838,7 +568,7 @@ class PromptedTimmViT(FrozenBackboneMixin, BaseModule):
         file, config = find_weights_file(path, self.pretrained_option)
         arch = self.model_name.split('.')[0]
         theirs = (config or {}).get('architecture')
-        if theirs and not _same_weights_arch(theirs, arch):
+        if theirs and not same_weights_arch(theirs, arch):
             raise ValueError(f'{path}: its config.json says architecture {theirs!r}, the '
                              f'backbone builds {arch!r} (model_name={self.model_name!r})')
         self._check_activation(file)

@@ -11,28 +11,28 @@ so every MMSeg, timm or JAX checkpoint loads as before; they only compute differ
   weights, which rules out torch's fused kernels. :func:`attention` calls
   :func:`torch.nn.functional.scaled_dot_product_attention` on ``(B, h, N, d)`` views of
   one packed q/k/v projection (flash / memory-efficient attention on a GPU);
-* every bias is read through a :class:`Biases` lookup, so one batch may carry a bias per
-  sample (serving bias-tuned tasks side by side) and an optional key mask (prompts of
-  different lengths); with the default lookup the computation is MMSeg's;
-* LoRA updates and adapter branches come from a
-  :class:`~vpt_seg.tuners.terms.BlockTerms` (per task, or per sample when serving), added
-  to the frozen layers' outputs; without them the computation is MMSeg's.
+* what the tasks add comes from a :class:`~vpt_seg.tuners.terms.TaskBatch` (one task,
+  or one per group of samples when serving): every bias is read through it, so one batch
+  may carry a bias per sample (bias-tuned tasks side by side), and LoRA updates and
+  adapter branches are added to the frozen layers' outputs; an optional key mask hides
+  prompt slots (prompts of different lengths). With the default (:data:`ONE_TASK`) the
+  computation is MMSeg's.
 
 Dropout, attention dropout and drop-path are the modules' own (``proj_drop``,
 ``dropout_layer``, the FFN's ``nn.Dropout``), so they follow ``train()``/``eval()`` exactly as
 in MMSeg's layers. ``tests/test_vit_ops.py`` pins outputs and gradients to MMSeg's layers.
 """
-import contextlib
 import os
-from typing import List, Optional, Tuple
+from typing import NamedTuple, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..tuners.terms import NO_TERMS, BlockTerms
+from ..tuners.terms import ONE_TASK, TaskBatch
 
-__all__ = ['fast_path_default', 'Biases', 'SHARED_BIASES', 'linear', 'layer_norm', 'patch_embed', 'attention',
+__all__ = ['fast_path_default', 'TaskBatch', 'ONE_TASK', 'FFNParts', 'ffn_parts',
+           'linear', 'layer_norm', 'patch_embed', 'attention',
            'mlp', 'block', 'check_supported']
 
 
@@ -43,88 +43,6 @@ def fast_path_default() -> bool:
     return os.environ.get('VPT_SEG_FAST_PATH', '1').lower() not in ('0', 'false', 'no', 'off')
 
 
-class Biases:
-    """Where a layer's bias comes from.
-
-    The default lookup returns the module's own bias. With ``task_vits`` and
-    ``task_index`` it returns, per sample, the bias of the sample's task: ``(B, ...)``
-    gathered from a ``(T, ...)`` bank, for batches that mix tasks which tuned biases.
-
-    Args:
-        shared: The module tree the layers belong to (names are resolved against it).
-        task_vits: One module per task with the same parameter names as ``shared``;
-            a task that lacks a bias (e.g. it has no final norm) uses the shared one.
-        task_index: ``(B,)`` task of each sample (an index into ``task_vits``).
-    """
-
-    def __init__(self, shared: Optional[nn.Module] = None,
-                 task_vits: Optional[List[nn.Module]] = None,
-                 task_index: Optional[torch.Tensor] = None):
-        self.per_sample = bool(task_vits) and any(getattr(v, 'tune_bias', False)
-                                                  for v in task_vits)
-        if self.per_sample:
-            self.names = {id(m): n for n, m in shared.named_modules()}
-            self.params = [{n: p for n, p in v.named_parameters() if p.requires_grad}
-                           for v in task_vits]  # tuned only: the frozen ones are shared
-            self.task_index = task_index
-
-    def __call__(self, module: nn.Module, attr: str = 'bias') -> Optional[torch.Tensor]:
-        shared = getattr(module, attr, None)
-        if shared is None or not self.per_sample:
-            return shared
-        name = f'{self.names[id(module)]}.{attr}'.lstrip('.')
-        bank = torch.stack([p.get(name, shared) for p in self.params])     # (T, ...)
-        return bank[self.task_index]                                       # (B, ...)
-
-    @contextlib.contextmanager
-    def hooked(self, module: nn.Module):
-        """For ViTs that run as modules (timm's blocks): while the context is open, every
-        linear, LayerNorm and convolution under ``module`` whose bias some task tunes adds
-        ``bias_t - bias_shared`` of each sample's task to its output (the same function
-        as running it with the sample's own bias). A no-op for the single-model lookup.
-
-        Raises:
-            ValueError: a task tunes a bias that is not an output bias of such a layer
-                (EVA's ``q_bias``/``v_bias``, applied inside the attention), which a
-                hook cannot reach.
-        """
-        if not self.per_sample:
-            yield
-            return
-        handles = []
-        try:
-            for sub in module.modules():
-                prefix = self.names.get(id(sub))
-                for attr, param in sub.named_parameters(recurse=False):
-                    name = f'{prefix}.{attr}'.lstrip('.')
-                    if prefix is None or all(name not in p for p in self.params):
-                        continue  # frozen in every task: the shared tensor
-                    if attr != 'bias' or not isinstance(sub, (nn.Linear, nn.LayerNorm,
-                                                              nn.Conv2d)):
-                        raise ValueError(
-                            f'{name}: a tuned parameter inside {type(sub).__name__} cannot '
-                            'be given per sample; serve such bias-tuned tasks one task per '
-                            'batch')
-                    handles.append(sub.register_forward_hook(self._add_delta(sub)))
-            yield
-        finally:
-            for h in handles:
-                h.remove()
-
-    def _add_delta(self, module: nn.Module):
-        delta = self(module) - module.bias                                 # (B, C)
-
-        def hook(mod, args, out):
-            if isinstance(mod, nn.Conv2d):
-                return out + delta[:, :, None, None]                       # (B, C, H, W)
-            return out + delta.view(delta.shape[0], *([1] * (out.dim() - 2)), -1)
-        return hook
-
-
-#: The lookup of a single model: every module's own bias.
-SHARED_BIASES = Biases()
-
-
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]):
     """``x @ W^T + b``; ``b`` is ``(out,)`` (shared) or ``(B, out)`` (per sample)."""
     if bias is None or bias.dim() == 1:
@@ -132,20 +50,20 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]):
     return F.linear(x, weight) + bias.unsqueeze(1)
 
 
-def layer_norm(x: torch.Tensor, norm: nn.LayerNorm, biases: Biases = SHARED_BIASES):
-    """``norm(x)`` with the bias from ``biases``."""
-    b = biases(norm)
+def layer_norm(x: torch.Tensor, norm: nn.LayerNorm, batch: TaskBatch = ONE_TASK):
+    """``norm(x)`` with the bias from ``batch``."""
+    b = batch(norm)
     if b is None or b.dim() == 1:
         return F.layer_norm(x, norm.normalized_shape, norm.weight, b, norm.eps)
     return F.layer_norm(x, norm.normalized_shape, norm.weight, None, norm.eps) + b.unsqueeze(1)
 
 
-def patch_embed(pe: nn.Module, images: torch.Tensor, biases: Biases = SHARED_BIASES
+def patch_embed(pe: nn.Module, images: torch.Tensor, batch: TaskBatch = ONE_TASK
                 ) -> Tuple[torch.Tensor, Tuple[int, int]]:
     """MMCV's ``PatchEmbed``: ``(B, C_in, H, W) -> (B, HW, C)`` and the grid ``(H/p, W/p)``."""
     x = pe.adap_padding(images) if pe.adap_padding is not None else images
     conv = pe.projection
-    b = biases(conv)
+    b = batch(conv)
     if b is None or b.dim() == 1:
         x = F.conv2d(x, conv.weight, b, conv.stride, conv.padding, conv.dilation, conv.groups)
     else:
@@ -154,7 +72,7 @@ def patch_embed(pe: nn.Module, images: torch.Tensor, biases: Biases = SHARED_BIA
     hw_shape = (x.shape[2], x.shape[3])
     x = x.flatten(2).transpose(1, 2)                                       # (B, HW, C)
     if pe.norm is not None:
-        x = layer_norm(x, pe.norm, biases)
+        x = layer_norm(x, pe.norm, batch)
     return x, hw_shape
 
 
@@ -165,44 +83,67 @@ def qkv_sites(embed_dims: int):
 
 
 def attention(attn: nn.Module, x: torch.Tensor, mask: Optional[torch.Tensor] = None,
-              biases: Biases = SHARED_BIASES, terms: BlockTerms = NO_TERMS,
-              index: int = 0) -> torch.Tensor:
+              batch: TaskBatch = ONE_TASK, index: int = 0) -> torch.Tensor:
     """Self-attention of MMCV's ``MultiheadAttention`` (without its residual).
 
     Args:
         attn: MMCV ``MultiheadAttention`` (wrapping ``nn.MultiheadAttention``).
         x: ``(B, N, C)`` normed tokens.
         mask: Boolean ``(B, 1, 1, N)`` key mask (True = attend) or None.
-        terms: LoRA updates (sites ``q``, ``k``, ``v``, ``proj``) of block ``index``.
+        batch: The biases and the LoRA updates (sites ``q``, ``k``, ``v``, ``proj``) of
+            block ``index``.
     """
     mha = attn.attn
     B, N, C = x.shape
     heads = mha.num_heads
-    qkv = linear(x, mha.in_proj_weight, biases(mha, 'in_proj_bias'))      # (B, N, 3C)
-    qkv = terms.linear(index, qkv_sites(C), x, qkv)
+    qkv = linear(x, mha.in_proj_weight, batch(mha, 'in_proj_bias'))      # (B, N, 3C)
+    qkv = batch.linear(index, qkv_sites(C), x, qkv)
     q, k, v = qkv.view(B, N, 3, heads, C // heads).permute(2, 0, 3, 1, 4).unbind(0)
     out = F.scaled_dot_product_attention(                                 # (B, h, N, d)
         q, k, v, attn_mask=mask, dropout_p=mha.dropout if mha.training else 0.0)
     out = out.transpose(1, 2).reshape(B, N, C)                             # (B, N, C)
-    out = terms.linear(index, (('proj', None),), out,
-                       linear(out, mha.out_proj.weight, biases(mha.out_proj)))
+    out = batch.linear(index, (('proj', None),), out,
+                       linear(out, mha.out_proj.weight, batch(mha.out_proj)))
     return attn.dropout_layer(attn.proj_drop(out))
 
 
-def mlp(ffn: nn.Module, x: torch.Tensor, biases: Biases = SHARED_BIASES,
-        terms: BlockTerms = NO_TERMS, index: int = 0) -> torch.Tensor:
-    """MMCV's ``FFN`` (without its residual): linear, activation, dropout, ..., linear;
-    ``terms``: LoRA updates of block ``index``'s first (``fc1``) and last (``fc2``) linear."""
+class FFNParts(NamedTuple):
+    """The parts of MMCV's ``FFN`` that LoRA, the signature and serving name."""
+    first: nn.Linear
+    activation: nn.Module
+    last: nn.Linear
+
+    @property
+    def sites(self):
+        """``{id(linear): LoRA site}`` of the first (``fc1``) and last (``fc2``) linear."""
+        return {id(self.first): 'fc1', id(self.last): 'fc2'}
+
+
+def ffn_parts(ffn: nn.Module) -> FFNParts:
+    """The first and last linear and the activation of MMCV's ``FFN`` (``layers`` is
+    ``[Sequential(Linear, act, Dropout), ..., Linear, Dropout]``); the backbone works
+    them out once, at build, not per call."""
     linears = [m for m in ffn.layers.modules() if isinstance(m, nn.Linear)]
-    site = {id(linears[0]): 'fc1', id(linears[-1]): 'fc2'} if terms.has_lora else {}
+    return FFNParts(linears[0], ffn.layers[0][1], linears[-1])
+
+
+def mlp(ffn: nn.Module, x: torch.Tensor, batch: TaskBatch = ONE_TASK, index: int = 0,
+        parts: Optional[FFNParts] = None) -> torch.Tensor:
+    """MMCV's ``FFN`` (without its residual): linear, activation, dropout, ..., linear;
+    ``batch``: the biases, and the LoRA updates of block ``index``'s first (``fc1``) and
+    last (``fc2``) linear, found in ``parts`` (:func:`ffn_parts`; worked out here when
+    not given and the batch has LoRA)."""
+    site = {}
+    if batch.has_lora:
+        site = (parts or ffn_parts(ffn)).sites
 
     def run(module, x):
         for child in module.children():
             if isinstance(child, nn.Sequential):
                 x = run(child, x)
             elif isinstance(child, nn.Linear):
-                out = linear(x, child.weight, biases(child))
-                x = terms.linear(index, ((site[id(child)], None),), x, out) \
+                out = linear(x, child.weight, batch(child))
+                x = batch.linear(index, ((site[id(child)], None),), x, out) \
                     if id(child) in site else out
             else:  # activation, dropout
                 x = child(x)
@@ -211,16 +152,16 @@ def mlp(ffn: nn.Module, x: torch.Tensor, biases: Biases = SHARED_BIASES,
 
 
 def block(layer: nn.Module, x: torch.Tensor, mask: Optional[torch.Tensor] = None,
-          biases: Biases = SHARED_BIASES, terms: BlockTerms = NO_TERMS,
-          index: int = 0) -> torch.Tensor:
+          batch: TaskBatch = ONE_TASK, index: int = 0,
+          parts: Optional[FFNParts] = None) -> torch.Tensor:
     """MMSeg's ``TransformerEncoderLayer``: ``(B, N, C) -> (B, N, C)``, pre-norm residual
-    attention then MLP; ``terms``: block ``index``'s LoRA updates and the adapter branch
-    beside the MLP (AdaptFormer: ``x + MLP(LN(x)) + s * adapter(LN(x))``)."""
-    x = x + attention(layer.attn, layer_norm(x, layer.norm1, biases), mask, biases,
-                      terms, index)
-    h = layer_norm(x, layer.norm2, biases)
-    x = x + mlp(layer.ffn, h, biases, terms, index)
-    branch = terms.adapter(index, h)
+    attention then MLP; ``batch``: the biases, block ``index``'s LoRA updates and the
+    adapter branch beside the MLP (AdaptFormer: ``x + MLP(LN(x)) + s * adapter(LN(x))``);
+    ``parts``: the FFN's (:func:`ffn_parts`)."""
+    x = x + attention(layer.attn, layer_norm(x, layer.norm1, batch), mask, batch, index)
+    h = layer_norm(x, layer.norm2, batch)
+    x = x + mlp(layer.ffn, h, batch, index, parts)
+    branch = batch.adapter(index, h)
     return x if branch is None else x + branch
 
 

@@ -13,14 +13,15 @@ tasks in one pass through the shared weights:
   the outputs. Per token the computation is therefore the task's own (LayerNorm and the
   MLP act token-wise). The backbone's own public steps (``embed_patches``,
   ``add_prefix``, ``norm_pre``, ``run_block``, ``norm_out``, ``to_map``) do the rest.
-* **Bias-tuned tasks.** Each layer runs through the same functional blocks as training
-  (:mod:`vpt_seg.models.vit_ops`) with a per-sample :class:`~vpt_seg.models.vit_ops.Biases`
-  lookup: every bias is gathered from the sample's task (the shared bias for tasks that
-  do not tune biases), so a batch may mix bias-tuned and prompt-only tasks.
-* **LoRA and adapter tasks.** The same blocks ask a
-  :class:`~vpt_seg.tuners.terms.BlockTerms` for each sample's low-rank updates and adapter
-  branch (its task's; nothing for tasks without them), so LoRA, AdaptFormer and VPT tasks
-  share a batch too.
+* **Bias-tuned, LoRA and adapter tasks.** The batch runs through the backbone's one
+  forward, :meth:`~vpt_seg.models.backbone.PromptedBackbone.forward_tasks` (the path
+  training and testing take with one task), with a
+  :class:`~vpt_seg.tuners.terms.TaskBatch` that says which task each sample belongs to:
+  every bias is gathered from the sample's task (the shared bias for tasks that do not
+  tune biases), and each sample gets its task's low-rank updates and adapter branch
+  (nothing for tasks without them), so bias-tuned, LoRA, AdaptFormer and VPT tasks
+  share a batch. MMSeg's layout computes them in its functional blocks
+  (:mod:`vpt_seg.models.vit_ops`), timm's blocks through forward hooks.
 * **Per-task backbone outputs.** ``out_indices``, ``final_norm``, ``output_cls_token``,
   ``out_origin`` and ``img_size`` (position embeddings) stay per task.
 
@@ -39,20 +40,16 @@ from collections import OrderedDict
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
-from mmseg.models.backbones import VisionTransformer
 from mmseg.registry import MODELS
 from mmseg.models.utils import resize
 from torch import nn
 
+from ..formats.loading import load_task_model  # noqa: F401  (its home before; re-exported)
 from ..formats.weights import load_vit_checkpoint, to_mmseg_state_dict
-from ..models import vit_ops
+from ..models.backbone import PromptedBackbone
 from ..models.classifier import VPTClassifier
 from ..models.options import PROMPTED_ARGS
-from ..formats.loading import load_task_model  # noqa: F401  (its home before; re-exported)
-from ..models.prompted_vit import PromptedVisionTransformer
-from ..models.timm_vit import PromptedTimmViT
-from ..tuners.prompt import PromptGroup, run_prompted_layers
-from ..tuners.terms import BlockTerms
+from ..tuners.terms import TaskBatch
 from ..tuners.tuning import bias_parameters
 
 __all__ = ['MultiTaskViT', 'task_kind', 'shared_backbone_cfg', 'build_shared_backbone',
@@ -70,55 +67,22 @@ def task_kind(model: nn.Module) -> str:
                     'encoder-decoder segmentor')
 
 
-def _structure(vit: nn.Module) -> Dict[str, object]:
-    """What the shared pass relies on, beyond parameter shapes."""
-    if isinstance(vit, PromptedTimmViT):  # timm builds the rest from the name
-        return OrderedDict(
-            backbone=type(vit).__name__, model=vit.model_name.split('.')[0],
-            signature=vit.signature.tolist(), num_prefix_tokens=vit.num_prefix_tokens,
-            dynamic_img_size=vit.vit.dynamic_img_size,
-            norm_eps=sorted({m.eps for m in vit.modules() if isinstance(m, nn.LayerNorm)}))
-    layer = vit.layers[0]
-    pad = vit.patch_embed.adap_padding
-    return OrderedDict(
-        with_cls_token=vit.with_cls_token,
-        pre_norm=vit.pre_norm,
-        patch_size=vit.patch_size,
-        patch_pad=None if pad is None else (pad.padding, pad.kernel_size, pad.stride,
-                                            pad.dilation),
-        num_layers=len(vit.layers),
-        num_heads=layer.attn.attn.num_heads,
-        norm_eps=sorted({m.eps for m in vit.modules() if isinstance(m, nn.LayerNorm)}),
-        activation=repr(layer.ffn.layers[0][1]),
-        num_fcs=layer.ffn.num_fcs, backbone=type(vit).__name__)
-
-
-def _check_shareable(vit: nn.Module, what: str):
-    """Raise if the shared pass cannot compute ``vit``."""
-    if isinstance(vit, PromptedTimmViT):
-        return  # timm's own blocks run (per-sample biases through hooks)
-    vit_ops.check_supported(vit, what, _UNSHARED)
-
-
-#: What serving says of a ViT the shared pass cannot compute.
-_UNSHARED = 'such a ViT cannot be served on a shared backbone'
-
-
 class MultiTaskViT(nn.Module):
     """A frozen ViT and the VPT tasks that share it.
 
     Args:
-        backbone: The shared ViT (MMSeg ``VisionTransformer`` or
-            ``PromptedVisionTransformer``) with its pretrained weights loaded. Build it
+        backbone: The shared frozen ViT, a
+            :class:`~vpt_seg.models.backbone.PromptedBackbone` (MMSeg's layout or timm's)
+            with its pretrained weights loaded (:func:`build_shared_backbone`). Build it
             with ``final_norm=True`` when a task reads the normed tokens (classifiers).
 
     Use :meth:`add_task` for each loaded task model, then call the module with a batch
     and one task name per image.
     """
 
-    def __init__(self, backbone: VisionTransformer):
+    def __init__(self, backbone: PromptedBackbone):
         super().__init__()
-        _check_shareable(backbone, 'shared backbone')
+        backbone.check_shareable('shared backbone')
         self.backbone = backbone.eval()
         for p in self.backbone.parameters():
             p.requires_grad_(False)
@@ -132,7 +96,8 @@ class MultiTaskViT(nn.Module):
         Args:
             name: Task name (used in :meth:`forward`).
             model: A ``VPTClassifier`` or an MMSeg segmentor whose backbone is a frozen
-                ``PromptedVisionTransformer``, with its task checkpoint loaded.
+                :class:`~vpt_seg.models.backbone.PromptedBackbone` of the shared
+                backbone's kind, with its task checkpoint loaded.
 
         Raises:
             ValueError: The task's ViT differs from the shared one in architecture or
@@ -141,52 +106,11 @@ class MultiTaskViT(nn.Module):
         if name in self.tasks:
             raise ValueError(f'task {name!r} is already registered')
         kind = task_kind(model)
-        vit = model.backbone
-        if not isinstance(vit, (PromptedVisionTransformer, PromptedTimmViT)) or not vit.freeze:
+        if not isinstance(model.backbone, PromptedBackbone):
             raise ValueError(f'task {name!r}: only tasks on a frozen PromptedVisionTransformer '
                              'or PromptedTimmViT (freeze=True) can share a backbone; a fully '
                              'fine-tuned ViT is a model of its own')
-        if type(vit) is not type(self.backbone):
-            raise ValueError(f'task {name!r} runs on a {type(vit).__name__}, the shared '
-                             f'backbone is a {type(self.backbone).__name__}')
-        _check_shareable(vit, f'task {name!r}')
-        if vit.final_norm and not self.backbone.final_norm:
-            raise ValueError(f'task {name!r} reads the final norm (final_norm=True), but the '
-                             'shared backbone was built without one (its pretrained file has '
-                             'none); serve it on a backbone file with a final norm')
-        if isinstance(vit, PromptedTimmViT) and vit.tune_bias and any(
-                n.endswith(('q_bias', 'v_bias')) for n, p in vit.named_parameters()
-                if p.requires_grad):
-            raise ValueError(f'task {name!r} tunes the q/v biases inside EVA\'s attention, '
-                             'which cannot be given per sample in a shared batch; serve it '
-                             'on its own')
-        ours, theirs = _structure(self.backbone), _structure(vit)
-        diff = [f'{k}: {theirs[k]} (task) vs {ours[k]} (shared)' for k in ours
-                if ours[k] != theirs[k]]
-        shared = dict(self.backbone.named_parameters())
-        for pname, param in vit.named_parameters():
-            if param.requires_grad or (pname.endswith('pos_embed') and
-                                       param.shape != shared[pname].shape):
-                continue  # tuned, or position embeddings for another img_size (kept)
-            if pname not in shared:
-                diff.append(f'{pname}: in the task, not in the shared backbone (build it '
-                            'with final_norm=True / the same options)')
-            elif shared[pname].shape != param.shape:
-                diff.append(f'{pname}: {tuple(param.shape)} (task) vs '
-                            f'{tuple(shared[pname].shape)} (shared)')
-        if diff:
-            raise ValueError(f'task {name!r} was made for another ViT than the shared '
-                             'backbone:\n  ' + '\n  '.join(diff))
-        for pname, param in list(vit.named_parameters()):
-            if param.requires_grad or pname not in shared or \
-                    shared[pname].shape != param.shape:
-                continue
-            if not torch.equal(param.detach().to(shared[pname].device), shared[pname]):
-                raise ValueError(
-                    f'task {name!r}: frozen weight {pname} differs from the shared '
-                    "backbone's; the task was trained on another pretrained file")
-            owner, _, attr = pname.rpartition('.')
-            vit.get_submodule(owner)._parameters[attr] = shared[pname]  # tie, free the copy
+        model.backbone.share_frozen(self.backbone, f'task {name!r}')
         model.eval()
         self.tasks[name] = model
         self.kinds[name] = kind
@@ -248,39 +172,12 @@ class MultiTaskViT(nn.Module):
         if len(tasks) != inputs.shape[0]:
             raise ValueError(f'{inputs.shape[0]} images but {len(tasks)} task names')
         self._check_tasks(tasks)
-        vit = self.backbone
         groups = self._groups(tasks)
-        names = list(groups)
-        vits = [self.tasks[n].backbone for n in names]
-        task_index = torch.empty(len(tasks), dtype=torch.long)
-        for k, idx in enumerate(groups.values()):
-            task_index[idx] = k
-        biases = vit_ops.Biases(vit, vits, task_index.to(inputs.device))
-        terms = BlockTerms([(v.lora, v.adapter) for v in vits],
-                           [idx.to(inputs.device) for idx in groups.values()])
-        vits[0].check_input(inputs)
-
-        patches, hw_shape = vit.embed_patches(inputs, biases)           # (B, HW, C)
-        x = None
-        for v, idx in zip(vits, groups.values()):  # each task's own img_size
-            tokens = v.add_prefix(patches[idx], hw_shape)               # (B_t, K + HW, C)
-            x = tokens.new_empty((len(tasks),) + tokens.shape[1:]) if x is None else x
-            x[idx] = tokens
-        x = vit.norm_pre(x, biases)
-        extra = vit.block_kwargs(hw_shape)  # e.g. EVA's RoPE table for this grid
-
-        def block(i, x, mask):
-            return vit.run_block(i, x, mask, biases, terms, **extra)
-        feats = run_prompted_layers(
-            x, [PromptGroup(v.prompt, idx, v.out_indices, v.final_norm)
-                for v, idx in zip(vits, groups.values())],
-            block, vit.prompt.num_layers,
-            vit.num_prefix_tokens, lambda x: vit.norm_out(x, biases))
-        outs = OrderedDict()
-        for n, v, idx, f in zip(names, vits, groups.values(), feats):
-            origin = [v.to_map(x[idx], hw_shape)] if getattr(v, 'out_origin', False) else []
-            outs[n] = (idx, tuple(origin + [v.to_map(f[i], hw_shape) for i in sorted(f)]))
-        return outs
+        index = [idx.to(inputs.device) for idx in groups.values()]
+        batch = TaskBatch([self.tasks[n].backbone for n in groups], index,
+                          shared=self.backbone)
+        feats = self.backbone.forward_tasks(inputs, batch)
+        return OrderedDict((n, (idx, f)) for n, idx, f in zip(groups, groups.values(), feats))
 
     def forward(self, inputs: torch.Tensor, tasks: Sequence[str]) -> List[torch.Tensor]:
         """Run a mixed-task batch.
@@ -340,7 +237,8 @@ _TASK_ONLY = tuple(k for k in PROMPTED_ARGS if k not in ('fast_path', 'prefer_in
 
 
 def _is_timm(backbone_cfg: dict) -> bool:
-    return backbone_cfg.get('type') in ('PromptedTimmViT', PromptedTimmViT)
+    kind = backbone_cfg.get('type')
+    return getattr(kind, '__name__', kind) == 'PromptedTimmViT'
 
 
 def _pretrained_of(backbone_cfg: dict) -> Optional[str]:

@@ -7,7 +7,7 @@ A targeted linear layer ``y = W x + b`` becomes
 with ``W`` and ``b`` frozen and only ``A`` and ``B`` tuned. ``B`` starts at zero (the
 paper's init; ``A`` as torch's ``nn.Linear``, Kaiming-uniform), so a fresh task computes
 exactly the frozen model. The module never edits the pretrained weights: the backbone
-adds :meth:`LoRA.delta` to the layer's output (:class:`~vpt_seg.tuners.terms.BlockTerms`),
+adds :meth:`LoRA.delta` to the layer's output (:class:`~vpt_seg.tuners.terms.TaskBatch`),
 and :meth:`LoRA.merged` gives ``(alpha / r) B A`` for folding it into ``W``.
 
 Targets are named as in every ViT: ``q``, ``k``, ``v`` (the attention's query, key and
