@@ -506,7 +506,7 @@ def test_a_training_checkpoint_refuses_other_frozen_weights(pretrained, tmp_path
         load_task_model(cfg, ckpt, pretrained=str(elsewhere / 'pretrain' / 'vit.pth'))
     named = copy.deepcopy(cfg)
     named.model.backbone.init_cfg.checkpoint = str(vit_path)
-    named.model.backbone.prefer_init_cfg = True
+    named.model.backbone.prefer_configured = True
     notes.clear()
     assert torch.equal(_outputs(load_task_model(named, ckpt), x), expected)
     assert any(f'loading the frozen backbone from {vit_path}' in n for n in notes)

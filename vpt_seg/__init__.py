@@ -8,7 +8,7 @@ MMEngine's registries, so configs load it with
 Layout: ``tuners/`` the method in plain torch; ``models/``, ``engine/``, ``datasets/``,
 ``evaluation/`` its MMSeg and MMEngine modules; ``formats/`` weight and task files and
 the loading rules; ``serving/`` many tasks on one backbone; ``experiments/`` the study
-and the benchmark; ``runner.py`` and ``cli.py`` what the tools share.
+and the benchmark; ``config_paths.py``, ``tool_config.py`` and ``cli.py`` what the tools share.
 """
 from . import patches  # noqa: F401  (must precede every mmseg import)
 from .models import *  # noqa: F401,F403

@@ -44,7 +44,7 @@ import torch
 from ..datasets.synthetic import TASK_CLASSES, make_ade20k
 from ..formats.tables import csv_text
 from .. import runner
-from ..runner import quiet_logger
+from ..engine.logs import quiet_logger
 from ..tuners.tuning import format_count
 
 __all__ = ['ROWS', 'StudySettings', 'run_study', 'format_table']

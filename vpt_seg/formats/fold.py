@@ -33,7 +33,8 @@ from .weights import load_torch_file
 from .config_data import literal_config_text
 from .loading import export_inputs, load_task_model
 from .outputs import OutputError, atomic_write, check_output
-from .task_file import pretrained_option_of, read_task_config
+from .pretrained_key import FLAG_NAMES, rule_of
+from .task_file import read_task_config
 
 __all__ = ['standalone_config', 'fold_task', 'folded_config_path']
 
@@ -83,17 +84,15 @@ def standalone_config(cfg: Config) -> Config:
     ``lora=None``, ``tune_bias=False``, ``save_frozen=True``, no pretrained file."""
     cfg = copy.deepcopy(cfg)
     backbone = cfg.model.backbone
-    keys = pretrained_option_of(backbone).split('.')[2:]  # before the options change
-    backbone.pop('prefer_init_cfg', None)
+    rule = rule_of(backbone)
+    for flag in FLAG_NAMES:  # the user's word, not the folded checkpoint's
+        backbone.pop(flag, None)
     if backbone.get('lora') is not None:
         backbone['lora'] = None
     if backbone.get('tune_bias'):
         backbone['tune_bias'] = False
     backbone['save_frozen'] = True
-    if keys == ['init_cfg', 'checkpoint']:
-        backbone['init_cfg'] = None
-    else:
-        backbone[keys[-1]] = None
+    rule.set_pretrained(backbone, None)
     if 'custom_imports' not in cfg:
         cfg['custom_imports'] = dict(imports=['vpt_seg'], allow_failed_imports=False)
     cfg['load_from'] = None
@@ -141,13 +140,11 @@ def fold_task(config, checkpoint: str, out: str, force: bool = False) -> Dict[st
             and an earlier fold did not write it (without ``force``).
     """
     from mmseg.registry import MODELS
-
-    from ..runner import resolve_config
     if not str(out).endswith('.pth'):
         raise ValueError(f'--fold writes an MMSeg checkpoint: {out!r} must end in .pth '
                          '(its config goes beside it, as .py)')
     if isinstance(config, str):
-        config = Config.fromfile(resolve_config(config))
+        config = Config.fromfile(config)
     cfg_path = folded_config_path(out)
     _check_fold_outputs(out, cfg_path, export_inputs(config, checkpoint), force)
     model = load_task_model(config, checkpoint)

@@ -45,14 +45,15 @@ from torch import nn
 
 from .outputs import OutputError, atomic_write, check_output
 from .weights import describe_state_dict, load_torch_file
-from .task_file import (check_class_count, load_from_safetensors, pretrained_option_of,
+from .pretrained_key import pretrained_in, set_pretrained
+from .task_file import (check_class_count, load_from_safetensors,
                         read_task_config, write_task_file)
 from ..tuners.tuning import frozen_state_keys
 
 __all__ = ['record_pretrained', 'check_signature', 'tuner_options', 'check_tuner_options',
            'check_shapes', 'prepare_state_dict',
            'frozen_candidates', 'complete_frozen', 'frozen_digest', 'load_checkpoint_file',
-           'check_task_state_dict', 'check_task_checkpoint', 'configured_in_cfg',
+           'check_task_state_dict', 'check_task_checkpoint',
            'load_task_model', 'export_inputs', 'export_task']
 
 
@@ -544,29 +545,6 @@ def check_task_checkpoint(model: nn.Module, state_dict: Mapping[str, Any], path:
                           state_dict, path)
 
 
-def configured_in_cfg(backbone_cfg) -> Optional[str]:
-    """The pretrained file a ``model.backbone`` config names, at its backbone's
-    ``pretrained_option`` (``init_cfg.checkpoint`` for MMSeg's layout, ``checkpoint``
-    for timm's); None: none."""
-    keys = pretrained_option_of(backbone_cfg).split('.')[2:]
-    value = backbone_cfg
-    for key in keys:
-        value = value.get(key) if isinstance(value, Mapping) else None
-    return value if isinstance(value, str) else None
-
-
-def _name_pretrained(backbone_cfg, path: str):
-    """Set the backbone config's pretrained file to ``path``."""
-    keys = pretrained_option_of(backbone_cfg).split('.')[2:]
-    if keys == ['init_cfg', 'checkpoint']:
-        backbone_cfg['init_cfg'] = dict(type='Pretrained', checkpoint=path)
-        return
-    target = backbone_cfg
-    for key in keys[:-1]:
-        target = target.setdefault(key, {})
-    target[keys[-1]] = path
-
-
 def load_task_model(config, checkpoint: str, pretrained: Optional[str] = None) -> nn.Module:
     """Build a task model from its config and load its task checkpoint.
 
@@ -601,11 +579,11 @@ def load_task_model(config, checkpoint: str, pretrained: Optional[str] = None) -
     init_default_scope(cfg.get('default_scope', 'mmseg'))
     model_cfg = copy.deepcopy(cfg.model)
     if pretrained is not None:
-        own = configured_in_cfg(model_cfg.backbone)
+        own = pretrained_in(model_cfg.backbone)
         if own and osp.abspath(own) != osp.abspath(pretrained):
             print_log(f'{checkpoint}: frozen weights from {pretrained} (the config names '
                       f'{own})', logger='current')
-        _name_pretrained(model_cfg.backbone, pretrained)
+        set_pretrained(model_cfg.backbone, pretrained)
     model = MODELS.build(model_cfg)
     if pretrained is not None and hasattr(model.backbone, 'prefer_configured'):
         model.backbone.prefer_configured = True  # the caller's word
@@ -640,7 +618,7 @@ def export_inputs(cfg, checkpoint: str, model: Optional[nn.Module] = None
     inputs = {'the config': getattr(cfg, 'filename', None) if cfg is not None else None,
               'the checkpoint': checkpoint,
               'the pretrained file the config names': (
-                  configured_in_cfg(backbone_cfg) if isinstance(backbone_cfg, Mapping)
+                  pretrained_in(backbone_cfg) if isinstance(backbone_cfg, Mapping)
                   else None)}
     if model is not None:
         inputs['the pretrained file the frozen weights were loaded from'] = getattr(
@@ -701,11 +679,9 @@ def export_task(config, checkpoint: str, out: str, force: bool = False) -> Dict[
             existing file that is not a task file (without ``force``).
     """
     from mmengine.config import Config
-
-    from ..runner import resolve_config
     if not out.endswith('.safetensors'):
         raise ValueError(f'task file {out!r}: the name must end in .safetensors')
-    cfg = Config.fromfile(resolve_config(config)) if isinstance(config, str) else config
+    cfg = Config.fromfile(config) if isinstance(config, str) else config
     check_output(out, export_inputs(cfg, checkpoint))
     _check_task_output(out, force)
     model = load_task_model(cfg, checkpoint)
@@ -722,6 +698,6 @@ def export_task(config, checkpoint: str, out: str, force: bool = False) -> Dict[
             frozen_sha256=frozen_digest(module) if module._frozen_loaded else '')
     with atomic_write(out) as tmp:
         meta = write_task_file(tmp, model, cfg, pretrained=pretrained,
-                               pretrained_path=configured_in_cfg(cfg.model.backbone)
+                               pretrained_path=pretrained_in(cfg.model.backbone)
                                or pretrained, frozen_sha256=digest, frozen_modules=others)
     return meta

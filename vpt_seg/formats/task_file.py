@@ -58,7 +58,7 @@ from .task_schema import HeaderSchemaError, check_header_shapes, read_header_con
 
 __all__ = ['TASK_FORMAT', 'FORMAT_VERSION', 'write_task_file', 'read_task_file',
            'read_task_metadata', 'read_task_config', 'pretrained_candidates',
-           'pretrained_option_of', 'check_class_count', 'check_task_tensors',
+           'check_class_count', 'check_task_tensors',
            'load_from_safetensors']
 
 TASK_FORMAT = 'vpt-seg-task'
@@ -71,16 +71,6 @@ READ_VERSIONS = ('1', '2')
 def _backbone_prefix(state_dict) -> str:
     sigs = [k[:-len('signature')] for k in state_dict if k.endswith('signature')]
     return min(sigs, key=len) if sigs else 'backbone.'
-
-
-def pretrained_option_of(backbone_cfg) -> str:
-    """The config key of a ``model.backbone`` config's pretrained file: its registered
-    class's ``pretrained_option`` (``model.backbone.checkpoint`` for
-    ``PromptedTimmViT``), ``model.backbone.init_cfg.checkpoint`` for MMSeg's layout."""
-    from mmseg.registry import MODELS
-    kind = backbone_cfg.get('type') if isinstance(backbone_cfg, dict) else None
-    cls = MODELS.get(kind) if isinstance(kind, str) else kind
-    return getattr(cls, 'pretrained_option', None) or 'model.backbone.init_cfg.checkpoint'
 
 
 def write_task_file(out: str, model, cfg, pretrained: str, pretrained_path: str,

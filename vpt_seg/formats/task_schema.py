@@ -46,6 +46,8 @@ import math
 import re
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence
 
+from .pretrained_key import FLAG_NAMES
+
 __all__ = ['HeaderSchemaError', 'Field', 'Int', 'Float', 'Bool', 'Choice', 'Name', 'Opt',
            'Seq', 'OneOf', 'Struct', 'Module', 'PretrainedFile', 'Entry', 'TABLE', 'register',
            'read_header_config', 'parse_header_json', 'check_header_shapes', 'tensor_shapes',
@@ -357,8 +359,8 @@ _MEANS = Seq(Float(-1e6, 1e6), 1, 64)
 _STDS = Seq(Float(1e-12, 1e6), 1, 64)
 
 #: What vpt-seg's backbones add to the ViT they wrap (models/options.py), typed; the
-#: user-only ``prefer_init_cfg`` / ``prefer_checkpoint`` are never the file's word and
-#: are dropped before the schema reads the backbone.
+#: user-only ``prefer_configured`` (and its earlier names, ``FLAG_NAMES``) is never the
+#: file's word and is dropped before the schema reads the backbone.
 PROMPTED_FIELDS = dict(
     num_prompts=Int(0, 4096), deep=Bool(), prompt_layers=Opt(Seq(Int(0, 127), 0, 128)),
     prompt_dropout=Float(0.0, 0.999), prompt_init=Choice('xavier_uniform', 'normal', 'zeros'),
@@ -605,8 +607,8 @@ def read_header_config(text: str, notes: Optional[List[str]] = None) -> dict:
     backbone = (data.get('model') or {}).get('backbone') if isinstance(
         data.get('model'), dict) else None
     if isinstance(backbone, dict):
-        backbone.pop('prefer_init_cfg', None)  # the user's word, never the file's
-        backbone.pop('prefer_checkpoint', None)
+        for flag in FLAG_NAMES:  # the user's word, never the file's
+            backbone.pop(flag, None)
     ctx = _Context()
     out = HEADER.check(data, '', ctx)
     init = ((out['model'].get('backbone') or {}).get('init_cfg'))
