@@ -533,7 +533,7 @@ def test_a_training_checkpoint_refuses_other_frozen_weights(pretrained, tmp_path
 def test_mmseg_apis_read_url_checkpoints_safely(deep, tmp_path, file_server):
     from mmseg.apis import MMSegInferencer
     from conftest import payload_pickle
-    from vpt_seg.formats.weights import UnreadableCheckpointError
+    from vpt_seg.formats.weight_files import UnreadableCheckpointError
     marker = tmp_path / 'marker'
     url = file_server.url('task.pth')
     payload_pickle(file_server.root / 'task.pth', marker)
@@ -551,7 +551,7 @@ def test_serving_on_a_url_backbone_reads_it_safely(deep, tmp_path, file_server):
     """serve.py BACKBONE=http://.../vit.pth: the shared backbone (and its final-norm
     check) and every task's frozen weights come through the safe http loader."""
     from conftest import payload_pickle
-    from vpt_seg.formats.weights import UnreadableCheckpointError
+    from vpt_seg.formats.weight_files import UnreadableCheckpointError
     from vpt_seg.serving.multitask import MultiTaskViT, build_shared_backbone
     cfg = read_task_config(str(deep['file']))
     shutil.copy(deep['vit'], file_server.root / 'vit.pth')

@@ -29,7 +29,7 @@ import torch
 from mmengine.config import Config
 from mmengine.logging import print_log
 
-from .weights import load_torch_file
+from .weight_files import load_torch_file
 from .config_data import literal_config_text
 from .loading import export_inputs, load_task_model
 from .outputs import OutputError, atomic_write, check_output

@@ -44,7 +44,8 @@ from mmengine.logging import print_log
 from torch import nn
 
 from .outputs import OutputError, atomic_write, check_output
-from .weights import describe_state_dict, load_torch_file
+from .weight_files import load_torch_file
+from .weights import describe_state_dict
 from .pretrained_key import pretrained_in, set_pretrained
 from .task_file import (check_class_count, load_from_safetensors,
                         read_task_config, write_task_file)
@@ -382,7 +383,8 @@ def _other_family(backbone: nn.Module, path: str) -> Optional[str]:
                     f"PromptedTimmViT (model.backbone.type='PromptedTimmViT'); this backbone "
                     f'is {ours}, the MMSeg ViT layout: another family')
         if timm_backbone and osp.isfile(path):
-            from .weights import detect_format, read_checkpoint
+            from .weight_files import read_checkpoint
+            from .weights import detect_format
             obj = read_checkpoint(path)
             fmt, _ = detect_format(obj['state_dict'] if isinstance(
                 obj.get('state_dict'), Mapping) else obj)
