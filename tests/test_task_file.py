@@ -339,11 +339,12 @@ def test_a_version_1_file_loads_with_its_config_named_and_is_never_parsed(deep, 
 
 @pytest.fixture
 def notes(monkeypatch):
-    from vpt_seg.formats import loading, task_file
+    from vpt_seg.formats import frozen_weights, loading, task_file
     from vpt_seg.models import prompted_vit
     lines = []
     monkeypatch.setattr(task_file, 'print_log', lambda msg, **kw: lines.append(msg))
     monkeypatch.setattr(loading, 'print_log', lambda msg, **kw: lines.append(msg))
+    monkeypatch.setattr(frozen_weights, 'print_log', lambda msg, **kw: lines.append(msg))
     monkeypatch.setattr(prompted_vit, 'print_log', lambda msg, **kw: lines.append(msg))
     return lines
 

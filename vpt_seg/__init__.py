@@ -18,7 +18,8 @@ from .evaluation import *  # noqa: F401,F403
 from .tuners import Adapter, LoRA, VisualPrompt
 from .formats.fitting import fit_state_dict, resample_pos_embed
 from .formats.fold import fold_task
-from .formats.loading import export_task, load_task_model
+from .formats.export import export_task
+from .formats.loading import load_task_model
 from .formats.task_file import read_task_file
 from .formats.weights import load_vit_checkpoint
 from .serving.multitask import MultiTaskViT, build_shared_backbone

@@ -22,7 +22,7 @@ from mmengine.optim import OptimWrapperDict
 from mmengine.registry import HOOKS
 from mmengine.runner import BaseLoop
 
-from ..formats.loading import check_task_checkpoint
+from ..formats.frozen_weights import check_task_checkpoint
 from .lock import WorkDirLock, WorkDirLockedError
 
 __all__ = ['SafeCheckpointHook', 'NonFiniteCheckHook', 'NonFiniteError', 'DataCheckHook',

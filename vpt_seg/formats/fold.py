@@ -29,12 +29,13 @@ import torch
 from mmengine.config import Config
 from mmengine.logging import print_log
 
-from .weight_files import load_torch_file
 from .config_data import literal_config_text
-from .loading import export_inputs, load_task_model
+from .export import export_inputs
+from .loading import load_task_model
 from .outputs import OutputError, atomic_write, check_output
 from .pretrained_key import FLAG_NAMES, rule_of
 from .task_file import read_task_config
+from .weight_files import load_torch_file
 
 __all__ = ['standalone_config', 'fold_task', 'folded_config_path']
 

@@ -36,7 +36,8 @@ them as version 2.
 This module is the file format: the header, its checks, and where the header says the
 frozen weights are (:func:`pretrained_candidates`: next to the task file first, then
 ``pretrained_path``). Loading a task, and which candidate's weights are taken, is
-:mod:`vpt_seg.formats.loading`'s: :func:`vpt_seg.formats.loading.export_task` writes these files and
+:mod:`vpt_seg.formats.frozen_weights`' (the rules) and :mod:`vpt_seg.formats.loading`'s:
+:func:`vpt_seg.formats.export.export_task` writes these files and
 :func:`vpt_seg.formats.loading.load_task_model` reads them. ``tools/test.py``,
 ``tools/serve.py``, ``load_from``, MMSeg's ``init_model`` and ``MMSegInferencer`` read
 task files directly: importing vpt_seg registers :func:`load_from_safetensors` with MMEngine's ``CheckpointLoader`` for paths
@@ -78,7 +79,7 @@ def write_task_file(out: str, model, cfg, pretrained: str, pretrained_path: str,
                     frozen_modules: Optional[Dict[str, Dict[str, str]]] = None
                     ) -> Dict[str, str]:
     """Write ``model``'s ``state_dict()`` and the header (see the module docstring) to
-    ``out``; :func:`vpt_seg.formats.loading.export_task` loads the task and calls this.
+    ``out``; :func:`vpt_seg.formats.export.export_task` loads the task and calls this.
 
     Args:
         out: The task file (``.safetensors``).
@@ -434,7 +435,7 @@ def _untag(obj):
 def _tuner_options(meta: Dict[str, str]) -> Optional[Dict[str, Optional[dict]]]:
     """The LoRA and adapter options of the stored config (``model.backbone.lora`` and
     ``.adapter``, validated as the backbone validates them), which the loader compares
-    with the backbone's (:func:`vpt_seg.formats.loading.check_tuner_options`); None
+    with the backbone's (:func:`vpt_seg.formats.frozen_weights.check_tuner_options`); None
     where they cannot be read (the config's own checks then name the key), and a tuner
     whose options do not validate is left out."""
     from ..tuners.adapter import check_adapter_options

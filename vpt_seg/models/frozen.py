@@ -1,7 +1,7 @@
 """What a backbone with frozen pretrained weights declares for task checkpoints.
 
 The rules (what a task checkpoint holds, where its frozen weights come from, whether
-they match) live in :mod:`vpt_seg.formats.loading`; this mixin only wires a backbone to them
+they match) live in :mod:`vpt_seg.formats.frozen_weights`; this mixin only wires a backbone to them
 and names what the backbone must declare:
 
 * what is frozen: its parameters with ``requires_grad=False`` (the tuning rule,
@@ -21,14 +21,14 @@ and names what the backbone must declare:
 It calls :meth:`init_frozen_hooks` at the end of ``__init__``. The load pre-hook stays
 the trigger because every loader (MMEngine's runner, MMSeg's ``init_model`` and
 ``MMSegInferencer``) ends in ``load_state_dict``; it is one call into
-:func:`vpt_seg.formats.loading.prepare_state_dict`.
+:func:`vpt_seg.formats.frozen_weights.prepare_state_dict`.
 """
 from typing import Dict, List, Mapping, MutableMapping, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
 
-from ..formats import loading
+from ..formats import frozen_weights
 from ..tuners.adapter import Adapter, check_adapter_options
 from ..tuners.lora import LoRA, check_lora_options
 
@@ -36,7 +36,7 @@ __all__ = ['FrozenBackboneMixin']
 
 
 class FrozenBackboneMixin:
-    """What a frozen backbone declares so that :mod:`vpt_seg.formats.loading` can save, load
+    """What a frozen backbone declares so that :mod:`vpt_seg.formats.frozen_weights` can save, load
     and check its task checkpoints (see the module docstring).
 
     Attributes:
@@ -100,7 +100,7 @@ class FrozenBackboneMixin:
     def check_checkpoint_fits(self, state_dict, prefix: str) -> None:
         """Raise ``ValueError`` if a checkpoint's tensors do not fit this backbone: every
         tensor must have this backbone's shape. Backbones extend it."""
-        loading.check_shapes(self, state_dict, prefix)
+        frozen_weights.check_shapes(self, state_dict, prefix)
 
     def lora_sites(self, target: str) -> Dict[str, Tuple[int, int]]:
         """The sites a LoRA ``target`` names in each block, ``{site: (in, out)}``; empty
@@ -170,13 +170,13 @@ class FrozenBackboneMixin:
         self.register_load_state_dict_pre_hook(FrozenBackboneMixin._prepare)
 
     def frozen_digest(self) -> str:
-        """sha256 of the frozen weights as loaded (:func:`vpt_seg.formats.loading.frozen_digest`)."""
-        return loading.frozen_digest(self)
+        """sha256 of the frozen weights as loaded (:func:`vpt_seg.formats.frozen_weights.frozen_digest`)."""
+        return frozen_weights.frozen_digest(self)
 
     @staticmethod
     def _record(module, state_dict, prefix, local_metadata):
-        loading.record_pretrained(module, state_dict, prefix, local_metadata)
+        frozen_weights.record_pretrained(module, state_dict, prefix, local_metadata)
 
     def _prepare(self, state_dict, prefix, local_metadata, strict, missing_keys,
                  unexpected_keys, error_msgs):
-        loading.prepare_state_dict(self, state_dict, prefix, local_metadata)
+        frozen_weights.prepare_state_dict(self, state_dict, prefix, local_metadata)

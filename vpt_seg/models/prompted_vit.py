@@ -11,7 +11,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from . import vit_ops
-from ..formats import loading
+from ..formats import frozen_weights
 from ..formats.fitting import fit_state_dict
 from ..formats.weights import load_vit_checkpoint, to_mmseg_state_dict
 from ..tuners.prompt import PromptGroup, VisualPrompt, run_prompted_layers
@@ -324,7 +324,7 @@ class PromptedVisionTransformer(FrozenBackboneMixin, VisionTransformer):
                 prefix=cfg.get('prefix'))
         else:
             source = load_vit_checkpoint(ckpt, prefix=cfg.get('prefix'))
-        loading.check_signature(self, source.state_dict.pop('signature', None), f'{ckpt}: ')
+        frozen_weights.check_signature(self, source.state_dict.pop('signature', None), f'{ckpt}: ')
         target = {k: t.shape for k, t in self.named_parameters()}
         target.update({k: t.shape for k, t in self.named_buffers() if k != 'signature'})
         prompts = {k for k, _ in self.named_parameters()  # the method's, not in the file
@@ -377,7 +377,7 @@ class PromptedVisionTransformer(FrozenBackboneMixin, VisionTransformer):
         """Shapes as every backbone's, except ``pos_embed`` (resampled to another
         ``img_size`` by MMSeg's own loading), and a patch-embedding bias this backbone
         would drop silently is refused."""
-        loading.check_shapes(self, state_dict, prefix, exempt=('pos_embed',))
+        frozen_weights.check_shapes(self, state_dict, prefix, exempt=('pos_embed',))
         bias_key = prefix + 'patch_embed.projection.bias'
         if bias_key in state_dict and self.patch_embed.projection.bias is None:
             raise ValueError(
