@@ -678,6 +678,17 @@ def check_header_shapes(model: dict, shapes: Mapping[str, tuple],
         HeaderSchemaError: naming the header key that disagrees with the file.
     """
     backbone = model['backbone']
+    dims = _check_declared_size(backbone, signature, signature_fields)
+    _check_prompt_shapes(backbone, shapes, prefix, dims)
+    _check_tuner_shapes(backbone, shapes, prefix)
+    _entry_shapes(model, shapes)
+    _check_head_shapes(model, shapes)
+
+
+def _check_declared_size(backbone: dict, signature: Optional[Sequence[int]],
+                         signature_fields: Sequence[str]) -> int:
+    """The backbone's declared sizes against the file's ``signature``, and its size
+    against :data:`MAX_BACKBONE_PARAMS` (before anything is allocated); its width."""
     kind = backbone['type']
     sizes = SIGNATURE_SIZES.get(kind, lambda b: {})(backbone)
     names = _TIMM_OPTION if kind == 'PromptedTimmViT' else _OPTION_OF
@@ -699,7 +710,11 @@ def check_header_shapes(model: dict, shapes: Mapping[str, tuple],
                                 f'parameters (width {dims}, depth {layers}, a {h}x{w} '
                                 f'input; more than {MAX_BACKBONE_PARAMS:.3g}); refused '
                                 'before anything is allocated')
+    return dims
 
+
+def _check_prompt_shapes(backbone: dict, shapes: Mapping[str, tuple], prefix: str, dims: int):
+    """``num_prompts`` and the width against the file's prompt tensor."""
     prompt = shapes.get(prefix + 'prompt.embeddings')
     num = backbone.get('num_prompts', 0)
     if prompt is None:
@@ -713,6 +728,9 @@ def check_header_shapes(model: dict, shapes: Mapping[str, tuple],
             _fits('model.backbone.num_prompts', dims, prompt[2],
                   'prompt width (embed dims) ' + str(prompt))
 
+
+def _check_tuner_shapes(backbone: dict, shapes: Mapping[str, tuple], prefix: str):
+    """LoRA's rank and the adapters' width against their tensors."""
     for part, option, suffix, dim in (('lora', 'rank', '.A', 0),
                                       ('adapter', 'width', '.down.weight', 0)):
         cfg = backbone.get(part)
@@ -725,7 +743,9 @@ def check_header_shapes(model: dict, shapes: Mapping[str, tuple],
             _fits(f'model.backbone.{part}.{option}', declared, shape[dim],
                   f'{part} tensors ({shape})')
 
-    _entry_shapes(model, shapes)
+
+def _check_head_shapes(model: dict, shapes: Mapping[str, tuple]):
+    """Each head's classes and channels against its last layer's weight."""
     heads = [('decode_head', model.get('decode_head'), 'decode_head.conv_seg.weight'),
              ('head', model.get('head'), 'head.fc.weight')]
     aux = model.get('auxiliary_head')
@@ -749,7 +769,6 @@ def check_header_shapes(model: dict, shapes: Mapping[str, tuple],
         elif where == 'head':
             _fits('model.head.in_channels', head['in_channels'], shape[1],
                   f'{key} shape {shape}')
-
 
 def _modules(data: Any, key: str, state: str):
     """``(header key, state-dict prefix, cfg)`` of every module config under ``data``."""
