@@ -1,6 +1,6 @@
 """Loading and exporting a task (vpt_seg/formats/loading.py, export.py and
-frozen_weights.py) on the demo's tiny ViT: an export never replaces what it reads, and a write that fails leaves the earlier output;
-the tuner options a task was made with are compared when it is loaded or resumed; a
+frozen_weights.py) on the demo's tiny ViT: an export never replaces what it reads, and a
+write that fails leaves the earlier output; the tuner options a task was made with are compared when it is loaded or resumed; a
 ``load_from`` of a full checkpoint says that it replaces the frozen weights."""
 import copy
 import importlib.util

@@ -173,8 +173,9 @@ class SafeCheckpointHook(CheckpointHook):
 
     def _check_data_fits(self, runner) -> None:
         """Each built loop's dataset against the heads' ``num_classes``, and not without a
-        single valid label: the start-up checks of :func:`vpt_seg.datasets.config_checks.prepare_cfg`,
-        for MMSeg's own tools, which do not run it."""
+        single valid label: the start-up checks of
+        :func:`vpt_seg.datasets.config_checks.prepare_cfg`, for MMSeg's own tools, which do
+        not run it."""
         from ..datasets.checks import check_class_counts, check_split_has_labels, head_classes
         heads = head_classes(_unwrap(runner.model))
         for name in ('train', 'val', 'test'):

@@ -170,7 +170,8 @@ class FrozenBackboneMixin:
         self.register_load_state_dict_pre_hook(FrozenBackboneMixin._prepare)
 
     def frozen_digest(self) -> str:
-        """sha256 of the frozen weights as loaded (:func:`vpt_seg.formats.frozen_weights.frozen_digest`)."""
+        """sha256 of the frozen weights as loaded
+        (:func:`vpt_seg.formats.frozen_weights.frozen_digest`)."""
         return frozen_weights.frozen_digest(self)
 
     @staticmethod
