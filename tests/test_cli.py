@@ -5,7 +5,7 @@ import sys
 import pytest
 
 from vpt_seg import cli
-from vpt_seg.runner import tools_dir
+from vpt_seg.config_paths import tools_dir
 
 
 def test_available_tools_are_the_tools_folders_scripts():

@@ -10,7 +10,8 @@ import torch
 from mmengine.config import Config
 
 from vpt_seg.datasets.synthetic_cls import make_cls_folder
-from vpt_seg.formats.loading import export_task, load_task_model
+from vpt_seg.formats.export import export_task
+from vpt_seg.formats.loading import load_task_model
 from vpt_seg.models.tiny_clip import write_tiny_clip
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))

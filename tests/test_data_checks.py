@@ -1,5 +1,5 @@
 """Bad data is refused by name (vpt_seg/datasets/checks.py), through the configs' own
-pipelines, at start-up (vpt_seg/runner.py) and by tools/check_data.py."""
+pipelines, at start-up (vpt_seg/datasets/config_checks.py) and by tools/check_data.py."""
 import os.path as osp
 import re
 import shutil
@@ -16,7 +16,7 @@ from mmseg.registry import DATASETS, TRANSFORMS
 from vpt_seg.datasets import DataError, check_dataset, make_ade20k
 from vpt_seg.datasets.checks import ImageTooLargeError
 from vpt_seg.engine.hooks import DataCheckHook
-from vpt_seg.runner import prepare_cfg
+from vpt_seg.datasets.config_checks import prepare_cfg
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 DEMO = osp.join(ROOT, 'configs', 'demo', 'setr_vpt_tiny_ade20k.py')

@@ -20,7 +20,7 @@ import torch
 from mmengine.config import Config
 from mmseg.registry import MODELS
 
-from vpt_seg import runner as vpt_runner
+from vpt_seg.engine import distributed as vpt_runner
 from vpt_seg.datasets.synthetic import make_ade20k
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))

@@ -22,11 +22,11 @@ from mmengine.logging import MessageHub, MMLogger
 from mmseg.registry import MODELS
 
 from fault_hooks import finite
-from vpt_seg.formats.weights import UnreadableCheckpointError, load_torch_file
+from vpt_seg.formats.weight_files import UnreadableCheckpointError, load_torch_file
 from vpt_seg.datasets.synthetic import make_ade20k
 from vpt_seg.engine.hooks import (NonFiniteCheckHook, NonFiniteError, SafeCheckpointHook,
                                   find_resumable_checkpoint)
-from vpt_seg.formats.loading import check_task_state_dict
+from vpt_seg.formats.frozen_weights import check_task_state_dict
 from vpt_seg.serving.multitask import load_task_model
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))

@@ -1,6 +1,6 @@
-"""Loading and exporting a task (vpt_seg/formats/loading.py) on the demo's tiny ViT: an
-export never replaces what it reads, and a write that fails leaves the earlier output;
-the tuner options a task was made with are compared when it is loaded or resumed; a
+"""Loading and exporting a task (vpt_seg/formats/loading.py, export.py and
+frozen_weights.py) on the demo's tiny ViT: an export never replaces what it reads, and a
+write that fails leaves the earlier output; the tuner options a task was made with are compared when it is loaded or resumed; a
 ``load_from`` of a full checkpoint says that it replaces the frozen weights."""
 import copy
 import importlib.util
@@ -17,7 +17,7 @@ from mmengine.registry import init_default_scope
 from mmseg.registry import MODELS
 
 from vpt_seg import export_task, load_task_model
-from vpt_seg.formats import loading
+from vpt_seg.formats import export, frozen_weights, loading
 from vpt_seg.formats.outputs import OutputError, atomic_write, file_mode
 from vpt_seg.formats.task_file import read_task_metadata
 
@@ -143,14 +143,14 @@ def test_a_write_that_fails_midway_leaves_the_previous_output(task, tmp_path, mo
     out = str(tmp_path / 'task.safetensors')
     export_task(task['cfg'], task['ckpt'], out)
     before = _snapshot(out)
-    real = loading.write_task_file
+    real = export.write_task_file
 
     def dies(path, *args, **kwargs):
         real(path, *args, **kwargs)
         with open(path, 'r+b') as f:  # half the bytes on disk, then the process "dies"
             f.truncate(os.path.getsize(path) // 2)
         raise KeyboardInterrupt
-    monkeypatch.setattr(loading, 'write_task_file', dies)
+    monkeypatch.setattr(export, 'write_task_file', dies)
     with pytest.raises(KeyboardInterrupt):
         export_task(task['cfg'], task['ckpt'], out)
     assert _snapshot(out) == before
@@ -255,9 +255,9 @@ def test_load_from_a_folded_checkpoint_says_so_and_the_runs_checkpoints_load(
     model = MODELS.build(copy.deepcopy(cfg.model))
     model.init_weights()  # the frozen weights from the config's pretrained file
     notes = []
-    monkeypatch.setattr(loading, 'print_log', lambda m, **k: notes.append(m))
+    monkeypatch.setattr(frozen_weights, 'print_log', lambda m, **k: notes.append(m))
     state = torch.load(folded, weights_only=True)['state_dict']
-    loading.check_task_checkpoint(model, state, folded)  # the runner's hook, as load_from
+    frozen_weights.check_task_checkpoint(model, state, folded)  # the runner's hook, as load_from
     load_checkpoint(model, folded, map_location='cpu')
     (said, ) = [n for n in notes if 'full checkpoint' in n]
     assert said == (f'{folded} is a full checkpoint whose frozen backbone weights differ '
@@ -303,7 +303,7 @@ def test_a_dinov2_runs_checkpoints_after_load_from_a_folded_one_load(tmp_path):
     cfg.model.backbone.lora = None
     model = MODELS.build(copy.deepcopy(cfg.model))
     model.init_weights()
-    loading.check_task_checkpoint(
+    frozen_weights.check_task_checkpoint(
         model, torch.load(folded, weights_only=True)['state_dict'], folded)
     load_checkpoint(model, folded, map_location='cpu')
     ckpt = str(tmp_path / 'iter_2.pth')
@@ -335,7 +335,7 @@ def test_init_model_refuses_a_task_without_the_prompts_as_tools_test_does(task, 
             init_model(copy.deepcopy(task['cfg']), path, device='cpu')
         with pytest.raises(ValueError, match=rf'{path} lacks tuned weights this model needs: '
                            r'backbone\.prompt'):  # tools/test.py's words (its hook)
-            loading.check_task_checkpoint(MODELS.build(copy.deepcopy(task['cfg'].model)),
+            frozen_weights.check_task_checkpoint(MODELS.build(copy.deepcopy(task['cfg'].model)),
                                           loading.load_checkpoint_file(path)[1], path)
 
 

@@ -1,5 +1,7 @@
-"""vpt_seg.runner: finding configs and tools, the tools' common flags, data-folder checks
-before the runner starts, and distributed runs without GPUs (only what is cheap here)."""
+"""What the tools share before MMEngine's runner starts (vpt_seg.config_paths,
+vpt_seg.tool_config, vpt_seg.datasets.config_checks, vpt_seg.engine.distributed and
+.logs): finding configs and tools, the tools' common flags, data-folder checks, and
+distributed runs without GPUs (only what is cheap here)."""
 import argparse
 import datetime
 import logging
@@ -11,11 +13,13 @@ import torch
 from mmengine.config import Config
 from mmengine.logging import MMLogger
 
-from vpt_seg import runner
+from vpt_seg import config_paths
+from vpt_seg.config_paths import config_dirs, resolve_config, tools_dir
+from vpt_seg.datasets.config_checks import check_loader, prepare_cfg
 from vpt_seg.datasets.synthetic import make_ade20k
-from vpt_seg.runner import (check_loader, config_dirs, load_cfg, mark_named_pretrained,
-                            prepare_cfg, quiet_logger, resolve_config, setup_distributed,
-                            tools_dir)
+from vpt_seg.engine.distributed import setup_distributed
+from vpt_seg.engine.logs import quiet_logger
+from vpt_seg.tool_config import load_cfg, mark_named_pretrained
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 DEMO = 'demo/setr_vpt_tiny_ade20k.py'
@@ -33,7 +37,7 @@ def test_an_installed_package_finds_its_shipped_folders(tmp_path, monkeypatch):
     package = tmp_path / 'site' / 'vpt_seg'
     for name in ('configs', 'tools'):
         (package / '.mim' / name).mkdir(parents=True)
-    monkeypatch.setattr(runner, '_PACKAGE', str(package))
+    monkeypatch.setattr(config_paths, '_PACKAGE', str(package))
     assert config_dirs() == str(package / '.mim' / 'configs')
     assert tools_dir() == str(package / '.mim' / 'tools')
 
@@ -101,7 +105,7 @@ def test_load_cfg_keeps_a_configs_own_work_dir_unless_the_flag_names_one(tmp_pat
 def test_load_cfg_merges_cfg_options_and_marks_a_named_pretrained_file(options, prefer):
     cfg = load_cfg(args(cfg_options=options, launcher='pytorch'))
     assert cfg.launcher == 'pytorch'
-    assert cfg.model.backbone.get('prefer_init_cfg', False) is prefer
+    assert cfg.model.backbone.get('prefer_configured', False) is prefer
     assert cfg.train_cfg.max_iters == (7 if options and 'train_cfg.max_iters' in options else 40)
     if prefer:
         assert cfg.model.backbone.init_cfg.checkpoint == 'mine.pth'

@@ -372,7 +372,7 @@ def _serve_here(served, monkeypatch, capsys, names, out):
 @pytest.mark.parametrize('names', [('seg', ), ('seg', 'single', 'big')])
 def test_the_pretrained_file_is_read_once_and_the_summary_says_what_ran(
         served, monkeypatch, capsys, names):
-    from vpt_seg.formats import weights as checkpoint
+    from vpt_seg.formats import weight_files as checkpoint
     reads, read = [], checkpoint._read_weights
     monkeypatch.setattr(checkpoint, '_read_weights', lambda p: reads.append(p) or read(p))
     out = served['tmp'] / ('here_' + '_'.join(names))

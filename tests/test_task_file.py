@@ -339,11 +339,12 @@ def test_a_version_1_file_loads_with_its_config_named_and_is_never_parsed(deep, 
 
 @pytest.fixture
 def notes(monkeypatch):
-    from vpt_seg.formats import loading, task_file
+    from vpt_seg.formats import frozen_weights, loading, task_file
     from vpt_seg.models import prompted_vit
     lines = []
     monkeypatch.setattr(task_file, 'print_log', lambda msg, **kw: lines.append(msg))
     monkeypatch.setattr(loading, 'print_log', lambda msg, **kw: lines.append(msg))
+    monkeypatch.setattr(frozen_weights, 'print_log', lambda msg, **kw: lines.append(msg))
     monkeypatch.setattr(prompted_vit, 'print_log', lambda msg, **kw: lines.append(msg))
     return lines
 
@@ -506,7 +507,7 @@ def test_a_training_checkpoint_refuses_other_frozen_weights(pretrained, tmp_path
         load_task_model(cfg, ckpt, pretrained=str(elsewhere / 'pretrain' / 'vit.pth'))
     named = copy.deepcopy(cfg)
     named.model.backbone.init_cfg.checkpoint = str(vit_path)
-    named.model.backbone.prefer_init_cfg = True
+    named.model.backbone.prefer_configured = True
     notes.clear()
     assert torch.equal(_outputs(load_task_model(named, ckpt), x), expected)
     assert any(f'loading the frozen backbone from {vit_path}' in n for n in notes)
@@ -533,7 +534,7 @@ def test_a_training_checkpoint_refuses_other_frozen_weights(pretrained, tmp_path
 def test_mmseg_apis_read_url_checkpoints_safely(deep, tmp_path, file_server):
     from mmseg.apis import MMSegInferencer
     from conftest import payload_pickle
-    from vpt_seg.formats.weights import UnreadableCheckpointError
+    from vpt_seg.formats.weight_files import UnreadableCheckpointError
     marker = tmp_path / 'marker'
     url = file_server.url('task.pth')
     payload_pickle(file_server.root / 'task.pth', marker)
@@ -551,7 +552,7 @@ def test_serving_on_a_url_backbone_reads_it_safely(deep, tmp_path, file_server):
     """serve.py BACKBONE=http://.../vit.pth: the shared backbone (and its final-norm
     check) and every task's frozen weights come through the safe http loader."""
     from conftest import payload_pickle
-    from vpt_seg.formats.weights import UnreadableCheckpointError
+    from vpt_seg.formats.weight_files import UnreadableCheckpointError
     from vpt_seg.serving.multitask import MultiTaskViT, build_shared_backbone
     cfg = read_task_config(str(deep['file']))
     shutil.copy(deep['vit'], file_server.root / 'vit.pth')

@@ -19,6 +19,7 @@ from test_task_file import ROOT, _outputs, _rewrite, _tool, deep, pretrained  # 
 from vpt_seg import load_task_model
 from vpt_seg.formats.config_data import config_to_json
 from vpt_seg.formats.fold import fold_task
+from vpt_seg.formats.pretrained_key import FLAG_NAMES
 from vpt_seg.formats.task_file import read_task_config, read_task_metadata
 from vpt_seg.formats.task_schema import (TABLE, HeaderSchemaError, Int, check_header_shapes,
                                          register, read_header_config)
@@ -239,7 +240,7 @@ def test_every_shipped_config_fits_the_schema_as_it_is():
     assert len(_configs()) > 20
     for path in _configs():
         cfg = Config.fromfile(path)
-        for key in ('prefer_init_cfg', 'prefer_checkpoint'):
+        for key in FLAG_NAMES:
             cfg.model.backbone.pop(key, None)
         data = read_header_config(config_to_json(cfg))
         assert data['model'] == cfg.to_dict()['model'], path

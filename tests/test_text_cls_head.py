@@ -17,7 +17,8 @@ from mmengine.structures import BaseDataElement
 from mmseg.registry import MODELS
 
 from vpt_seg.engine.optim import tuned_summary
-from vpt_seg.formats.loading import export_task, load_task_model
+from vpt_seg.formats.export import export_task
+from vpt_seg.formats.loading import load_task_model
 from vpt_seg.tuners.tuning import parameter_report
 
 from test_text_encoder import CLASSES, NAMES, TOWER, official, tiny_clip

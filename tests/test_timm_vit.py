@@ -427,17 +427,17 @@ def test_task_checkpoint_refuses_other_frozen_weights_and_other_backbones(files,
 
 
 def test_named_checkpoint_is_the_users_word(files, tmp_path):
-    """--cfg-options model.backbone.checkpoint=... sets prefer_checkpoint (the tools'
+    """--cfg-options model.backbone.checkpoint=... sets prefer_configured (the tools'
     mark_named_pretrained): a task then loads its frozen weights from that file only,
     whose sha256 must match; an inherited checkpoint leaves the recorded file first."""
     from mmengine.config import Config
 
-    from vpt_seg.runner import mark_named_pretrained
+    from vpt_seg.tool_config import mark_named_pretrained
     cfg = Config(dict(model=dict(backbone=dict(type='PromptedTimmViT', model_name='x'))))
-    assert 'prefer_checkpoint' not in mark_named_pretrained(
+    assert 'prefer_configured' not in mark_named_pretrained(
         copy.deepcopy(cfg), {'model.backbone.num_prompts': 1}).model.backbone
     assert mark_named_pretrained(cfg, {'model.backbone.checkpoint': 'f'}).model.backbone[
-        'prefer_checkpoint'] is True
+        'prefer_configured'] is True
     name, patch = FAMILIES[3]
     path, _ = files[name]
     state = build(name, patch, path, num_prompts=2).state_dict()
@@ -448,7 +448,7 @@ def test_named_checkpoint_is_the_users_word(files, tmp_path):
                   model_kwargs=dict(TINY), img_size=GRID * patch, num_prompts=2)
     MODELS.build(kwargs).load_state_dict(state)  # recorded file first: loads
     with pytest.raises(ValueError, match='other.safetensors'):
-        MODELS.build(dict(kwargs, prefer_checkpoint=True)).load_state_dict(state)
+        MODELS.build(dict(kwargs, prefer_configured=True)).load_state_dict(state)
 
 
 def test_full_checkpoint_with_save_frozen(files):

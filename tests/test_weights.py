@@ -20,6 +20,7 @@ from timm.models.vision_transformer import _load_weights
 
 import vpt_seg  # noqa: F401  (before mmseg)
 from mmseg.models.backbones import VisionTransformer as MMSegViT
+from vpt_seg.formats import weight_files
 from vpt_seg.formats import weights as ckpt_lib
 from vpt_seg.models import PromptedVisionTransformer
 from vpt_seg.models import prompted_vit
@@ -423,8 +424,8 @@ def test_convert_tool_checks_a_timm_file_for_a_config(tmp_path, capsys, monkeypa
     patch 14 resampled to the config's 8 and the 4x4 position grid to its 4x4, one line;
     the file is read once."""
     folder = _dinov2_folder(tmp_path)
-    reads, read = [], ckpt_lib._read_weights
-    monkeypatch.setattr(ckpt_lib, '_read_weights', lambda p: reads.append(p) or read(p))
+    reads, read = [], weight_files._read_weights
+    monkeypatch.setattr(weight_files, '_read_weights', lambda p: reads.append(p) or read(p))
     line = _tool().main([folder, '--config', DINOV2_DEMO])
     assert reads == [osp.join(folder, 'model.safetensors')]
     assert capsys.readouterr().out.strip() == line
@@ -473,11 +474,11 @@ def test_url_pickle_with_a_payload_is_refused_by_name(tmp_path, file_server):
     marker = tmp_path / 'marker'
     payload_pickle(file_server.root / 'vit.pth', marker)
     url = file_server.url('vit.pth')
-    with pytest.raises(ckpt_lib.UnreadableCheckpointError,
+    with pytest.raises(weight_files.UnreadableCheckpointError,
                        match=rf"'{url}' \(downloaded to .*\) is not a readable checkpoint: "
                              r'it stores the Python object (builtins\.)?exec,'):
         CheckpointLoader.load_checkpoint(url, map_location='cpu')
-    with pytest.raises(ckpt_lib.UnreadableCheckpointError, match=url):  # as init_cfg
+    with pytest.raises(weight_files.UnreadableCheckpointError, match=url):  # as init_cfg
         backbone(url)
     assert not marker.exists()
     assert file_server.requests == ['/vit.pth']  # downloaded once, then read from the cache

@@ -17,7 +17,8 @@ from mmseg.registry import DATASETS
 
 from vpt_seg.datasets import check_dataset
 from vpt_seg.datasets.checks import ClassCountError, DataError
-from vpt_seg.runner import check_loader, load_cfg
+from vpt_seg.datasets.config_checks import check_loader
+from vpt_seg.tool_config import load_cfg
 
 LOADERS = dict(train='train_dataloader', val='val_dataloader', test='test_dataloader')
 

@@ -19,9 +19,9 @@ from mmengine.config import Config, DictAction
 from mmengine.registry import init_default_scope
 from mmseg.registry import DATASETS, MODELS
 
-from vpt_seg.formats.loading import configured_in_cfg
+from vpt_seg.formats.pretrained_key import pretrained_in
 from vpt_seg.formats.task_file import write_task_file
-from vpt_seg.runner import resolve_config
+from vpt_seg.config_paths import resolve_config
 from vpt_seg.tuners.tuning import format_count, parameter_report
 
 
@@ -41,7 +41,7 @@ def task_file_bytes(model: torch.nn.Module, cfg: Config) -> int:
     """The size of the task file tools/export_task.py writes for ``model`` trained with
     ``cfg``: written by the same writer into a temporary folder, then measured."""
     backbone = model.backbone
-    pretrained = configured_in_cfg(cfg.model.backbone) or ''
+    pretrained = pretrained_in(cfg.model.backbone) or ''
     frozen = any(not p.requires_grad for p in backbone.parameters())
     if not getattr(model, 'dataset_meta', None):
         model.dataset_meta = dataset_meta_of(cfg)

@@ -24,6 +24,7 @@ from mmengine.registry import init_default_scope
 from mmseg.registry import MODELS
 
 from vpt_seg.datasets.synthetic import make_ade20k
+from vpt_seg.formats.pretrained_key import pretrained_in, set_pretrained
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 CONFIGS = dict(vit=osp.join(ROOT, 'configs', 'demo', 'setr_vpt_tiny_ade20k.py'),
@@ -39,8 +40,10 @@ def write_backbone(cfg) -> str:
         from vpt_seg.models.timm_vit import write_hub_folder
         vit = timm.create_model(backbone.model_name, pretrained=False, num_classes=0,
                                 **backbone.model_kwargs)
-        return write_hub_folder(vit, backbone.checkpoint, backbone.model_name)
-    vit = MODELS.build(dict(backbone, num_prompts=0, save_frozen=True, init_cfg=None))
+        return write_hub_folder(vit, pretrained_in(backbone), backbone.model_name)
+    stand_in = dict(backbone, num_prompts=0, save_frozen=True)
+    set_pretrained(stand_in, None)
+    vit = MODELS.build(stand_in)
     vit.init_weights()
     os.makedirs('pretrain', exist_ok=True)
     torch.save(vit.state_dict(), 'pretrain/tiny_vit.pth')

@@ -58,10 +58,10 @@ from mmseg.registry import DATASETS
 from vpt_seg.datasets.checks import (DEFAULT_MAX_PIXELS, MAX_PIXELS_ENV, DataError,
                                      check_image, pixel_limit)
 from vpt_seg.formats.tables import csv_text, joined
-from vpt_seg.formats.weights import reading_once
+from vpt_seg.formats.weight_files import reading_once
 from vpt_seg.datasets.image_folder import IMG_EXTENSIONS
 from vpt_seg.serving.multitask import MultiTaskViT, build_shared_backbone, load_task_model
-from vpt_seg.runner import resolve_config
+from vpt_seg.config_paths import resolve_config
 from vpt_seg.serving.serve import (OutputDir, check_task_name, input_size, label_map, load_image,
                              output_names, overlay, plan_batches, task_input, verify_batch,
                                    worse)

@@ -17,7 +17,9 @@ from mmengine.config import DictAction
 from mmengine.runner import Runner
 
 from vpt_seg.datasets.checks import head_classes, use_checked_loaders
-from vpt_seg.runner import load_cfg, prepare_cfg, setup_distributed
+from vpt_seg.datasets.config_checks import prepare_cfg
+from vpt_seg.engine.distributed import setup_distributed
+from vpt_seg.tool_config import load_cfg
 
 
 def parse_args():

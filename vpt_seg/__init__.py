@@ -8,7 +8,7 @@ MMEngine's registries, so configs load it with
 Layout: ``tuners/`` the method in plain torch; ``models/``, ``engine/``, ``datasets/``,
 ``evaluation/`` its MMSeg and MMEngine modules; ``formats/`` weight and task files and
 the loading rules; ``serving/`` many tasks on one backbone; ``experiments/`` the study
-and the benchmark; ``runner.py`` and ``cli.py`` what the tools share.
+and the benchmark; ``config_paths.py``, ``tool_config.py`` and ``cli.py`` what the tools share.
 """
 from . import patches  # noqa: F401  (must precede every mmseg import)
 from .models import *  # noqa: F401,F403
@@ -18,7 +18,8 @@ from .evaluation import *  # noqa: F401,F403
 from .tuners import Adapter, LoRA, VisualPrompt
 from .formats.fitting import fit_state_dict, resample_pos_embed
 from .formats.fold import fold_task
-from .formats.loading import export_task, load_task_model
+from .formats.export import export_task
+from .formats.loading import load_task_model
 from .formats.task_file import read_task_file
 from .formats.weights import load_vit_checkpoint
 from .serving.multitask import MultiTaskViT, build_shared_backbone

@@ -6,14 +6,14 @@
 
 The tools ship with the package under ``vpt_seg/.mim/tools`` (as OpenMMLab's MIM ships
 them) and configs under ``vpt_seg/.mim/configs``; config arguments resolve against those
-when they are not files here (``vpt_seg.runner.resolve_config``).
+when they are not files here (``vpt_seg.config_paths.resolve_config``).
 """
 import os
 import os.path as osp
 import runpy
 import sys
 
-from .runner import tools_dir
+from .config_paths import tools_dir
 
 
 def available_tools():

@@ -8,7 +8,7 @@ call ``torch.load`` bare or, for URLs, ``torch.hub``'s ``load_url``, which unpic
 register our own in their place (``force=True``, the registry's own override
 mechanism; the registrations are in :mod:`vpt_seg.patches`), with the same arguments
 and results, each ending in
-:func:`vpt_seg.formats.weights.load_torch_file` (``weights_only=True``) or, for
+:func:`vpt_seg.formats.weight_files.load_torch_file` (``weights_only=True``) or, for
 ``.safetensors``, the safetensors reader:
 
 ================================  ====================================================
@@ -26,7 +26,7 @@ and results, each ending in
 ================================  ====================================================
 
 A pickle that holds Python objects is refused with the same
-:class:`~vpt_seg.formats.weights.UnreadableCheckpointError` as a local one, naming the URL.
+:class:`~vpt_seg.formats.weight_files.UnreadableCheckpointError` as a local one, naming the URL.
 """
 import io
 import os
@@ -39,7 +39,7 @@ import torch
 from mmengine.dist import get_dist_info
 from mmengine.runner import checkpoint as mmengine_checkpoint
 
-from ..formats.weights import load_torch_file
+from ..formats.weight_files import load_torch_file
 
 __all__ = ['load_from_local', 'load_from_http', 'load_from_torchvision', 'load_from_openmmlab',
            'load_from_mmcls', 'load_from_ceph', 'load_from_pavi', 'download_checkpoint',
@@ -47,7 +47,7 @@ __all__ = ['load_from_local', 'load_from_http', 'load_from_torchvision', 'load_f
 
 
 def load_from_local(filename, map_location):
-    """Load a local checkpoint: :func:`~vpt_seg.formats.weights.load_torch_file`."""
+    """Load a local checkpoint: :func:`~vpt_seg.formats.weight_files.load_torch_file`."""
     return load_torch_file(filename, map_location=map_location)
 
 
@@ -81,7 +81,7 @@ def download_checkpoint(url: str, model_dir: Optional[str] = None) -> str:
 def read_downloaded(path: str, source: str, map_location: Any = None) -> Any:
     """Read a downloaded checkpoint as a local one: ``.safetensors`` (task files and
     plain weights) through the safetensors reader, anything else through
-    :func:`~vpt_seg.formats.weights.load_torch_file`; errors name ``source`` (the URL)."""
+    :func:`~vpt_seg.formats.weight_files.load_torch_file`; errors name ``source`` (the URL)."""
     if path.endswith('.safetensors'):
         from ..formats.task_file import load_from_safetensors
         return load_from_safetensors(path, map_location)

@@ -22,7 +22,7 @@ from mmengine.optim import OptimWrapperDict
 from mmengine.registry import HOOKS
 from mmengine.runner import BaseLoop
 
-from ..formats.loading import check_task_checkpoint
+from ..formats.frozen_weights import check_task_checkpoint
 from .lock import WorkDirLock, WorkDirLockedError
 
 __all__ = ['SafeCheckpointHook', 'NonFiniteCheckHook', 'NonFiniteError', 'DataCheckHook',
@@ -173,8 +173,9 @@ class SafeCheckpointHook(CheckpointHook):
 
     def _check_data_fits(self, runner) -> None:
         """Each built loop's dataset against the heads' ``num_classes``, and not without a
-        single valid label: the start-up checks of :func:`vpt_seg.runner.prepare_cfg`,
-        for MMSeg's own tools, which do not run it."""
+        single valid label: the start-up checks of
+        :func:`vpt_seg.datasets.config_checks.prepare_cfg`, for MMSeg's own tools, which do
+        not run it."""
         from ..datasets.checks import check_class_counts, check_split_has_labels, head_classes
         heads = head_classes(_unwrap(runner.model))
         for name in ('train', 'val', 'test'):

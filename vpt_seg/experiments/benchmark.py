@@ -53,8 +53,10 @@ from mmseg.registry import MODELS
 from mmseg.structures import SegDataSample
 from torch.utils import flop_counter
 
+from ..formats.pretrained_key import set_pretrained
 from ..models.options import PROMPTED_ARGS
-from ..runner import quiet_logger, resolve_config
+from ..config_paths import resolve_config
+from ..engine.logs import quiet_logger
 from ..serving.multitask import MultiTaskViT, shared_backbone_cfg
 from ..tuners.tuning import count_parameters, format_count, freeze
 
@@ -184,10 +186,9 @@ def model_setup(cfg: Config, stock: bool, reference: bool = False,
         if method not in METHODS:
             raise ValueError(f'unknown method {method!r}; choose from {list(METHODS)}')
         bb.update(copy.deepcopy(METHODS[method]))
-    bb.init_cfg = None  # random weights: measure without a pretrained file
+    set_pretrained(bb, None)  # random weights: measure without a pretrained file
+    bb.init_cfg = None
     timm_family = bb.get('type') == 'PromptedTimmViT'
-    if timm_family:
-        bb.checkpoint = None
     freeze = bb.get('freeze', True)
     tune_bias = bb.get('tune_bias', False)
     prompts = bb.get('num_prompts', 0)

@@ -41,10 +41,10 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
+from .. import config_paths
 from ..datasets.synthetic import TASK_CLASSES, make_ade20k
 from ..formats.tables import csv_text
-from .. import runner
-from ..runner import quiet_logger
+from ..engine.logs import quiet_logger
 from ..tuners.tuning import format_count
 
 __all__ = ['ROWS', 'StudySettings', 'run_study', 'format_table']
@@ -143,8 +143,8 @@ class StudySettings:
     threads: int = 1
     jobs: int = 2
     num_show: int = 4
-    config_dir: str = osp.join(runner.config_dirs(), 'study')
-    tools_dir: str = runner.tools_dir()
+    config_dir: str = osp.join(config_paths.config_dirs(), 'study')
+    tools_dir: str = config_paths.tools_dir()
 
 
 @dataclass

@@ -6,7 +6,7 @@ key layout with both towers in one file: ``visual.*`` for the image tower and, f
 text tower, ``token_embedding.weight``, ``positional_embedding``,
 ``transformer.resblocks.N.*``, ``ln_final.*``, ``text_projection`` and ``logit_scale``.
 This module finds such a file, reads it safely (safetensors, or ``torch.load`` with
-``weights_only=True``: :func:`vpt_seg.formats.weights.read_checkpoint`) and returns the
+``weights_only=True``: :func:`vpt_seg.formats.weight_files.read_checkpoint`) and returns the
 text keys only. OpenAI's original ``.pt`` files are TorchScript archives (code, not
 weights): they are refused, never loaded.
 """
@@ -17,7 +17,7 @@ from typing import Dict, Mapping
 
 import torch
 
-from .weights import read_checkpoint
+from .weight_files import read_checkpoint
 
 __all__ = ['CLIP_HUB_FILES', 'TEXT_KEYS', 'find_clip_file', 'read_clip_text_state_dict',
            'text_tower_shape']

@@ -136,7 +136,22 @@ def fit_state_dict(state_dict: Mapping[str, torch.Tensor],
     sd = dict(state_dict)
     report = FitReport()
     problems: List[str] = []
+    depth, own_depth = _check_architecture(sd, target, problems)
+    _fit_pos_embed(sd, target, grid_size, interpolation, antialias, report, problems)
+    _check_patch_bias(sd, target, problems)
+    _check_keys(sd, target, optional, depth, own_depth, report, problems)
+    if problems:
+        raise ValueError('pretrained ViT does not fit this backbone:\n  - '
+                         + '\n  - '.join(problems))
+    out = {k: sd[k] for k in target if k in sd}
+    report.loaded = list(out)
+    report.initial = sorted(k for k in target if k not in sd)
+    return out, report
 
+
+def _check_architecture(sd, target, problems: List[str]) -> Tuple[int, int]:
+    """Patch size, input channels, width (the patch embedding) and depth of the file
+    against the backbone; ``(the file's depth, the backbone's)``."""
     pk = 'patch_embed.projection.weight'
     if pk in sd and pk in target:
         have, want = tuple(sd[pk].shape), tuple(target[pk])
@@ -153,7 +168,12 @@ def fit_state_dict(state_dict: Mapping[str, torch.Tensor],
     if depth != own_depth:
         problems.append(f'depth: the file has {depth} transformer layers, the backbone '
                         f'{own_depth} (num_layers)')
+    return depth, own_depth
 
+
+def _fit_pos_embed(sd, target, grid_size, interpolation: str, antialias: bool,
+                   report: 'FitReport', problems: List[str]):
+    """The file's position embedding resampled to the backbone's grid, in ``sd``."""
     # Position embedding: a [CLS] entry of zeros if the file has none (timm's
     # no_embed_class), then resample the grid to the backbone's.
     pos = sd.get('pos_embed')
@@ -172,6 +192,9 @@ def fit_state_dict(state_dict: Mapping[str, torch.Tensor],
                 report.resampled = ((side, side), tuple(grid_size))
             sd['pos_embed'] = new
 
+
+def _check_patch_bias(sd, target, problems: List[str]):
+    """A patch-embedding bias on one side only."""
     bias_key = 'patch_embed.projection.bias'
     if bias_key in sd and bias_key not in target:
         problems.append(f'the file has a patch-embedding bias ({bias_key}) but the backbone '
@@ -181,6 +204,12 @@ def fit_state_dict(state_dict: Mapping[str, torch.Tensor],
         problems.append('the backbone has a patch-embedding bias the file lacks: set '
                         'patch_bias=False for this file')
 
+
+def _check_keys(sd, target, optional, depth: int, own_depth: int, report: 'FitReport',
+                problems: List[str]):
+    """Keys the backbone has no place for (the ignorable ones noted), backbone weights
+    the file lacks, and shapes that differ (the patch embedding's: reported above)."""
+    pk, bias_key = 'patch_embed.projection.weight', 'patch_embed.projection.bias'
     unexpected = sorted(k for k in sd if k not in target and k != bias_key)
     for key in unexpected:
         if is_ignorable(key) or (key.startswith('ln1.') and 'ln1.weight' not in target):
@@ -204,14 +233,6 @@ def fit_state_dict(state_dict: Mapping[str, torch.Tensor],
                   and tuple(sd[k].shape) != tuple(target[k])]  # pk: reported above
     if mismatched:
         problems.append('shape mismatches:\n    ' + '\n    '.join(mismatched[:24]))
-
-    if problems:
-        raise ValueError('pretrained ViT does not fit this backbone:\n  - '
-                         + '\n  - '.join(problems))
-    out = {k: sd[k] for k in target if k in sd}
-    report.loaded = list(out)
-    report.initial = sorted(k for k in target if k not in sd)
-    return out, report
 
 
 def infer_backbone_kwargs(state_dict: Mapping[str, torch.Tensor],

@@ -23,17 +23,19 @@ MMSeg's ``init_model('OUT.py', 'OUT.pth')`` and ``inference_model``, and
 """
 import copy
 import os.path as osp
-from typing import Dict
+from typing import Dict, List
 
 import torch
 from mmengine.config import Config
 from mmengine.logging import print_log
 
-from .weights import load_torch_file
 from .config_data import literal_config_text
-from .loading import export_inputs, load_task_model
+from .export import export_inputs
+from .loading import load_task_model
 from .outputs import OutputError, atomic_write, check_output
-from .task_file import pretrained_option_of, read_task_config
+from .pretrained_key import FLAG_NAMES, rule_of
+from .task_file import read_task_config
+from .weight_files import load_torch_file
 
 __all__ = ['standalone_config', 'fold_task', 'folded_config_path']
 
@@ -83,17 +85,15 @@ def standalone_config(cfg: Config) -> Config:
     ``lora=None``, ``tune_bias=False``, ``save_frozen=True``, no pretrained file."""
     cfg = copy.deepcopy(cfg)
     backbone = cfg.model.backbone
-    keys = pretrained_option_of(backbone).split('.')[2:]  # before the options change
-    backbone.pop('prefer_init_cfg', None)
+    rule = rule_of(backbone)
+    for flag in FLAG_NAMES:  # the user's word, not the folded checkpoint's
+        backbone.pop(flag, None)
     if backbone.get('lora') is not None:
         backbone['lora'] = None
     if backbone.get('tune_bias'):
         backbone['tune_bias'] = False
     backbone['save_frozen'] = True
-    if keys == ['init_cfg', 'checkpoint']:
-        backbone['init_cfg'] = None
-    else:
-        backbone[keys[-1]] = None
+    rule.set_pretrained(backbone, None)
     if 'custom_imports' not in cfg:
         cfg['custom_imports'] = dict(imports=['vpt_seg'], allow_failed_imports=False)
     cfg['load_from'] = None
@@ -140,25 +140,36 @@ def fold_task(config, checkpoint: str, out: str, force: bool = False) -> Dict[st
             pretrained file, is a folder or would go under a file; or ``OUT.py`` exists
             and an earlier fold did not write it (without ``force``).
     """
-    from mmseg.registry import MODELS
-
-    from ..runner import resolve_config
     if not str(out).endswith('.pth'):
         raise ValueError(f'--fold writes an MMSeg checkpoint: {out!r} must end in .pth '
                          '(its config goes beside it, as .py)')
     if isinstance(config, str):
-        config = Config.fromfile(resolve_config(config))
+        config = Config.fromfile(config)
     cfg_path = folded_config_path(out)
     _check_fold_outputs(out, cfg_path, export_inputs(config, checkpoint), force)
     model = load_task_model(config, checkpoint)
     cfg = config if config is not None else read_task_config(checkpoint)
     _check_fold_outputs(out, cfg_path, export_inputs(config, checkpoint, model), True)
-    backbone = model.backbone
-    size = tuple(getattr(backbone, 'img_size', (224, 224)))
-    x = torch.randn(1, getattr(backbone, 'in_channels', 3), *size,
-                    generator=torch.Generator().manual_seed(0))
+    x = _probe(model.backbone)
     expected = _features(model, x)
+    folded = _fold_in_place(model.backbone)
+    standalone = standalone_config(cfg)
+    meta = _fold_meta(model, standalone, checkpoint, folded)
+    worst = _write_checked(model, standalone, meta, checkpoint, out, cfg_path, x, expected)
+    _say_folded(out, folded)
+    return dict(checkpoint=out, config=cfg_path, folded=folded, largest_difference=worst)
 
+
+def _probe(backbone) -> torch.Tensor:
+    """The random input (fixed seed) the task and its folded checkpoint are compared on."""
+    size = tuple(getattr(backbone, 'img_size', (224, 224)))
+    return torch.randn(1, getattr(backbone, 'in_channels', 3), *size,
+                       generator=torch.Generator().manual_seed(0))
+
+
+def _fold_in_place(backbone) -> List[str]:
+    """Merge LoRA into the weights (tuned biases already are), mark the backbone as a
+    model of its own (its frozen weights saved, no pretrained file); what was folded."""
     folded = []
     if getattr(backbone, 'lora', None) is not None:
         lora = backbone.lora_cfg
@@ -169,16 +180,34 @@ def fold_task(config, checkpoint: str, out: str, force: bool = False) -> Dict[st
         folded.append('tuned biases')
     backbone.save_frozen = True
     backbone.pretrained_file = None  # the weights are no pretrained file's any more
-    standalone = standalone_config(cfg)
+    return folded
+
+
+def _fold_meta(model, standalone: Config, checkpoint: str, folded: List[str]) -> dict:
+    """The folded checkpoint's ``meta``: its config as literals, where it came from, what
+    was folded, and the task's classes (and palette)."""
     meta = dict(cfg=literal_config_text(standalone), vpt_seg_fold=dict(
         source=osp.abspath(checkpoint), folded=folded))
     if getattr(model, 'dataset_meta', None):
         meta['dataset_meta'] = {k: list(map(list, v)) if k == 'palette' else list(v)
                                 for k, v in model.dataset_meta.items()
                                 if k in ('classes', 'palette') and v is not None}
-    # Both files go to temporary names beside the outputs, are read back and compared
-    # there, and replace the outputs only then: a kill or a failure leaves what was
-    # there before.
+    return meta
+
+
+def _write_checked(model, standalone: Config, meta: dict, checkpoint: str, out: str,
+                   cfg_path: str, x: torch.Tensor, expected) -> float:
+    """Write the checkpoint and its config, read them back as a user would and compare
+    the backbone's features on ``x``; the largest difference.
+
+    Both files go to temporary names beside the outputs, are read back and compared
+    there, and replace the outputs only then: a kill or a failure leaves what was there
+    before.
+
+    Raises:
+        ValueError: the folded backbone differs from the task (nothing is written).
+    """
+    from mmseg.registry import MODELS
     with atomic_write(out) as tmp_out, atomic_write(cfg_path, suffix='.py') as tmp_cfg:
         torch.save(dict(meta=meta, state_dict=model.state_dict()), tmp_out)
         with open(tmp_cfg, 'w') as f:
@@ -197,10 +226,13 @@ def fold_task(config, checkpoint: str, out: str, force: bool = False) -> Dict[st
             raise ValueError(f'{out}: the folded backbone differs from the task by '
                              f'{worst:.3g} (> {FOLD_ATOL:g}) on a random input; nothing was '
                              'written; please report this')
+    return worst
+
+
+def _say_folded(out: str, folded: List[str]):
     if folded:
         print_log(f'{out}: folded {" and ".join(folded)} into the weights', logger='current')
     else:
         print_log(f'{out}: nothing to fold (no LoRA, no tuned biases); written as a '
                   'standalone checkpoint: the pretrained weights with the task\'s prompts, '
                   'adapters and heads, no pretrained file needed', logger='current')
-    return dict(checkpoint=out, config=cfg_path, folded=folded, largest_difference=worst)

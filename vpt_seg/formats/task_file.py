@@ -36,7 +36,8 @@ them as version 2.
 This module is the file format: the header, its checks, and where the header says the
 frozen weights are (:func:`pretrained_candidates`: next to the task file first, then
 ``pretrained_path``). Loading a task, and which candidate's weights are taken, is
-:mod:`vpt_seg.formats.loading`'s: :func:`vpt_seg.formats.loading.export_task` writes these files and
+:mod:`vpt_seg.formats.frozen_weights`' (the rules) and :mod:`vpt_seg.formats.loading`'s:
+:func:`vpt_seg.formats.export.export_task` writes these files and
 :func:`vpt_seg.formats.loading.load_task_model` reads them. ``tools/test.py``,
 ``tools/serve.py``, ``load_from``, MMSeg's ``init_model`` and ``MMSegInferencer`` read
 task files directly: importing vpt_seg registers :func:`load_from_safetensors` with MMEngine's ``CheckpointLoader`` for paths
@@ -58,7 +59,7 @@ from .task_schema import HeaderSchemaError, check_header_shapes, read_header_con
 
 __all__ = ['TASK_FORMAT', 'FORMAT_VERSION', 'write_task_file', 'read_task_file',
            'read_task_metadata', 'read_task_config', 'pretrained_candidates',
-           'pretrained_option_of', 'check_class_count', 'check_task_tensors',
+           'check_class_count', 'check_task_tensors',
            'load_from_safetensors']
 
 TASK_FORMAT = 'vpt-seg-task'
@@ -73,22 +74,12 @@ def _backbone_prefix(state_dict) -> str:
     return min(sigs, key=len) if sigs else 'backbone.'
 
 
-def pretrained_option_of(backbone_cfg) -> str:
-    """The config key of a ``model.backbone`` config's pretrained file: its registered
-    class's ``pretrained_option`` (``model.backbone.checkpoint`` for
-    ``PromptedTimmViT``), ``model.backbone.init_cfg.checkpoint`` for MMSeg's layout."""
-    from mmseg.registry import MODELS
-    kind = backbone_cfg.get('type') if isinstance(backbone_cfg, dict) else None
-    cls = MODELS.get(kind) if isinstance(kind, str) else kind
-    return getattr(cls, 'pretrained_option', None) or 'model.backbone.init_cfg.checkpoint'
-
-
 def write_task_file(out: str, model, cfg, pretrained: str, pretrained_path: str,
                     frozen_sha256: Optional[str] = None,
                     frozen_modules: Optional[Dict[str, Dict[str, str]]] = None
                     ) -> Dict[str, str]:
     """Write ``model``'s ``state_dict()`` and the header (see the module docstring) to
-    ``out``; :func:`vpt_seg.formats.loading.export_task` loads the task and calls this.
+    ``out``; :func:`vpt_seg.formats.export.export_task` loads the task and calls this.
 
     Args:
         out: The task file (``.safetensors``).
@@ -444,7 +435,7 @@ def _untag(obj):
 def _tuner_options(meta: Dict[str, str]) -> Optional[Dict[str, Optional[dict]]]:
     """The LoRA and adapter options of the stored config (``model.backbone.lora`` and
     ``.adapter``, validated as the backbone validates them), which the loader compares
-    with the backbone's (:func:`vpt_seg.formats.loading.check_tuner_options`); None
+    with the backbone's (:func:`vpt_seg.formats.frozen_weights.check_tuner_options`); None
     where they cannot be read (the config's own checks then name the key), and a tuner
     whose options do not validate is left out."""
     from ..tuners.adapter import check_adapter_options

@@ -46,6 +46,8 @@ import math
 import re
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence
 
+from .pretrained_key import FLAG_NAMES
+
 __all__ = ['HeaderSchemaError', 'Field', 'Int', 'Float', 'Bool', 'Choice', 'Name', 'Opt',
            'Seq', 'OneOf', 'Struct', 'Module', 'PretrainedFile', 'Entry', 'TABLE', 'register',
            'read_header_config', 'parse_header_json', 'check_header_shapes', 'tensor_shapes',
@@ -357,8 +359,8 @@ _MEANS = Seq(Float(-1e6, 1e6), 1, 64)
 _STDS = Seq(Float(1e-12, 1e6), 1, 64)
 
 #: What vpt-seg's backbones add to the ViT they wrap (models/options.py), typed; the
-#: user-only ``prefer_init_cfg`` / ``prefer_checkpoint`` are never the file's word and
-#: are dropped before the schema reads the backbone.
+#: user-only ``prefer_configured`` (and its earlier names, ``FLAG_NAMES``) is never the
+#: file's word and is dropped before the schema reads the backbone.
 PROMPTED_FIELDS = dict(
     num_prompts=Int(0, 4096), deep=Bool(), prompt_layers=Opt(Seq(Int(0, 127), 0, 128)),
     prompt_dropout=Float(0.0, 0.999), prompt_init=Choice('xavier_uniform', 'normal', 'zeros'),
@@ -605,8 +607,8 @@ def read_header_config(text: str, notes: Optional[List[str]] = None) -> dict:
     backbone = (data.get('model') or {}).get('backbone') if isinstance(
         data.get('model'), dict) else None
     if isinstance(backbone, dict):
-        backbone.pop('prefer_init_cfg', None)  # the user's word, never the file's
-        backbone.pop('prefer_checkpoint', None)
+        for flag in FLAG_NAMES:  # the user's word, never the file's
+            backbone.pop(flag, None)
     ctx = _Context()
     out = HEADER.check(data, '', ctx)
     init = ((out['model'].get('backbone') or {}).get('init_cfg'))
@@ -676,6 +678,17 @@ def check_header_shapes(model: dict, shapes: Mapping[str, tuple],
         HeaderSchemaError: naming the header key that disagrees with the file.
     """
     backbone = model['backbone']
+    dims = _check_declared_size(backbone, signature, signature_fields)
+    _check_prompt_shapes(backbone, shapes, prefix, dims)
+    _check_tuner_shapes(backbone, shapes, prefix)
+    _entry_shapes(model, shapes)
+    _check_head_shapes(model, shapes)
+
+
+def _check_declared_size(backbone: dict, signature: Optional[Sequence[int]],
+                         signature_fields: Sequence[str]) -> int:
+    """The backbone's declared sizes against the file's ``signature``, and its size
+    against :data:`MAX_BACKBONE_PARAMS` (before anything is allocated); its width."""
     kind = backbone['type']
     sizes = SIGNATURE_SIZES.get(kind, lambda b: {})(backbone)
     names = _TIMM_OPTION if kind == 'PromptedTimmViT' else _OPTION_OF
@@ -697,7 +710,11 @@ def check_header_shapes(model: dict, shapes: Mapping[str, tuple],
                                 f'parameters (width {dims}, depth {layers}, a {h}x{w} '
                                 f'input; more than {MAX_BACKBONE_PARAMS:.3g}); refused '
                                 'before anything is allocated')
+    return dims
 
+
+def _check_prompt_shapes(backbone: dict, shapes: Mapping[str, tuple], prefix: str, dims: int):
+    """``num_prompts`` and the width against the file's prompt tensor."""
     prompt = shapes.get(prefix + 'prompt.embeddings')
     num = backbone.get('num_prompts', 0)
     if prompt is None:
@@ -711,6 +728,9 @@ def check_header_shapes(model: dict, shapes: Mapping[str, tuple],
             _fits('model.backbone.num_prompts', dims, prompt[2],
                   'prompt width (embed dims) ' + str(prompt))
 
+
+def _check_tuner_shapes(backbone: dict, shapes: Mapping[str, tuple], prefix: str):
+    """LoRA's rank and the adapters' width against their tensors."""
     for part, option, suffix, dim in (('lora', 'rank', '.A', 0),
                                       ('adapter', 'width', '.down.weight', 0)):
         cfg = backbone.get(part)
@@ -723,7 +743,9 @@ def check_header_shapes(model: dict, shapes: Mapping[str, tuple],
             _fits(f'model.backbone.{part}.{option}', declared, shape[dim],
                   f'{part} tensors ({shape})')
 
-    _entry_shapes(model, shapes)
+
+def _check_head_shapes(model: dict, shapes: Mapping[str, tuple]):
+    """Each head's classes and channels against its last layer's weight."""
     heads = [('decode_head', model.get('decode_head'), 'decode_head.conv_seg.weight'),
              ('head', model.get('head'), 'head.fc.weight')]
     aux = model.get('auxiliary_head')
@@ -747,7 +769,6 @@ def check_header_shapes(model: dict, shapes: Mapping[str, tuple],
         elif where == 'head':
             _fits('model.head.in_channels', head['in_channels'], shape[1],
                   f'{key} shape {shape}')
-
 
 def _modules(data: Any, key: str, state: str):
     """``(header key, state-dict prefix, cfg)`` of every module config under ``data``."""

@@ -1,7 +1,7 @@
 """What a backbone with frozen pretrained weights declares for task checkpoints.
 
 The rules (what a task checkpoint holds, where its frozen weights come from, whether
-they match) live in :mod:`vpt_seg.formats.loading`; this mixin only wires a backbone to them
+they match) live in :mod:`vpt_seg.formats.frozen_weights`; this mixin only wires a backbone to them
 and names what the backbone must declare:
 
 * what is frozen: its parameters with ``requires_grad=False`` (the tuning rule,
@@ -9,6 +9,9 @@ and names what the backbone must declare:
 * ``signature`` (a buffer of integers) and ``signature_fields`` (their names);
 * ``save_frozen``, ``pretrained_file`` (the file its frozen weights were loaded from,
   or None), ``pretrained_option`` (the config key of that file, for messages);
+* the pretrained-file rule, two classmethods every site that reads or names the file
+  in a config calls: :meth:`pretrained_in` (the file a config of this class names) and
+  :meth:`set_pretrained` (name one, or none);
 * :meth:`configured_pretrained` (the file its config names) and
   :meth:`load_pretrained` (load the frozen weights from a file);
 * optionally :meth:`check_checkpoint_fits` (extra checks of a checkpoint's tensors);
@@ -18,14 +21,14 @@ and names what the backbone must declare:
 It calls :meth:`init_frozen_hooks` at the end of ``__init__``. The load pre-hook stays
 the trigger because every loader (MMEngine's runner, MMSeg's ``init_model`` and
 ``MMSegInferencer``) ends in ``load_state_dict``; it is one call into
-:func:`vpt_seg.formats.loading.prepare_state_dict`.
+:func:`vpt_seg.formats.frozen_weights.prepare_state_dict`.
 """
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Dict, List, Mapping, MutableMapping, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
 
-from ..formats import loading
+from ..formats import frozen_weights
 from ..tuners.adapter import Adapter, check_adapter_options
 from ..tuners.lora import LoRA, check_lora_options
 
@@ -33,20 +36,52 @@ __all__ = ['FrozenBackboneMixin']
 
 
 class FrozenBackboneMixin:
-    """What a frozen backbone declares so that :mod:`vpt_seg.formats.loading` can save, load
+    """What a frozen backbone declares so that :mod:`vpt_seg.formats.frozen_weights` can save, load
     and check its task checkpoints (see the module docstring).
 
     Attributes:
         signature_fields: Names of the ``signature`` buffer's entries (for messages).
         pretrained_option: The config key users set to name the pretrained file.
+        pretrained_key: That key inside this module's own config (``pretrained_option``
+            less the module's place, dotted), which :meth:`pretrained_in` and
+            :meth:`set_pretrained` read and set.
         prefer_configured: When a task checkpoint is loaded, take its frozen weights from
             :meth:`configured_pretrained` only (the user named it), not from the file the
-            checkpoint records; their sha256 is still checked.
+            checkpoint records; their sha256 is still checked. Its config argument has
+            the same name; the tools set it when ``--cfg-options`` names the file.
     """
 
     signature_fields: Sequence[str] = ()
     pretrained_option = 'model.backbone.checkpoint'
+    pretrained_key = 'checkpoint'
     prefer_configured = False
+
+    # ---------------------------------------------- the pretrained-file rule
+    @classmethod
+    def pretrained_in(cls, cfg: Mapping) -> Optional[str]:
+        """The pretrained file a config of this class names (at its ``pretrained_key``);
+        None: none."""
+        value = cfg
+        for key in cls.pretrained_key.split('.'):
+            value = value.get(key) if isinstance(value, Mapping) else None
+        return value if isinstance(value, str) else None
+
+    @classmethod
+    def set_pretrained(cls, cfg: MutableMapping, path: Optional[str]) -> None:
+        """Name ``path`` as the pretrained file in a config of this class (None: no
+        file)."""
+        *outer, last = cls.pretrained_key.split('.')
+        for key in outer:
+            cfg = cfg.setdefault(key, {})
+        cfg[last] = path
+
+    @classmethod
+    def names_pretrained(cls, option: str) -> bool:
+        """Whether a ``--cfg-options`` key names the pretrained file: its key, or the
+        entry of this module's config that holds it (``model.backbone.init_cfg``)."""
+        module = cls.pretrained_option[:-len(cls.pretrained_key)]
+        holder = module + cls.pretrained_key.split('.')[0]
+        return option == holder or option.startswith(holder + '.')
 
     # ------------------------------------------------ what the backbone provides
     def configured_pretrained(self) -> Optional[str]:
@@ -65,7 +100,7 @@ class FrozenBackboneMixin:
     def check_checkpoint_fits(self, state_dict, prefix: str) -> None:
         """Raise ``ValueError`` if a checkpoint's tensors do not fit this backbone: every
         tensor must have this backbone's shape. Backbones extend it."""
-        loading.check_shapes(self, state_dict, prefix)
+        frozen_weights.check_shapes(self, state_dict, prefix)
 
     def lora_sites(self, target: str) -> Dict[str, Tuple[int, int]]:
         """The sites a LoRA ``target`` names in each block, ``{site: (in, out)}``; empty
@@ -135,13 +170,14 @@ class FrozenBackboneMixin:
         self.register_load_state_dict_pre_hook(FrozenBackboneMixin._prepare)
 
     def frozen_digest(self) -> str:
-        """sha256 of the frozen weights as loaded (:func:`vpt_seg.formats.loading.frozen_digest`)."""
-        return loading.frozen_digest(self)
+        """sha256 of the frozen weights as loaded
+        (:func:`vpt_seg.formats.frozen_weights.frozen_digest`)."""
+        return frozen_weights.frozen_digest(self)
 
     @staticmethod
     def _record(module, state_dict, prefix, local_metadata):
-        loading.record_pretrained(module, state_dict, prefix, local_metadata)
+        frozen_weights.record_pretrained(module, state_dict, prefix, local_metadata)
 
     def _prepare(self, state_dict, prefix, local_metadata, strict, missing_keys,
                  unexpected_keys, error_msgs):
-        loading.prepare_state_dict(self, state_dict, prefix, local_metadata)
+        frozen_weights.prepare_state_dict(self, state_dict, prefix, local_metadata)

@@ -11,4 +11,4 @@ __all__ = ['PROMPTED_ARGS']
 #: ``VisionTransformer`` has not.
 PROMPTED_ARGS = ('num_prompts', 'deep', 'prompt_layers', 'prompt_dropout', 'prompt_init',
                  'lora', 'adapter', 'freeze', 'tune_bias', 'save_frozen', 'fast_path',
-                 'prefer_init_cfg')
+                 'prefer_configured', 'prefer_init_cfg')

@@ -12,7 +12,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from . import vit_ops
-from ..formats import loading
+from ..formats import frozen_weights
 from ..formats.fitting import fit_state_dict
 from ..formats.weights import load_vit_checkpoint, to_mmseg_state_dict
 from ..tuners.prompt import VisualPrompt
@@ -73,12 +73,14 @@ class PromptedVisionTransformer(PromptedBackbone, VisionTransformer):
             backward pass instead of keeping its activations (activation checkpointing).
             With a frozen body only the block inputs stay alive, so VPT-deep trains at
             batch 16 in a fraction of the memory, for one more forward pass.
-        prefer_init_cfg: When a task checkpoint is loaded, take its frozen weights from
+        prefer_configured: When a task checkpoint is loaded, take its frozen weights from
             ``init_cfg``'s file only, not from the file the checkpoint records: the
             user named it (``tools/*.py`` set this when ``--cfg-options`` names
             ``model.backbone.init_cfg.checkpoint``; ``load_task_model(..., pretrained=)``
             and serving too). Its weights must still match the sha256 the checkpoint
             records. Default: the recorded file first, then ``init_cfg``'s.
+        prefer_init_cfg: The earlier name of ``prefer_configured`` (configs that runs
+            saved in their work dirs still carry it).
 
     Every ``state_dict()`` carries a small buffer ``signature`` (:func:`vit_signature`):
     a task checkpoint made for another ViT (width, depth, heads, patch size, MLP) is
@@ -93,6 +95,13 @@ class PromptedVisionTransformer(PromptedBackbone, VisionTransformer):
 
     signature_fields = SIGNATURE_FIELDS
     pretrained_option = 'model.backbone.init_cfg.checkpoint'
+    pretrained_key = 'init_cfg.checkpoint'
+
+    @classmethod
+    def set_pretrained(cls, cfg, path: Optional[str]) -> None:
+        """MMSeg's layout names its file in ``init_cfg=dict(type='Pretrained', ...)``;
+        None: ``init_cfg=None``."""
+        cfg['init_cfg'] = None if path is None else dict(type='Pretrained', checkpoint=path)
 
     def __init__(self,
                  num_prompts: int = 0,
@@ -106,6 +115,7 @@ class PromptedVisionTransformer(PromptedBackbone, VisionTransformer):
                  adapter: Optional[dict] = None,
                  save_frozen: bool = False,
                  fast_path: Optional[bool] = None,
+                 prefer_configured: bool = False,
                  prefer_init_cfg: bool = False,
                  **kwargs):
         frozen_exclude = kwargs.get('frozen_exclude', ['all'])
@@ -143,7 +153,7 @@ class PromptedVisionTransformer(PromptedBackbone, VisionTransformer):
         self.freeze = freeze
         self.tune_bias = tune_bias
         self.save_frozen = save_frozen
-        self.prefer_configured = prefer_init_cfg
+        self.prefer_configured = prefer_configured or prefer_init_cfg
         self.fast_path = vit_ops.fast_path_default() if fast_path is None else fast_path
         if self.fast_path:
             vit_ops.check_supported(self, type(self).__name__)
@@ -299,7 +309,7 @@ class PromptedVisionTransformer(PromptedBackbone, VisionTransformer):
                 prefix=cfg.get('prefix'))
         else:
             source = load_vit_checkpoint(ckpt, prefix=cfg.get('prefix'))
-        loading.check_signature(self, source.state_dict.pop('signature', None), f'{ckpt}: ')
+        frozen_weights.check_signature(self, source.state_dict.pop('signature', None), f'{ckpt}: ')
         target = {k: t.shape for k, t in self.named_parameters()}
         target.update({k: t.shape for k, t in self.named_buffers() if k != 'signature'})
         prompts = {k for k, _ in self.named_parameters()  # the method's, not in the file
@@ -352,7 +362,7 @@ class PromptedVisionTransformer(PromptedBackbone, VisionTransformer):
         """Shapes as every backbone's, except ``pos_embed`` (resampled to another
         ``img_size`` by MMSeg's own loading), and a patch-embedding bias this backbone
         would drop silently is refused."""
-        loading.check_shapes(self, state_dict, prefix, exempt=('pos_embed',))
+        frozen_weights.check_shapes(self, state_dict, prefix, exempt=('pos_embed',))
         bias_key = prefix + 'patch_embed.projection.bias'
         if bias_key in state_dict and self.patch_embed.projection.bias is None:
             raise ValueError(

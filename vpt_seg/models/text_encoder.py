@@ -31,7 +31,7 @@ from mmengine.model import BaseModule
 from mmseg.registry import MODELS
 from torch import nn
 
-from ..formats import loading
+from ..formats import frozen_weights
 from ..formats.clip_text import read_clip_text_state_dict, text_tower_shape
 from ..tuners.coop import (CLASS_POSITIONS, CoOpContext, check_class_names,
                            class_prompt_tokens, clip_tokenizer, encode_prompts,
@@ -411,4 +411,4 @@ class CoOpTextEncoder(FrozenBackboneMixin, BaseModule):
                 f'{tuple(self.ctx.shape)} (n_ctx={self.n_ctx}, csc={self.csc}, '
                 f'embed_dims={self.shape["embed_dims"]}): set n_ctx, ctx_init and csc as the '
                 'task was trained')
-        loading.check_shapes(self, state_dict, prefix)
+        frozen_weights.check_shapes(self, state_dict, prefix)

@@ -147,7 +147,7 @@ class PromptedTimmViT(PromptedBackbone, BaseModule):
             ``vit_base_patch16_clip_quickgelu_224``, 768 for ViT-L/14).
             :class:`~vpt_seg.models.VPTClassifier` sets it for a text head. A model that
             is not a CLIP image tower, or a tag fine-tuned into a classifier, is refused.
-        prefer_checkpoint: When a task checkpoint is loaded, take its frozen weights from
+        prefer_configured: When a task checkpoint is loaded, take its frozen weights from
             ``checkpoint`` only, not from the file the checkpoint records: the user named
             it (the tools set this when ``--cfg-options`` names
             ``model.backbone.checkpoint``). Its weights must still match the sha256 the
@@ -185,7 +185,7 @@ class PromptedTimmViT(PromptedBackbone, BaseModule):
                  with_cp: bool = False,
                  output_cls_token: bool = False,
                  keep_projection: bool = False,
-                 prefer_checkpoint: bool = False,
+                 prefer_configured: bool = False,
                  init_cfg: Optional[dict] = None):
         if isinstance(init_cfg, dict) and init_cfg.get('type') == 'Pretrained':
             raise ValueError('PromptedTimmViT reads its weights from checkpoint=, not from '
@@ -202,7 +202,7 @@ class PromptedTimmViT(PromptedBackbone, BaseModule):
         self.model_name = model_name
         self.checkpoint = checkpoint
         self.pretrained_file = checkpoint
-        self.prefer_configured = prefer_checkpoint
+        self.prefer_configured = prefer_configured
         self.freeze = freeze
         self.tune_bias = tune_bias
         self.save_frozen = save_frozen

@@ -45,6 +45,7 @@ from mmseg.models.utils import resize
 from torch import nn
 
 from ..formats.loading import load_task_model  # noqa: F401  (its home before; re-exported)
+from ..formats.pretrained_key import FLAG_NAMES, pretrained_in, set_pretrained
 from ..formats.weights import load_vit_checkpoint, to_mmseg_state_dict
 from ..models.backbone import PromptedBackbone
 from ..models.classifier import VPTClassifier
@@ -231,7 +232,7 @@ class MultiTaskViT(nn.Module):
 # What each task sets for itself: the backbone's own arguments but the forward path and
 # weight source the shared backbone keeps (freeze is set again below), and its outputs
 # and dropout.
-_TASK_ONLY = tuple(k for k in PROMPTED_ARGS if k not in ('fast_path', 'prefer_init_cfg')) + (
+_TASK_ONLY = tuple(k for k in PROMPTED_ARGS if k not in ('fast_path', ) + FLAG_NAMES) + (
     'out_indices', 'output_cls_token', 'final_norm', 'out_origin', 'drop_rate',
     'attn_drop_rate', 'drop_path_rate', 'with_cp')
 
@@ -241,24 +242,14 @@ def _is_timm(backbone_cfg: dict) -> bool:
     return getattr(kind, '__name__', kind) == 'PromptedTimmViT'
 
 
-def _pretrained_of(backbone_cfg: dict) -> Optional[str]:
-    if _is_timm(backbone_cfg):
-        return backbone_cfg.get('checkpoint')
-    init_cfg = backbone_cfg.get('init_cfg') or {}
-    return init_cfg.get('checkpoint') if isinstance(init_cfg, dict) else None
-
-
 def shared_backbone_cfg(backbone_cfg: dict, final_norm: bool,
                         init_cfg: Optional[dict] = None) -> dict:
     """The config of the frozen ViT that tasks of ``backbone_cfg`` share: the same
     architecture, task-only options (prompts, bias tuning, outputs, dropout) dropped."""
     cfg = {k: v for k, v in copy.deepcopy(dict(backbone_cfg)).items() if k not in _TASK_ONLY}
-    if _is_timm(backbone_cfg):  # timm's weights come from checkpoint=, not init_cfg
-        cfg.update(type='PromptedTimmViT', num_prompts=0, freeze=True, final_norm=final_norm,
-                   checkpoint=(init_cfg or {}).get('checkpoint'))
-        return cfg
-    cfg.update(type='PromptedVisionTransformer', num_prompts=0, freeze=True,
-               final_norm=final_norm, init_cfg=init_cfg)
+    kind = 'PromptedTimmViT' if _is_timm(backbone_cfg) else 'PromptedVisionTransformer'
+    cfg.update(type=kind, num_prompts=0, freeze=True, final_norm=final_norm)
+    set_pretrained(cfg, (init_cfg or {}).get('checkpoint'))
     return cfg
 
 
@@ -277,7 +268,7 @@ def build_shared_backbone(backbone_cfg: dict, pretrained: Optional[str] = None,
             usually do not). None: exactly when the pretrained file has one, so every
             backbone the configs produce can be shared.
     """
-    pretrained = pretrained or _pretrained_of(backbone_cfg)
+    pretrained = pretrained or pretrained_in(backbone_cfg)
     if not pretrained:
         raise ValueError('the shared backbone needs pretrained weights: give a file, or a '
                          "config whose backbone has init_cfg=dict(type='Pretrained', ...)")
