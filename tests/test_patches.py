@@ -117,3 +117,21 @@ def test_start_up_hook_steps_aside_for_a_full_mmcv(tmp_path):
     ''', str(tmp_path))
     assert out.returncode == 0, out.stderr[-2000:]
     assert 'full mmcv untouched' in out.stdout
+
+
+def test_flop_counter_counts_cpu_flash_attention():
+    """Registered at import (patch 6): the benchmark counts attention's FLOPs on CPU."""
+    from torch.utils import flop_counter
+    fwd = getattr(torch.ops.aten, '_scaled_dot_product_flash_attention_for_cpu', None)
+    if fwd is None:
+        pytest.skip('this torch has no CPU flash-attention kernel to count')
+    assert fwd in flop_counter.flop_registry
+    q, k, v = (torch.randn(1, 2, 16, 8, requires_grad=True) for _ in range(3))
+    with flop_counter.FlopCounterMode(display=False) as counter:
+        out = F.scaled_dot_product_attention(q, k, v)
+    forward = counter.get_total_flops()
+    assert forward == flop_counter.sdpa_flop_count(q.shape, k.shape, v.shape)
+    with flop_counter.FlopCounterMode(display=False) as counter:
+        out.sum().backward()
+    assert counter.get_total_flops() == flop_counter.sdpa_backward_flop_count(
+        out.shape, q.shape, k.shape, v.shape) > forward

@@ -55,7 +55,8 @@ def parse_args():
     parser.add_argument('--reference', action='store_true',
                         help="also measure ours on MMSeg's layers (fast_path=False)")
     parser.add_argument('--steps', type=int, default=10, help='timed steps (median is kept)')
-    parser.add_argument('--warmup', type=int, default=3, help='untimed steps first')
+    parser.add_argument('--warmup', type=int, default=3, help='untimed steps first, at least (default 3); more until two consecutive '
+                             'steps are within 10%% of each other (at most 30)')
     parser.add_argument('--device', help='cuda, cpu, ... (default: cuda if available)')
     parser.add_argument('--peak-tflops', type=float,
                         help="the device's peak TFLOP/s (default: known GPUs' data sheets)")

@@ -22,7 +22,7 @@ and the achieved fraction of the device's peak.
 The *stock* model is MMSeg's own: the same config with MMSeg's ``VisionTransformer``
 (MMCV attention that asks for attention weights), MMEngine's default optimizer
 constructor, and the same parameters frozen. For a ``PromptedTimmViT`` config it is the
-same timm model run by timm itself (:class:`StockTimmViT`: ``forward_intermediates`` to
+same timm model run by timm itself (:class:`~vpt_seg.models.stock.StockTimmViT`: ``forward_intermediates`` to
 NCHW maps) through the config's MMSeg head, frozen the same way. Stock MMSeg has no prompts, so for a
 prompted row it tunes the backbone's biases instead: the closest stock setup, in which
 gradients also flow back through every frozen block.
@@ -39,13 +39,13 @@ import sys
 import threading
 import time
 from collections import OrderedDict
-from typing import Callable, List, Optional, Sequence
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 from mmengine.config import Config
 from mmengine.logging import print_log
-from mmengine.model import BaseModule, revert_sync_batchnorm
+from mmengine.model import revert_sync_batchnorm
 from mmengine.optim import build_optim_wrapper
 from mmengine.registry import init_default_scope
 from mmengine.structures import PixelData
@@ -54,11 +54,14 @@ from mmseg.structures import SegDataSample
 from torch.utils import flop_counter
 
 from ..models.options import PROMPTED_ARGS
+from ..models.stock import TIMM_STOCK_KEYS
 from ..runner import quiet_logger, resolve_config
 from ..serving.multitask import MultiTaskViT, shared_backbone_cfg
+from ..tuners.adapter import check_adapter_options
+from ..tuners.lora import check_lora_options
 from ..tuners.tuning import count_parameters, format_count, freeze
 
-__all__ = ['run_benchmark', 'format_table', 'PEAK_TFLOPS', 'StockTimmViT', 'METHODS']
+__all__ = ['run_benchmark', 'format_table', 'PEAK_TFLOPS', 'METHODS']
 
 #: Dense tensor-core peak TFLOP/s by device name and dtype (vendor data sheets);
 #: ``--peak-tflops`` overrides. No entry: the fraction of peak is left out.
@@ -69,101 +72,27 @@ PEAK_TFLOPS = {
 }
 
 #: Methods ``methods=`` measures on the config's backbone, each replacing its tuning
-#: options (the settings of configs/setr_{vpt-deep,lora,adaptformer}_ade20k.py).
+#: options (the settings of configs/setr_{vpt-deep,lora,adaptformer}_ade20k.py: LoRA and
+#: the adapters with their tuners' own defaults).
 METHODS = OrderedDict([
     ('head', dict(num_prompts=0, tune_bias=False, lora=None, adapter=None)),
     ('bias', dict(num_prompts=0, tune_bias=True, lora=None, adapter=None)),
     ('vpt-deep', dict(num_prompts=10, deep=True, tune_bias=False, lora=None, adapter=None)),
-    ('lora', dict(num_prompts=0, tune_bias=False, adapter=None,
-                  lora=dict(rank=8, alpha=8, targets=('q', 'v')))),
+    ('lora', dict(num_prompts=0, tune_bias=False, adapter=None, lora=check_lora_options({}))),
     ('adaptformer', dict(num_prompts=0, tune_bias=False, lora=None,
-                         adapter=dict(width=64, scale=0.1))),
+                         adapter=check_adapter_options({}))),
 ])
 
 
-def _count_cpu_attention():
-    """Teach the FLOP counter torch's CPU flash-attention kernels (it knows the GPU ones)."""
-    aten = torch.ops.aten
-    fwd = getattr(aten, '_scaled_dot_product_flash_attention_for_cpu', None)
-    bwd = getattr(aten, '_scaled_dot_product_flash_attention_for_cpu_backward', None)
-    if fwd is None or fwd in flop_counter.flop_registry:
-        return
-
-    @flop_counter.register_flop_formula(fwd)
-    def _fwd(query, key, value, *args, out_shape=None, **kwargs):
-        return flop_counter.sdpa_flop_count(query, key, value)
-
-    if bwd is not None:
-        @flop_counter.register_flop_formula(bwd)
-        def _bwd(grad_out, query, key, value, *args, out_shape=None, **kwargs):
-            return flop_counter.sdpa_backward_flop_count(grad_out, query, key, value)
-
-
-_count_cpu_attention()
-
-
-# ------------------------------------------------------------------- the models
-@MODELS.register_module()
-class StockTimmViT(BaseModule):
-    """The stock counterpart of ``PromptedTimmViT``: the same timm model (same
-    ``model_name``, ``model_kwargs``, ``img_size``, ``patch_size``), random weights, run
-    by timm's own ``forward_intermediates(..., output_fmt='NCHW')``; no prompts, nothing
-    of ours in the forward. Heads and norms unused for segmentation are dropped as ours
-    drops them; ``final_norm=True`` normalizes the last map (timm's ``norm=`` would
-    normalize every intermediate).
-
-    Shapes:
-        ``(B, 3, H, W)`` in; a tuple of ``(B, C, H / p, W / p)`` maps, one per
-        ``out_indices``.
-    """
-
-    def __init__(self, model_name: str, model_kwargs: Optional[dict] = None, img_size=None,
-                 patch_size: Optional[int] = None, dynamic_img_size: bool = True,
-                 out_indices=-1, final_norm: bool = False, init_cfg=None):
-        import timm
-
-        from ..models.timm_vit import final_norm_attr
-        super().__init__(init_cfg=init_cfg)
-        kwargs = dict(model_kwargs or {})
-        if img_size is not None:
-            kwargs['img_size'] = tuple(img_size) if isinstance(img_size, (list, tuple)) \
-                else img_size
-        if patch_size is not None:
-            kwargs['patch_size'] = patch_size
-        self.vit = timm.create_model(model_name, pretrained=False, num_classes=0,
-                                     dynamic_img_size=dynamic_img_size, **kwargs)
-        depth = len(self.vit.blocks)
-        indices = [out_indices] if isinstance(out_indices, int) else list(out_indices)
-        self.out_indices = [i % depth for i in indices]
-        attr = final_norm_attr(self.vit)
-        self.last_norm = getattr(self.vit, attr) if final_norm and attr else None
-        for name in ('norm', 'fc_norm', 'head'):
-            if hasattr(self.vit, name):
-                setattr(self.vit, name, torch.nn.Identity())
-        if getattr(self.vit, 'attn_pool', None) is not None:
-            self.vit.attn_pool = None
-
-    def forward(self, inputs: torch.Tensor):
-        maps = self.vit.forward_intermediates(inputs, indices=self.out_indices,
-                                              output_fmt='NCHW', intermediates_only=True)
-        if self.last_norm is not None and self.out_indices[-1] == len(self.vit.blocks) - 1:
-            last = self.last_norm(maps[-1].permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
-            maps = list(maps[:-1]) + [last.contiguous()]
-        return tuple(maps)
-
-
-#: PromptedTimmViT options StockTimmViT takes as they are.
-TIMM_STOCK_KEYS = ('model_name', 'model_kwargs', 'img_size', 'patch_size', 'dynamic_img_size',
-                   'out_indices', 'final_norm')
-
-
 def _tuner_words(bb) -> List[str]:
+    """``['LoRA r8 q,v', 'adapter w64']``: the backbone's LoRA and adapter, as built."""
     lora, adapter = bb.get('lora'), bb.get('adapter')
     words = []
     if lora is not None:
-        words.append(f"LoRA r{lora.get('rank', 8)} " + ','.join(lora.get('targets', ('q', 'v'))))
+        lora = check_lora_options(lora)
+        words.append(f"LoRA r{lora['rank']} " + ','.join(lora['targets']))
     if adapter is not None:
-        words.append(f"adapter w{adapter.get('width', 64)}")
+        words.append(f"adapter w{check_adapter_options(adapter)['width']}")
     return words
 
 
@@ -337,21 +266,57 @@ def _sync(device):
         torch.cuda.synchronize(device)
 
 
-def time_steps(step: Callable, steps: int, warmup: int, device: torch.device,
-               progress: Optional[Callable[[int, float], None]] = None) -> List[float]:
-    """Seconds per call of ``step``, for ``steps`` calls after ``warmup`` untimed ones."""
-    for _ in range(warmup):
-        step()
-    _sync(device)
-    times = []
-    for i in range(steps):
-        start = time.perf_counter()
+#: Warm-up ends when two consecutive step times are within this fraction of each other.
+SETTLED = 0.10
+#: ... or after this many warm-up steps, settled or not.
+MAX_WARMUP = 30
+
+
+def warm_up(step: Callable, warmup: int, device: torch.device, settled: float = SETTLED,
+            cap: int = MAX_WARMUP, clock: Callable[[], float] = time.perf_counter) -> int:
+    """Run ``step`` untimed until its time per call has settled; return how many calls.
+
+    A model's first calls are slow for a varying number of steps (allocator growth, kernel
+    selection, thread pools), so a fixed count lets the order of the rows decide a ratio.
+    At least ``warmup`` calls (and two, to compare), then more until two consecutive calls
+    are within ``settled`` of each other, at most ``max(cap, warmup)`` in all. ``warmup=0``
+    runs none.
+    """
+    if warmup <= 0:
+        return 0
+    cap = max(cap, warmup)
+    last = None
+    for n in range(1, cap + 1):
+        start = clock()
         step()
         _sync(device)
-        times.append(time.perf_counter() - start)
+        sec = clock() - start
+        if (n >= max(warmup, 2) and last is not None
+                and abs(sec - last) <= settled * max(sec, last)):
+            return n
+        last = sec
+    return cap
+
+
+def time_steps(step: Callable, steps: int, warmup: int, device: torch.device,
+               progress: Optional[Callable[[int, float], None]] = None,
+               clock: Callable[[], float] = time.perf_counter) -> Tuple[List[float], int]:
+    """Seconds per call of ``step`` for ``steps`` calls after :func:`warm_up` (at least
+    ``warmup`` untimed calls, more until the step time settles).
+
+    Returns:
+        ``(times, warm-up calls made)``.
+    """
+    done = warm_up(step, warmup, device, clock=clock)
+    times = []
+    for i in range(steps):
+        start = clock()
+        step()
+        _sync(device)
+        times.append(clock() - start)
         if progress:
             progress(i + 1, times[-1])
-    return times
+    return times, done
 
 
 def saved_for_backward(step: Callable, model: torch.nn.Module) -> int:
@@ -442,7 +407,9 @@ def run_benchmark(config: str, batch: int = 8, amp: Optional[str] = 'bf16',
         modes: Any of ``'train'``, ``'whole'``, ``'slide'``.
         stock: Also measure stock MMSeg (see the module docstring).
         reference: Also measure ours on MMSeg's layers (``fast_path=False``).
-        steps, warmup: Timed and untimed steps per measurement.
+        steps: Timed steps per measurement (their median is kept).
+        warmup: Untimed steps first, at least; more until the step time settles
+            (:func:`warm_up`), so the order of the rows cannot decide a ratio.
         device: ``'cuda'``, ``'cpu'``...; default CUDA when available.
         infer_size: ``(H, W)`` of inference images; default: short side = crop size, 4:3.
         infer_batch: Images per inference step.
@@ -515,7 +482,7 @@ def run_benchmark(config: str, batch: int = 8, amp: Optional[str] = 'bf16',
             data = batch_for(mode)
         step = _steps(model, optim_wrapper, mode, data, dev, amp)
         label = f'[{k + 1}/{len(plan)}] {name} ({setup}) {mode}, batch {n}'
-        log(f'{label}: warm-up ({warmup} steps)')
+        log(f'{label}: warm-up (at least {warmup} steps, until the step time settles)')
 
         def progress(i, sec, label=label):
             done = time.perf_counter() - start_all
@@ -523,7 +490,7 @@ def run_benchmark(config: str, batch: int = 8, amp: Optional[str] = 'bf16',
             log(f'{label}: step {i}/{steps}, {sec * 1e3:.0f} ms, ETA {left:.0f} s')
 
         with PeakMemory(dev, baseline) as mem:
-            times = time_steps(step, steps, warmup, dev, progress)
+            times, warmed = time_steps(step, steps, warmup, dev, progress)
         flops = count_flops(step)
         saved = saved_for_backward(step, model) if mode == 'train' else None
         sec = statistics.median(times)
@@ -532,7 +499,7 @@ def run_benchmark(config: str, batch: int = 8, amp: Optional[str] = 'bf16',
         results.append(dict(
             model=name, setup=setup, mode=mode, batch=n,
             size=list(crop if mode in ('train', 'serve') else infer_size),
-            img_per_s=img_s, ms_per_step=sec * 1e3,
+            img_per_s=img_s, ms_per_step=sec * 1e3, warmup_steps=warmed,
             peak_gib=None if mem.peak is None else mem.peak / 2**30,
             saved_gib=None if saved is None else saved / 2**30,
             gflop_per_img=flops / n / 1e9, tflop_per_s=tflops,

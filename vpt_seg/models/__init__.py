@@ -14,3 +14,6 @@ from .text_encoder import CoOpTextEncoder  # noqa: E402
 from .text_cls_head import TextClsHead  # noqa: E402
 
 __all__ += ['CoOpTextEncoder', 'TextClsHead']
+from .stock import StockTimmViT  # noqa: E402
+
+__all__ += ['StockTimmViT']
