@@ -18,7 +18,8 @@ def test_benchmark_tool_reports_every_field(tmp_path):
     out = tmp_path / 'bench.json'
     proc = subprocess.run(
         [sys.executable, osp.join(ROOT, 'tools', 'benchmark.py'), CONFIG, '--stock',
-         '--modes', 'train', 'whole', 'slide', 'serve', '--serve-batch', '4', '--batch', '2', '--amp', 'none', '--steps', '2', '--warmup', '0', '--json', str(out)],
+         '--modes', 'train', 'whole', 'slide', 'serve', '--serve-batch', '4', '--batch', '2',
+         '--amp', 'none', '--steps', '2', '--warmup', '0', '--json', str(out)],
         capture_output=True, text=True, cwd=str(tmp_path))
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(out.read_text())
@@ -151,6 +152,7 @@ def test_methods_are_measured_side_by_side(tmp_path):
 def test_unknown_method_is_refused():
     import pytest
     from mmengine.config import Config
+
     from vpt_seg.experiments.benchmark import run_benchmark
     with pytest.raises(ValueError, match="unknown method 'prefix'"):
         model_setup(Config.fromfile(CONFIG), stock=False, method='prefix')

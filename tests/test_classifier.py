@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 
 import vpt_seg  # noqa: F401  (before mmseg)
+
+# isort: split
 from mmengine.registry import init_default_scope
 from mmseg.models.backbones import VisionTransformer
 from mmseg.registry import MODELS
@@ -202,8 +204,8 @@ def test_topk_accuracy_and_metric():
     acc = topk_accuracy(scores, labels, (1, 2, 5))
     assert acc == {1: 25.0, 2: 50.0, 5: 100.0}
     metric = TopKAccuracy(topk=(1, 2))
-    metric.process(None, [dict(pred_score=s, gt_label=torch.tensor(l))
-                          for s, l in zip(scores, labels)])
+    metric.process(None, [dict(pred_score=s, gt_label=torch.tensor(label))
+                          for s, label in zip(scores, labels)])
     assert metric.compute_metrics(metric.results) == {'top1': 25.0, 'top2': 50.0}
 
 

@@ -77,7 +77,8 @@ def test_ade20k_config_builds_with_the_paper_setup(path):
                                                     'BoundedSegTTAModel')
     model = MODELS.build(cfg.model)
     backbone = model.backbone
-    assert (backbone.cls_token.shape[-1], len(backbone.layers), backbone.patch_size) == (1024, 24, 16)
+    assert (backbone.cls_token.shape[-1], len(backbone.layers),
+            backbone.patch_size) == (1024, 24, 16)
     name = osp.basename(path)
     if name in TABLE3:
         tuned = count_parameters(model, tuned_only=True) / 1e6

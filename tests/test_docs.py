@@ -163,6 +163,7 @@ def test_the_task_file_header_table_is_in_one_docs_page():
 
 def test_the_task_file_header_table_names_every_key_the_writer_writes(tmp_path):
     from mmengine.config import Config as Cfg
+
     from vpt_seg.formats.task_file import write_task_file
 
     class Backbone(torch.nn.Module):

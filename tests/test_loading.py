@@ -12,6 +12,8 @@ import pytest
 import torch
 
 import vpt_seg  # noqa: F401  (before mmseg: compat fixes, registration)
+
+# isort: split
 from mmengine.config import Config
 from mmengine.registry import init_default_scope
 from mmseg.registry import MODELS

@@ -16,8 +16,9 @@ import torch.nn.functional as F
 from PIL import Image
 
 import vpt_seg  # noqa: F401  (before mmseg)
+
+# isort: split
 from mmengine.registry import init_default_scope
-from mmengine.structures import BaseDataElement
 from mmseg.datasets.transforms import LoadAnnotations
 from mmseg.registry import MODELS
 
@@ -212,7 +213,8 @@ def test_average_precision_matches_sklearn():
 
 def test_mean_average_precision_metric():
     metric = MeanAveragePrecision()
-    metric.process(None, [dict(pred_score=s, gt_label=l.float()) for s, l in zip(SCORES, LABELS)])
+    metric.process(None, [dict(pred_score=s, gt_label=label.float())
+                          for s, label in zip(SCORES, LABELS)])
     out = metric.compute_metrics(metric.results)
     assert out['mAP'] == pytest.approx((5 / 6 + 7 / 12) / 2 * 100)
     # at 0.5: class 0 predicts samples 0, 1 (TP 1, FP 1, FN 1) -> F1 = 2/4; class 1

@@ -3,6 +3,8 @@ import pytest
 import torch
 
 import vpt_seg  # noqa: F401  (before mmseg)
+
+# isort: split
 from mmengine.config import Config
 from mmengine.registry import init_default_scope
 from mmseg.models.backbones import VisionTransformer

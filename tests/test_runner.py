@@ -13,9 +13,17 @@ from mmengine.logging import MMLogger
 
 from vpt_seg import runner
 from vpt_seg.datasets.synthetic import make_ade20k
-from vpt_seg.runner import (check_loader, config_dirs, load_cfg, mark_named_pretrained,
-                            prepare_cfg, quiet_logger, resolve_config, setup_distributed,
-                            tools_dir)
+from vpt_seg.runner import (
+    check_loader,
+    config_dirs,
+    load_cfg,
+    mark_named_pretrained,
+    prepare_cfg,
+    quiet_logger,
+    resolve_config,
+    setup_distributed,
+    tools_dir,
+)
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 DEMO = 'demo/setr_vpt_tiny_ade20k.py'

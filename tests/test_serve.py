@@ -20,6 +20,8 @@ import pytest
 import torch
 
 import vpt_seg  # noqa: F401  (before mmseg)
+
+# isort: split
 from mmengine.registry import init_default_scope
 from mmseg.models.backbones import VisionTransformer
 from mmseg.registry import MODELS
@@ -27,8 +29,14 @@ from mmseg.structures import SegDataSample
 
 from vpt_seg.models import segmentor
 from vpt_seg.serving.multitask import MultiTaskViT, build_shared_backbone, load_task_model
-from vpt_seg.serving.serve import (input_size, label_map, output_names, plan_batches, task_input,
-                             verify_batch)
+from vpt_seg.serving.serve import (
+    input_size,
+    label_map,
+    output_names,
+    plan_batches,
+    task_input,
+    verify_batch,
+)
 
 init_default_scope('mmseg')
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
@@ -577,6 +585,7 @@ def test_max_pixels_sets_the_limit_and_a_bad_one_is_an_argparse_error(
 def test_a_truncated_jpeg_is_refused_as_training_refuses_it(served, monkeypatch, capsys):
     """Before: served with a grey fill, exit 0."""
     from bad_images import truncated_jpeg
+
     from vpt_seg.datasets.checks import DataError, read_image
     images = served['tmp'] / 'truncated'
     images.mkdir()

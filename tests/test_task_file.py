@@ -21,9 +21,14 @@ from mmseg.apis import init_model
 from mmseg.registry import MODELS
 
 from vpt_seg import export_task, load_task_model
+from vpt_seg.formats.task_file import (
+    FORMAT_VERSION,
+    TASK_FORMAT,
+    read_task_config,
+    read_task_file,
+    read_task_metadata,
+)
 from vpt_seg.models.prompted_vit import SIGNATURE_FIELDS
-from vpt_seg.formats.task_file import (FORMAT_VERSION, TASK_FORMAT, read_task_config, read_task_file,
-                               read_task_metadata)
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 STUDY = osp.join(ROOT, 'configs', 'study')
@@ -308,6 +313,7 @@ def test_a_task_file_with_its_config_builds_in_mmseg_inferencer(deep):
 
 def test_a_version_1_file_loads_with_its_config_named_and_is_never_parsed(deep, tmp_path):
     from mmseg.apis import MMSegInferencer
+
     from vpt_seg.formats.task_file import load_from_safetensors
     marker = str(tmp_path / 'marker')
     old = _rewrite(deep['file'], deep['file'].parent / 'old.safetensors', format_version='1',
@@ -317,8 +323,8 @@ def test_a_version_1_file_loads_with_its_config_named_and_is_never_parsed(deep, 
         assert 'cfg' not in load_from_safetensors(old)['meta']  # never handed to MMEngine
         assert torch.equal(_outputs(load_task_model(deep['cfg'], old), deep['x']),
                            deep['expected'])
-        assert torch.equal(_outputs(init_model(copy.deepcopy(deep['cfg']), old, device='cpu'), deep['x']),
-                           deep['expected'])
+        assert torch.equal(_outputs(init_model(copy.deepcopy(deep['cfg']), old, device='cpu'),
+                                    deep['x']), deep['expected'])
         with pytest.raises(ValueError, match=r'format version 1.*python tools/export_task.py '
                            rf'CONFIG {old} NEW.safetensors'):
             load_task_model(None, old)
@@ -407,8 +413,8 @@ def test_a_bad_candidate_is_skipped_and_the_next_one_used(deep, tmp_path, notes,
     elif beside == 'other ViT':
         torch.save({k: v for k, v in sd.items() if not k.startswith('layers.2.')},
                    pub / 'vit.pth')
-    assert torch.equal(_outputs(init_model(copy.deepcopy(deep['cfg']), task, device='cpu'), deep['x']),
-                       deep['expected'])
+    assert torch.equal(_outputs(init_model(copy.deepcopy(deep['cfg']), task, device='cpu'),
+                                deep['x']), deep['expected'])
     if beside != 'missing':
         assert any(n.startswith(f'{pub / "vit.pth"}: skipped') for n in notes), notes
 
@@ -531,8 +537,9 @@ def test_a_training_checkpoint_refuses_other_frozen_weights(pretrained, tmp_path
 
 
 def test_mmseg_apis_read_url_checkpoints_safely(deep, tmp_path, file_server):
-    from mmseg.apis import MMSegInferencer
     from conftest import payload_pickle
+    from mmseg.apis import MMSegInferencer
+
     from vpt_seg.formats.weights import UnreadableCheckpointError
     marker = tmp_path / 'marker'
     url = file_server.url('task.pth')
@@ -551,6 +558,7 @@ def test_serving_on_a_url_backbone_reads_it_safely(deep, tmp_path, file_server):
     """serve.py BACKBONE=http://.../vit.pth: the shared backbone (and its final-norm
     check) and every task's frozen weights come through the safe http loader."""
     from conftest import payload_pickle
+
     from vpt_seg.formats.weights import UnreadableCheckpointError
     from vpt_seg.serving.multitask import MultiTaskViT, build_shared_backbone
     cfg = read_task_config(str(deep['file']))

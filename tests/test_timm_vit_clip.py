@@ -13,6 +13,8 @@ import torch
 from mmseg.registry import MODELS
 
 import vpt_seg  # noqa: F401  (registers the modules)
+
+# isort: split
 from vpt_seg.formats.weights import UnreadableCheckpointError
 from vpt_seg.models.classifier import default_data_preprocessor
 from vpt_seg.models.tiny_clip import write_tiny_clip

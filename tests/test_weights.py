@@ -19,10 +19,12 @@ from timm.models.vision_transformer import VisionTransformer as TimmViT
 from timm.models.vision_transformer import _load_weights
 
 import vpt_seg  # noqa: F401  (before mmseg)
+
+# isort: split
 from mmseg.models.backbones import VisionTransformer as MMSegViT
+
 from vpt_seg.formats import weights as ckpt_lib
-from vpt_seg.models import PromptedVisionTransformer
-from vpt_seg.models import prompted_vit
+from vpt_seg.models import PromptedVisionTransformer, prompted_vit
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 TINY = dict(patch_size=16, embed_dim=32, depth=3, num_heads=2)
@@ -458,6 +460,7 @@ def test_every_remote_scheme_that_unpickles_is_read_safely():
     """MMEngine's loaders for these schemes end in torch.load / torch.hub's load_url
     (weights_only=False); each is replaced by one that reads with weights_only=True."""
     from mmengine.runner import CheckpointLoader
+
     from vpt_seg.engine import checkpoint_io
     for path in ('http://h/x.pth', 'https://h/x.pth', 'torchvision://resnet50',
                  'modelzoo://resnet50', 'open-mmlab://x', 'openmmlab://x', 'mmcls://x',
@@ -468,8 +471,8 @@ def test_every_remote_scheme_that_unpickles_is_read_safely():
 
 
 def test_url_pickle_with_a_payload_is_refused_by_name(tmp_path, file_server):
-    from mmengine.runner import CheckpointLoader
     from conftest import payload_pickle
+    from mmengine.runner import CheckpointLoader
     marker = tmp_path / 'marker'
     payload_pickle(file_server.root / 'vit.pth', marker)
     url = file_server.url('vit.pth')

@@ -14,6 +14,8 @@ import os.path as osp
 import tempfile
 
 import vpt_seg  # noqa: F401  (patches and registration before any mmseg import)
+
+# isort: split
 import torch
 from mmengine.config import Config, DictAction
 from mmengine.registry import init_default_scope

@@ -18,6 +18,8 @@ import subprocess
 import sys
 
 import vpt_seg  # noqa: F401  (patches and registration before any mmseg import)
+
+# isort: split
 import torch
 from mmengine.config import Config
 from mmengine.registry import init_default_scope
@@ -36,6 +38,7 @@ def write_backbone(cfg) -> str:
     torch.manual_seed(0)
     if backbone.type == 'PromptedTimmViT':  # timm's own model, saved as the hub does
         import timm
+
         from vpt_seg.models.timm_vit import write_hub_folder
         vit = timm.create_model(backbone.model_name, pretrained=False, num_classes=0,
                                 **backbone.model_kwargs)

@@ -37,6 +37,8 @@ import os
 import os.path as osp
 
 import vpt_seg  # noqa: F401  (patches and registration before any mmseg import)
+
+# isort: split
 from mmengine.config import Config, DictAction
 
 from vpt_seg.formats.fold import fold_task

@@ -165,8 +165,12 @@ def _check_layout(cfg: Config, loader: str):
     from mmseg.datasets import BaseSegDataset
     from mmseg.registry import DATASETS
 
-    from .datasets.checks import (check_class_counts, check_split_has_labels,
-                                  check_split_layout, head_classes)
+    from .datasets.checks import (
+        check_class_counts,
+        check_split_has_labels,
+        check_split_layout,
+        head_classes,
+    )
     dataset = cfg[loader]['dataset']
     if dataset.get('type') in ('ConcatDataset', 'RepeatDataset', 'ClassBalancedDataset'):
         return

@@ -16,16 +16,18 @@ For each: images per second (median of timed steps after warm-up), the bytes aut
 keeps for the backward pass (training; exact and the same on any device), peak memory (CUDA:
 the allocator's peak, weights included; CPU: the process' resident set, sampled every
 millisecond, above what it held before the model was built: approximate, since the C
-allocator keeps some freed memory), FLOPs per image (:class:`torch.utils.flop_counter.FlopCounterMode`)
-and the achieved fraction of the device's peak.
+allocator keeps some freed memory), FLOPs per image
+(:class:`torch.utils.flop_counter.FlopCounterMode`) and the achieved fraction of the
+device's peak.
 
 The *stock* model is MMSeg's own: the same config with MMSeg's ``VisionTransformer``
 (MMCV attention that asks for attention weights), MMEngine's default optimizer
 constructor, and the same parameters frozen. For a ``PromptedTimmViT`` config it is the
-same timm model run by timm itself (:class:`~vpt_seg.models.stock.StockTimmViT`: ``forward_intermediates`` to
-NCHW maps) through the config's MMSeg head, frozen the same way. Stock MMSeg has no prompts, so for a
-prompted row it tunes the backbone's biases instead: the closest stock setup, in which
-gradients also flow back through every frozen block.
+same timm model run by timm itself (:class:`~vpt_seg.models.stock.StockTimmViT`:
+``forward_intermediates`` to NCHW maps) through the config's MMSeg head, frozen the same
+way. Stock MMSeg has no prompts, so for a prompted row it tunes the backbone's biases
+instead: the closest stock setup, in which gradients also flow back through every frozen
+block.
 """
 import contextlib
 import copy
@@ -543,7 +545,8 @@ def format_table(report: dict) -> str:
     for r in report['results']:
         lines.append(
             f"| {r['model']} | {r['setup']} | {r['mode']} | {r['batch']} | "
-            f"{r['img_per_s']:.3g} | {_fmt(r.get('x_one_task', r['x_stock']), '.2f')} | {_fmt(r['peak_gib'], '.3g')} | "
+            f"{r['img_per_s']:.3g} | {_fmt(r.get('x_one_task', r['x_stock']), '.2f')} | "
+            f"{_fmt(r['peak_gib'], '.3g')} | "
             f"{_fmt(r['mem_vs_stock'], '.2f')} | {_fmt(r.get('saved_gib'), '.3g')} | "
             f"{r['gflop_per_img']:.4g} | "
             f"{r['tflop_per_s']:.3g} | "

@@ -41,9 +41,9 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
+from .. import runner
 from ..datasets.synthetic import TASK_CLASSES, make_ade20k
 from ..formats.tables import csv_text
-from .. import runner
 from ..runner import quiet_logger
 from ..tuners.tuning import format_count
 

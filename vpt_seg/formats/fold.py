@@ -29,11 +29,11 @@ import torch
 from mmengine.config import Config
 from mmengine.logging import print_log
 
-from .weights import load_torch_file
 from .config_data import literal_config_text
 from .loading import export_inputs, load_task_model
 from .outputs import OutputError, atomic_write, check_output
 from .task_file import pretrained_option_of, read_task_config
+from .weights import load_torch_file
 
 __all__ = ['standalone_config', 'fold_task', 'folded_config_path']
 

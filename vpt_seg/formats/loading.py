@@ -43,11 +43,16 @@ import torch
 from mmengine.logging import print_log
 from torch import nn
 
-from .outputs import OutputError, atomic_write, check_output
-from .weights import describe_state_dict, load_torch_file
-from .task_file import (check_class_count, load_from_safetensors, pretrained_option_of,
-                        read_task_config, write_task_file)
 from ..tuners.tuning import frozen_state_keys
+from .outputs import OutputError, atomic_write, check_output
+from .task_file import (
+    check_class_count,
+    load_from_safetensors,
+    pretrained_option_of,
+    read_task_config,
+    write_task_file,
+)
+from .weights import describe_state_dict, load_torch_file
 
 __all__ = ['record_pretrained', 'check_signature', 'tuner_options', 'check_tuner_options',
            'check_shapes', 'prepare_state_dict',

@@ -10,13 +10,13 @@ from mmseg.registry import MODELS
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from . import vit_ops
 from ..formats import loading
 from ..formats.fitting import fit_state_dict
 from ..formats.weights import load_vit_checkpoint, to_mmseg_state_dict
 from ..tuners.prompt import PromptGroup, VisualPrompt, run_prompted_layers
 from ..tuners.terms import NO_TERMS, BlockTerms
 from ..tuners.tuning import freeze as freeze_module
+from . import vit_ops
 from .frozen import FrozenBackboneMixin
 
 #: What a backbone's ``signature`` buffer records, in order.

@@ -40,15 +40,15 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from mmseg.models.backbones import VisionTransformer
-from mmseg.registry import MODELS
 from mmseg.models.utils import resize
+from mmseg.registry import MODELS
 from torch import nn
 
+from ..formats.loading import load_task_model  # noqa: F401  (its home before; re-exported)
 from ..formats.weights import load_vit_checkpoint, to_mmseg_state_dict
 from ..models import vit_ops
 from ..models.classifier import VPTClassifier
 from ..models.options import PROMPTED_ARGS
-from ..formats.loading import load_task_model  # noqa: F401  (its home before; re-exported)
 from ..models.prompted_vit import PromptedVisionTransformer
 from ..models.timm_vit import PromptedTimmViT
 from ..tuners.prompt import PromptGroup, run_prompted_layers
