@@ -14,7 +14,7 @@ from mmseg.registry import MODELS
 
 from vpt_seg.datasets import ImageFolderDataset, make_cls_folder
 from vpt_seg.evaluation import TopKAccuracy, topk_accuracy
-from vpt_seg.serving.multitask import load_task_model
+from vpt_seg.formats.loading import load_task_model
 
 init_default_scope('mmseg')
 DEVICE = 'cpu'

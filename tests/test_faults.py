@@ -29,9 +29,8 @@ from vpt_seg.engine.hooks import (
     SafeCheckpointHook,
     find_resumable_checkpoint,
 )
-from vpt_seg.formats.loading import check_task_state_dict
+from vpt_seg.formats.loading import check_task_state_dict, load_task_model
 from vpt_seg.formats.weights import UnreadableCheckpointError, load_torch_file
-from vpt_seg.serving.multitask import load_task_model
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 TESTS = osp.join(ROOT, 'tests')

@@ -10,7 +10,8 @@ from mmengine.registry import init_default_scope
 from mmseg.models.backbones import VisionTransformer
 from mmseg.registry import MODELS
 
-from vpt_seg.serving.multitask import MultiTaskViT, build_shared_backbone, load_task_model
+from vpt_seg.formats.loading import load_task_model
+from vpt_seg.serving.multitask import MultiTaskViT, build_shared_backbone
 
 init_default_scope('mmseg')
 ARCH = dict(img_size=(32, 32), patch_size=8, embed_dims=32, num_layers=4, num_heads=4,

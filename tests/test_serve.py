@@ -27,8 +27,9 @@ from mmseg.models.backbones import VisionTransformer
 from mmseg.registry import MODELS
 from mmseg.structures import SegDataSample
 
+from vpt_seg.formats.loading import load_task_model
 from vpt_seg.models import segmentor
-from vpt_seg.serving.multitask import MultiTaskViT, build_shared_backbone, load_task_model
+from vpt_seg.serving.multitask import MultiTaskViT, build_shared_backbone
 from vpt_seg.serving.serve import (
     input_size,
     label_map,

@@ -44,7 +44,7 @@ def _with_config(deep, tmp_path, change, name='bad.safetensors', text=None):
 
 def _serve(path):
     """What tools/serve.py does with NAME=TASK.safetensors: its config, then its model."""
-    from vpt_seg.serving.multitask import load_task_model as serve_load
+    from vpt_seg.formats.loading import load_task_model as serve_load
     return serve_load(_tool('serve').task_config(None, path), path)
 
 

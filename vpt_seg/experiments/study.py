@@ -185,6 +185,9 @@ def _data_options(data_root: str) -> List[str]:
             for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader')]
 
 
+#: How much of a failed tool run's log its error quotes (the end, where the traceback is).
+LOG_TAIL_CHARS = 3000
+
 #: MMEngine's training log line: ``Iter(train) [ 100/1500]  ... eta: 0:01:23 ...``.
 _ITER_LINE = re.compile(
     r'Iter\(train\) \[\s*(\d+)/(\d+)\].*?eta: (?:(\d+) days?, )?(\d+):(\d+):(\d+)')
@@ -278,7 +281,7 @@ def _run_tool(settings: StudySettings, tool: str, args: List[str], log_path: str
     seconds = time.perf_counter() - start
     if proc.returncode != 0:
         with open(log_path) as log:
-            tail = log.read()[-3000:]
+            tail = log.read()[-LOG_TAIL_CHARS:]
         raise RuntimeError(f'{" ".join(cmd)} failed (exit {proc.returncode}); log '
                            f'{log_path} ends with:\n{tail}')
     if progress is not None:
