@@ -4,9 +4,10 @@ import os.path as osp
 import subprocess
 import sys
 
+from helpers import ROOT
+
 from vpt_seg.experiments.benchmark import format_table, model_setup
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 CONFIG = osp.join(ROOT, 'configs', 'demo', 'setr_vpt_tiny_ade20k.py')
 FIELDS = {'model', 'setup', 'mode', 'batch', 'size', 'img_per_s', 'ms_per_step', 'peak_gib',
           'saved_gib',

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 import vpt_seg  # noqa: F401  (before mmseg)
 
 # isort: split
+from helpers import ARCH
 from mmengine.registry import init_default_scope
 from mmseg.models.backbones import VisionTransformer
 from mmseg.registry import MODELS
@@ -18,8 +19,6 @@ from vpt_seg.formats.loading import load_task_model
 
 init_default_scope('mmseg')
 DEVICE = 'cpu'
-ARCH = dict(img_size=(32, 32), patch_size=8, embed_dims=32, num_layers=4, num_heads=4,
-            patch_bias=True, norm_cfg=dict(type='LN', eps=1e-6))
 
 
 def classifier_cfg(pretrained=None, head='LinearClsHead', arch=None, num_classes=6, **kw):

@@ -7,13 +7,13 @@ import subprocess
 import sys
 
 import torch
+from helpers import ROOT
 from mmengine.config import Config
 
 from vpt_seg.datasets.synthetic_cls import make_cls_folder
 from vpt_seg.formats.loading import export_task, load_task_model
 from vpt_seg.models.tiny_clip import write_tiny_clip
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 DEMO = osp.join(ROOT, 'configs', 'demo', 'coop_cls_tiny.py')
 LOADERS = ('train_dataloader', 'val_dataloader', 'test_dataloader')
 NEW = ['red circle', 'green box', 'blue wedge', 'yellow hoop', 'magenta plus', 'cyan bars']

@@ -10,6 +10,7 @@ from types import SimpleNamespace
 import cv2
 import numpy as np
 import pytest
+from helpers import ROOT
 from mmengine.config import Config
 from mmseg.registry import DATASETS, TRANSFORMS
 
@@ -18,7 +19,6 @@ from vpt_seg.datasets.checks import ImageTooLargeError
 from vpt_seg.engine.hooks import DataCheckHook
 from vpt_seg.runner import prepare_cfg
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 DEMO = osp.join(ROOT, 'configs', 'demo', 'setr_vpt_tiny_ade20k.py')
 STUDY = osp.join(ROOT, 'configs', 'study', 'vpt-deep.py')
 

@@ -7,13 +7,13 @@ import re
 
 import pytest
 import torch
+from helpers import ROOT
 from mmengine.config import Config
 from mmengine.registry import init_default_scope
 from mmseg.registry import MODELS
 
 from vpt_seg.tuners.tuning import count_parameters, format_count
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 README = osp.join(ROOT, 'README.md')
 DOCS = sorted(glob.glob(osp.join(ROOT, 'docs', '*.md')))
 PAGES = [README] + DOCS

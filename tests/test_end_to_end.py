@@ -9,13 +9,13 @@ import sys
 import numpy as np
 import pytest
 import torch
+from helpers import ROOT
 from mmengine.config import Config
 from mmseg.registry import MODELS
 from PIL import Image
 
 from vpt_seg.datasets.synthetic import make_ade20k
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 CONFIG = osp.join(ROOT, 'configs', 'demo', 'setr_vpt_tiny_ade20k.py')
 
 

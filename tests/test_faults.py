@@ -18,6 +18,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 from fault_hooks import finite
+from helpers import ROOT
 from mmengine.config import Config
 from mmengine.logging import MessageHub, MMLogger
 from mmseg.registry import MODELS
@@ -32,7 +33,6 @@ from vpt_seg.engine.hooks import (
 from vpt_seg.formats.loading import check_task_state_dict, load_task_model
 from vpt_seg.formats.weights import UnreadableCheckpointError, load_torch_file
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 TESTS = osp.join(ROOT, 'tests')
 CONFIG = osp.join(ROOT, 'configs', 'demo', 'setr_vpt_tiny_ade20k.py')
 ITERS, INTERVAL = 30, 10

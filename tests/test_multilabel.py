@@ -18,6 +18,8 @@ from PIL import Image
 import vpt_seg  # noqa: F401  (before mmseg)
 
 # isort: split
+import helpers
+from helpers import ROOT
 from mmengine.registry import init_default_scope
 from mmseg.datasets.transforms import LoadAnnotations
 from mmseg.registry import MODELS
@@ -27,13 +29,11 @@ from vpt_seg.datasets.ade_tags import label_lut
 from vpt_seg.evaluation import MeanAveragePrecision, average_precision
 
 init_default_scope('mmseg')
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 DEMO_CONFIG = osp.join(ROOT, 'configs', 'demo', 'vpt_cls_tiny_ade_tags.py')
 # The synthetic target task draws ADE ids 20..27; as a class subset they become 0..7.
 CLASSES = ('chair', 'car', 'water', 'painting', 'sofa', 'shelf', 'house', 'sea')
 ADE_IDS = np.arange(20, 28)
-ARCH = dict(img_size=(32, 32), patch_size=8, embed_dims=32, num_layers=2, num_heads=4,
-            patch_bias=True, norm_cfg=dict(type='LN', eps=1e-6))
+ARCH = dict(helpers.ARCH, num_layers=2)
 SPLITS = {'train': 'training', 'val': 'validation'}
 
 

@@ -23,17 +23,22 @@ def test_mmcv_lite_stand_in_serves_pure_python_ops_and_refuses_compiled_ones():
         sigmoid_focal_loss(torch.randn(2, 3), torch.tensor([0, 1]), 2.0, 0.25, None, 'none')
 
 
+#: A script's first lines: a stand-in for the compiled extension, so mmcv is "full".
+FAKE_FULL_MMCV = '''
+import sys, types
+ext = types.ModuleType('mmcv._ext')
+def op(name):
+    if name.startswith('_'):
+        raise AttributeError(name)
+    return lambda *args, **kwargs: None
+ext.__getattr__ = op
+sys.modules['mmcv._ext'] = ext
+'''
+
+
 def test_full_mmcv_is_used_as_is_when_its_compiled_ops_import():
     """With a compiled ``mmcv._ext`` present, vpt_seg must not touch ``mmcv.ops``."""
-    script = textwrap.dedent('''
-        import sys, types
-        ext = types.ModuleType('mmcv._ext')
-        def op(name):
-            if name.startswith('_'):
-                raise AttributeError(name)
-            return lambda *args, **kwargs: None
-        ext.__getattr__ = op
-        sys.modules['mmcv._ext'] = ext          # stands for the compiled extension
+    script = FAKE_FULL_MMCV + textwrap.dedent('''
         import vpt_seg
         from vpt_seg import patches as compat
         import mmcv.ops
@@ -98,15 +103,7 @@ def test_start_up_hook_steps_aside_for_a_full_mmcv(tmp_path):
     import shutil
     root = osp.dirname(osp.dirname(osp.abspath(__file__)))
     shutil.copy(osp.join(root, 'vpt_seg', 'mmcv_lite.pth'), tmp_path / 'vpt_seg_mmcv_lite.pth')
-    out = _run('''
-        import sys, types
-        ext = types.ModuleType('mmcv._ext')
-        def op(name):
-            if name.startswith('_'):
-                raise AttributeError(name)
-            return lambda *args, **kwargs: None
-        ext.__getattr__ = op
-        sys.modules['mmcv._ext'] = ext           # stands for the compiled extension
+    out = _run(FAKE_FULL_MMCV + textwrap.dedent('''
         import site
         site.addsitedir(sys.argv[1])             # the start-up hook, as pip installs it
         assert 'vpt_seg' not in sys.modules and 'torch' not in sys.modules
@@ -114,7 +111,7 @@ def test_start_up_hook_steps_aside_for_a_full_mmcv(tmp_path):
         assert not getattr(mmcv.ops, '__vpt_seg_shim__', False)
         assert mmcv.ops.__file__.endswith('mmcv/ops/__init__.py')
         print('full mmcv untouched')
-    ''', str(tmp_path))
+    '''), str(tmp_path))
     assert out.returncode == 0, out.stderr[-2000:]
     assert 'full mmcv untouched' in out.stdout
 

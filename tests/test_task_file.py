@@ -16,6 +16,7 @@ import struct
 
 import pytest
 import torch
+from helpers import ROOT, tool, trained_like
 from mmengine.config import Config
 from mmseg.apis import init_model
 from mmseg.registry import MODELS
@@ -30,7 +31,6 @@ from vpt_seg.formats.task_file import (
 )
 from vpt_seg.models.prompted_vit import SIGNATURE_FIELDS
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 STUDY = osp.join(ROOT, 'configs', 'study')
 ROWS = ('head', 'bias', 'vpt-shallow', 'vpt-deep', 'vpt-bias', 'full')
 LORA = dict(rank=2, alpha=4, targets=('q', 'v', 'proj', 'fc1', 'fc2'))
@@ -79,17 +79,8 @@ def _row_config(row, vit_path):
 def test_every_table3_row_round_trips_through_a_task_file(pretrained, row):
     tmp, vit_path = pretrained
     cfg = _row_config(row, vit_path)
-    torch.manual_seed(1)
-    model = MODELS.build(cfg.model)
-    model.init_weights()
-    with torch.no_grad():  # a trained task: every tuned weight and BN statistic moved
-        for p in model.parameters():
-            if p.requires_grad:
-                p.add_(0.1 * torch.randn_like(p))
-        for m in model.modules():
-            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-                m.running_mean.normal_()
-                m.running_var.uniform_(0.5, 2)
+    # a trained task: every tuned weight and BN statistic moved
+    model = trained_like(cfg.model, seed=1, batchnorm=True)
     model.eval()
     ckpt = tmp / f'{row}.pth'
     classes = list(cfg.classes)
@@ -144,13 +135,7 @@ def tuner_files(pretrained):
     files = {}
     for seed, row in enumerate(('lora', 'adaptformer', 'head')):
         cfg = _row_config(row, vit_path)
-        torch.manual_seed(10 + seed)
-        model = MODELS.build(cfg.model)
-        model.init_weights()
-        with torch.no_grad():
-            for p in model.parameters():
-                if p.requires_grad:
-                    p.add_(0.1 * torch.randn_like(p))
+        model = trained_like(cfg.model, seed=10 + seed)
         torch.save({'state_dict': model.state_dict()}, tmp / f'{row}_tuner.pth')
         files[row] = str(tmp / f'{row}_tuner.safetensors')
         export_task(cfg, str(tmp / f'{row}_tuner.pth'), files[row])
@@ -232,12 +217,7 @@ def _rewrite(src, dst, **changes):
     return str(dst)
 
 
-def _tool(name):
-    import importlib.util
-    spec = importlib.util.spec_from_file_location(name, osp.join(ROOT, 'tools', f'{name}.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+_tool = tool  # tools/NAME.py as a module (tests/helpers.py)
 
 
 @pytest.fixture(scope='module')
@@ -599,13 +579,7 @@ def dinov2(tmp_path_factory):
             p.add_(0.1 * torch.randn_like(p))
     hub = write_hub_folder(ref, str(tmp / 'train' / 'tiny_dinov2_reg4'), b.model_name)
     cfg.model.backbone.checkpoint = hub
-    torch.manual_seed(1)
-    model = MODELS.build(cfg.model)
-    model.init_weights()
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.requires_grad:
-                p.add_(0.1 * torch.randn_like(p))
+    model = trained_like(cfg.model, seed=1)
     model.eval()
     ckpt = tmp / 'iter_4.pth'
     torch.save({'state_dict': model.state_dict(), 'meta': {}}, ckpt)

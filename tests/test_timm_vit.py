@@ -18,6 +18,7 @@ import pytest
 import timm
 import torch
 import torch.nn.functional as F
+from helpers import ROOT
 from mmengine.logging import MMLogger
 from mmseg.registry import MODELS
 from safetensors.torch import save_file
@@ -25,7 +26,6 @@ from timm.layers import apply_rot_embed_cat
 
 from vpt_seg.tuners.tuning import bias_parameters
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 TINY = dict(embed_dim=32, depth=3, num_heads=2)
 GRID = 3  # tiny inputs: GRID x GRID patches (img_size = GRID * patch)
 

@@ -6,7 +6,6 @@ own intermediate features; resampled position embeddings must equal what timm's 
 loaders make for a model built at the new size.
 """
 import ast
-import importlib.util
 import os.path as osp
 import re
 
@@ -21,12 +20,12 @@ from timm.models.vision_transformer import _load_weights
 import vpt_seg  # noqa: F401  (before mmseg)
 
 # isort: split
+from helpers import ROOT, tool
 from mmseg.models.backbones import VisionTransformer as MMSegViT
 
 from vpt_seg.formats import weights as ckpt_lib
 from vpt_seg.models import PromptedVisionTransformer, prompted_vit
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 TINY = dict(patch_size=16, embed_dim=32, depth=3, num_heads=2)
 ATOL = 2e-5  # float32 rounding: MMSeg's nn.MultiheadAttention vs timm's Attention
 
@@ -365,11 +364,7 @@ def test_missing_file(tmp_path):
 
 # ---------------------------------------------------------------- converter tool
 def _tool():
-    spec = importlib.util.spec_from_file_location(
-        'convert_vit', osp.join(ROOT, 'tools', 'convert_vit.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return tool('convert_vit')
 
 
 def test_convert_tool_timm_model_offline(tmp_path, logs, capsys):
@@ -501,9 +496,7 @@ def test_url_weights_load_like_the_local_file(tmp_path, logs, file_server, fmt):
 def _demo_backbone(tmp_path, monkeypatch):
     """pretrain/tiny_vit.pth exactly as tools/demo.py writes it (its own function)."""
     from mmengine.config import Config
-    spec = importlib.util.spec_from_file_location('demo', osp.join(ROOT, 'tools', 'demo.py'))
-    demo = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(demo)
+    demo = tool('demo')
     monkeypatch.chdir(tmp_path)
     return tmp_path / demo.write_backbone(Config.fromfile(demo.CONFIGS['vit']))
 
