@@ -496,9 +496,11 @@ def test_url_weights_load_like_the_local_file(tmp_path, logs, file_server, fmt):
 def _demo_backbone(tmp_path, monkeypatch):
     """pretrain/tiny_vit.pth exactly as tools/demo.py writes it (its own function)."""
     from mmengine.config import Config
-    demo = tool('demo')
+
+    from vpt_seg.experiments.demo import write_backbone
+    config = Config.fromfile(osp.join(ROOT, 'configs', 'demo', 'setr_vpt_tiny_ade20k.py'))
     monkeypatch.chdir(tmp_path)
-    return tmp_path / demo.write_backbone(Config.fromfile(demo.CONFIGS['vit']))
+    return tmp_path / write_backbone(config)
 
 
 def test_convert_tool_takes_the_file_demo_writes_and_checks_its_signature(
