@@ -15,6 +15,8 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 import vpt_seg  # noqa: F401,E402  (patches before any mmseg import)
+
+# isort: split
 from mmseg.utils import register_all_modules  # noqa: E402
 
 torch.set_num_threads(THREADS)

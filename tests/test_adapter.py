@@ -7,7 +7,6 @@ import timm
 import torch
 import torch.nn.functional as F
 from mmseg.registry import MODELS
-
 from test_lora import CASES, IDS, MMSEG, build, family_cfg, image
 
 

@@ -4,21 +4,23 @@ import os.path as osp
 import subprocess
 import sys
 
+from helpers import ROOT
+
 from vpt_seg.experiments.benchmark import format_table, model_setup
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 CONFIG = osp.join(ROOT, 'configs', 'demo', 'setr_vpt_tiny_ade20k.py')
 FIELDS = {'model', 'setup', 'mode', 'batch', 'size', 'img_per_s', 'ms_per_step', 'peak_gib',
           'saved_gib',
           'gflop_per_img', 'tflop_per_s', 'frac_peak', 'tuned', 'total', 'x_stock',
-          'mem_vs_stock'}
+          'mem_vs_stock', 'warmup_steps'}
 
 
 def test_benchmark_tool_reports_every_field(tmp_path):
     out = tmp_path / 'bench.json'
     proc = subprocess.run(
         [sys.executable, osp.join(ROOT, 'tools', 'benchmark.py'), CONFIG, '--stock',
-         '--modes', 'train', 'whole', 'slide', 'serve', '--serve-batch', '4', '--batch', '2', '--amp', 'none', '--steps', '2', '--warmup', '0', '--json', str(out)],
+         '--modes', 'train', 'whole', 'slide', 'serve', '--serve-batch', '4', '--batch', '2',
+         '--amp', 'none', '--steps', '2', '--warmup', '0', '--json', str(out)],
         capture_output=True, text=True, cwd=str(tmp_path))
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(out.read_text())
@@ -151,8 +153,58 @@ def test_methods_are_measured_side_by_side(tmp_path):
 def test_unknown_method_is_refused():
     import pytest
     from mmengine.config import Config
+
     from vpt_seg.experiments.benchmark import run_benchmark
     with pytest.raises(ValueError, match="unknown method 'prefix'"):
         model_setup(Config.fromfile(CONFIG), stock=False, method='prefix')
     with pytest.raises(ValueError, match=r"unknown methods \['prefix'\]"):
         run_benchmark(CONFIG, methods=['prefix'], device='cpu')
+
+
+class FakeClock:
+    """A clock that a step advances by the next of ``durations`` (the last one repeats)."""
+
+    def __init__(self, durations):
+        self.now, self.durations, self.calls = 0.0, list(durations), 0
+
+    def __call__(self):
+        return self.now
+
+    def step(self):
+        self.now += self.durations[min(self.calls, len(self.durations) - 1)]
+        self.calls += 1
+
+
+def test_warm_up_runs_until_the_step_time_settles():
+    import torch
+
+    from vpt_seg.experiments.benchmark import time_steps
+    cpu = torch.device('cpu')
+    # slow first steps (the first row of a run): warm-up goes on past --warmup 1
+    clock = FakeClock([5.0, 4.0, 2.0, 1.0, 1.05, 1.0])
+    times, warmed = time_steps(clock.step, 3, 1, cpu, clock=clock)
+    assert warmed == 5 and times == [1.0, 1.0, 1.0]
+    # already settled: the requested minimum (and two steps, to compare) is enough
+    clock = FakeClock([1.0])
+    assert time_steps(clock.step, 2, 1, cpu, clock=clock) == ([1.0, 1.0], 2)
+    clock = FakeClock([1.0])
+    assert time_steps(clock.step, 2, 4, cpu, clock=clock)[1] == 4
+    # never settles: capped
+    clock = FakeClock([1.0, 2.0] * 100)
+    assert time_steps(clock.step, 1, 3, cpu, clock=clock)[1] == 30
+    # --warmup 0: none at all
+    clock = FakeClock([9.0, 1.0])
+    assert time_steps(clock.step, 1, 0, cpu, clock=clock) == ([9.0], 0)
+
+
+def test_row_order_does_not_decide_a_ratio():
+    """Two equally fast models, the first measured with a slow start: the same figures."""
+    import torch
+
+    from vpt_seg.experiments.benchmark import time_steps
+    cpu = torch.device('cpu')
+    first = FakeClock([6.0, 5.0, 3.0, 2.0, 1.0])
+    second = FakeClock([1.0])
+    a, _ = time_steps(first.step, 5, 1, cpu, clock=first)
+    b, _ = time_steps(second.step, 5, 1, cpu, clock=second)
+    assert a == b

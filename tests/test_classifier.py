@@ -6,18 +6,19 @@ import torch
 import torch.nn.functional as F
 
 import vpt_seg  # noqa: F401  (before mmseg)
+
+# isort: split
+from helpers import ARCH
 from mmengine.registry import init_default_scope
 from mmseg.models.backbones import VisionTransformer
 from mmseg.registry import MODELS
 
 from vpt_seg.datasets import ImageFolderDataset, make_cls_folder
 from vpt_seg.evaluation import TopKAccuracy, topk_accuracy
-from vpt_seg.serving.multitask import load_task_model
+from vpt_seg.formats.loading import load_task_model
 
 init_default_scope('mmseg')
 DEVICE = 'cpu'
-ARCH = dict(img_size=(32, 32), patch_size=8, embed_dims=32, num_layers=4, num_heads=4,
-            patch_bias=True, norm_cfg=dict(type='LN', eps=1e-6))
 
 
 def classifier_cfg(pretrained=None, head='LinearClsHead', arch=None, num_classes=6, **kw):
@@ -202,8 +203,8 @@ def test_topk_accuracy_and_metric():
     acc = topk_accuracy(scores, labels, (1, 2, 5))
     assert acc == {1: 25.0, 2: 50.0, 5: 100.0}
     metric = TopKAccuracy(topk=(1, 2))
-    metric.process(None, [dict(pred_score=s, gt_label=torch.tensor(l))
-                          for s, l in zip(scores, labels)])
+    metric.process(None, [dict(pred_score=s, gt_label=torch.tensor(label))
+                          for s, label in zip(scores, labels)])
     assert metric.compute_metrics(metric.results) == {'top1': 25.0, 'top2': 50.0}
 
 

@@ -6,8 +6,13 @@ import sys
 import pytest
 from mmengine.config import Config
 
-from vpt_seg.formats.config_data import (ConfigDataError, check_config_data, config_as_text,
-                                 config_from_json, config_to_json)
+from vpt_seg.formats.config_data import (
+    ConfigDataError,
+    check_config_data,
+    config_as_text,
+    config_from_json,
+    config_to_json,
+)
 
 PLAIN = dict(model=dict(type='EncoderDecoder', data_preprocessor=dict(size=(32, 32)),
                         backbone=dict(type='PromptedVisionTransformer', out_indices=(0, 1),

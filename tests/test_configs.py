@@ -5,13 +5,13 @@ import subprocess
 import sys
 
 import pytest
+from helpers import ROOT
 from mmengine.config import Config
 from mmengine.optim import build_optim_wrapper
 from mmseg.registry import MODELS
 
 from vpt_seg.tuners.tuning import count_parameters, parameter_report
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 #: SETR-PUP on frozen timm ViT-Ls (PromptedTimmViT): tuned parameters in millions
 #: (heads 13.14M + prompts 24 x P x 1024 + biases), as tools/count_params.py prints them.
 TIMM_CONFIGS = {
@@ -77,7 +77,8 @@ def test_ade20k_config_builds_with_the_paper_setup(path):
                                                     'BoundedSegTTAModel')
     model = MODELS.build(cfg.model)
     backbone = model.backbone
-    assert (backbone.cls_token.shape[-1], len(backbone.layers), backbone.patch_size) == (1024, 24, 16)
+    assert (backbone.cls_token.shape[-1], len(backbone.layers),
+            backbone.patch_size) == (1024, 24, 16)
     name = osp.basename(path)
     if name in TABLE3:
         tuned = count_parameters(model, tuned_only=True) / 1e6

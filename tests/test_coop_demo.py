@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import torch
+from helpers import ROOT
 from mmengine.config import Config
 
 from vpt_seg.datasets.synthetic_cls import make_cls_folder
@@ -14,7 +15,6 @@ from vpt_seg.formats.export import export_task
 from vpt_seg.formats.loading import load_task_model
 from vpt_seg.models.tiny_clip import write_tiny_clip
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 DEMO = osp.join(ROOT, 'configs', 'demo', 'coop_cls_tiny.py')
 LOADERS = ('train_dataloader', 'val_dataloader', 'test_dataloader')
 NEW = ['red circle', 'green box', 'blue wedge', 'yellow hoop', 'magenta plus', 'cyan bars']

@@ -10,15 +10,15 @@ from types import SimpleNamespace
 import cv2
 import numpy as np
 import pytest
+from helpers import ROOT
 from mmengine.config import Config
 from mmseg.registry import DATASETS, TRANSFORMS
 
 from vpt_seg.datasets import DataError, check_dataset, make_ade20k
 from vpt_seg.datasets.checks import ImageTooLargeError
-from vpt_seg.engine.hooks import DataCheckHook
 from vpt_seg.datasets.config_checks import prepare_cfg
+from vpt_seg.engine.hooks import DataCheckHook
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 DEMO = osp.join(ROOT, 'configs', 'demo', 'setr_vpt_tiny_ade20k.py')
 STUDY = osp.join(ROOT, 'configs', 'study', 'vpt-deep.py')
 

@@ -17,13 +17,13 @@ import sys
 
 import pytest
 import torch
+from helpers import ROOT
 from mmengine.config import Config
 from mmseg.registry import MODELS
 
-from vpt_seg.engine import distributed as vpt_runner
 from vpt_seg.datasets.synthetic import make_ade20k
+from vpt_seg.engine import distributed as vpt_runner
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 CONFIG = osp.join(ROOT, 'configs', 'demo', 'setr_vpt_tiny_ade20k.py')
 ITERS = 4
 TOTAL_BATCH = 4

@@ -7,13 +7,13 @@ import re
 
 import pytest
 import torch
+from helpers import ROOT
 from mmengine.config import Config
 from mmengine.registry import init_default_scope
 from mmseg.registry import MODELS
 
 from vpt_seg.tuners.tuning import count_parameters, format_count
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 README = osp.join(ROOT, 'README.md')
 DOCS = sorted(glob.glob(osp.join(ROOT, 'docs', '*.md')))
 PAGES = [README] + DOCS
@@ -163,6 +163,7 @@ def test_the_task_file_header_table_is_in_one_docs_page():
 
 def test_the_task_file_header_table_names_every_key_the_writer_writes(tmp_path):
     from mmengine.config import Config as Cfg
+
     from vpt_seg.formats.task_file import write_task_file
 
     class Backbone(torch.nn.Module):
@@ -195,3 +196,63 @@ def test_every_package_path_in_the_docs_exists():
     missing = sorted({f'{rel(p)}: {m}' for p in PAGES for m in pattern.findall(read(p))
                       if '*' not in m and not osp.isfile(osp.join(ROOT, m))})
     assert missing == []
+
+
+def serve_commands(page):
+    """``(backbone, [(name, config, checkpoint)])`` of each ``tools/serve.py`` command in a
+    page's bash blocks (``NAME=CONFIG:CHECKPOINT`` tasks; task files have no config)."""
+    found = []
+    for block in bash_blocks(read(page)):
+        for cmd in re.split(r'(?<!\\)\n', block):
+            words = cmd.replace('\\\n', ' ').split()
+            if 'tools/serve.py' not in words:
+                continue
+            args = words[words.index('tools/serve.py') + 1:]
+            tasks = [re.fullmatch(r'([\w-]+)=([^:]+\.py):(\S+)', a) for a in args[1:]]
+            found.append((args[0], [m.groups() for m in tasks if m]))
+    return found
+
+
+def configured_pretrained(config):
+    """The pretrained file a config's backbone loads, under the key its class names."""
+    from vpt_seg.formats.task_file import pretrained_option_of
+    cfg = Config.fromfile(osp.join(ROOT, config))
+    init_default_scope(cfg.get('default_scope', 'mmseg'))
+    value = cfg
+    for key in pretrained_option_of(cfg.model.backbone).split('.'):
+        value = value.get(key) if value is not None else None
+    return value
+
+
+SERVED = [(page, backbone, tasks) for page in PAGES
+          for backbone, tasks in serve_commands(page)]
+
+
+def test_the_serving_page_has_a_command_with_configs():
+    assert any(rel(page) == 'docs/serving.md' and tasks for page, _, tasks in SERVED)
+
+
+@pytest.mark.parametrize('page,backbone,tasks', SERVED, ids=lambda x: str(x)[-20:])
+def test_served_configs_were_trained_on_the_backbone_served(page, backbone, tasks):
+    """A ``serve.py BACKBONE NAME=CONFIG:CKPT`` example names, for each of the repo's
+    configs, the pretrained file that config loads (configs not in the repo are the
+    reader's own, ``configs/my_cls.py``): serving refuses a task on other weights."""
+    ours = [(name, config) for name, config, _ in tasks
+            if osp.isfile(osp.join(ROOT, config))]
+    wrong = {name: configured_pretrained(config) for name, config in ours
+             if configured_pretrained(config) != backbone}
+    assert wrong == {}, f'{rel(page)}: tools/serve.py {backbone} serves tasks on other files'
+
+
+def test_the_readme_opening_sizes_are_the_tables():
+    """The opening's task-file sizes name their head and are the tables' figures."""
+    opening = read(README).split('## ')[0]
+    pup = re.search(r"VPT-deep's task file is ([\d.]+ MiB) with the paper's SETR-PUP head",
+                    opening)
+    naive = re.search(r"([\d.]+ MiB) with SETR's naive head", opening)
+    assert pup and naive
+    assert pup.group(1) == TABLE3['setr_vpt-deep_ade20k.py']['task file']
+    configs_md = config_rows(osp.join(ROOT, 'docs', 'configs.md'))
+    assert naive.group(1) == configs_md['setr_vpt-naive_ade20k.py']['task file']
+    full = float(TABLE3['setr_full_ade20k.py']['task file'].split()[0]) / 1024
+    assert f'{full:.1f} GiB for the whole model' in ' '.join(opening.split())

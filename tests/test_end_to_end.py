@@ -9,13 +9,13 @@ import sys
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from helpers import ROOT
 from mmengine.config import Config
 from mmseg.registry import MODELS
+from PIL import Image
 
 from vpt_seg.datasets.synthetic import make_ade20k
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 CONFIG = osp.join(ROOT, 'configs', 'demo', 'setr_vpt_tiny_ade20k.py')
 
 
@@ -189,7 +189,8 @@ def test_mmseg_apis_give_what_the_test_tool_gives(setup, task_file):
              str(preds), *setup['options'])
     hook_dir = setup['tmp'] / 'site'
     hook_dir.mkdir(exist_ok=True)
-    shutil.copy(osp.join(ROOT, 'vpt_seg', 'mmcv_lite.pth'), osp.join(hook_dir, 'vpt_seg_mmcv_lite.pth'))
+    shutil.copy(osp.join(ROOT, 'vpt_seg', 'mmcv_lite.pth'),
+                osp.join(hook_dir, 'vpt_seg_mmcv_lite.pth'))
     images = osp.join(setup['data'], 'images', 'validation')
     proc = subprocess.run([sys.executable, '-c', API_SCRIPT, str(hook_dir), CONFIG, ckpt,
                            task_file, images, str(preds), str(setup['tmp'] / 'vis.png')],

@@ -11,25 +11,29 @@ import re
 import signal
 import socket
 import subprocess
-import time
 import sys
+import time
 from types import SimpleNamespace
 
 import pytest
 import torch
+from fault_hooks import finite
+from helpers import ROOT
 from mmengine.config import Config
 from mmengine.logging import MessageHub, MMLogger
 from mmseg.registry import MODELS
 
-from fault_hooks import finite
-from vpt_seg.formats.weight_files import UnreadableCheckpointError, load_torch_file
 from vpt_seg.datasets.synthetic import make_ade20k
-from vpt_seg.engine.hooks import (NonFiniteCheckHook, NonFiniteError, SafeCheckpointHook,
-                                  find_resumable_checkpoint)
+from vpt_seg.engine.hooks import (
+    NonFiniteCheckHook,
+    NonFiniteError,
+    SafeCheckpointHook,
+    find_resumable_checkpoint,
+)
 from vpt_seg.formats.frozen_weights import check_task_state_dict
-from vpt_seg.serving.multitask import load_task_model
+from vpt_seg.formats.loading import load_task_model
+from vpt_seg.formats.weight_files import UnreadableCheckpointError, load_torch_file
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 TESTS = osp.join(ROOT, 'tests')
 CONFIG = osp.join(ROOT, 'configs', 'demo', 'setr_vpt_tiny_ade20k.py')
 ITERS, INTERVAL = 30, 10
@@ -439,6 +443,7 @@ def test_mmseg_tools_get_the_class_count_check_from_the_hook(setup, tmp_path):
     """MMSeg's own tools/train.py builds the Runner straight from the config: the
     checkpoint hook's before_run refuses, before the first iteration."""
     from mmengine.runner import Runner
+
     from vpt_seg.datasets.checks import ClassCountError
     cfg = Config.fromfile(CONFIG)
     cfg.merge_from_dict({'model.backbone.init_cfg.checkpoint': setup['vit'],

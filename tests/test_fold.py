@@ -14,6 +14,9 @@ import pytest
 import torch
 
 import vpt_seg  # noqa: F401  (before mmseg: compat fixes, registration)
+
+# isort: split
+from helpers import ROOT, trained_like
 from mmengine.config import Config
 from mmengine.registry import init_default_scope
 from mmseg.apis import inference_model, init_model
@@ -25,7 +28,6 @@ from vpt_seg.formats.config_data import literal_config_text
 from vpt_seg.formats.fold import fold_task, folded_config_path, standalone_config
 
 init_default_scope('mmseg')
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 DEMO = osp.join(ROOT, 'configs', 'demo')
 LORA = dict(rank=2, alpha=4, targets=('q', 'v', 'proj', 'fc1', 'fc2'))
 CLASSES = [f'c{i}' for i in range(150)]
@@ -92,17 +94,7 @@ def _task(families, name):
     base, pretrained = families[family]
     cfg = Config(base.to_dict())
     cfg.model.backbone.update(options)
-    torch.manual_seed(1)
-    model = MODELS.build(cfg.model)
-    model.init_weights()
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.requires_grad:
-                p.add_(0.1 * torch.randn_like(p))
-        for m in model.modules():
-            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-                m.running_mean.normal_()
-                m.running_var.uniform_(0.5, 2)
+    model = trained_like(cfg.model, seed=1, batchnorm=True)
     model.eval()
     ckpt = str(families['tmp'] / f'{name}.pth')
     torch.save({'state_dict': model.state_dict(), 'meta': {'dataset_meta': {

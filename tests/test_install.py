@@ -17,9 +17,10 @@ import subprocess
 import sys
 import textwrap
 
+from helpers import ROOT
+
 from vpt_seg.patches import MMCV_FULL
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 IGNORE = shutil.ignore_patterns('.git', 'data', 'work_dirs', 'pretrain', 'build', 'outputs',
                                 '*.egg-info', '__pycache__', '*.pyc', '.pytest_cache', '.whl')
 

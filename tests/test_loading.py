@@ -1,9 +1,9 @@
 """Loading and exporting a task (vpt_seg/formats/loading.py, export.py and
 frozen_weights.py) on the demo's tiny ViT: an export never replaces what it reads, and a
-write that fails leaves the earlier output; the tuner options a task was made with are compared when it is loaded or resumed; a
-``load_from`` of a full checkpoint says that it replaces the frozen weights."""
+write that fails leaves the earlier output; the tuner options a task was made with are
+compared when it is loaded or resumed; a ``load_from`` of a full checkpoint says that it
+replaces the frozen weights."""
 import copy
-import importlib.util
 import os
 import os.path as osp
 import sys
@@ -12,6 +12,9 @@ import pytest
 import torch
 
 import vpt_seg  # noqa: F401  (before mmseg: compat fixes, registration)
+
+# isort: split
+from helpers import ROOT, tool, trained_like
 from mmengine.config import Config
 from mmengine.registry import init_default_scope
 from mmseg.registry import MODELS
@@ -22,16 +25,11 @@ from vpt_seg.formats.outputs import OutputError, atomic_write, file_mode
 from vpt_seg.formats.task_file import read_task_metadata
 
 init_default_scope('mmseg')
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 DEMO = osp.join(ROOT, 'configs', 'demo', 'setr_vpt_tiny_ade20k.py')
 LORA = dict(rank=2, alpha=4, targets=('q', 'v'))
 
 
-def _tool(name):
-    spec = importlib.util.spec_from_file_location(name, osp.join(ROOT, 'tools', f'{name}.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+_tool = tool  # tools/NAME.py as a module (tests/helpers.py)
 
 
 def _run_tool(name, monkeypatch, *argv):
@@ -63,12 +61,7 @@ def task(tmp_path_factory):
     config = tmp / 'task_cfg.py'
     cfg.dump(str(config))
     cfg = Config.fromfile(str(config))
-    model = MODELS.build(cfg.model)
-    model.init_weights()
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.requires_grad:
-                p.add_(0.1 * torch.randn_like(p))
+    model = trained_like(cfg.model)
     ckpt = tmp / 'iter_1.pth'
     torch.save({'state_dict': model.state_dict()}, ckpt)
     return dict(tmp=tmp, cfg=cfg, config=str(config), ckpt=str(ckpt),
@@ -240,13 +233,7 @@ def test_load_from_a_folded_checkpoint_says_so_and_the_runs_checkpoints_load(
     from vpt_seg.formats.fold import fold_task
     cfg = copy.deepcopy(task['cfg'])
     cfg.model.backbone.adapter = None
-    torch.manual_seed(2)
-    lora_task = MODELS.build(copy.deepcopy(cfg.model))
-    lora_task.init_weights()
-    with torch.no_grad():
-        for p in lora_task.parameters():
-            if p.requires_grad:
-                p.add_(0.1 * torch.randn_like(p))
+    lora_task = trained_like(copy.deepcopy(cfg.model), seed=2)
     torch.save({'state_dict': lora_task.state_dict()}, tmp_path / 'lora.pth')
     folded = str(tmp_path / 'folded.pth')
     fold_task(cfg, str(tmp_path / 'lora.pth'), folded)
@@ -291,12 +278,7 @@ def test_a_dinov2_runs_checkpoints_after_load_from_a_folded_one_load(tmp_path):
     for name in ('model.safetensors', 'config.json'):  # the umask's mode, not 0600
         assert (tmp_path / 'hub' / name).stat().st_mode & 0o777 == file_mode()
     cfg.model.backbone.lora = dict(rank=2, targets=('q', 'v'))
-    lora_task = MODELS.build(copy.deepcopy(cfg.model))
-    lora_task.init_weights()
-    with torch.no_grad():
-        for p in lora_task.parameters():
-            if p.requires_grad:
-                p.add_(0.1 * torch.randn_like(p))
+    lora_task = trained_like(copy.deepcopy(cfg.model))
     torch.save({'state_dict': lora_task.state_dict()}, tmp_path / 'lora.pth')
     folded = str(tmp_path / 'folded.pth')
     fold_task(cfg, str(tmp_path / 'lora.pth'), folded)

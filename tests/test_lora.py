@@ -11,6 +11,8 @@ from mmseg.registry import MODELS
 
 import vpt_seg  # noqa: F401  (registers the backbones)
 
+# isort: split
+
 C = 32
 MMSEG = dict(type='PromptedVisionTransformer', img_size=(32, 32), patch_size=8, embed_dims=C,
              num_layers=3, num_heads=4, mlp_ratio=2, out_indices=(0, 2), patch_bias=True,

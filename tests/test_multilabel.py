@@ -16,8 +16,11 @@ import torch.nn.functional as F
 from PIL import Image
 
 import vpt_seg  # noqa: F401  (before mmseg)
+
+# isort: split
+import helpers
+from helpers import ROOT
 from mmengine.registry import init_default_scope
-from mmengine.structures import BaseDataElement
 from mmseg.datasets.transforms import LoadAnnotations
 from mmseg.registry import MODELS
 
@@ -26,13 +29,11 @@ from vpt_seg.datasets.ade_tags import label_lut
 from vpt_seg.evaluation import MeanAveragePrecision, average_precision
 
 init_default_scope('mmseg')
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 DEMO_CONFIG = osp.join(ROOT, 'configs', 'demo', 'vpt_cls_tiny_ade_tags.py')
 # The synthetic target task draws ADE ids 20..27; as a class subset they become 0..7.
 CLASSES = ('chair', 'car', 'water', 'painting', 'sofa', 'shelf', 'house', 'sea')
 ADE_IDS = np.arange(20, 28)
-ARCH = dict(img_size=(32, 32), patch_size=8, embed_dims=32, num_layers=2, num_heads=4,
-            patch_bias=True, norm_cfg=dict(type='LN', eps=1e-6))
+ARCH = dict(helpers.ARCH, num_layers=2)
 SPLITS = {'train': 'training', 'val': 'validation'}
 
 
@@ -212,7 +213,8 @@ def test_average_precision_matches_sklearn():
 
 def test_mean_average_precision_metric():
     metric = MeanAveragePrecision()
-    metric.process(None, [dict(pred_score=s, gt_label=l.float()) for s, l in zip(SCORES, LABELS)])
+    metric.process(None, [dict(pred_score=s, gt_label=label.float())
+                          for s, label in zip(SCORES, LABELS)])
     out = metric.compute_metrics(metric.results)
     assert out['mAP'] == pytest.approx((5 / 6 + 7 / 12) / 2 * 100)
     # at 0.5: class 0 predicts samples 0, 1 (TP 1, FP 1, FN 1) -> F1 = 2/4; class 1

@@ -3,16 +3,18 @@ import pytest
 import torch
 
 import vpt_seg  # noqa: F401  (before mmseg)
+
+# isort: split
+from helpers import ARCH, tiny_pretrained, trained_like
 from mmengine.config import Config
 from mmengine.registry import init_default_scope
 from mmseg.models.backbones import VisionTransformer
 from mmseg.registry import MODELS
 
-from vpt_seg.serving.multitask import MultiTaskViT, build_shared_backbone, load_task_model
+from vpt_seg.formats.loading import load_task_model
+from vpt_seg.serving.multitask import MultiTaskViT, build_shared_backbone
 
 init_default_scope('mmseg')
-ARCH = dict(img_size=(32, 32), patch_size=8, embed_dims=32, num_layers=4, num_heads=4,
-            patch_bias=True, norm_cfg=dict(type='LN', eps=1e-6))
 
 
 def backbone(pretrained, **kw):
@@ -61,28 +63,14 @@ TASKS = {
 
 def _task_file(cfg, path, seed):
     """Train-like task: random tuned weights, saved as a task checkpoint."""
-    torch.manual_seed(seed)
-    model = MODELS.build(cfg)
-    model.init_weights()
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.requires_grad:
-                p.add_(0.2 * torch.randn_like(p))
-        for m in model.modules():
-            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-                m.running_mean.normal_()
-                m.running_var.uniform_(0.5, 2)
+    model = trained_like(cfg, seed=seed, scale=0.2, batchnorm=True)
     torch.save(dict(state_dict=model.state_dict()), path)  # tuned weights only
 
 
 @pytest.fixture(scope='module')
 def served(tmp_path_factory):
     tmp = tmp_path_factory.mktemp('mt')
-    torch.manual_seed(0)
-    vit = VisionTransformer(final_norm=True, **ARCH)
-    vit.init_weights()
-    pretrained = str(tmp / 'vit.pth')
-    torch.save(vit.state_dict(), pretrained)
+    pretrained = tiny_pretrained(str(tmp / 'vit.pth'), final_norm=True)
     mt = MultiTaskViT(build_shared_backbone(backbone(pretrained)))
     for seed, (name, make) in enumerate(TASKS.items()):
         cfg = Config(dict(model=make(pretrained)))
@@ -146,11 +134,7 @@ def test_incompatible_tasks_are_clear_errors(served):
     with pytest.raises(ValueError, match='another ViT'):
         mt.add_task('wide', MODELS.build(cfg))
     # same architecture, other frozen weights (another pretrained file)
-    torch.manual_seed(99)
-    vit = VisionTransformer(final_norm=True, **ARCH)
-    vit.init_weights()
-    other = str(tmp / 'vit_other.pth')
-    torch.save(vit.state_dict(), other)
+    other = tiny_pretrained(str(tmp / 'vit_other.pth'), seed=99, final_norm=True)
     model = MODELS.build(cls(other, num_prompts=2))
     model.init_weights()
     with pytest.raises(ValueError, match='another pretrained file'):

@@ -23,17 +23,22 @@ def test_mmcv_lite_stand_in_serves_pure_python_ops_and_refuses_compiled_ones():
         sigmoid_focal_loss(torch.randn(2, 3), torch.tensor([0, 1]), 2.0, 0.25, None, 'none')
 
 
+#: A script's first lines: a stand-in for the compiled extension, so mmcv is "full".
+FAKE_FULL_MMCV = '''
+import sys, types
+ext = types.ModuleType('mmcv._ext')
+def op(name):
+    if name.startswith('_'):
+        raise AttributeError(name)
+    return lambda *args, **kwargs: None
+ext.__getattr__ = op
+sys.modules['mmcv._ext'] = ext
+'''
+
+
 def test_full_mmcv_is_used_as_is_when_its_compiled_ops_import():
     """With a compiled ``mmcv._ext`` present, vpt_seg must not touch ``mmcv.ops``."""
-    script = textwrap.dedent('''
-        import sys, types
-        ext = types.ModuleType('mmcv._ext')
-        def op(name):
-            if name.startswith('_'):
-                raise AttributeError(name)
-            return lambda *args, **kwargs: None
-        ext.__getattr__ = op
-        sys.modules['mmcv._ext'] = ext          # stands for the compiled extension
+    script = FAKE_FULL_MMCV + textwrap.dedent('''
         import vpt_seg
         from vpt_seg import patches as compat
         import mmcv.ops
@@ -98,15 +103,7 @@ def test_start_up_hook_steps_aside_for_a_full_mmcv(tmp_path):
     import shutil
     root = osp.dirname(osp.dirname(osp.abspath(__file__)))
     shutil.copy(osp.join(root, 'vpt_seg', 'mmcv_lite.pth'), tmp_path / 'vpt_seg_mmcv_lite.pth')
-    out = _run('''
-        import sys, types
-        ext = types.ModuleType('mmcv._ext')
-        def op(name):
-            if name.startswith('_'):
-                raise AttributeError(name)
-            return lambda *args, **kwargs: None
-        ext.__getattr__ = op
-        sys.modules['mmcv._ext'] = ext           # stands for the compiled extension
+    out = _run(FAKE_FULL_MMCV + textwrap.dedent('''
         import site
         site.addsitedir(sys.argv[1])             # the start-up hook, as pip installs it
         assert 'vpt_seg' not in sys.modules and 'torch' not in sys.modules
@@ -114,6 +111,24 @@ def test_start_up_hook_steps_aside_for_a_full_mmcv(tmp_path):
         assert not getattr(mmcv.ops, '__vpt_seg_shim__', False)
         assert mmcv.ops.__file__.endswith('mmcv/ops/__init__.py')
         print('full mmcv untouched')
-    ''', str(tmp_path))
+    '''), str(tmp_path))
     assert out.returncode == 0, out.stderr[-2000:]
     assert 'full mmcv untouched' in out.stdout
+
+
+def test_flop_counter_counts_cpu_flash_attention():
+    """Registered at import (patch 6): the benchmark counts attention's FLOPs on CPU."""
+    from torch.utils import flop_counter
+    fwd = getattr(torch.ops.aten, '_scaled_dot_product_flash_attention_for_cpu', None)
+    if fwd is None:
+        pytest.skip('this torch has no CPU flash-attention kernel to count')
+    assert fwd in flop_counter.flop_registry
+    q, k, v = (torch.randn(1, 2, 16, 8, requires_grad=True) for _ in range(3))
+    with flop_counter.FlopCounterMode(display=False) as counter:
+        out = F.scaled_dot_product_attention(q, k, v)
+    forward = counter.get_total_flops()
+    assert forward == flop_counter.sdpa_flop_count(q.shape, k.shape, v.shape)
+    with flop_counter.FlopCounterMode(display=False) as counter:
+        out.sum().backward()
+    assert counter.get_total_flops() == flop_counter.sdpa_backward_flop_count(
+        out.shape, q.shape, k.shape, v.shape) > forward

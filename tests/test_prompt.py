@@ -1,8 +1,15 @@
 import pytest
 import torch
 
-from vpt_seg.tuners.prompt import (PromptGroup, VisualPrompt, insert_prompts, remove_prompts,
-                            replace_prompts, run_prompted_layers, xavier_bound)
+from vpt_seg.tuners.prompt import (
+    PromptGroup,
+    VisualPrompt,
+    insert_prompts,
+    remove_prompts,
+    replace_prompts,
+    run_prompted_layers,
+    xavier_bound,
+)
 
 
 def _tokens(B=2, N=5, C=4, start=0.):
@@ -171,6 +178,7 @@ def test_backbone_option_from_the_command_line_is_a_value_error(option, value):
     """``--cfg-options model.backbone.num_prompts=abc``: a ValueError naming the option
     when the backbone is built, not a TypeError from deep inside it."""
     from mmseg.registry import MODELS
+
     import vpt_seg  # noqa: F401
     cfg = dict(type='PromptedVisionTransformer', img_size=(16, 16), patch_size=8,
                embed_dims=8, num_layers=2, num_heads=2, num_prompts=2)

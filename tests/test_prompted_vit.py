@@ -52,7 +52,7 @@ def paper_forward(m, image, num_heads=4):
     x0 = m.cls_token.expand(len(image), -1, -1) + pos[:, :1]
     E = E + pos[:, 1:]
     P = m.prompt.embeddings
-    B, L = len(image), len(m.layers)
+    B = len(image)
     outs = []
     seq = torch.cat([x0, P[0].expand(B, -1, -1), E], 1)
     for i, layer in enumerate(m.layers):

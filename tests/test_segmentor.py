@@ -5,6 +5,8 @@ import torch
 import torch.nn.functional as F
 
 import vpt_seg  # noqa: F401  (before mmseg)
+
+# isort: split
 from mmengine.config import ConfigDict
 from mmengine.registry import init_default_scope
 from mmseg.models.segmentors import SegTTAModel

@@ -20,20 +20,25 @@ import pytest
 import torch
 
 import vpt_seg  # noqa: F401  (before mmseg)
+
+# isort: split
+from helpers import ARCH, ROOT, tiny_pretrained, tool, trained_like
 from mmengine.registry import init_default_scope
-from mmseg.models.backbones import VisionTransformer
-from mmseg.registry import MODELS
 from mmseg.structures import SegDataSample
 
+from vpt_seg.formats.loading import load_task_model
 from vpt_seg.models import segmentor
-from vpt_seg.serving.multitask import MultiTaskViT, build_shared_backbone, load_task_model
-from vpt_seg.serving.serve import (input_size, label_map, output_names, plan_batches, task_input,
-                             verify_batch)
+from vpt_seg.serving.multitask import MultiTaskViT, build_shared_backbone
+from vpt_seg.serving.serve import (
+    input_size,
+    label_map,
+    output_names,
+    plan_batches,
+    task_input,
+    verify_batch,
+)
 
 init_default_scope('mmseg')
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
-ARCH = dict(img_size=(32, 32), patch_size=8, embed_dims=32, num_layers=4, num_heads=4,
-            patch_bias=True, norm_cfg=dict(type='LN', eps=1e-6))
 CLASSES = ('cat', 'dog', 'car', 'tree', 'sky', 'road')
 
 
@@ -69,11 +74,7 @@ TASKS = {
 @pytest.fixture(scope='module')
 def served(tmp_path_factory):
     tmp = tmp_path_factory.mktemp('serve')
-    torch.manual_seed(0)
-    vit = VisionTransformer(final_norm=True, **ARCH)
-    vit.init_weights()
-    pretrained = str(tmp / 'vit.pth')
-    torch.save(vit.state_dict(), pretrained)
+    pretrained = tiny_pretrained(str(tmp / 'vit.pth'), final_norm=True)
     specs = {}
     for seed, (name, model_cfg) in enumerate(TASKS.items()):
         cfg_path = str(tmp / f'{name}.py')
@@ -81,14 +82,9 @@ def served(tmp_path_factory):
             f.write(f"custom_imports = dict(imports=['vpt_seg'], allow_failed_imports=False)\n"
                     f"default_scope = 'mmseg'\nmodel = {model_cfg!r}\n"
                     f"test_dataloader = dict(dataset=dict(classes={list(CLASSES)!r}))\n")
-        torch.manual_seed(seed)  # a trained-like task: random tuned weights
-        model = MODELS.build(dict(model_cfg, backbone=dict(
-            model_cfg['backbone'], init_cfg=dict(type='Pretrained', checkpoint=pretrained))))
-        model.init_weights()
-        with torch.no_grad():
-            for p in model.parameters():
-                if p.requires_grad:
-                    p.add_(0.5 * torch.randn_like(p))
+        model = trained_like(dict(model_cfg, backbone=dict(  # random tuned weights
+            model_cfg['backbone'], init_cfg=dict(type='Pretrained', checkpoint=pretrained))),
+            seed=seed, scale=0.5)
         ckpt = str(tmp / f'{name}.pth')
         torch.save(dict(state_dict=model.state_dict()), ckpt)
         specs[name] = (cfg_path, ckpt)
@@ -356,11 +352,7 @@ def test_label_maps_of_a_big_image_are_made_in_bands(served, monkeypatch):
 
 def _serve_here(served, monkeypatch, capsys, names, out):
     """tools/serve.py's main() in this process (to count file reads); its stdout."""
-    import importlib.util
-    spec = importlib.util.spec_from_file_location('serve_tool', osp.join(ROOT, 'tools',
-                                                                         'serve.py'))
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    tool = _tool()
     tasks = [f'{n}={served["specs"][n][0]}:{served["specs"][n][1]}' for n in names]
     monkeypatch.setattr(sys, 'argv', ['serve.py', served['pretrained'], *tasks, '--images',
                                       str(served['images']), '--out-dir', str(out)])
@@ -423,13 +415,7 @@ def test_lora_adapter_and_vpt_tasks_serve_in_one_batch(served):
         cfg = Config(dict(custom_imports=dict(imports=['vpt_seg'], allow_failed_imports=False),
                           default_scope='mmseg', model=model_cfg))
         cfg.model.backbone.init_cfg = dict(type='Pretrained', checkpoint=served['pretrained'])
-        torch.manual_seed(20 + seed)
-        model = MODELS.build(cfg.model)
-        model.init_weights()
-        with torch.no_grad():
-            for p in model.parameters():
-                if p.requires_grad:
-                    p.add_(0.5 * torch.randn_like(p))
+        model = trained_like(cfg.model, seed=20 + seed, scale=0.5)
         ckpt = str(tmp / f'{name}.pth')
         torch.save(dict(state_dict=model.state_dict()), ckpt)
         if name == 'vpt':
@@ -489,12 +475,7 @@ def test_lora_adapter_and_vpt_tasks_serve_in_one_batch(served):
 # CSV cells are never formulas, and a file where a folder goes is an argparse error
 
 def _tool():
-    import importlib.util
-    spec = importlib.util.spec_from_file_location('serve_tool', osp.join(ROOT, 'tools',
-                                                                         'serve.py'))
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
-    return tool
+    return tool('serve')
 
 
 def _run_here(monkeypatch, capsys, argv):
@@ -577,6 +558,7 @@ def test_max_pixels_sets_the_limit_and_a_bad_one_is_an_argparse_error(
 def test_a_truncated_jpeg_is_refused_as_training_refuses_it(served, monkeypatch, capsys):
     """Before: served with a grey fill, exit 0."""
     from bad_images import truncated_jpeg
+
     from vpt_seg.datasets.checks import DataError, read_image
     images = served['tmp'] / 'truncated'
     images.mkdir()
@@ -687,11 +669,7 @@ def test_verify_counts_a_nan_output_as_a_failure(served, monkeypatch, capsys):
     worst = verify_batch(mt, {'a.png': img, 'b.png': img}, pairs, outputs)
     assert math.isnan(worst['single'])
     # the tool: a NaN difference fails --verify, saying so
-    import importlib.util
-    spec = importlib.util.spec_from_file_location('serve_nan', osp.join(ROOT, 'tools',
-                                                                        'serve.py'))
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    tool = _tool()
     monkeypatch.setattr(tool, 'verify_batch', lambda mt, o, batch, *a: {
         t: nan for _, t in batch})
     cfg, ckpt = served['specs']['seg']

@@ -4,11 +4,11 @@ import os.path as osp
 import mmseg
 import pytest
 import torch
+from helpers import ROOT
 from mmengine.config import Config
 from mmseg.registry import MODELS
 from torch.utils.flop_counter import FlopCounterMode
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 HEADS = {  # (num_convs, up_scale, kernel_size) of SETR's heads on ADE20k, tiny widths
     'pup-decode': dict(num_convs=4, up_scale=2, kernel_size=3),
     'pup-aux': dict(num_convs=2, up_scale=4, kernel_size=3),

@@ -12,8 +12,17 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vpt_seg.experiments.study import (ROWS, RowResult, StudySettings, _count, _load_cfg,
-                                       _run_tool, format_table, plot_tradeoff, run_study)
+from vpt_seg.experiments.study import (
+    ROWS,
+    RowResult,
+    StudySettings,
+    _count,
+    _load_cfg,
+    _run_tool,
+    format_table,
+    plot_tradeoff,
+    run_study,
+)
 
 ROWS_RUN = ('head', 'vpt-deep', 'full', 'dinov2/head', 'dinov2/vpt-deep')
 
@@ -48,7 +57,6 @@ def test_second_family_dinov2_with_registers(study):
     NOT beat head-only on it in the full study (58.41 against 58.88; 59.30 at lr 5e-2),
     so no margin is asserted; both must beat the untrained head (the test below)."""
     assert study['source_maps']['dinov2'] > 80
-    miou = {r.key: r.miou for r in study['rows']}
     rows = {r.key: r for r in study['rows']}
     # 6 layers x 10 prompts x 64 channels, as on the first family
     assert rows['dinov2/vpt-deep'].tuned - rows['dinov2/head'].tuned == 6 * 10 * 64

@@ -8,7 +8,10 @@ import pytest
 from PIL import Image
 
 import vpt_seg  # noqa: F401  (before mmseg)
+
+# isort: split
 from mmseg.datasets import ADE20KDataset
+
 from vpt_seg.datasets import TASK_CLASSES, make_ade20k
 
 # As in MMSeg's ADE20k configs; reduce_zero_label comes from the dataset.

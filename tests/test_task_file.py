@@ -16,16 +16,21 @@ import struct
 
 import pytest
 import torch
+from helpers import ROOT, tool, trained_like
 from mmengine.config import Config
 from mmseg.apis import init_model
 from mmseg.registry import MODELS
 
 from vpt_seg import export_task, load_task_model
+from vpt_seg.formats.task_file import (
+    FORMAT_VERSION,
+    TASK_FORMAT,
+    read_task_config,
+    read_task_file,
+    read_task_metadata,
+)
 from vpt_seg.models.prompted_vit import SIGNATURE_FIELDS
-from vpt_seg.formats.task_file import (FORMAT_VERSION, TASK_FORMAT, read_task_config, read_task_file,
-                               read_task_metadata)
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 STUDY = osp.join(ROOT, 'configs', 'study')
 ROWS = ('head', 'bias', 'vpt-shallow', 'vpt-deep', 'vpt-bias', 'full')
 LORA = dict(rank=2, alpha=4, targets=('q', 'v', 'proj', 'fc1', 'fc2'))
@@ -74,17 +79,8 @@ def _row_config(row, vit_path):
 def test_every_table3_row_round_trips_through_a_task_file(pretrained, row):
     tmp, vit_path = pretrained
     cfg = _row_config(row, vit_path)
-    torch.manual_seed(1)
-    model = MODELS.build(cfg.model)
-    model.init_weights()
-    with torch.no_grad():  # a trained task: every tuned weight and BN statistic moved
-        for p in model.parameters():
-            if p.requires_grad:
-                p.add_(0.1 * torch.randn_like(p))
-        for m in model.modules():
-            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-                m.running_mean.normal_()
-                m.running_var.uniform_(0.5, 2)
+    # a trained task: every tuned weight and BN statistic moved
+    model = trained_like(cfg.model, seed=1, batchnorm=True)
     model.eval()
     ckpt = tmp / f'{row}.pth'
     classes = list(cfg.classes)
@@ -139,13 +135,7 @@ def tuner_files(pretrained):
     files = {}
     for seed, row in enumerate(('lora', 'adaptformer', 'head')):
         cfg = _row_config(row, vit_path)
-        torch.manual_seed(10 + seed)
-        model = MODELS.build(cfg.model)
-        model.init_weights()
-        with torch.no_grad():
-            for p in model.parameters():
-                if p.requires_grad:
-                    p.add_(0.1 * torch.randn_like(p))
+        model = trained_like(cfg.model, seed=10 + seed)
         torch.save({'state_dict': model.state_dict()}, tmp / f'{row}_tuner.pth')
         files[row] = str(tmp / f'{row}_tuner.safetensors')
         export_task(cfg, str(tmp / f'{row}_tuner.pth'), files[row])
@@ -227,12 +217,7 @@ def _rewrite(src, dst, **changes):
     return str(dst)
 
 
-def _tool(name):
-    import importlib.util
-    spec = importlib.util.spec_from_file_location(name, osp.join(ROOT, 'tools', f'{name}.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+_tool = tool  # tools/NAME.py as a module (tests/helpers.py)
 
 
 @pytest.fixture(scope='module')
@@ -308,6 +293,7 @@ def test_a_task_file_with_its_config_builds_in_mmseg_inferencer(deep):
 
 def test_a_version_1_file_loads_with_its_config_named_and_is_never_parsed(deep, tmp_path):
     from mmseg.apis import MMSegInferencer
+
     from vpt_seg.formats.task_file import load_from_safetensors
     marker = str(tmp_path / 'marker')
     old = _rewrite(deep['file'], deep['file'].parent / 'old.safetensors', format_version='1',
@@ -317,8 +303,8 @@ def test_a_version_1_file_loads_with_its_config_named_and_is_never_parsed(deep, 
         assert 'cfg' not in load_from_safetensors(old)['meta']  # never handed to MMEngine
         assert torch.equal(_outputs(load_task_model(deep['cfg'], old), deep['x']),
                            deep['expected'])
-        assert torch.equal(_outputs(init_model(copy.deepcopy(deep['cfg']), old, device='cpu'), deep['x']),
-                           deep['expected'])
+        assert torch.equal(_outputs(init_model(copy.deepcopy(deep['cfg']), old, device='cpu'),
+                                    deep['x']), deep['expected'])
         with pytest.raises(ValueError, match=r'format version 1.*python tools/export_task.py '
                            rf'CONFIG {old} NEW.safetensors'):
             load_task_model(None, old)
@@ -408,8 +394,8 @@ def test_a_bad_candidate_is_skipped_and_the_next_one_used(deep, tmp_path, notes,
     elif beside == 'other ViT':
         torch.save({k: v for k, v in sd.items() if not k.startswith('layers.2.')},
                    pub / 'vit.pth')
-    assert torch.equal(_outputs(init_model(copy.deepcopy(deep['cfg']), task, device='cpu'), deep['x']),
-                       deep['expected'])
+    assert torch.equal(_outputs(init_model(copy.deepcopy(deep['cfg']), task, device='cpu'),
+                                deep['x']), deep['expected'])
     if beside != 'missing':
         assert any(n.startswith(f'{pub / "vit.pth"}: skipped') for n in notes), notes
 
@@ -532,8 +518,9 @@ def test_a_training_checkpoint_refuses_other_frozen_weights(pretrained, tmp_path
 
 
 def test_mmseg_apis_read_url_checkpoints_safely(deep, tmp_path, file_server):
-    from mmseg.apis import MMSegInferencer
     from conftest import payload_pickle
+    from mmseg.apis import MMSegInferencer
+
     from vpt_seg.formats.weight_files import UnreadableCheckpointError
     marker = tmp_path / 'marker'
     url = file_server.url('task.pth')
@@ -552,6 +539,7 @@ def test_serving_on_a_url_backbone_reads_it_safely(deep, tmp_path, file_server):
     """serve.py BACKBONE=http://.../vit.pth: the shared backbone (and its final-norm
     check) and every task's frozen weights come through the safe http loader."""
     from conftest import payload_pickle
+
     from vpt_seg.formats.weight_files import UnreadableCheckpointError
     from vpt_seg.serving.multitask import MultiTaskViT, build_shared_backbone
     cfg = read_task_config(str(deep['file']))
@@ -592,13 +580,7 @@ def dinov2(tmp_path_factory):
             p.add_(0.1 * torch.randn_like(p))
     hub = write_hub_folder(ref, str(tmp / 'train' / 'tiny_dinov2_reg4'), b.model_name)
     cfg.model.backbone.checkpoint = hub
-    torch.manual_seed(1)
-    model = MODELS.build(cfg.model)
-    model.init_weights()
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.requires_grad:
-                p.add_(0.1 * torch.randn_like(p))
+    model = trained_like(cfg.model, seed=1)
     model.eval()
     ckpt = tmp / 'iter_4.pth'
     torch.save({'state_dict': model.state_dict(), 'meta': {}}, ckpt)

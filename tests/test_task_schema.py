@@ -12,17 +12,27 @@ import json
 import os.path as osp
 
 import pytest
+import test_task_file
 import torch
 from mmengine.config import Config
+from test_task_file import ROOT, _rewrite, _tool
 
-from test_task_file import ROOT, _outputs, _rewrite, _tool, deep, pretrained  # noqa: F401
 from vpt_seg import load_task_model
 from vpt_seg.formats.config_data import config_to_json
 from vpt_seg.formats.fold import fold_task
 from vpt_seg.formats.pretrained_key import FLAG_NAMES
 from vpt_seg.formats.task_file import read_task_config, read_task_metadata
-from vpt_seg.formats.task_schema import (TABLE, HeaderSchemaError, Int, check_header_shapes,
-                                         register, read_header_config)
+from vpt_seg.formats.task_schema import (
+    TABLE,
+    HeaderSchemaError,
+    Int,
+    check_header_shapes,
+    read_header_config,
+    register,
+)
+
+# test_task_file's module fixtures: a tiny pretrained file and a task trained on it
+pretrained, deep = test_task_file.pretrained, test_task_file.deep
 
 
 def _with_config(deep, tmp_path, change, name='bad.safetensors', text=None):
@@ -35,7 +45,7 @@ def _with_config(deep, tmp_path, change, name='bad.safetensors', text=None):
 
 def _serve(path):
     """What tools/serve.py does with NAME=TASK.safetensors: its config, then its model."""
-    from vpt_seg.serving.multitask import load_task_model as serve_load
+    from vpt_seg.formats.loading import load_task_model as serve_load
     return serve_load(_tool('serve').task_config(None, path), path)
 
 

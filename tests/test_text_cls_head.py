@@ -12,16 +12,17 @@ from mmengine.config import Config
 from safetensors.torch import save_file
 
 import vpt_seg  # noqa: F401  (before mmseg)
+
+# isort: split
 from mmengine.registry import init_default_scope
 from mmengine.structures import BaseDataElement
 from mmseg.registry import MODELS
+from test_text_encoder import CLASSES, NAMES, TOWER, official, tiny_clip
 
 from vpt_seg.engine.optim import tuned_summary
 from vpt_seg.formats.export import export_task
 from vpt_seg.formats.loading import load_task_model
 from vpt_seg.tuners.tuning import parameter_report
-
-from test_text_encoder import CLASSES, NAMES, TOWER, official, tiny_clip
 
 init_default_scope('mmseg')
 VISUAL = dict(embed_dim=64, depth=1, num_heads=1, num_classes=32)  # num_classes: projection
@@ -274,6 +275,7 @@ def test_a_coop_header_is_read_into_the_schema(clip_file, tmp_path, monkeypatch,
     ``prompt.ctx``, and the frozen text tower it implies is bounded, before anything is
     built."""
     from test_task_file import _rewrite
+
     from vpt_seg.formats.task_file import read_task_metadata
     task_file = _coop_task_file(clip_file, tmp_path)
     data = json.loads(read_task_metadata(task_file)['config_json'])

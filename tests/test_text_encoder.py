@@ -8,6 +8,8 @@ import torch
 from safetensors.torch import save_file
 
 import vpt_seg  # noqa: F401  (before mmseg)
+
+# isort: split
 from mmengine.registry import init_default_scope
 from mmseg.registry import MODELS
 

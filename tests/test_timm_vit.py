@@ -18,6 +18,7 @@ import pytest
 import timm
 import torch
 import torch.nn.functional as F
+from helpers import ROOT
 from mmengine.logging import MMLogger
 from mmseg.registry import MODELS
 from safetensors.torch import save_file
@@ -25,7 +26,6 @@ from timm.layers import apply_rot_embed_cat
 
 from vpt_seg.tuners.tuning import bias_parameters
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 TINY = dict(embed_dim=32, depth=3, num_heads=2)
 GRID = 3  # tiny inputs: GRID x GRID patches (img_size = GRID * patch)
 
@@ -223,7 +223,8 @@ def test_mixed_batch_through_the_one_layer_loop_gives_each_task_its_own(files, n
     with torch.no_grad():
         tokens, hw = a.embed_patches(x)
         tokens = a.norm_pre(a.add_prefix(tokens, hw))
-        groups = [PromptGroup(a.prompt, ia, a.out_indices), PromptGroup(b.prompt, ib, b.out_indices)]
+        groups = [PromptGroup(a.prompt, ia, a.out_indices),
+                  PromptGroup(b.prompt, ib, b.out_indices)]
         block = partial(a.run_block, rope=a.rotary_embedding(hw))
         feats = run_prompted_layers(tokens, groups, block, 3, a.num_prefix_tokens, a.norm_out)
         for model, index, out in ((a, ia, feats[0]), (b, ib, feats[1])):
@@ -412,7 +413,8 @@ def test_task_checkpoint_refuses_other_frozen_weights_and_other_backbones(files,
     # Same architecture, other frozen weights: refused by the recorded sha256.
     digest = trained.frozen_digest()
     ref2 = reference(name, patch)
-    save_file({k: v.contiguous() for k, v in ref2.state_dict().items()}, str(tmp_path / 'o.safetensors'))
+    save_file({k: v.contiguous() for k, v in ref2.state_dict().items()},
+              str(tmp_path / 'o.safetensors'))
     fresh = MODELS.build(dict(type='PromptedTimmViT', model_name=name,
                               checkpoint=str(tmp_path / 'o.safetensors'), model_kwargs=dict(TINY),
                               img_size=GRID * patch, out_indices=(0, 1, 2), num_prompts=2))
@@ -494,7 +496,8 @@ def test_hub_folder_of_another_architecture_is_refused(files, tmp_path):
 
 
 def test_missing_file_names_the_path_and_the_config_key(tmp_path):
-    with pytest.raises(FileNotFoundError, match=r'nowhere\.safetensors.*model\.backbone\.checkpoint'):
+    with pytest.raises(FileNotFoundError,
+                       match=r'nowhere\.safetensors.*model\.backbone\.checkpoint'):
         build('vit_base_patch16_224', 16, str(tmp_path / 'nowhere.safetensors'))
     with pytest.raises(FileNotFoundError, match='folder without model.safetensors'):
         build('vit_base_patch16_224', 16, str(tmp_path))
@@ -540,8 +543,9 @@ def test_demo_dinov2_task_trains_and_tests(tmp_path):
     """tools/train.py, tools/test.py, MMSeg's init_model and tools/export_task.py on the
     tiny DINOv2-with-registers demo config; the task file tests with only its pretrained
     folder beside it."""
-    from vpt_seg.datasets.synthetic import make_ade20k
     from mmengine.config import Config
+
+    from vpt_seg.datasets.synthetic import make_ade20k
     data = make_ade20k(str(tmp_path / 'data'), num_train=8, num_val=2, size=(64, 64), seed=0)
     cfg = Config.fromfile(DEMO)
     torch.manual_seed(0)

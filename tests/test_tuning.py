@@ -4,8 +4,15 @@ import torch
 from mmseg.registry import MODELS
 from torch import nn
 
-from vpt_seg.tuners.tuning import (bias_parameters, count_parameters, format_count, freeze,
-                            frozen_state_keys, is_tuned, parameter_report)
+from vpt_seg.tuners.tuning import (
+    bias_parameters,
+    count_parameters,
+    format_count,
+    freeze,
+    frozen_state_keys,
+    is_tuned,
+    parameter_report,
+)
 
 C = 8  # embed dim of the tiny torch modules
 

@@ -6,7 +6,6 @@ own intermediate features; resampled position embeddings must equal what timm's 
 loaders make for a model built at the new size.
 """
 import ast
-import importlib.util
 import os.path as osp
 import re
 
@@ -19,13 +18,15 @@ from timm.models.vision_transformer import VisionTransformer as TimmViT
 from timm.models.vision_transformer import _load_weights
 
 import vpt_seg  # noqa: F401  (before mmseg)
+
+# isort: split
+from helpers import ROOT, tool
 from mmseg.models.backbones import VisionTransformer as MMSegViT
+
 from vpt_seg.formats import weight_files
 from vpt_seg.formats import weights as ckpt_lib
-from vpt_seg.models import PromptedVisionTransformer
-from vpt_seg.models import prompted_vit
+from vpt_seg.models import PromptedVisionTransformer, prompted_vit
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 TINY = dict(patch_size=16, embed_dim=32, depth=3, num_heads=2)
 ATOL = 2e-5  # float32 rounding: MMSeg's nn.MultiheadAttention vs timm's Attention
 
@@ -364,11 +365,7 @@ def test_missing_file(tmp_path):
 
 # ---------------------------------------------------------------- converter tool
 def _tool():
-    spec = importlib.util.spec_from_file_location(
-        'convert_vit', osp.join(ROOT, 'tools', 'convert_vit.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return tool('convert_vit')
 
 
 def test_convert_tool_timm_model_offline(tmp_path, logs, capsys):
@@ -459,6 +456,7 @@ def test_every_remote_scheme_that_unpickles_is_read_safely():
     """MMEngine's loaders for these schemes end in torch.load / torch.hub's load_url
     (weights_only=False); each is replaced by one that reads with weights_only=True."""
     from mmengine.runner import CheckpointLoader
+
     from vpt_seg.engine import checkpoint_io
     for path in ('http://h/x.pth', 'https://h/x.pth', 'torchvision://resnet50',
                  'modelzoo://resnet50', 'open-mmlab://x', 'openmmlab://x', 'mmcls://x',
@@ -469,8 +467,8 @@ def test_every_remote_scheme_that_unpickles_is_read_safely():
 
 
 def test_url_pickle_with_a_payload_is_refused_by_name(tmp_path, file_server):
-    from mmengine.runner import CheckpointLoader
     from conftest import payload_pickle
+    from mmengine.runner import CheckpointLoader
     marker = tmp_path / 'marker'
     payload_pickle(file_server.root / 'vit.pth', marker)
     url = file_server.url('vit.pth')
@@ -499,11 +497,11 @@ def test_url_weights_load_like_the_local_file(tmp_path, logs, file_server, fmt):
 def _demo_backbone(tmp_path, monkeypatch):
     """pretrain/tiny_vit.pth exactly as tools/demo.py writes it (its own function)."""
     from mmengine.config import Config
-    spec = importlib.util.spec_from_file_location('demo', osp.join(ROOT, 'tools', 'demo.py'))
-    demo = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(demo)
+
+    from vpt_seg.experiments.demo import write_backbone
+    config = Config.fromfile(osp.join(ROOT, 'configs', 'demo', 'setr_vpt_tiny_ade20k.py'))
     monkeypatch.chdir(tmp_path)
-    return tmp_path / demo.write_backbone(Config.fromfile(demo.CONFIGS['vit']))
+    return tmp_path / write_backbone(config)
 
 
 def test_convert_tool_takes_the_file_demo_writes_and_checks_its_signature(

@@ -7,7 +7,8 @@
 
 Examples:
     # the README's GPU table: VPT-deep against stock MMSeg, bf16, batch 8
-    python tools/benchmark.py configs/setr_vpt_ade20k.py --stock --json work_dirs/bench/vpt-deep.json
+    python tools/benchmark.py configs/setr_vpt_ade20k.py --stock \
+        --json work_dirs/bench/vpt-deep.json
     # the memory switch (activation checkpointing of the frozen blocks) at batch 16
     python tools/benchmark.py configs/setr_vpt_ade20k.py --batch 16 --modes train \\
         --cfg-options model.backbone.with_cp=True
@@ -24,6 +25,8 @@ figure means.
 import argparse
 
 import vpt_seg  # noqa: F401  (patches and registration before any mmseg import)
+
+# isort: split
 from mmengine.config import DictAction
 
 from vpt_seg.experiments.benchmark import METHODS, format_table, run_benchmark, save_json
@@ -55,7 +58,9 @@ def parse_args():
     parser.add_argument('--reference', action='store_true',
                         help="also measure ours on MMSeg's layers (fast_path=False)")
     parser.add_argument('--steps', type=int, default=10, help='timed steps (median is kept)')
-    parser.add_argument('--warmup', type=int, default=3, help='untimed steps first')
+    parser.add_argument('--warmup', type=int, default=3,
+                        help='untimed steps first, at least (default 3); more until two '
+                             'consecutive steps are within 10%% of each other (at most 30)')
     parser.add_argument('--device', help='cuda, cpu, ... (default: cuda if available)')
     parser.add_argument('--peak-tflops', type=float,
                         help="the device's peak TFLOP/s (default: known GPUs' data sheets)")

@@ -11,6 +11,8 @@ import argparse
 import sys
 
 import vpt_seg  # noqa: F401  (patches and registration before any mmseg import)
+
+# isort: split
 from mmengine.config import DictAction
 from mmengine.registry import init_default_scope
 from mmseg.registry import DATASETS

@@ -147,8 +147,8 @@ def check_timm_file(config: str, path=None, cfg_options=()) -> str:
     from mmseg.registry import MODELS
 
     import vpt_seg  # noqa: F401  (registration)
-    from vpt_seg.formats.weight_files import reading_once
     from vpt_seg.engine.logs import quiet_logger
+    from vpt_seg.formats.weight_files import reading_once
     cfg = Config.fromfile(config)
     if cfg_options:
         cfg.merge_from_dict({k: _value(v) for k, v in (kv.split('=', 1) for kv in cfg_options)})

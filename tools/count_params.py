@@ -14,14 +14,16 @@ import os.path as osp
 import tempfile
 
 import vpt_seg  # noqa: F401  (patches and registration before any mmseg import)
+
+# isort: split
 import torch
 from mmengine.config import Config, DictAction
 from mmengine.registry import init_default_scope
 from mmseg.registry import DATASETS, MODELS
 
+from vpt_seg.config_paths import resolve_config
 from vpt_seg.formats.pretrained_key import pretrained_in
 from vpt_seg.formats.task_file import write_task_file
-from vpt_seg.config_paths import resolve_config
 from vpt_seg.tuners.tuning import format_count, parameter_report
 
 

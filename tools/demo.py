@@ -12,42 +12,22 @@
 4. evaluates the task checkpoint with tools/test.py, which prints the mIoU table.
 """
 import argparse
-import os
 import os.path as osp
 import subprocess
 import sys
 
 import vpt_seg  # noqa: F401  (patches and registration before any mmseg import)
-import torch
+
+# isort: split
 from mmengine.config import Config
 from mmengine.registry import init_default_scope
-from mmseg.registry import MODELS
 
 from vpt_seg.datasets.synthetic import make_ade20k
-from vpt_seg.formats.pretrained_key import pretrained_in, set_pretrained
+from vpt_seg.experiments.demo import write_backbone
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 CONFIGS = dict(vit=osp.join(ROOT, 'configs', 'demo', 'setr_vpt_tiny_ade20k.py'),
                dinov2=osp.join(ROOT, 'configs', 'demo', 'setr_vpt_tiny_dinov2_ade20k.py'))
-
-
-def write_backbone(cfg) -> str:
-    """A randomly initialised stand-in for the config's pretrained backbone file."""
-    backbone = cfg.model.backbone
-    torch.manual_seed(0)
-    if backbone.type == 'PromptedTimmViT':  # timm's own model, saved as the hub does
-        import timm
-        from vpt_seg.models.timm_vit import write_hub_folder
-        vit = timm.create_model(backbone.model_name, pretrained=False, num_classes=0,
-                                **backbone.model_kwargs)
-        return write_hub_folder(vit, pretrained_in(backbone), backbone.model_name)
-    stand_in = dict(backbone, num_prompts=0, save_frozen=True)
-    set_pretrained(stand_in, None)
-    vit = MODELS.build(stand_in)
-    vit.init_weights()
-    os.makedirs('pretrain', exist_ok=True)
-    torch.save(vit.state_dict(), 'pretrain/tiny_vit.pth')
-    return 'pretrain/tiny_vit.pth'
 
 
 def main():

@@ -37,12 +37,14 @@ import os
 import os.path as osp
 
 import vpt_seg  # noqa: F401  (patches and registration before any mmseg import)
+
+# isort: split
 from mmengine.config import Config, DictAction
 
-from vpt_seg.formats.fold import fold_task
-from vpt_seg.formats.export import export_task
-from vpt_seg.formats.outputs import check_output_folder
 from vpt_seg.config_paths import resolve_config
+from vpt_seg.formats.export import export_task
+from vpt_seg.formats.fold import fold_task
+from vpt_seg.formats.outputs import check_output_folder
 from vpt_seg.tool_config import mark_named_pretrained
 
 

@@ -14,6 +14,8 @@ colour-and-shape classes).
 import argparse
 
 import vpt_seg  # noqa: F401  (patches before any mmseg import)
+
+# isort: split
 from vpt_seg.datasets.synthetic_cls import CLS_CLASSES, make_cls_folder
 from vpt_seg.models.tiny_clip import TINY_CLIP, write_tiny_clip
 

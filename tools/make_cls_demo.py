@@ -12,6 +12,8 @@ import os
 import os.path as osp
 
 import vpt_seg  # noqa: F401  (patches before any mmseg import)
+
+# isort: split
 import torch
 from mmseg.models.backbones import VisionTransformer
 

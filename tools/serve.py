@@ -48,6 +48,8 @@ import os
 import os.path as osp
 
 import vpt_seg  # noqa: F401  (patches and registration before any mmseg import)
+
+# isort: split
 import numpy as np
 import torch
 from mmengine.config import Config
@@ -55,21 +57,38 @@ from mmengine.registry import init_default_scope
 from mmengine.utils import ProgressBar
 from mmseg.registry import DATASETS
 
-from vpt_seg.datasets.checks import (DEFAULT_MAX_PIXELS, MAX_PIXELS_ENV, DataError,
-                                     check_image, pixel_limit)
-from vpt_seg.formats.tables import csv_text, joined
-from vpt_seg.formats.weight_files import reading_once
-from vpt_seg.datasets.image_folder import IMG_EXTENSIONS
-from vpt_seg.serving.multitask import MultiTaskViT, build_shared_backbone, load_task_model
 from vpt_seg.config_paths import resolve_config
-from vpt_seg.serving.serve import (OutputDir, check_task_name, input_size, label_map, load_image,
-                             output_names, overlay, plan_batches, task_input, verify_batch,
-                                   worse)
+from vpt_seg.datasets.checks import (
+    DEFAULT_MAX_PIXELS,
+    MAX_PIXELS_ENV,
+    DataError,
+    check_image,
+    pixel_limit,
+)
+from vpt_seg.datasets.image_folder import IMG_EXTENSIONS
+from vpt_seg.formats.loading import load_task_model
+from vpt_seg.formats.tables import csv_text, joined
 from vpt_seg.formats.task_file import read_task_config
-
+from vpt_seg.formats.weight_files import reading_once
+from vpt_seg.serving.multitask import MultiTaskViT, build_shared_backbone
+from vpt_seg.serving.serve import (
+    OutputDir,
+    check_task_name,
+    input_size,
+    label_map,
+    load_image,
+    output_names,
+    overlay,
+    plan_batches,
+    task_input,
+    verify_batch,
+    worse,
+)
 
 #: --verify: the largest difference (logits) still taken for float rounding.
 VERIFY_ATOL = 1e-3
+#: Colours of classes a task's meta and config give none for: fixed, so overlays repeat.
+PALETTE_SEED = 42
 
 
 def parse_args():
@@ -210,7 +229,7 @@ def task_meta(model, cfg: Config, num_classes: int):
     if len(names) != num_classes:
         names = [f'class_{i}' for i in range(num_classes)]
     if palette is None or len(palette) < num_classes:
-        rng = np.random.default_rng(42)
+        rng = np.random.default_rng(PALETTE_SEED)
         palette = rng.integers(0, 255, (num_classes, 3)).tolist()
     return names, np.asarray(palette[:num_classes], dtype=np.uint8)
 

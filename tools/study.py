@@ -5,7 +5,8 @@
         [--lrs 5e-3 2e-2 5e-2] [--threads 1]
 
 Makes synthetic source/target data in the ADE20k layout, pretrains a tiny ViT for
-image-level recognition on the source task (multi-label tags), adapts it to the target task with every Table-3 row (configs/study/*.py,
+image-level recognition on the source task (multi-label tags), adapts it to the target
+task with every Table-3 row (configs/study/*.py,
 through tools/train.py and tools/test.py), and writes table.{md,csv,json},
 miou_vs_params.png and predictions.png to --out. Every tool run uses --threads torch
 threads (default 1: the documented numbers, and the documented time on a busy machine).

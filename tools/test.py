@@ -13,6 +13,8 @@ import os.path as osp
 import sys
 
 import vpt_seg  # noqa: F401  (patches and registration before any mmseg import)
+
+# isort: split
 from mmengine.config import DictAction
 from mmengine.runner import Runner
 
@@ -51,7 +53,8 @@ def parse_args():
     parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
                         default='none', help='job launcher')
     parser.add_argument('--tta', action='store_true',
-                        help='multi-scale + flip test-time augmentation (the config\'s tta_pipeline)')
+                        help='multi-scale + flip test-time augmentation '
+                             '(the config\'s tta_pipeline)')
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
     args = parser.parse_args()
     os.environ.setdefault('LOCAL_RANK', str(args.local_rank))

@@ -7,6 +7,8 @@ import argparse
 import os
 
 import vpt_seg  # noqa: F401  (patches and registration before any mmseg import)
+
+# isort: split
 from mmengine.config import DictAction
 from mmengine.logging import print_log
 from mmengine.runner import Runner
@@ -49,8 +51,12 @@ def parse_args():
 def check_amp():
     """--amp uses MMEngine's AmpOptimWrapper (fp16 autocast + loss scaling), which only
     runs on GPUs; refuse early instead of its AssertionError from deep in the runner."""
-    from mmengine.device import (is_cuda_available, is_mlu_available, is_musa_available,
-                                 is_npu_available)
+    from mmengine.device import (
+        is_cuda_available,
+        is_mlu_available,
+        is_musa_available,
+        is_npu_available,
+    )
     if not (is_cuda_available() or is_npu_available() or is_mlu_available()
             or is_musa_available()):
         raise SystemExit('--amp: mixed-precision training needs a GPU (MMEngine\'s '

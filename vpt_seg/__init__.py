@@ -11,17 +11,17 @@ the loading rules; ``serving/`` many tasks on one backbone; ``experiments/`` the
 and the benchmark; ``config_paths.py``, ``tool_config.py`` and ``cli.py`` what the tools share.
 """
 from . import patches  # noqa: F401  (must precede every mmseg import)
-from .models import *  # noqa: F401,F403
-from .engine import *  # noqa: F401,F403
 from .datasets import *  # noqa: F401,F403
+from .engine import *  # noqa: F401,F403
 from .evaluation import *  # noqa: F401,F403
-from .tuners import Adapter, LoRA, VisualPrompt
-from .formats.fitting import fit_state_dict, resample_pos_embed
-from .formats.fold import fold_task
-from .formats.export import export_task
-from .formats.loading import load_task_model
-from .formats.task_file import read_task_file
-from .formats.weights import load_vit_checkpoint
-from .serving.multitask import MultiTaskViT, build_shared_backbone
+from .formats.export import export_task  # noqa: F401
+from .formats.fitting import fit_state_dict, resample_pos_embed  # noqa: F401
+from .formats.fold import fold_task  # noqa: F401
+from .formats.loading import load_task_model  # noqa: F401
+from .formats.task_file import read_task_file  # noqa: F401
+from .formats.weights import load_vit_checkpoint  # noqa: F401
+from .models import *  # noqa: F401,F403
+from .serving.multitask import MultiTaskViT, build_shared_backbone  # noqa: F401
+from .tuners import Adapter, LoRA, VisualPrompt  # noqa: F401
 
 __version__ = '0.1.0'

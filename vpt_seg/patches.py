@@ -36,6 +36,11 @@ warning filters) is here:
 5. **Warnings that are noise** for vpt-seg's users (they come from MMSeg's and MMEngine's
    own code, whatever the config says) are filtered by message and module, MMEngine's
    log warnings of that kind by message; every other warning is shown.
+
+6. **FLOP counter.** ``torch.utils.flop_counter`` counts the GPU attention kernels but not
+   torch's CPU flash-attention ones, so the benchmark's FLOPs on CPU would leave attention
+   out; we register the counter's own SDPA formulas for them (when torch has them and
+   none is registered).
 """
 import importlib
 import logging
@@ -72,6 +77,9 @@ PATCHES = (
                          'cannot act on (by message and module)'),
     ('mmengine MMLogger.__init__', 'adds a filter for three MMEngine log warnings that a user '
                                    'cannot act on (FileClient, HardDiskBackend, metric prefix)'),
+    ('torch.utils.flop_counter registry', "formulas for torch's CPU flash-attention kernels "
+                                          "(the counter's own SDPA ones), so the benchmark "
+                                          'counts attention on CPU'),
 )
 
 # (message regex, category, module regex): noise a user of vpt-seg cannot act on.
@@ -222,6 +230,24 @@ def _log_filters():
         logger.addFilter(_QUIET_LOGS)
 
 
+def _flop_counter():
+    from torch.utils import flop_counter
+    aten = torch.ops.aten
+    fwd = getattr(aten, '_scaled_dot_product_flash_attention_for_cpu', None)
+    bwd = getattr(aten, '_scaled_dot_product_flash_attention_for_cpu_backward', None)
+    if fwd is None or fwd in flop_counter.flop_registry:
+        return
+
+    @flop_counter.register_flop_formula(fwd)
+    def _fwd(query, key, value, *args, out_shape=None, **kwargs):
+        return flop_counter.sdpa_flop_count(query, key, value)
+
+    if bwd is not None:
+        @flop_counter.register_flop_formula(bwd)
+        def _bwd(grad_out, query, key, value, *args, out_shape=None, **kwargs):
+            return flop_counter.sdpa_backward_flop_count(grad_out, query, key, value)
+
+
 def apply():
     """Apply every patch of :data:`PATCHES`; idempotent."""
     if MMCV_FULL is not None:
@@ -233,6 +259,7 @@ def apply():
     _checkpoint_loaders()
     _inferencer()
     _inferencer_loader()
+    _flop_counter()
 
 
 apply()

@@ -49,9 +49,11 @@ tta_pipeline = [
         [dict(type='PackSegInputs')]])
 ]
 train_dataloader = dict(batch_size=4, num_workers=0, persistent_workers=False,
-                        dataset=dict(data_root='data/ade_tiny/ADEChallengeData2016', pipeline=train_pipeline))
+                        dataset=dict(data_root='data/ade_tiny/ADEChallengeData2016',
+                                     pipeline=train_pipeline))
 val_dataloader = dict(batch_size=1, num_workers=0, persistent_workers=False,
-                      dataset=dict(data_root='data/ade_tiny/ADEChallengeData2016', pipeline=test_pipeline))
+                      dataset=dict(data_root='data/ade_tiny/ADEChallengeData2016',
+                                   pipeline=test_pipeline))
 test_dataloader = val_dataloader
 
 optimizer = dict(type='SGD', lr=0.01, momentum=0.9, weight_decay=0.0)

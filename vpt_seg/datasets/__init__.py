@@ -11,8 +11,13 @@ __all__ += ['ImageFolderDataset', 'PackClsInputs', 'CLS_CLASSES', 'make_cls_fold
 from .ade_tags import ADE20KTagsDataset  # noqa: E402
 
 __all__ += ['ADE20KTagsDataset']
-from .checks import (CheckedLoadAnnotations, CheckedLoadImageFromFile,  # noqa: E402
-                     DataError, check_dataset, check_split_layout)
+from .checks import (  # noqa: E402
+    CheckedLoadAnnotations,
+    CheckedLoadImageFromFile,
+    DataError,
+    check_dataset,
+    check_split_layout,
+)
 
 __all__ += ['CheckedLoadAnnotations', 'CheckedLoadImageFromFile', 'DataError',
             'check_dataset', 'check_split_layout']

@@ -1,6 +1,11 @@
 from .checkpoint_io import download_checkpoint, load_from_http, load_from_local
-from .hooks import (DataCheckHook, NonFiniteCheckHook, NonFiniteError, SafeCheckpointHook,
-                    find_resumable_checkpoint)
+from .hooks import (
+    DataCheckHook,
+    NonFiniteCheckHook,
+    NonFiniteError,
+    SafeCheckpointHook,
+    find_resumable_checkpoint,
+)
 from .lock import WorkDirLock, WorkDirLockedError
 from .optim import TunedOptimWrapperConstructor
 

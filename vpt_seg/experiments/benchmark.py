@@ -16,16 +16,18 @@ For each: images per second (median of timed steps after warm-up), the bytes aut
 keeps for the backward pass (training; exact and the same on any device), peak memory (CUDA:
 the allocator's peak, weights included; CPU: the process' resident set, sampled every
 millisecond, above what it held before the model was built: approximate, since the C
-allocator keeps some freed memory), FLOPs per image (:class:`torch.utils.flop_counter.FlopCounterMode`)
-and the achieved fraction of the device's peak.
+allocator keeps some freed memory), FLOPs per image
+(:class:`torch.utils.flop_counter.FlopCounterMode`) and the achieved fraction of the
+device's peak.
 
 The *stock* model is MMSeg's own: the same config with MMSeg's ``VisionTransformer``
 (MMCV attention that asks for attention weights), MMEngine's default optimizer
 constructor, and the same parameters frozen. For a ``PromptedTimmViT`` config it is the
-same timm model run by timm itself (:class:`StockTimmViT`: ``forward_intermediates`` to
-NCHW maps) through the config's MMSeg head, frozen the same way. Stock MMSeg has no prompts, so for a
-prompted row it tunes the backbone's biases instead: the closest stock setup, in which
-gradients also flow back through every frozen block.
+same timm model run by timm itself (:class:`~vpt_seg.models.stock.StockTimmViT`:
+``forward_intermediates`` to NCHW maps) through the config's MMSeg head, frozen the same
+way. Stock MMSeg has no prompts, so for a prompted row it tunes the backbone's biases
+instead: the closest stock setup, in which gradients also flow back through every frozen
+block.
 """
 import contextlib
 import copy
@@ -39,13 +41,14 @@ import sys
 import threading
 import time
 from collections import OrderedDict
-from typing import Callable, List, Optional, Sequence
+from dataclasses import dataclass
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 from mmengine.config import Config
 from mmengine.logging import print_log
-from mmengine.model import BaseModule, revert_sync_batchnorm
+from mmengine.model import revert_sync_batchnorm
 from mmengine.optim import build_optim_wrapper
 from mmengine.registry import init_default_scope
 from mmengine.structures import PixelData
@@ -53,14 +56,17 @@ from mmseg.registry import MODELS
 from mmseg.structures import SegDataSample
 from torch.utils import flop_counter
 
-from ..formats.pretrained_key import set_pretrained
-from ..models.options import PROMPTED_ARGS
 from ..config_paths import resolve_config
 from ..engine.logs import quiet_logger
+from ..formats.pretrained_key import set_pretrained
+from ..models.options import PROMPTED_ARGS
+from ..models.stock import TIMM_STOCK_KEYS
 from ..serving.multitask import MultiTaskViT, shared_backbone_cfg
+from ..tuners.adapter import check_adapter_options
+from ..tuners.lora import check_lora_options
 from ..tuners.tuning import count_parameters, format_count, freeze
 
-__all__ = ['run_benchmark', 'format_table', 'PEAK_TFLOPS', 'StockTimmViT', 'METHODS']
+__all__ = ['run_benchmark', 'format_table', 'PEAK_TFLOPS', 'METHODS']
 
 #: Dense tensor-core peak TFLOP/s by device name and dtype (vendor data sheets);
 #: ``--peak-tflops`` overrides. No entry: the fraction of peak is left out.
@@ -71,101 +77,207 @@ PEAK_TFLOPS = {
 }
 
 #: Methods ``methods=`` measures on the config's backbone, each replacing its tuning
-#: options (the settings of configs/setr_{vpt-deep,lora,adaptformer}_ade20k.py).
+#: options (the settings of configs/setr_{vpt-deep,lora,adaptformer}_ade20k.py: LoRA and
+#: the adapters with their tuners' own defaults).
 METHODS = OrderedDict([
     ('head', dict(num_prompts=0, tune_bias=False, lora=None, adapter=None)),
     ('bias', dict(num_prompts=0, tune_bias=True, lora=None, adapter=None)),
     ('vpt-deep', dict(num_prompts=10, deep=True, tune_bias=False, lora=None, adapter=None)),
-    ('lora', dict(num_prompts=0, tune_bias=False, adapter=None,
-                  lora=dict(rank=8, alpha=8, targets=('q', 'v')))),
+    ('lora', dict(num_prompts=0, tune_bias=False, adapter=None, lora=check_lora_options({}))),
     ('adaptformer', dict(num_prompts=0, tune_bias=False, lora=None,
-                         adapter=dict(width=64, scale=0.1))),
+                         adapter=check_adapter_options({}))),
 ])
 
 
-def _count_cpu_attention():
-    """Teach the FLOP counter torch's CPU flash-attention kernels (it knows the GPU ones)."""
-    aten = torch.ops.aten
-    fwd = getattr(aten, '_scaled_dot_product_flash_attention_for_cpu', None)
-    bwd = getattr(aten, '_scaled_dot_product_flash_attention_for_cpu_backward', None)
-    if fwd is None or fwd in flop_counter.flop_registry:
-        return
+# ------------------------------------------------------------------ the run
+def run_benchmark(config: str, batch: int = 8, amp: Optional[str] = 'bf16',
+                  modes=('train', 'whole', 'slide'), stock: bool = False,
+                  reference: bool = False, steps: int = 10, warmup: int = 3,
+                  device: str = None, infer_size=None, infer_batch: int = 1,
+                  peak_tflops: Optional[float] = None, cfg_options: dict = None,
+                  serve_batch: int = 32, serve_tasks: int = 4,
+                  methods: Sequence[str] = (),
+                  log: Callable[[str], None] = None) -> dict:
+    """Measure a config (and optionally stock MMSeg) and return the figures.
 
-    @flop_counter.register_flop_formula(fwd)
-    def _fwd(query, key, value, *args, out_shape=None, **kwargs):
-        return flop_counter.sdpa_flop_count(query, key, value)
+    Args:
+        config: Segmentation config file.
+        batch: Training batch size (images per step).
+        amp: ``'bf16'`` for bf16 autocast, None for fp32.
+        modes: Any of ``'train'``, ``'whole'``, ``'slide'``.
+        stock: Also measure stock MMSeg (see the module docstring).
+        reference: Also measure ours on MMSeg's layers (``fast_path=False``).
+        steps: Timed steps per measurement (their median is kept).
+        warmup: Untimed steps first, at least; more until the step time settles
+            (:func:`warm_up`), so the order of the rows cannot decide a ratio.
+        device: ``'cuda'``, ``'cpu'``...; default CUDA when available.
+        infer_size: ``(H, W)`` of inference images; default: short side = crop size, 4:3.
+        infer_batch: Images per inference step.
+        serve_batch, serve_tasks: ``serve`` mode: images per pass, tasks mixed in it.
+        peak_tflops: Device peak for the fraction-of-peak column.
+        cfg_options: Overrides merged into the config (as ``--cfg-options``).
+        methods: Keys of :data:`METHODS` to measure, each a row named after it, instead
+            of the config's own row ("ours"): the same backbone, head, data and mode
+            with that method's tuning options, so methods compare on one device in one
+            run.
 
-    if bwd is not None:
-        @flop_counter.register_flop_formula(bwd)
-        def _bwd(grad_out, query, key, value, *args, out_shape=None, **kwargs):
-            return flop_counter.sdpa_backward_flop_count(grad_out, query, key, value)
+    Returns:
+        ``{'env': {...}, 'results': [{model, setup, mode, batch, img_per_s, ...}]}``.
+    """
+    log = log or (lambda msg: print_log(msg, logger='current'))
+    cfg = Config.fromfile(resolve_config(config))
+    if cfg_options:
+        cfg.merge_from_dict(cfg_options)
+    init_default_scope(cfg.get('default_scope', 'mmseg'))
+    dev = torch.device(device or ('cuda' if torch.cuda.is_available() else 'cpu'))
+    bad = set(modes) - {'train', 'whole', 'slide', 'serve'}
+    if bad:
+        raise ValueError(f'unknown modes {sorted(bad)}; choose from train, whole, slide, serve')
+    if amp not in (None, 'bf16'):
+        raise ValueError(f"amp must be 'bf16' or None, got {amp!r}")
+    crop = tuple(cfg.model.data_preprocessor.get('size') or cfg.get('crop_size'))
+    run = _Run(cfg=cfg, dev=dev, amp=amp, batch=batch, infer_batch=infer_batch, crop=crop,
+               infer_size=tuple(infer_size or (crop[0], int(round(crop[0] * 4 / 3)))),
+               num_classes=cfg.model.decode_head.num_classes, serve_batch=serve_batch,
+               steps=steps, warmup=warmup, peak=_device_peak(dev, amp, peak_tflops),
+               methods=tuple(methods), log=log)
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise ValueError(f'unknown methods {unknown}; choose from {list(METHODS)}')
+    plan = _plan(methods, stock, reference, modes, serve_tasks)
+    if dev.type == 'cpu':
+        _first_touch(run, modes)
+    start_all = time.perf_counter()
+    results = [_measure(run, k, len(plan), row, mode, start_all)
+               for k, (row, mode) in enumerate(plan)]
+    _add_ratios(results)
+    env = dict(config=config, device=(torch.cuda.get_device_name(dev) if dev.type == 'cuda'
+                                      else f'CPU, {torch.get_num_threads()} threads'),
+               torch=torch.__version__, amp=amp, peak_tflops=run.peak,
+               python=sys.version.split()[0], steps=steps, warmup=warmup,
+               cfg_options=cfg_options or {}, methods=list(methods))
+    return dict(env=env, results=results)
 
 
-_count_cpu_attention()
+@dataclass
+class _Run:
+    """What every row of one :func:`run_benchmark` run shares."""
+    cfg: Config
+    dev: torch.device
+    amp: Optional[str]
+    batch: int
+    infer_batch: int
+    crop: Tuple[int, int]
+    infer_size: Tuple[int, int]
+    num_classes: int
+    serve_batch: int
+    steps: int
+    warmup: int
+    peak: Optional[float]
+    methods: Tuple[str, ...]
+    log: Callable[[str], None]
+
+    def batch_for(self, mode: str) -> dict:
+        """Training crops, or ADE20k-shaped images for inference."""
+        if mode == 'train':
+            return make_batch(self.batch, self.crop, self.num_classes)
+        return make_batch(self.infer_batch, self.infer_size, self.num_classes)
+
+
+def _plan(methods, stock: bool, reference: bool, modes, serve_tasks: int) -> list:
+    """The rows in the order they are measured: ``[((name, is_stock, is_reference), mode)]``."""
+    ours = [(m, False, False) for m in methods] or [('ours', False, False)]
+    models = ours + ([('stock', True, False)] if stock else []) + (
+        [('reference', False, True)] if reference else [])
+    plan = [(m, mode) for m in models for mode in modes if mode != 'serve']
+    if 'serve' in modes:  # ours only: stock MMSeg has no multi-task serving
+        plan += [(('serve', False, False), 'serve:1'),
+                 (('serve', False, False), f'serve:{serve_tasks}')]
+    return plan
+
+
+def _first_touch(run: _Run, modes):
+    """On CPU, one step of each mode before any row: first-touch costs (kernels, thread
+    pools) belong to no row."""
+    model, optim_wrapper, _ = build(run.cfg, False, run.dev)
+    for mode in modes:
+        if mode != 'serve':
+            _steps(model, optim_wrapper, mode, run.batch_for(mode), run.dev, run.amp)()
+
+
+def _row_model(run: _Run, name: str, is_stock: bool, is_ref: bool, mode: str):
+    """A row's model, optimizer wrapper, setup words, mode, images per step and data."""
+    if name == 'serve':
+        n, num_tasks = run.serve_batch, int(mode.split(':')[1])
+        model = build_serving(run.cfg, run.dev, num_tasks)
+        setup = f'{num_tasks} task' + (' (one pass)' if num_tasks == 1 else 's mixed')
+        data = (torch.randn(n, 3, *run.crop, device=run.dev),
+                [f'task{i % num_tasks}' for i in range(n)])
+        return model, None, setup, 'serve', n, data
+    model, optim_wrapper, setup = build(run.cfg, is_stock, run.dev, is_ref,
+                                        name if name in run.methods else None)
+    n = run.batch if mode == 'train' else run.infer_batch
+    return model, optim_wrapper, setup, mode, n, run.batch_for(mode)
+
+
+def _measure(run: _Run, k: int, rows: int, row, mode: str, start_all: float) -> dict:
+    """Row ``k`` of ``rows``: img/s after warm-up, memory, FLOPs and parameter counts."""
+    name = row[0]
+    torch.manual_seed(0)
+    if run.dev.type == 'cuda':
+        torch.cuda.empty_cache()
+    PeakMemory.release()
+    baseline = PeakMemory.rss()
+    model, optim_wrapper, setup, mode, n, data = _row_model(run, *row, mode)
+    step = _steps(model, optim_wrapper, mode, data, run.dev, run.amp)
+    label = f'[{k + 1}/{rows}] {name} ({setup}) {mode}, batch {n}'
+    run.log(f'{label}: warm-up (at least {run.warmup} steps, until the step time settles)')
+
+    def progress(i, sec):
+        done = time.perf_counter() - start_all
+        left = (rows - k - i / run.steps) * (done / (k + i / run.steps))
+        run.log(f'{label}: step {i}/{run.steps}, {sec * 1e3:.0f} ms, ETA {left:.0f} s')
+
+    with PeakMemory(run.dev, baseline) as mem:
+        times, warmed = time_steps(step, run.steps, run.warmup, run.dev, progress)
+    flops = count_flops(step)
+    saved = saved_for_backward(step, model) if mode == 'train' else None
+    sec = statistics.median(times)
+    tflops = flops / sec / 1e12
+    return dict(
+        model=name, setup=setup, mode=mode, batch=n,
+        size=list(run.crop if mode in ('train', 'serve') else run.infer_size),
+        img_per_s=n / sec, ms_per_step=sec * 1e3, warmup_steps=warmed,
+        peak_gib=None if mem.peak is None else mem.peak / 2**30,
+        saved_gib=None if saved is None else saved / 2**30,
+        gflop_per_img=flops / n / 1e9, tflop_per_s=tflops,
+        frac_peak=tflops / run.peak if run.peak else None,
+        tuned=count_parameters(model, tuned_only=True), total=count_parameters(model))
+
+
+def _add_ratios(results: List[dict]):
+    """Each row against stock in the same mode; mixed-task serving against one task."""
+    for r in results:
+        ref = next((s for s in results if s['model'] == 'stock' and s['mode'] == r['mode']),
+                   None)
+        r['x_stock'] = r['img_per_s'] / ref['img_per_s'] if ref else None
+        r['mem_vs_stock'] = (r['peak_gib'] / ref['peak_gib']
+                             if ref and r['peak_gib'] and ref['peak_gib'] else None)
+        if r['model'] == 'serve':  # mixed tasks against one task, same batch
+            one = next(s for s in results if s['model'] == 'serve')
+            r['x_one_task'] = r['img_per_s'] / one['img_per_s']
 
 
 # ------------------------------------------------------------------- the models
-@MODELS.register_module()
-class StockTimmViT(BaseModule):
-    """The stock counterpart of ``PromptedTimmViT``: the same timm model (same
-    ``model_name``, ``model_kwargs``, ``img_size``, ``patch_size``), random weights, run
-    by timm's own ``forward_intermediates(..., output_fmt='NCHW')``; no prompts, nothing
-    of ours in the forward. Heads and norms unused for segmentation are dropped as ours
-    drops them; ``final_norm=True`` normalizes the last map (timm's ``norm=`` would
-    normalize every intermediate).
-
-    Shapes:
-        ``(B, 3, H, W)`` in; a tuple of ``(B, C, H / p, W / p)`` maps, one per
-        ``out_indices``.
-    """
-
-    def __init__(self, model_name: str, model_kwargs: Optional[dict] = None, img_size=None,
-                 patch_size: Optional[int] = None, dynamic_img_size: bool = True,
-                 out_indices=-1, final_norm: bool = False, init_cfg=None):
-        import timm
-
-        from ..models.timm_vit import final_norm_attr
-        super().__init__(init_cfg=init_cfg)
-        kwargs = dict(model_kwargs or {})
-        if img_size is not None:
-            kwargs['img_size'] = tuple(img_size) if isinstance(img_size, (list, tuple)) \
-                else img_size
-        if patch_size is not None:
-            kwargs['patch_size'] = patch_size
-        self.vit = timm.create_model(model_name, pretrained=False, num_classes=0,
-                                     dynamic_img_size=dynamic_img_size, **kwargs)
-        depth = len(self.vit.blocks)
-        indices = [out_indices] if isinstance(out_indices, int) else list(out_indices)
-        self.out_indices = [i % depth for i in indices]
-        attr = final_norm_attr(self.vit)
-        self.last_norm = getattr(self.vit, attr) if final_norm and attr else None
-        for name in ('norm', 'fc_norm', 'head'):
-            if hasattr(self.vit, name):
-                setattr(self.vit, name, torch.nn.Identity())
-        if getattr(self.vit, 'attn_pool', None) is not None:
-            self.vit.attn_pool = None
-
-    def forward(self, inputs: torch.Tensor):
-        maps = self.vit.forward_intermediates(inputs, indices=self.out_indices,
-                                              output_fmt='NCHW', intermediates_only=True)
-        if self.last_norm is not None and self.out_indices[-1] == len(self.vit.blocks) - 1:
-            last = self.last_norm(maps[-1].permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
-            maps = list(maps[:-1]) + [last.contiguous()]
-        return tuple(maps)
-
-
-#: PromptedTimmViT options StockTimmViT takes as they are.
-TIMM_STOCK_KEYS = ('model_name', 'model_kwargs', 'img_size', 'patch_size', 'dynamic_img_size',
-                   'out_indices', 'final_norm')
-
-
 def _tuner_words(bb) -> List[str]:
+    """``['LoRA r8 q,v', 'adapter w64']``: the backbone's LoRA and adapter, as built."""
     lora, adapter = bb.get('lora'), bb.get('adapter')
     words = []
     if lora is not None:
-        words.append(f"LoRA r{lora.get('rank', 8)} " + ','.join(lora.get('targets', ('q', 'v'))))
+        lora = check_lora_options(lora)
+        words.append(f"LoRA r{lora['rank']} " + ','.join(lora['targets']))
     if adapter is not None:
-        words.append(f"adapter w{adapter.get('width', 64)}")
+        words.append(f"adapter w{check_adapter_options(adapter)['width']}")
     return words
 
 
@@ -338,21 +450,57 @@ def _sync(device):
         torch.cuda.synchronize(device)
 
 
-def time_steps(step: Callable, steps: int, warmup: int, device: torch.device,
-               progress: Optional[Callable[[int, float], None]] = None) -> List[float]:
-    """Seconds per call of ``step``, for ``steps`` calls after ``warmup`` untimed ones."""
-    for _ in range(warmup):
-        step()
-    _sync(device)
-    times = []
-    for i in range(steps):
-        start = time.perf_counter()
+#: Warm-up ends when two consecutive step times are within this fraction of each other.
+SETTLED = 0.10
+#: ... or after this many warm-up steps, settled or not.
+MAX_WARMUP = 30
+
+
+def warm_up(step: Callable, warmup: int, device: torch.device, settled: float = SETTLED,
+            cap: int = MAX_WARMUP, clock: Callable[[], float] = time.perf_counter) -> int:
+    """Run ``step`` untimed until its time per call has settled; return how many calls.
+
+    A model's first calls are slow for a varying number of steps (allocator growth, kernel
+    selection, thread pools), so a fixed count lets the order of the rows decide a ratio.
+    At least ``warmup`` calls (and two, to compare), then more until two consecutive calls
+    are within ``settled`` of each other, at most ``max(cap, warmup)`` in all. ``warmup=0``
+    runs none.
+    """
+    if warmup <= 0:
+        return 0
+    cap = max(cap, warmup)
+    last = None
+    for n in range(1, cap + 1):
+        start = clock()
         step()
         _sync(device)
-        times.append(time.perf_counter() - start)
+        sec = clock() - start
+        if (n >= max(warmup, 2) and last is not None
+                and abs(sec - last) <= settled * max(sec, last)):
+            return n
+        last = sec
+    return cap
+
+
+def time_steps(step: Callable, steps: int, warmup: int, device: torch.device,
+               progress: Optional[Callable[[int, float], None]] = None,
+               clock: Callable[[], float] = time.perf_counter) -> Tuple[List[float], int]:
+    """Seconds per call of ``step`` for ``steps`` calls after :func:`warm_up` (at least
+    ``warmup`` untimed calls, more until the step time settles).
+
+    Returns:
+        ``(times, warm-up calls made)``.
+    """
+    done = warm_up(step, warmup, device, clock=clock)
+    times = []
+    for i in range(steps):
+        start = clock()
+        step()
+        _sync(device)
+        times.append(clock() - start)
         if progress:
             progress(i + 1, times[-1])
-    return times
+    return times, done
 
 
 def saved_for_backward(step: Callable, model: torch.nn.Module) -> int:
@@ -425,138 +573,6 @@ def _steps(model, optim_wrapper, mode: str, data: dict, device, amp):
     return step
 
 
-# ------------------------------------------------------------------ the run
-def run_benchmark(config: str, batch: int = 8, amp: Optional[str] = 'bf16',
-                  modes=('train', 'whole', 'slide'), stock: bool = False,
-                  reference: bool = False, steps: int = 10, warmup: int = 3,
-                  device: str = None, infer_size=None, infer_batch: int = 1,
-                  peak_tflops: Optional[float] = None, cfg_options: dict = None,
-                  serve_batch: int = 32, serve_tasks: int = 4,
-                  methods: Sequence[str] = (),
-                  log: Callable[[str], None] = None) -> dict:
-    """Measure a config (and optionally stock MMSeg) and return the figures.
-
-    Args:
-        config: Segmentation config file.
-        batch: Training batch size (images per step).
-        amp: ``'bf16'`` for bf16 autocast, None for fp32.
-        modes: Any of ``'train'``, ``'whole'``, ``'slide'``.
-        stock: Also measure stock MMSeg (see the module docstring).
-        reference: Also measure ours on MMSeg's layers (``fast_path=False``).
-        steps, warmup: Timed and untimed steps per measurement.
-        device: ``'cuda'``, ``'cpu'``...; default CUDA when available.
-        infer_size: ``(H, W)`` of inference images; default: short side = crop size, 4:3.
-        infer_batch: Images per inference step.
-        serve_batch, serve_tasks: ``serve`` mode: images per pass, tasks mixed in it.
-        peak_tflops: Device peak for the fraction-of-peak column.
-        cfg_options: Overrides merged into the config (as ``--cfg-options``).
-        methods: Keys of :data:`METHODS` to measure, each a row named after it, instead
-            of the config's own row ("ours"): the same backbone, head, data and mode
-            with that method's tuning options, so methods compare on one device in one
-            run.
-
-    Returns:
-        ``{'env': {...}, 'results': [{model, setup, mode, batch, img_per_s, ...}]}``.
-    """
-    log = log or (lambda msg: print_log(msg, logger='current'))
-    cfg = Config.fromfile(resolve_config(config))
-    if cfg_options:
-        cfg.merge_from_dict(cfg_options)
-    init_default_scope(cfg.get('default_scope', 'mmseg'))
-    dev = torch.device(device or ('cuda' if torch.cuda.is_available() else 'cpu'))
-    bad = set(modes) - {'train', 'whole', 'slide', 'serve'}
-    if bad:
-        raise ValueError(f'unknown modes {sorted(bad)}; choose from train, whole, slide, serve')
-    if amp not in (None, 'bf16'):
-        raise ValueError(f"amp must be 'bf16' or None, got {amp!r}")
-    crop = tuple(cfg.model.data_preprocessor.get('size') or cfg.get('crop_size'))
-    infer_size = tuple(infer_size or (crop[0], int(round(crop[0] * 4 / 3))))
-    num_classes = cfg.model.decode_head.num_classes
-    peak = _device_peak(dev, amp, peak_tflops)
-    unknown = [m for m in methods if m not in METHODS]
-    if unknown:
-        raise ValueError(f'unknown methods {unknown}; choose from {list(METHODS)}')
-    ours = [(m, False, False) for m in methods] or [('ours', False, False)]
-    models = ours + ([('stock', True, False)] if stock else []) + (
-        [('reference', False, True)] if reference else [])
-    plan = [(m, mode) for m in models for mode in modes if mode != 'serve']
-    if 'serve' in modes:  # ours only: stock MMSeg has no multi-task serving
-        plan += [(('serve', False, False), 'serve:1'),
-                 (('serve', False, False), f'serve:{serve_tasks}')]
-    def batch_for(mode):  # training crops, or ADE20k-shaped images for inference
-        if mode == 'train':
-            return make_batch(batch, crop, num_classes)
-        return make_batch(infer_batch, infer_size, num_classes)
-
-    results = []
-    if dev.type == 'cpu':  # first-touch costs (kernels, thread pools) before any baseline
-        model, optim_wrapper, _ = build(cfg, False, dev)
-        for mode in modes:
-            if mode != 'serve':
-                _steps(model, optim_wrapper, mode, batch_for(mode), dev, amp)()
-        del model, optim_wrapper
-    start_all = time.perf_counter()
-    for k, ((name, is_stock, is_ref), mode) in enumerate(plan):
-        torch.manual_seed(0)
-        if dev.type == 'cuda':
-            torch.cuda.empty_cache()
-        PeakMemory.release()
-        baseline = PeakMemory.rss()
-        if name == 'serve':
-            n, num_tasks = serve_batch, int(mode.split(':')[1])
-            model, optim_wrapper = build_serving(cfg, dev, num_tasks), None
-            setup = f'{num_tasks} task' + (' (one pass)' if num_tasks == 1 else 's mixed')
-            mode = 'serve'
-            data = (torch.randn(n, 3, *crop, device=dev),
-                    [f'task{i % num_tasks}' for i in range(n)])
-        else:
-            model, optim_wrapper, setup = build(cfg, is_stock, dev, is_ref,
-                                                name if name in methods else None)
-            n = batch if mode == 'train' else infer_batch
-            data = batch_for(mode)
-        step = _steps(model, optim_wrapper, mode, data, dev, amp)
-        label = f'[{k + 1}/{len(plan)}] {name} ({setup}) {mode}, batch {n}'
-        log(f'{label}: warm-up ({warmup} steps)')
-
-        def progress(i, sec, label=label):
-            done = time.perf_counter() - start_all
-            left = (len(plan) - k - i / steps) * (done / (k + i / steps))
-            log(f'{label}: step {i}/{steps}, {sec * 1e3:.0f} ms, ETA {left:.0f} s')
-
-        with PeakMemory(dev, baseline) as mem:
-            times = time_steps(step, steps, warmup, dev, progress)
-        flops = count_flops(step)
-        saved = saved_for_backward(step, model) if mode == 'train' else None
-        sec = statistics.median(times)
-        img_s = n / sec
-        tflops = flops / sec / 1e12
-        results.append(dict(
-            model=name, setup=setup, mode=mode, batch=n,
-            size=list(crop if mode in ('train', 'serve') else infer_size),
-            img_per_s=img_s, ms_per_step=sec * 1e3,
-            peak_gib=None if mem.peak is None else mem.peak / 2**30,
-            saved_gib=None if saved is None else saved / 2**30,
-            gflop_per_img=flops / n / 1e9, tflop_per_s=tflops,
-            frac_peak=tflops / peak if peak else None,
-            tuned=count_parameters(model, tuned_only=True), total=count_parameters(model)))
-        del model, optim_wrapper, step
-    for r in results:  # ratios to stock, same mode
-        ref = next((s for s in results if s['model'] == 'stock' and s['mode'] == r['mode']),
-                   None)
-        r['x_stock'] = r['img_per_s'] / ref['img_per_s'] if ref else None
-        r['mem_vs_stock'] = (r['peak_gib'] / ref['peak_gib']
-                             if ref and r['peak_gib'] and ref['peak_gib'] else None)
-        if r['model'] == 'serve':  # mixed tasks against one task, same batch
-            one = next(s for s in results if s['model'] == 'serve')
-            r['x_one_task'] = r['img_per_s'] / one['img_per_s']
-    env = dict(config=config, device=(torch.cuda.get_device_name(dev) if dev.type == 'cuda'
-                                      else f'CPU, {torch.get_num_threads()} threads'),
-               torch=torch.__version__, amp=amp, peak_tflops=peak,
-               python=sys.version.split()[0], steps=steps, warmup=warmup,
-               cfg_options=cfg_options or {}, methods=list(methods))
-    return dict(env=env, results=results)
-
-
 def _fmt(v, spec):
     return '-' if v is None else format(v, spec)
 
@@ -577,7 +593,8 @@ def format_table(report: dict) -> str:
     for r in report['results']:
         lines.append(
             f"| {r['model']} | {r['setup']} | {r['mode']} | {r['batch']} | "
-            f"{r['img_per_s']:.3g} | {_fmt(r.get('x_one_task', r['x_stock']), '.2f')} | {_fmt(r['peak_gib'], '.3g')} | "
+            f"{r['img_per_s']:.3g} | {_fmt(r.get('x_one_task', r['x_stock']), '.2f')} | "
+            f"{_fmt(r['peak_gib'], '.3g')} | "
             f"{_fmt(r['mem_vs_stock'], '.2f')} | {_fmt(r.get('saved_gib'), '.3g')} | "
             f"{r['gflop_per_img']:.4g} | "
             f"{r['tflop_per_s']:.3g} | "

@@ -36,15 +36,15 @@ import sys
 import time
 from collections import OrderedDict
 from dataclasses import asdict, dataclass, field
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
 from .. import config_paths
 from ..datasets.synthetic import TASK_CLASSES, make_ade20k
-from ..formats.tables import csv_text
 from ..engine.logs import quiet_logger
+from ..formats.tables import csv_text
 from ..tuners.tuning import format_count
 
 __all__ = ['ROWS', 'StudySettings', 'run_study', 'format_table']
@@ -185,6 +185,9 @@ def _data_options(data_root: str) -> List[str]:
             for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader')]
 
 
+#: How much of a failed tool run's log its error quotes (the end, where the traceback is).
+LOG_TAIL_CHARS = 3000
+
 #: MMEngine's training log line: ``Iter(train) [ 100/1500]  ... eta: 0:01:23 ...``.
 _ITER_LINE = re.compile(
     r'Iter\(train\) \[\s*(\d+)/(\d+)\].*?eta: (?:(\d+) days?, )?(\d+):(\d+):(\d+)')
@@ -278,7 +281,7 @@ def _run_tool(settings: StudySettings, tool: str, args: List[str], log_path: str
     seconds = time.perf_counter() - start
     if proc.returncode != 0:
         with open(log_path) as log:
-            tail = log.read()[-3000:]
+            tail = log.read()[-LOG_TAIL_CHARS:]
         raise RuntimeError(f'{" ".join(cmd)} failed (exit {proc.returncode}); log '
                            f'{log_path} ends with:\n{tail}')
     if progress is not None:
@@ -502,6 +505,143 @@ def plot_predictions(results: Sequence[RowResult], data_root: str, path: str,
 
 
 # ------------------------------------------------------------------------ study
+def run_study(settings: StudySettings) -> Dict:
+    """Run the whole study; returns ``{'rows': [...], 'reference': ..., 'files': ...}``.
+
+    The stages, in order: synthetic data (:func:`_make_data`); per family, side by side
+    with ``jobs=2``, pretraining on the source tags and every Table-3 row on the target
+    task (:func:`_run_families`); the untrained-head reference (:func:`_run_reference`);
+    tables and figures (:func:`_write_outputs`).
+
+    Raises:
+        ValueError: an unknown row key, fewer iterations than the warm-up, or a thread
+            count below 1.
+        RuntimeError: a tool run failed (its log tail is in the message).
+    """
+    _check_settings(settings)
+    out = osp.abspath(settings.out_dir)
+    os.makedirs(out, exist_ok=True)
+    progress = Progress(_planned_iterations(settings))
+    timings = OrderedDict()
+    load_start = os.getloadavg()[0]
+    _log(f'{settings.threads} torch thread(s) per tool run; load average {load_start:.2f} '
+         f'on {os.cpu_count()} cores')
+    t_start = time.perf_counter()
+    source_root, target_root = _make_data(settings, out, timings)
+    done = _run_families(settings, out, source_root, target_root, progress, timings)
+    found = {k: r for d in done.values() for k, r in d['results'].items()}
+    results = [found[k] for k in settings.rows]
+    searched = OrderedDict((k, d['searched'][k]) for k in settings.rows
+                           for d in done.values() if k in d['searched'])
+    source_maps = OrderedDict((f, d['source_map']) for f, d in done.items())
+    reference = _run_reference(settings, out, done, timings)
+    machine = dict(threads=settings.threads, jobs=settings.jobs, cpu_count=os.cpu_count(),
+                   load_avg_1min_start=load_start)
+    files = _write_outputs(settings, out, results, reference, target_root, timings, t_start,
+                           dict(source_map=next(iter(source_maps.values())),
+                                source_maps=source_maps, lr_search=searched), machine)
+    _print_summary(results, reference, files, timings, machine)
+    return dict(rows=results, reference=reference, files=files, timings=timings,
+                source_map=next(iter(source_maps.values())), source_maps=source_maps,
+                lr_search=searched, machine=machine)
+
+
+def _check_settings(settings: StudySettings):
+    """Refuse unknown rows, thread or job counts below 1, and schedules shorter than their
+    warm-up, before anything runs."""
+    unknown = [r for r in settings.rows if r not in ROWS]
+    if unknown:
+        raise ValueError(f'unknown rows {unknown}; choose from {list(ROWS)}')
+    if not isinstance(settings.threads, int) or settings.threads < 1:
+        raise ValueError(f'threads={settings.threads!r}: give a whole number of torch threads '
+                         'per tool run, at least 1 (the study\'s numbers are for 1)')
+    if not isinstance(settings.jobs, int) or settings.jobs < 1:
+        raise ValueError(f'jobs={settings.jobs!r}: give a whole number of families to run at '
+                         'once, at least 1')
+    for name, iters, cfg_name in (('pretrain_iters', settings.pretrain_iters, 'pretrain_source'),
+                                  ('iters', settings.iters, 'head')):
+        warmup = _load_cfg(osp.join(settings.config_dir, f'{cfg_name}.py'),
+                           []).param_scheduler[0]['end']
+        if iters is not None and iters <= warmup:
+            raise ValueError(f'{name}={iters}: the schedule warms up for {warmup} iterations '
+                             f'(configs/study/{cfg_name}.py); give more than that')
+
+
+def _make_data(settings: StudySettings, out: str, timings: Dict) -> Tuple[str, str]:
+    """The synthetic source and target datasets (ADE20k layout); their roots."""
+    t = time.perf_counter()
+    source_root = make_ade20k(osp.join(out, 'data', 'source'), num_train=settings.num_source,
+                              num_val=settings.num_val, task='source', seed=settings.seed)
+    target_root = make_ade20k(osp.join(out, 'data', 'target'), num_train=settings.num_target,
+                              num_val=settings.num_val, task='target', seed=settings.seed)
+    timings['data'] = time.perf_counter() - t
+    _log(f'data: {settings.num_source} source / {settings.num_target} target training '
+         f'images, {settings.num_val} validation each ({timings["data"]:.1f} s)')
+    return source_root, target_root
+
+
+def _run_families(settings: StudySettings, out: str, source_root: str, target_root: str,
+                  progress: Progress, timings: Dict) -> Dict[str, Dict]:
+    """Every family's runs (:func:`_run_family`), ``jobs`` families at once:
+    ``{family: its results}`` in the order of :data:`FAMILIES`."""
+    from concurrent.futures import ThreadPoolExecutor
+    families = _families(settings.rows)
+    with ThreadPoolExecutor(max_workers=min(settings.jobs, len(families))) as pool:
+        futures = OrderedDict((f, pool.submit(_run_family, settings, f, out, source_root,
+                                              target_root, progress, timings))
+                              for f in families)
+        return OrderedDict((f, fut.result()) for f, fut in futures.items())
+
+
+def _run_reference(settings: StudySettings, out: str, done: Dict[str, Dict],
+                   timings: Dict) -> RowResult:
+    """The reference row: the head-only model of the first family run, its head at
+    initialisation."""
+    first = next(iter(done))
+    work = osp.join(out, 'rows', UNTRAINED)
+    os.makedirs(work, exist_ok=True)
+    head_cfg = osp.join(settings.config_dir, ('' if first == 'vit' else f'{first}/') + 'head.py')
+    common = done[first]['common']
+    ckpt = save_untrained(head_cfg, common, osp.join(work, 'untrained.pth'), settings.seed)
+    reference = _evaluate(settings, UNTRAINED, 'Untrained head', head_cfg, ckpt, work,
+                          common, 0.0)
+    timings[UNTRAINED] = reference.test_s
+    _log(f'reference: untrained head mIoU {reference.miou:.2f}')
+    return reference
+
+
+def _write_outputs(settings: StudySettings, out: str, results, reference, target_root: str,
+                   timings: Dict, t_start: float, extra: Dict, machine: Dict) -> Dict[str, str]:
+    """table.{md,csv,json} and the two figures; the JSON gains the timings, ``extra`` and
+    ``machine`` (which gains the end load average and torch's version). Returns the files."""
+    t = time.perf_counter()
+    files = _write_tables(out, results, reference, timings)
+    files['tradeoff'] = plot_tradeoff(results, reference, osp.join(out, 'miou_vs_params.png'))
+    files['predictions'] = plot_predictions(results, target_root,
+                                            osp.join(out, 'predictions.png'), settings.num_show)
+    timings['figures'] = time.perf_counter() - t
+    timings['total'] = time.perf_counter() - t_start
+    with open(files['json']) as f:
+        summary = json.load(f)
+    machine.update(load_avg_1min_end=os.getloadavg()[0], torch=torch.__version__)
+    summary.update(timings_s=timings, **extra, machine=machine)
+    with open(files['json'], 'w') as f:
+        json.dump(summary, f, indent=2)
+    return files
+
+
+def _print_summary(results, reference, files: Dict[str, str], timings: Dict, machine: Dict):
+    print()
+    print(format_table(results, reference))
+    print()
+    print('stage timings: ' + ', '.join(f'{k} {v:.1f} s' for k, v in timings.items()))
+    print(f'{machine["threads"]} torch thread(s) per tool run; load average (1 min) '
+          f'{machine["load_avg_1min_start"]:.2f} at the start, '
+          f'{machine["load_avg_1min_end"]:.2f} at the end, {machine["cpu_count"]} cores')
+    for name, path in files.items():
+        print(f'{name}: {path}')
+
+
 def _stage_name(key: str, lr: Optional[float]) -> str:
     return ROWS[key] + ('' if lr is None else f' (lr {lr:g})')
 
@@ -586,111 +726,6 @@ def _run_family(settings: StudySettings, family: str, out: str, source_root: str
             _log(f'{ROWS[key]}: best lr {results[key].lr:g} of ' + ', '.join(
                 f'{lr}: {m:.2f}' for lr, m in searched[key].items()))
     return dict(results=results, searched=searched, source_map=source_map, common=common)
-
-
-def run_study(settings: StudySettings) -> Dict:
-    """Run the whole study; returns ``{'rows': [...], 'reference': ..., 'files': ...}``.
-
-    Raises:
-        ValueError: an unknown row key, fewer iterations than the warm-up, or a thread
-            count below 1.
-        RuntimeError: a tool run failed (its log tail is in the message).
-    """
-    unknown = [r for r in settings.rows if r not in ROWS]
-    if unknown:
-        raise ValueError(f'unknown rows {unknown}; choose from {list(ROWS)}')
-    if not isinstance(settings.threads, int) or settings.threads < 1:
-        raise ValueError(f'threads={settings.threads!r}: give a whole number of torch threads '
-                         'per tool run, at least 1 (the study\'s numbers are for 1)')
-    if not isinstance(settings.jobs, int) or settings.jobs < 1:
-        raise ValueError(f'jobs={settings.jobs!r}: give a whole number of families to run at '
-                         'once, at least 1')
-    for name, iters, cfg_name in (('pretrain_iters', settings.pretrain_iters, 'pretrain_source'),
-                                  ('iters', settings.iters, 'head')):
-        warmup = _load_cfg(osp.join(settings.config_dir, f'{cfg_name}.py'),
-                           []).param_scheduler[0]['end']
-        if iters is not None and iters <= warmup:
-            raise ValueError(f'{name}={iters}: the schedule warms up for {warmup} iterations '
-                             f'(configs/study/{cfg_name}.py); give more than that')
-    out = osp.abspath(settings.out_dir)
-    os.makedirs(out, exist_ok=True)
-    progress = Progress(_planned_iterations(settings))
-    timings = OrderedDict()
-    load_start = os.getloadavg()[0]
-    _log(f'{settings.threads} torch thread(s) per tool run; load average {load_start:.2f} '
-         f'on {os.cpu_count()} cores')
-    t_start = time.perf_counter()
-
-    # 1. data
-    t = time.perf_counter()
-    source_root = make_ade20k(osp.join(out, 'data', 'source'), num_train=settings.num_source,
-                              num_val=settings.num_val, task='source', seed=settings.seed)
-    target_root = make_ade20k(osp.join(out, 'data', 'target'), num_train=settings.num_target,
-                              num_val=settings.num_val, task='target', seed=settings.seed)
-    timings['data'] = time.perf_counter() - t
-    _log(f'data: {settings.num_source} source / {settings.num_target} target training '
-         f'images, {settings.num_val} validation each ({timings["data"]:.1f} s)')
-
-    # 2.-3. per family (run side by side with jobs=2): pretraining on the image-level
-    # tags of the source images, every weight from scratch; then its Table-3 rows on the
-    # target task (each at every learning rate of `lrs`)
-    from concurrent.futures import ThreadPoolExecutor
-    families = _families(settings.rows)
-    with ThreadPoolExecutor(max_workers=min(settings.jobs, len(families))) as pool:
-        futures = OrderedDict((f, pool.submit(_run_family, settings, f, out, source_root,
-                                              target_root, progress, timings))
-                              for f in families)
-        done = OrderedDict((f, fut.result()) for f, fut in futures.items())
-    found = {k: r for d in done.values() for k, r in d['results'].items()}
-    results = [found[k] for k in settings.rows]
-    searched = OrderedDict((k, d['searched'][k]) for k in settings.rows
-                           for d in done.values() if k in d['searched'])
-    source_maps = OrderedDict((f, d['source_map']) for f, d in done.items())
-    source_map = next(iter(source_maps.values()))
-
-    # 4. reference: the head-only model (of the first family run) with its head at
-    # initialisation
-    first = families[0]
-    work = osp.join(out, 'rows', UNTRAINED)
-    os.makedirs(work, exist_ok=True)
-    head_cfg = osp.join(settings.config_dir, ('' if first == 'vit' else f'{first}/') + 'head.py')
-    common = done[first]['common']
-    ckpt = save_untrained(head_cfg, common, osp.join(work, 'untrained.pth'), settings.seed)
-    reference = _evaluate(settings, UNTRAINED, 'Untrained head', head_cfg, ckpt, work,
-                          common, 0.0)
-    timings[UNTRAINED] = reference.test_s
-    _log(f'reference: untrained head mIoU {reference.miou:.2f}')
-
-    # 5. outputs
-    t = time.perf_counter()
-    files = _write_tables(out, results, reference, timings)
-    files['tradeoff'] = plot_tradeoff(results, reference, osp.join(out, 'miou_vs_params.png'))
-    files['predictions'] = plot_predictions(results, target_root,
-                                            osp.join(out, 'predictions.png'), settings.num_show)
-    timings['figures'] = time.perf_counter() - t
-    timings['total'] = time.perf_counter() - t_start
-    with open(files['json']) as f:
-        summary = json.load(f)
-    machine = dict(threads=settings.threads, jobs=settings.jobs, cpu_count=os.cpu_count(),
-                   load_avg_1min_start=load_start, load_avg_1min_end=os.getloadavg()[0],
-                   torch=torch.__version__)
-    summary.update(timings_s=timings, source_map=source_map, source_maps=source_maps,
-                   lr_search=searched, machine=machine)
-    with open(files['json'], 'w') as f:
-        json.dump(summary, f, indent=2)
-
-    print()
-    print(format_table(results, reference))
-    print()
-    print('stage timings: ' + ', '.join(f'{k} {v:.1f} s' for k, v in timings.items()))
-    print(f'{settings.threads} torch thread(s) per tool run; load average (1 min) '
-          f'{load_start:.2f} at the start, {machine["load_avg_1min_end"]:.2f} at the end, '
-          f'{os.cpu_count()} cores')
-    for name, path in files.items():
-        print(f'{name}: {path}')
-    return dict(rows=results, reference=reference, files=files, timings=timings,
-                source_map=source_map, source_maps=source_maps, lr_search=searched,
-                machine=machine)
 
 
 def _evaluate(settings, key, method, cfg_path, ckpt, work, options, train_s) -> RowResult:

@@ -40,8 +40,8 @@ frozen weights are (:func:`pretrained_candidates`: next to the task file first, 
 :func:`vpt_seg.formats.export.export_task` writes these files and
 :func:`vpt_seg.formats.loading.load_task_model` reads them. ``tools/test.py``,
 ``tools/serve.py``, ``load_from``, MMSeg's ``init_model`` and ``MMSegInferencer`` read
-task files directly: importing vpt_seg registers :func:`load_from_safetensors` with MMEngine's ``CheckpointLoader`` for paths
-ending in ``.safetensors`` (:mod:`vpt_seg.patches`).
+task files directly: importing vpt_seg registers :func:`load_from_safetensors` with
+MMEngine's ``CheckpointLoader`` for paths ending in ``.safetensors`` (:mod:`vpt_seg.patches`).
 """
 import json
 import logging

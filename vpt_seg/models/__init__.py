@@ -3,14 +3,17 @@ from .setr_head import LeanSETRUPHead
 from .timm_vit import PromptedTimmViT
 
 __all__ = ['PromptedVisionTransformer', 'LeanSETRUPHead', 'PromptedTimmViT']
-from .cls_head import LinearClsHead, MLPClsHead  # noqa: E402
 from .classifier import VPTClassifier  # noqa: E402
+from .cls_head import LinearClsHead, MLPClsHead  # noqa: E402
 
 __all__ += ['LinearClsHead', 'MLPClsHead', 'VPTClassifier']
 from .segmentor import BoundedEncoderDecoder, BoundedSegTTAModel  # noqa: E402
 
 __all__ += ['BoundedEncoderDecoder', 'BoundedSegTTAModel']
-from .text_encoder import CoOpTextEncoder  # noqa: E402
 from .text_cls_head import TextClsHead  # noqa: E402
+from .text_encoder import CoOpTextEncoder  # noqa: E402
 
 __all__ += ['CoOpTextEncoder', 'TextClsHead']
+from .stock import StockTimmViT  # noqa: E402
+
+__all__ += ['StockTimmViT']

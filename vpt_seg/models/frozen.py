@@ -30,7 +30,7 @@ from torch import nn
 
 from ..formats import frozen_weights
 from ..tuners.adapter import Adapter, check_adapter_options
-from ..tuners.lora import LoRA, check_lora_options
+from ..tuners.lora import LORA_TARGETS, LoRA, check_lora_options
 
 __all__ = ['FrozenBackboneMixin']
 
@@ -128,7 +128,7 @@ class FrozenBackboneMixin:
                     raise ValueError(
                         f'model.backbone.lora.targets: {target!r} names no layer of '
                         f"{type(self).__name__}'s blocks; it has "
-                        f'{[t for t in ("q", "k", "v", "proj", "fc1", "fc2") if self.lora_sites(t)]}')
+                        f'{[t for t in LORA_TARGETS if self.lora_sites(t)]}')
                 sites.update(found)
             self.lora = LoRA([sites] * num_layers, **self.lora_cfg)
         if self.adapter_cfg is not None:

@@ -11,13 +11,13 @@ from mmseg.registry import MODELS
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from . import vit_ops
 from ..formats import frozen_weights
 from ..formats.fitting import fit_state_dict
 from ..formats.weights import load_vit_checkpoint, to_mmseg_state_dict
 from ..tuners.prompt import VisualPrompt
 from ..tuners.terms import ONE_TASK, TaskBatch
 from ..tuners.tuning import freeze as freeze_module
+from . import vit_ops
 from .backbone import PromptedBackbone, check_freeze_options
 
 #: What a backbone's ``signature`` buffer records, in order.

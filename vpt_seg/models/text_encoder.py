@@ -33,9 +33,16 @@ from torch import nn
 
 from ..formats import frozen_weights
 from ..formats.clip_text import read_clip_text_state_dict, text_tower_shape
-from ..tuners.coop import (CLASS_POSITIONS, CoOpContext, check_class_names,
-                           class_prompt_tokens, clip_tokenizer, encode_prompts,
-                           normalized_features, template_tokens)
+from ..tuners.coop import (
+    CLASS_POSITIONS,
+    CoOpContext,
+    check_class_names,
+    class_prompt_tokens,
+    clip_tokenizer,
+    encode_prompts,
+    normalized_features,
+    template_tokens,
+)
 from ..tuners.tuning import freeze
 from .frozen import FrozenBackboneMixin
 

@@ -38,13 +38,25 @@ from mmseg.registry import MODELS
 from torch import nn
 from torch.utils.checkpoint import checkpoint as activation_checkpoint
 
-from ..formats.timm_files import (FAMILIES, HUB_FILES, OPEN_CLIP_CONFIG,  # noqa: F401
-                                  HEAD_MODULES, check_model_name, clip_projection_dims,
-                                  families_text, find_weights_file, fit_timm_state_dict,
-                                  is_clip_model, pretrained_normalization,
-                                  read_open_clip_config, read_timm_state_dict,
-                                  same_weights_arch, vit_classes, write_hub_folder,
-                                  write_open_clip_folder)
+from ..formats.timm_files import (  # noqa: F401
+    FAMILIES,
+    HEAD_MODULES,
+    HUB_FILES,
+    OPEN_CLIP_CONFIG,
+    check_model_name,
+    clip_projection_dims,
+    families_text,
+    find_weights_file,
+    fit_timm_state_dict,
+    is_clip_model,
+    pretrained_normalization,
+    read_open_clip_config,
+    read_timm_state_dict,
+    same_weights_arch,
+    vit_classes,
+    write_hub_folder,
+    write_open_clip_folder,
+)
 from ..tuners.prompt import VisualPrompt
 from ..tuners.terms import ONE_TASK, TaskBatch
 from ..tuners.tuning import bias_parameters, format_count

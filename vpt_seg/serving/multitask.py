@@ -40,11 +40,10 @@ from collections import OrderedDict
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
-from mmseg.registry import MODELS
 from mmseg.models.utils import resize
+from mmseg.registry import MODELS
 from torch import nn
 
-from ..formats.loading import load_task_model  # noqa: F401  (its home before; re-exported)
 from ..formats.pretrained_key import FLAG_NAMES, pretrained_in, set_pretrained
 from ..formats.weights import load_vit_checkpoint, to_mmseg_state_dict
 from ..models.backbone import PromptedBackbone
@@ -53,8 +52,7 @@ from ..models.options import PROMPTED_ARGS
 from ..tuners.terms import TaskBatch
 from ..tuners.tuning import bias_parameters
 
-__all__ = ['MultiTaskViT', 'task_kind', 'shared_backbone_cfg', 'build_shared_backbone',
-           'load_task_model']
+__all__ = ['MultiTaskViT', 'task_kind', 'shared_backbone_cfg', 'build_shared_backbone']
 
 
 def task_kind(model: nn.Module) -> str:

@@ -5,7 +5,8 @@ receives prompts. For a token sequence laid out as ``[prefix, patches]`` (the pr
 [CLS] when there is one), it inserts the prompts after the prefix at the first prompted
 layer and *replaces* them with that layer's fresh tokens at every later prompted layer:
 
-    VPT-shallow:  [x_1, Z_1, E_1] = L_1([x_0, P, E_0]);   [x_i, Z_i, E_i] = L_i([x_{i-1}, Z_{i-1}, E_{i-1}])
+    VPT-shallow:  [x_1, Z_1, E_1] = L_1([x_0, P, E_0]);
+                  [x_i, Z_i, E_i] = L_i([x_{i-1}, Z_{i-1}, E_{i-1}])   for i > 1
     VPT-deep:     [x_i, _,   E_i] = L_i([x_{i-1}, P_{i-1}, E_{i-1}])   for every layer i
 
 Prompts get no position embedding. :meth:`VisualPrompt.strip` removes them before the
@@ -193,7 +194,8 @@ class VisualPrompt(nn.Module):
         return replace_prompts(x, prompts, self.num_prefix)
 
     def strip(self, x: torch.Tensor, layer: int) -> torch.Tensor:
-        """Drop the prompt tokens from the output of ``layer``: ``(B, K + P + N, C) -> (B, K + N, C)``."""
+        """Drop the prompt tokens from the output of ``layer``:
+        ``(B, K + P + N, C) -> (B, K + N, C)``."""
         if not self.carries_prompts(layer):
             return x
         return remove_prompts(x, self.num_tokens, self.num_prefix)

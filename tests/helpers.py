@@ -1,0 +1,59 @@
+"""What many test modules share: the repository root, a tiny MMSeg-layout ViT, tiny
+pretrained files and trained-like tasks (built, initialised, then moved as training
+would move them, without training)."""
+import os.path as osp
+
+import torch
+from mmseg.registry import MODELS
+
+#: The repository root (configs/, tools/, docs/).
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+
+#: A tiny MMSeg ``VisionTransformer`` / ``PromptedVisionTransformer``: 32x32 images,
+#: 4x4 patches of width 32, 4 layers, LayerNorm eps as timm's ViTs.
+ARCH = dict(img_size=(32, 32), patch_size=8, embed_dims=32, num_layers=4, num_heads=4,
+            patch_bias=True, norm_cfg=dict(type='LN', eps=1e-6))
+
+
+def tiny_pretrained(path: str, arch: dict = ARCH, seed: int = 0, **kwargs) -> str:
+    """A random MMSeg ViT of ``arch`` saved as a pretrained file at ``path``; returns it."""
+    from mmseg.models.backbones import VisionTransformer
+    torch.manual_seed(seed)
+    vit = VisionTransformer(**arch, **kwargs)
+    vit.init_weights()
+    torch.save(vit.state_dict(), path)
+    return path
+
+
+def perturb_tuned(model: torch.nn.Module, scale: float = 0.1, batchnorm: bool = False):
+    """Move every tuned weight by ``scale * randn`` (and with ``batchnorm`` every BN
+    layer's running statistics), in module order: a task as training leaves it."""
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(scale * torch.randn_like(p))
+        if batchnorm:
+            for m in model.modules():
+                if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                    m.running_mean.normal_()
+                    m.running_var.uniform_(0.5, 2)
+
+
+def trained_like(model_cfg, seed=None, scale: float = 0.1, batchnorm: bool = False):
+    """Build ``model_cfg`` (after ``torch.manual_seed(seed)`` unless None), initialise it
+    (its pretrained file included) and :func:`perturb_tuned` it."""
+    if seed is not None:
+        torch.manual_seed(seed)
+    model = MODELS.build(model_cfg)
+    model.init_weights()
+    perturb_tuned(model, scale, batchnorm)
+    return model
+
+
+def tool(name: str):
+    """``tools/NAME.py`` as a module, to call its ``main()`` in this process."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(name, osp.join(ROOT, 'tools', f'{name}.py'))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
