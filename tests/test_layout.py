@@ -224,3 +224,23 @@ def test_a_room_missing_from_the_table_and_a_cycle_are_reported(tmp_path):
                         'docs/layout.md; add its row (which rooms it may import)']
     assert module_cycles(root) == [['a', 'b', 'a']]
     assert table_cycles({'a.py': {'b.py'}, 'b.py': {'a.py'}}) == ['a.py', 'b.py']
+
+
+#: The longest function vpt_seg/ may hold (issue 25: steps are named functions).
+MAX_FUNCTION_LINES = 80
+
+
+def test_no_function_in_the_package_is_longer_than_the_limit():
+    import ast
+    import pathlib
+    package = pathlib.Path(__file__).resolve().parent.parent / 'vpt_seg'
+    long = []
+    for path in sorted(package.rglob('*.py')):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                lines = node.end_lineno - node.lineno + 1
+                if lines > MAX_FUNCTION_LINES:
+                    long.append(f'{path.relative_to(package.parent)}:{node.lineno} '
+                                f'{node.name} ({lines} lines)')
+    assert not long, ('functions over the limit, split them into named steps: '
+                      + '; '.join(long))

@@ -71,6 +71,59 @@ def _templates(templates: Union[str, Sequence[str]]) -> List[str]:
     return templates
 
 
+def _check_tower_shape(total_vocab_size, context_length, embed_dims, num_layers, num_heads,
+                       output_dims):
+    """The text tower's shape arguments: integers in range (checked against the file at
+    load)."""
+    for key, value, low in (('total_vocab_size', total_vocab_size, 49408),
+                            ('context_length', context_length, 3),
+                            ('embed_dims', embed_dims, 1), ('num_layers', num_layers, 1),
+                            ('num_heads', num_heads, 1), ('output_dims', output_dims, 1)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < low:
+            raise ValueError(f'{key}={value!r}: expected an integer >= {low}' + (
+                ' (the CLIP tokenizer\'s vocabulary)' if key == 'total_vocab_size' else ''))
+    if embed_dims % num_heads:
+        raise ValueError(f'embed_dims={embed_dims} is not a multiple of num_heads={num_heads}')
+
+
+def _context_options(n_ctx, ctx_init, csc, class_position, templates, context_length):
+    """CoOp's options checked together; returns ``(n_ctx, ctx_init)`` (``ctx_init``'s
+    token count is the context length M when it is given)."""
+    if class_position not in CLASS_POSITIONS:
+        raise ValueError(f'class_position={class_position!r}: expected one of '
+                         f'{CLASS_POSITIONS}')
+    if not isinstance(n_ctx, int) or isinstance(n_ctx, bool) or n_ctx < 0:
+        raise ValueError(f'n_ctx={n_ctx!r}: expected an integer >= 0 (0 with templates: '
+                         'hand-written prompts, no learned context)')
+    ctx_init = ctx_init.replace('_', ' ').strip() if ctx_init else None
+    if ctx_init:
+        if templates is not None:
+            raise ValueError('ctx_init starts a learned context; templates are the '
+                             'hand-written prompts of n_ctx=0: give one of them')
+        count = len(clip_tokenizer().encode(ctx_init))
+        if n_ctx not in (16, count):  # 16: the default, which ctx_init overrides
+            print_log(f'CoOpTextEncoder: n_ctx={n_ctx} is ignored: ctx_init={ctx_init!r} '
+                      f'sets the context length to its {count} tokens', logger='current',
+                      level=logging.WARNING)
+        n_ctx = count
+    room = context_length - 4  # [SOS], ".", [EOS] and a name of one token at least
+    if n_ctx > room:
+        what = (f'ctx_init={ctx_init!r} tokenizes to {n_ctx} tokens (BPE), more than fit'
+                if ctx_init else f'n_ctx={n_ctx} is out of range: more context than fits')
+        raise ValueError(f'{what} in the context length {context_length} beside the start '
+                         f'and end tokens, "." and a class name: at most {room}')
+    if n_ctx == 0 and templates is None:
+        raise ValueError("n_ctx=0 learns no context: give hand-written templates "
+                         "(templates=['a photo of a {}.'], or MMSeg's 'vild'/'imagenet'), "
+                         'or n_ctx >= 1 for CoOp')
+    if n_ctx and templates is not None:
+        raise ValueError(f'templates are the hand-written prompts of n_ctx=0; with '
+                         f'n_ctx={n_ctx} the context is learned: set one of them')
+    if csc and not n_ctx:
+        raise ValueError('csc=True makes a context per class; n_ctx=0 has none')
+    return n_ctx, ctx_init
+
+
 @MODELS.register_module()
 class CoOpTextEncoder(FrozenBackboneMixin, BaseModule):
     """A frozen CLIP text tower that embeds K class names with CoOp's learned context.
@@ -136,47 +189,11 @@ class CoOpTextEncoder(FrozenBackboneMixin, BaseModule):
                  init_cfg: Optional[dict] = None):
         super().__init__(init_cfg=init_cfg)
         names = self._class_names(dataset_name, vocabulary)
-        for key, value, low in (('total_vocab_size', total_vocab_size, 49408),
-                                ('context_length', context_length, 3),
-                                ('embed_dims', embed_dims, 1), ('num_layers', num_layers, 1),
-                                ('num_heads', num_heads, 1), ('output_dims', output_dims, 1)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < low:
-                raise ValueError(f'{key}={value!r}: expected an integer >= {low}' + (
-                    ' (the CLIP tokenizer\'s vocabulary)' if key == 'total_vocab_size' else ''))
-        if embed_dims % num_heads:
-            raise ValueError(f'embed_dims={embed_dims} is not a multiple of num_heads={num_heads}')
-        if class_position not in CLASS_POSITIONS:
-            raise ValueError(f'class_position={class_position!r}: expected one of '
-                             f'{CLASS_POSITIONS}')
-        if not isinstance(n_ctx, int) or isinstance(n_ctx, bool) or n_ctx < 0:
-            raise ValueError(f'n_ctx={n_ctx!r}: expected an integer >= 0 (0 with templates: '
-                             'hand-written prompts, no learned context)')
-        ctx_init = ctx_init.replace('_', ' ').strip() if ctx_init else None
-        if ctx_init:
-            if templates is not None:
-                raise ValueError('ctx_init starts a learned context; templates are the '
-                                 'hand-written prompts of n_ctx=0: give one of them')
-            count = len(clip_tokenizer().encode(ctx_init))
-            if n_ctx not in (16, count):  # 16: the default, which ctx_init overrides
-                print_log(f'CoOpTextEncoder: n_ctx={n_ctx} is ignored: ctx_init={ctx_init!r} '
-                          f'sets the context length to its {count} tokens', logger='current',
-                          level=logging.WARNING)
-            n_ctx = count
-        room = context_length - 4  # [SOS], ".", [EOS] and a name of one token at least
-        if n_ctx > room:
-            what = (f'ctx_init={ctx_init!r} tokenizes to {n_ctx} tokens (BPE), more than fit'
-                    if ctx_init else f'n_ctx={n_ctx} is out of range: more context than fits')
-            raise ValueError(f'{what} in the context length {context_length} beside the start '
-                             f'and end tokens, "." and a class name: at most {room}')
-        if n_ctx == 0 and templates is None:
-            raise ValueError("n_ctx=0 learns no context: give hand-written templates "
-                             "(templates=['a photo of a {}.'], or MMSeg's 'vild'/'imagenet'), "
-                             'or n_ctx >= 1 for CoOp')
-        if n_ctx and templates is not None:
-            raise ValueError(f'templates are the hand-written prompts of n_ctx=0; with '
-                             f'n_ctx={n_ctx} the context is learned: set one of them')
-        if csc and not n_ctx:
-            raise ValueError('csc=True makes a context per class; n_ctx=0 has none')
+        _check_tower_shape(total_vocab_size=total_vocab_size, context_length=context_length,
+                           embed_dims=embed_dims, num_layers=num_layers, num_heads=num_heads,
+                           output_dims=output_dims)
+        n_ctx, ctx_init = _context_options(n_ctx, ctx_init, csc, class_position, templates,
+                                           context_length)
         self.templates = _templates(templates) if templates is not None else None
         self.n_ctx, self.ctx_init, self.csc = n_ctx, ctx_init, bool(csc)
         self.class_position = class_position
