@@ -215,13 +215,10 @@ def serve_commands(page):
 
 def configured_pretrained(config):
     """The pretrained file a config's backbone loads, under the key its class names."""
-    from vpt_seg.formats.task_file import pretrained_option_of
+    from vpt_seg.formats.pretrained_key import pretrained_in
     cfg = Config.fromfile(osp.join(ROOT, config))
     init_default_scope(cfg.get('default_scope', 'mmseg'))
-    value = cfg
-    for key in pretrained_option_of(cfg.model.backbone).split('.'):
-        value = value.get(key) if value is not None else None
-    return value
+    return pretrained_in(cfg.model.backbone)
 
 
 SERVED = [(page, backbone, tasks) for page in PAGES
