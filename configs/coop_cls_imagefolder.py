@@ -18,8 +18,7 @@
 # model.head.text_encoder: csc=True (class-specific context), class_position='middle' or
 # 'front', ctx_init='a photo of a'; n_ctx=0 with templates='a photo of a {}.' is zero-shot
 # CLIP (evaluate with tools/test.py and no checkpoint).
-custom_imports = dict(imports=['vpt_seg'], allow_failed_imports=False)
-default_scope = 'mmseg'
+_base_ = ['./_base_/cls_imagefolder.py']  # data, loops, hooks, runtime
 
 clip = 'pretrain/clip_vit_b16/open_clip_model.safetensors'
 data_root = 'data/my_cls'
@@ -43,7 +42,7 @@ model = dict(
 # training adds a random crop and a flip. scale=(crop, 8 * crop) with keep_ratio sets the
 # shorter side to `crop` for aspect ratios up to 1:8.
 train_pipeline = [
-    dict(type='LoadImageFromFile'),
+    dict(type='CheckedLoadImageFromFile', check_orientation=False),
     dict(type='Resize', scale=(crop_size, 8 * crop_size), keep_ratio=True,
          interpolation='bicubic'),
     dict(type='RandomCrop', crop_size=(crop_size, crop_size)),
@@ -51,34 +50,21 @@ train_pipeline = [
     dict(type='PackClsInputs'),
 ]
 test_pipeline = [
-    dict(type='LoadImageFromFile'),
+    dict(type='CheckedLoadImageFromFile', check_orientation=False),
     dict(type='Resize', scale=(crop_size, 8 * crop_size), keep_ratio=True,
          interpolation='bicubic'),
     dict(type='CenterCrop', crop_size=crop_size),
     dict(type='PackClsInputs'),
 ]
-train_dataloader = dict(
-    batch_size=32, num_workers=4, persistent_workers=True,
-    sampler=dict(type='DefaultSampler', shuffle=True),
-    dataset=dict(type='ImageFolderDataset', data_root=data_root,
-                 data_prefix=dict(img_path='train'), pipeline=train_pipeline))
-val_dataloader = dict(
-    batch_size=64, num_workers=4, persistent_workers=True,
-    sampler=dict(type='DefaultSampler', shuffle=False),
-    dataset=dict(type='ImageFolderDataset', data_root=data_root,
-                 data_prefix=dict(img_path='val'), pipeline=test_pipeline, test_mode=True))
+train_dataloader = dict(batch_size=32, dataset=dict(data_root=data_root,
+                                                    pipeline=train_pipeline))
+val_dataloader = dict(dataset=dict(data_root=data_root, pipeline=test_pipeline))
 test_dataloader = val_dataloader
-val_evaluator = dict(type='TopKAccuracy', topk=(1, 5))
-test_evaluator = val_evaluator
 
 # CoOp's schedule (configs/trainers/CoOp/vit_b16_ep50.yaml): SGD lr 0.002, momentum 0.9,
 # weight decay 5e-4, one warm-up epoch at a constant 1e-5, then cosine to 50 epochs.
 # Only tuned weights (the context; image prompts in the VPT variant) reach the optimizer.
-optim_wrapper = dict(
-    type='OptimWrapper',
-    optimizer=dict(type='SGD', lr=0.002, momentum=0.9, weight_decay=5e-4),
-    constructor='TunedOptimWrapperConstructor',
-    paramwise_cfg=dict(prompt_decay_mult=0.))
+optim_wrapper = dict(optimizer=dict(lr=0.002, weight_decay=5e-4))
 max_epochs = 50
 param_scheduler = [
     dict(type='ConstantLR', factor=0.005, by_epoch=True, begin=0, end=1,
@@ -86,22 +72,4 @@ param_scheduler = [
     dict(type='CosineAnnealingLR', by_epoch=True, begin=1, end=max_epochs, eta_min=0.,
          convert_to_iter_based=True),
 ]
-train_cfg = dict(type='EpochBasedTrainLoop', max_epochs=max_epochs, val_interval=5)
-val_cfg = dict(type='ValLoop')
-test_cfg = dict(type='TestLoop')
-
-default_hooks = dict(
-    timer=dict(type='IterTimerHook'),
-    logger=dict(type='LoggerHook', interval=50),
-    param_scheduler=dict(type='ParamSchedulerHook'),
-    checkpoint=dict(type='SafeCheckpointHook', by_epoch=True, interval=5, max_keep_ckpts=2,
-                    save_best='accuracy/top1', rule='greater'),
-    sampler_seed=dict(type='DistSamplerSeedHook'),
-    non_finite=dict(type='NonFiniteCheckHook'))  # vpt_seg/engine/hooks.py
-env_cfg = dict(cudnn_benchmark=False, mp_cfg=dict(mp_start_method='fork', opencv_num_threads=0),
-               dist_cfg=dict(backend='nccl'))
-log_processor = dict(by_epoch=True)
-log_level = 'INFO'
-load_from = None
-resume = False
-randomness = dict(seed=0)
+train_cfg = dict(max_epochs=max_epochs)

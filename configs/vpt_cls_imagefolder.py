@@ -12,8 +12,7 @@
 # Variants (same file, other options): model.backbone.deep=False (VPT-shallow),
 # model.backbone.num_prompts=50, model.backbone.tune_bias=True (VPT+Bias),
 # model.head.type=MLPClsHead (the paper's MLP head).
-custom_imports = dict(imports=['vpt_seg'], allow_failed_imports=False)
-default_scope = 'mmseg'
+_base_ = ['./_base_/cls_imagefolder.py']  # data, loops, hooks, runtime
 
 pretrained = 'pretrain/vit_base_p16_224.pth'  # MMSeg-format ViT-B/16 (docs/pretrained.md)
 data_root = 'data/my_cls'
@@ -52,27 +51,13 @@ test_pipeline = [
     dict(type='CenterCrop', crop_size=crop_size),
     dict(type='PackClsInputs'),
 ]
-train_dataloader = dict(
-    batch_size=64, num_workers=4, persistent_workers=True,
-    sampler=dict(type='DefaultSampler', shuffle=True),
-    dataset=dict(type='ImageFolderDataset', data_root=data_root,
-                 data_prefix=dict(img_path='train'), pipeline=train_pipeline))
-val_dataloader = dict(
-    batch_size=64, num_workers=4, persistent_workers=True,
-    sampler=dict(type='DefaultSampler', shuffle=False),
-    dataset=dict(type='ImageFolderDataset', data_root=data_root,
-                 data_prefix=dict(img_path='val'), pipeline=test_pipeline, test_mode=True))
+train_dataloader = dict(dataset=dict(data_root=data_root, pipeline=train_pipeline))
+val_dataloader = dict(dataset=dict(data_root=data_root, pipeline=test_pipeline))
 test_dataloader = val_dataloader
-val_evaluator = dict(type='TopKAccuracy', topk=(1, 5))
-test_evaluator = val_evaluator
 
 # The paper's schedule: 100 epochs, SGD, 10 warm-up epochs then cosine. Only tuned
 # weights (prompts, head, biases with tune_bias) reach the optimizer; no prompt decay.
-optim_wrapper = dict(
-    type='OptimWrapper',
-    optimizer=dict(type='SGD', lr=0.25, momentum=0.9, weight_decay=1e-4),
-    constructor='TunedOptimWrapperConstructor',
-    paramwise_cfg=dict(prompt_decay_mult=0.))
+optim_wrapper = dict(optimizer=dict(lr=0.25, weight_decay=1e-4))
 max_epochs = 100
 param_scheduler = [
     dict(type='LinearLR', start_factor=1e-3, by_epoch=True, begin=0, end=10,
@@ -80,22 +65,4 @@ param_scheduler = [
     dict(type='CosineAnnealingLR', by_epoch=True, begin=10, end=max_epochs, eta_min=0.,
          convert_to_iter_based=True),
 ]
-train_cfg = dict(type='EpochBasedTrainLoop', max_epochs=max_epochs, val_interval=5)
-val_cfg = dict(type='ValLoop')
-test_cfg = dict(type='TestLoop')
-
-default_hooks = dict(
-    timer=dict(type='IterTimerHook'),
-    logger=dict(type='LoggerHook', interval=50),
-    param_scheduler=dict(type='ParamSchedulerHook'),
-    checkpoint=dict(type='SafeCheckpointHook', by_epoch=True, interval=5, max_keep_ckpts=2,
-                    save_best='accuracy/top1', rule='greater'),
-    sampler_seed=dict(type='DistSamplerSeedHook'),
-    non_finite=dict(type='NonFiniteCheckHook'))  # vpt_seg/engine/hooks.py
-env_cfg = dict(cudnn_benchmark=False, mp_cfg=dict(mp_start_method='fork', opencv_num_threads=0),
-               dist_cfg=dict(backend='nccl'))
-log_processor = dict(by_epoch=True)
-log_level = 'INFO'
-load_from = None
-resume = False
-randomness = dict(seed=0)
+train_cfg = dict(max_epochs=max_epochs)

@@ -340,7 +340,8 @@ def test_the_limit_raised_is_not_undone_by_pillows_own(data, monkeypatch):
 
 @pytest.mark.parametrize('name', ['vpt_cls_demo.py', 'vpt_cls_imagefolder.py',
                                   'vpt_cls_ade20k_tags.py', 'demo/vpt_cls_tiny_ade_tags.py',
-                                  'study/pretrain_source.py'])
+                                  'study/pretrain_source.py', 'coop_cls_imagefolder.py',
+                                  'vpt-coop_cls_imagefolder.py', 'demo/coop_cls_tiny.py'])
 def test_classification_configs_read_images_through_the_checked_loader(name):
     cfg = Config.fromfile(osp.join(ROOT, 'configs', name))
     for pipeline in (cfg.train_dataloader.dataset.pipeline,

@@ -300,3 +300,20 @@ def test_export_refuses_a_config_the_schema_does_not_take(deep, tmp_path):
                        r'model.test_cfg.extra: not a field this schema has'):
         export_task(cfg, str(deep['ckpt']), str(out))
     assert not out.exists()
+
+
+def test_a_header_pixel_limit_never_exceeds_the_loaders_default():
+    # formats/ sits below datasets/ and cannot import the default, so the two literals
+    # are held equal here: a header may lower the limit, never raise it.
+    from vpt_seg.datasets.checks import DEFAULT_MAX_PIXELS
+    from vpt_seg.formats.task_schema import HEADER_MAX_PIXELS
+    assert HEADER_MAX_PIXELS == DEFAULT_MAX_PIXELS
+    model = dict(type='VPTClassifier', backbone=dict(type='PromptedVisionTransformer'),
+                 head=dict(type='LinearClsHead', in_channels=8, num_classes=2))
+    pipeline = [dict(type='CheckedLoadImageFromFile', max_pixels=DEFAULT_MAX_PIXELS + 1)]
+    header = dict(model=model, test_dataloader=dict(dataset=dict(pipeline=pipeline)))
+    with pytest.raises(HeaderSchemaError, match='max_pixels'):
+        read_header_config(json.dumps(header))
+    pipeline[0]['max_pixels'] = DEFAULT_MAX_PIXELS // 2
+    assert read_header_config(json.dumps(header))['test_dataloader']['dataset']['pipeline'][
+        0]['max_pixels'] == DEFAULT_MAX_PIXELS // 2

@@ -67,6 +67,7 @@ from vpt_seg.datasets.checks import (
 )
 from vpt_seg.datasets.image_folder import IMG_EXTENSIONS
 from vpt_seg.formats.loading import load_task_model
+from vpt_seg.formats.outputs import nearest_existing_parent
 from vpt_seg.formats.tables import csv_text, joined
 from vpt_seg.formats.task_file import read_task_config
 from vpt_seg.formats.weight_files import reading_once
@@ -153,9 +154,7 @@ def out_folder(path: str) -> str:
         raise argparse.ArgumentTypeError(
             f'{path} exists and is not a folder: pass a folder for the results (it is '
             'created if missing), e.g. a new name')
-    parent = osp.dirname(osp.abspath(path))
-    while not osp.lexists(parent):
-        parent = osp.dirname(parent)
+    parent = nearest_existing_parent(path)
     if not osp.isdir(parent):
         raise argparse.ArgumentTypeError(
             f'{path} cannot be created: {parent} is a file, not a folder; pass a folder '

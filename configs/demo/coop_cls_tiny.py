@@ -25,11 +25,12 @@ model = dict(
                                 context_length=77, total_vocab_size=49408)))
 
 train_pipeline = [
-    dict(type='LoadImageFromFile'),
+    dict(type='CheckedLoadImageFromFile', check_orientation=False),
     dict(type='RandomFlip', prob=0.5, direction='horizontal'),
     dict(type='PackClsInputs'),
 ]
-test_pipeline = [dict(type='LoadImageFromFile'), dict(type='PackClsInputs')]
+test_pipeline = [dict(type='CheckedLoadImageFromFile', check_orientation=False),
+                 dict(type='PackClsInputs')]
 train_dataloader = dict(
     batch_size=16, num_workers=0, persistent_workers=False,
     dataset=dict(data_root=data_root, classes='classes.txt', pipeline=train_pipeline))

@@ -12,12 +12,11 @@ weights): they are refused, never loaded.
 """
 import os.path as osp
 import re
-import zipfile
 from typing import Dict, Mapping
 
 import torch
 
-from .weight_files import read_checkpoint
+from .weight_files import is_torchscript, read_checkpoint
 
 __all__ = ['CLIP_HUB_FILES', 'TEXT_KEYS', 'find_clip_file', 'read_clip_text_state_dict',
            'text_tower_shape']
@@ -30,14 +29,6 @@ TEXT_KEYS = ('token_embedding.weight', 'positional_embedding', 'ln_final.weight'
 _GET_IT = ('download open_clip\'s file instead, e.g. huggingface-cli download '
            'timm/vit_base_patch16_clip_224.openai open_clip_model.safetensors '
            '--local-dir pretrain/clip_vit_b16, and name that file or folder')
-
-
-def _is_torchscript(path: str) -> bool:
-    if not zipfile.is_zipfile(path):
-        return False
-    with zipfile.ZipFile(path) as archive:
-        names = archive.namelist()
-    return any(re.search(r'(^|/)(constants\.pkl|code/)', n) for n in names)
 
 
 def find_clip_file(path: str, option: str) -> str:
@@ -83,7 +74,7 @@ def read_clip_text_state_dict(path: str, option: str = 'checkpoint') -> Dict[str
             timm file, ``text.``-prefixed towers of other models), naming what it holds.
     """
     file = find_clip_file(path, option)
-    if not file.endswith('.safetensors') and _is_torchscript(file):
+    if not file.endswith('.safetensors') and is_torchscript(file):
         raise ValueError(f'{file} ({option}) is a TorchScript archive (OpenAI\'s original '
                          'CLIP .pt): it holds code, which vpt-seg never runs; ' + _GET_IT)
     obj = read_checkpoint(file)

@@ -21,7 +21,7 @@ import tempfile
 from typing import Iterator, Mapping, Optional
 
 __all__ = ['OutputError', 'same_file', 'check_output', 'check_output_folder',
-           'atomic_write', 'file_mode']
+           'nearest_existing_parent', 'atomic_write', 'file_mode']
 
 
 class OutputError(ValueError):
@@ -46,16 +46,23 @@ def same_file(a: str, b: str) -> bool:
         return False
 
 
+def nearest_existing_parent(path: str) -> str:
+    """The closest folder above ``path`` that exists (or a file there, which is what
+    stops a write under it)."""
+    parent = osp.dirname(osp.abspath(path))
+    while parent and not osp.lexists(parent) and parent != osp.dirname(parent):
+        parent = osp.dirname(parent)
+    return parent
+
+
 def check_output_folder(out: str, option: str = 'OUT') -> None:
     """Raise :class:`OutputError` if ``out`` is a folder, or a file on its way is not a
     folder (``out`` would go under a file), naming the path and what to do."""
     if osp.isdir(out):
         raise OutputError(f'{option} {out!r} is a folder; name the file to write in it '
                           f'(e.g. {osp.join(out, "task" + (osp.splitext(out)[1] or ".pth"))!r})')
-    parent = osp.dirname(osp.abspath(out))
-    while parent and not osp.exists(parent):
-        parent = osp.dirname(parent)
-    if parent and not osp.isdir(parent):
+    parent = nearest_existing_parent(out)
+    if not osp.isdir(parent):
         raise OutputError(f'{option} {out!r} would go under {parent}, which is a file, not '
                           'a folder; choose another path')
 

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 __all__ = ['UnreadableCheckpointError', 'CLIP_FILE_HINT', 'read_checkpoint', 'reading_once',
-           'load_torch_file']
+           'load_torch_file', 'is_torchscript']
 
 class UnreadableCheckpointError(ValueError):
     """A file that is not a readable checkpoint (truncated, garbage, unsafe objects)."""
@@ -58,15 +58,15 @@ CLIP_FILE_HINT = (
     '(docs/coop.md)')
 
 
-def _is_torchscript(path: str) -> bool:
-    """A zip whose records include ``constants.pkl``: a TorchScript archive (the test
-    ``torch.serialization`` makes before it would hand the file to ``torch.jit.load``),
-    found from the zip's directory without reading any record."""
+def is_torchscript(path: str) -> bool:
+    """A zip whose records include ``constants.pkl`` or a ``code/`` folder: a TorchScript
+    archive (the test ``torch.serialization`` makes before it would hand the file to
+    ``torch.jit.load``), found from the zip's directory without reading any record."""
     import zipfile
     try:
         with zipfile.ZipFile(path) as archive:
-            return any(n.split('/')[-1] == 'constants.pkl' and n.count('/') <= 1
-                       for n in archive.namelist())
+            return any((n.split('/')[-1] == 'constants.pkl' and n.count('/') <= 1)
+                       or re.search(r'(^|/)code/', n) for n in archive.namelist())
     except (zipfile.BadZipFile, OSError, ValueError):
         return False
 
@@ -90,7 +90,7 @@ def load_torch_file(path: str, map_location: Any = 'cpu', what: str = 'checkpoin
     path = osp.expanduser(str(path))
     if not osp.isfile(path):
         raise FileNotFoundError(f'{what} not found: {path!r}')
-    if _is_torchscript(path):
+    if is_torchscript(path):
         where = repr(path) if name is None else f'{name!r} (downloaded to {path!r})'
         raise UnreadableCheckpointError(
             f'{where} is a TorchScript archive, not a {what}: it holds code as well as '
