@@ -233,6 +233,9 @@ def test_fixed_class_embeddings_are_the_text_heads_classifier(clip_file):
     (dict(keep_projection=False, model_kwargs=dict(embed_dim=WIDTH, depth=2, num_heads=2)),
      r"project_out=True maps the last layer's tokens into CLIP's joint space; it needs "
      r'keep_projection=True'),
+    (dict(final_norm=False, out_indices=(0, )),
+     r'it needs final_norm=True \(CLIP projects the final-normed tokens\), the last layer '
+     r'\(1\) in out_indices'),
     (dict(project_out=False), r'the backbone does not output them: leave the backbone'),
 ])
 def test_backbone_without_projection_refused(clip_file, backbone, match):
