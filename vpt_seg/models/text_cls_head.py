@@ -72,8 +72,14 @@ class TextClsHead(BaseModule):
         """Classify ``names`` from now on (see ``CoOpTextEncoder.set_classes``)."""
         self.text_encoder.set_classes(names)
 
+    def class_embeddings(self) -> torch.Tensor:
+        """``(K, E)``: the classifier, ``exp(logit_scale) * normalize(g(t_i))`` (computed
+        once per step; cached by the text encoder where nothing needs a graph, e.g. in
+        serving)."""
+        return self.text_encoder()
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        text = self.text_encoder()                                       # (K, E), scaled
+        text = self.class_embeddings()                                   # (K, E), scaled
         if x.shape[-1] != text.shape[-1]:
             raise ValueError(f'TextClsHead: image embeddings are {x.shape[-1]} wide, the text '
                              f'embeddings {text.shape[-1]}; they must share CLIP\'s joint space')
