@@ -10,20 +10,24 @@ projection (:class:`~vpt_seg.models.VPTClassifier` applies the backbone's
 ``exp(logit_scale) * normalize(g(t_i))`` comes from the text encoder
 (:class:`~vpt_seg.models.text_encoder.CoOpTextEncoder`). The head has no weights of its own:
 the classes are whatever the text encoder embeds, so a unified context classifies a new
-class list (:meth:`set_classes`).
+class list (:meth:`set_classes`). The class list and the cosine are
+:class:`~vpt_seg.models.text_classes.TextClassesMixin`'s, shared with
+:class:`~vpt_seg.models.TextSegHead`.
 """
-from typing import Dict, List, Sequence
+from typing import Dict
 
 import torch
 import torch.nn.functional as F
 from mmengine.model import BaseModule
 from mmseg.registry import MODELS
 
+from .text_classes import TextClassesMixin, normalize_embeddings
+
 __all__ = ['TextClsHead']
 
 
 @MODELS.register_module()
-class TextClsHead(BaseModule):
+class TextClsHead(TextClassesMixin, BaseModule):
     """``(B, E) -> (B, K)``: ``exp(logit_scale) * cos(f(x), t_i)`` over the text encoder's
     K class embeddings; softmax cross-entropy.
 
@@ -40,7 +44,6 @@ class TextClsHead(BaseModule):
             (``in_channels`` wide), not the backbone's [CLS] width.
     """
 
-    needs_projection = True
     multi_label = False
 
     def __init__(self, text_encoder: dict, loss_weight: float = 1.0,
@@ -52,25 +55,18 @@ class TextClsHead(BaseModule):
         if not 0.0 <= label_smoothing < 1.0:
             raise ValueError(f'label_smoothing must be in [0, 1), got {label_smoothing}')
         self.text_encoder = MODELS.build(text_encoder)
+        self.init_text_classes()
         self.loss_weight = loss_weight
         self.label_smoothing = label_smoothing
 
     @property
     def in_channels(self) -> int:
         """Width E of the joint image-text embedding (the text encoder's output)."""
-        return int(self.text_encoder.output_dims)
+        return self.embed_dims
 
     @property
     def num_classes(self) -> int:
-        return self.text_encoder.num_classes
-
-    @property
-    def class_names(self) -> List[str]:
-        return self.text_encoder.class_names
-
-    def set_classes(self, names: Sequence[str]):
-        """Classify ``names`` from now on (see ``CoOpTextEncoder.set_classes``)."""
-        self.text_encoder.set_classes(names)
+        return self._num_classes()
 
     def class_embeddings(self) -> torch.Tensor:
         """``(K, E)``: the classifier, ``exp(logit_scale) * normalize(g(t_i))`` (computed
@@ -83,7 +79,7 @@ class TextClsHead(BaseModule):
         if x.shape[-1] != text.shape[-1]:
             raise ValueError(f'TextClsHead: image embeddings are {x.shape[-1]} wide, the text '
                              f'embeddings {text.shape[-1]}; they must share CLIP\'s joint space')
-        return F.normalize(x, dim=-1) @ text.to(x.dtype).t()             # (B, K)
+        return normalize_embeddings(x, dim=-1) @ text.to(x.dtype).t()    # (B, K)
 
     def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> Dict[str, torch.Tensor]:
         """``{'loss_cls': scalar}``: cross-entropy of ``(B, K)`` logits, ``(B,)`` labels."""
