@@ -263,3 +263,16 @@ def test_coop_methods_and_classification_modes_refused_where_they_cannot_run():
         run_benchmark(COOP, modes=('slide', ), device='cpu')
     with pytest.raises(ValueError, match='classification config.*--stock'):
         run_benchmark(COOP, modes=('train', ), stock=True, device='cpu')
+
+
+def test_coop_method_on_a_clip_segmentation_config():
+    """The tiny CLIP segmentation demo (TextSegHead, ADE20k's 150 names): the coop row
+    measures the decode head's text side; the auxiliary head shares its text pass."""
+    from vpt_seg.experiments.benchmark import run_benchmark
+    config = osp.join(ROOT, 'configs', 'demo', 'coop_seg_tiny_ade20k.py')
+    report = run_benchmark(config, batch=1, amp=None, modes=('train', ), steps=1, warmup=0,
+                           device='cpu', methods=['coop'], log=lambda msg: None)
+    (row, ) = report['results']
+    assert (row['model'], row['setup']) == ('coop', 'frozen, text context 16')
+    assert row['text_classes'] == 150 and row['text_saved_gib'] > 0
+    assert row['text_gflop'] > 0 and row['text_ms_per_step'] > 0

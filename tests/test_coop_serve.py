@@ -1,7 +1,8 @@
-"""Serving CoOp tasks (a text classifier over a frozen CLIP) beside VPT, LoRA and
-AdaptFormer tasks in one batch on one frozen CLIP image tower: each task equals its own
-model alone, and each task's class embeddings are computed once, not per batch
-(vpt_seg/serving/multitask.py, tools/serve.py, docs/serving.md)."""
+"""Serving CoOp tasks (text classifiers over a frozen CLIP: TextClsHead for images,
+TextSegHead for pixels) beside VPT, LoRA and AdaptFormer tasks in one batch on one frozen
+CLIP image tower: each task equals its own model alone, and each task's class embeddings
+are computed once, not per batch (vpt_seg/serving/multitask.py, tools/serve.py,
+docs/serving.md)."""
 import json
 from collections import Counter
 
@@ -62,24 +63,49 @@ def seg(clip, **bb):
         test_cfg=dict(mode='whole'))
 
 
+def coop_seg(clip, classes, **bb):
+    """CoOp for segmentation (TextSegHead on CLIP's projected patch tokens, an auxiliary
+    text head on layer 0 sharing its text encoder), configs/demo/coop_seg_tiny_ade20k.py
+    as a dict."""
+    text = dict(type='CoOpTextEncoder', vocabulary=classes, checkpoint=clip, embed_dims=64,
+                num_layers=2, num_heads=2, output_dims=32, n_ctx=4)
+    bn = dict(type='BN', requires_grad=True)
+    return dict(
+        type='BoundedEncoderDecoder',
+        data_preprocessor=dict(type='SegDataPreProcessor', mean=[122.8, 116.7, 104.1],
+                               std=[68.5, 66.6, 70.3], bgr_to_rgb=True),
+        backbone=clip_backbone(clip, True, out_indices=(0, 1), **bb),
+        decode_head=dict(type='TextSegHead', in_channels=32, channels=16, in_index=-1,
+                         num_convs=2, norm_cfg=bn, text_encoder=text,
+                         loss_decode=dict(type='CrossEntropyLoss')),
+        auxiliary_head=[dict(type='TextSegHead', in_channels=64, channels=16, in_index=0,
+                             text_encoder='shared', residual=False, num_convs=2, norm_cfg=bn,
+                             loss_decode=dict(type='CrossEntropyLoss', loss_weight=0.4))],
+        test_cfg=dict(mode='whole'))
+
+
 # name -> model config on the tiny CLIP: CoOp, VPT + CoOp (another class list), zero-shot
 # CLIP (templates, nothing learned), and VPT, LoRA and AdaptFormer tasks beside them
 TASKS = {
     'coop': lambda c: coop_cls(c, SHAPES),
     'vpt_coop': lambda c: coop_cls(c, PETS, num_prompts=2, deep=True),
     'zero_shot': lambda c: coop_cls(c, PETS, dict(n_ctx=0, templates='a photo of a {}.')),
+    'coop_seg': lambda c: coop_seg(c, SHAPES + ['sky']),
+    'vpt_coop_seg': lambda c: coop_seg(c, PETS, num_prompts=3, deep=True),
     'vpt_cls': lambda c: dict(type='VPTClassifier', backbone=clip_backbone(c, num_prompts=3),
                               head=dict(type='LinearClsHead', in_channels=64, num_classes=4)),
     'lora_seg': lambda c: seg(c, lora=dict(rank=2, targets=('q', 'v', 'fc1'))),
     'adapter_seg': lambda c: seg(c, num_prompts=2, adapter=dict(width=4, scale=0.5)),
 }
-TEXT_TASKS = ('coop', 'vpt_coop', 'zero_shot')
+TEXT_TASKS = ('coop', 'vpt_coop', 'zero_shot', 'coop_seg', 'vpt_coop_seg')
 
 
 def _count_text_passes(model, name, calls: Counter):
     """Count the text tower passes of a task's text heads (``CoOpTextEncoder._features``)."""
     for head in text_heads(model):
         encoder = head.text_encoder
+        if encoder is None:  # an auxiliary head that uses the decode head's
+            continue
         inner = encoder._features
 
         def counted(inner=inner):
@@ -141,7 +167,8 @@ def test_coop_tasks_and_other_methods_in_one_batch_equal_each_model_alone(served
             torch.testing.assert_close(mixed[i], ref[j], atol=ATOL, rtol=RTOL, msg=name)
             torch.testing.assert_close(served_alone[i], ref[j], atol=ATOL, rtol=RTOL, msg=name)
     k = {t: mixed[tasks.index(t)].shape[0] for t in TEXT_TASKS}
-    assert k == dict(coop=len(SHAPES), vpt_coop=len(PETS), zero_shot=len(PETS))
+    assert k == dict(coop=len(SHAPES), vpt_coop=len(PETS), zero_shot=len(PETS),
+                     coop_seg=len(SHAPES) + 1, vpt_coop_seg=len(PETS))
     # the learned context acts: without it (zeroed) the CoOp task's logits change
     encoder = mt.tasks['coop'].head.text_encoder
     keep = encoder.ctx.detach().clone()
@@ -156,9 +183,10 @@ def test_class_embeddings_are_computed_once_across_batches(served):
     mt, calls = served['mt'], served['calls']
     assert served['added'] == {t: 1 for t in TEXT_TASKS}  # once each, when added
     assert served['first_batch'] == served['added']      # eval() and a batch: none again
-    mt(torch.randn(3, 3, 32, 32), list(TEXT_TASKS))  # (after another test changed a context)
+    mt(torch.randn(len(TEXT_TASKS), 3, 32, 32), list(TEXT_TASKS))  # (another test moved a ctx)
     before = dict(calls)
-    tasks = ['coop', 'vpt_cls', 'vpt_coop', 'lora_seg', 'zero_shot', 'coop']
+    tasks = ['coop', 'vpt_cls', 'coop_seg', 'vpt_coop', 'lora_seg', 'zero_shot', 'coop',
+             'vpt_coop_seg']
     for seed in range(3):
         torch.manual_seed(seed)
         inputs = torch.randn(len(tasks), 3, 32, 32)
@@ -190,19 +218,25 @@ def test_frozen_towers_are_shared_not_copied(served):
         coop.head.text_encoder.text.token_embedding.weight
     assert other.backbone.visual_projection.weight is coop.backbone.visual_projection.weight
     assert other.head.text_encoder.ctx is not coop.head.text_encoder.ctx  # tuned: own
+    seg = mt.tasks['coop_seg']
+    assert seg.decode_head.text_encoder.text.token_embedding.weight is \
+        coop.head.text_encoder.text.token_embedding.weight
+    assert seg.backbone.visual_projection.weight is coop.backbone.visual_projection.weight
     assert mt.backbone.visual_projection is None  # applied on each task's side of the pass
 
 
-def test_serve_tool_mixes_a_coop_task_file_with_lora_and_vpt_coop(served, monkeypatch, capsys):
-    """tools/serve.py: a CoOp task file (config inside), VPT + CoOp and LoRA tasks as
-    config:checkpoint; --verify passes and the CoOp rows name the task's classes."""
+def test_serve_tool_mixes_a_coop_task_file_with_coop_seg_lora_and_vpt_coop(
+        served, monkeypatch, capsys):
+    """tools/serve.py: a CoOp task file (config inside), VPT + CoOp, CoOp segmentation
+    and LoRA tasks as config:checkpoint; --verify passes, the CoOp rows name the task's
+    classes and the label maps are at the image's size."""
     tmp, clip = served['tmp'], served['clip']
     specs = []
     cfg, ckpt = served['paths']['coop']
     task_file = str(tmp / 'coop.safetensors')
     export_task(cfg, ckpt, task_file)
     specs.append(f'coop={task_file}')
-    for name in ('vpt_coop', 'lora_seg'):
+    for name in ('vpt_coop', 'coop_seg', 'lora_seg'):
         cfg, ckpt = served['paths'][name]
         cfg.dump(str(tmp / f'{name}.py'))
         specs.append(f'{name}={tmp / name}.py:{ckpt}')
@@ -218,7 +252,8 @@ def test_serve_tool_mixes_a_coop_task_file_with_lora_and_vpt_coop(served, monkey
     tool('serve').main()
     stdout = capsys.readouterr().out
     lines = [ln for ln in stdout.splitlines() if 'largest difference' in ln]
-    assert sorted(ln.split(':')[0] for ln in lines) == ['coop', 'lora_seg', 'vpt_coop']
+    assert sorted(ln.split(':')[0] for ln in lines) == ['coop', 'coop_seg', 'lora_seg',
+                                                        'vpt_coop']
     for ln in lines:
         assert float(ln.rsplit(':', 1)[1]) < 1e-4, ln
     rows = json.loads((out / 'predictions.json').read_text())
@@ -235,4 +270,6 @@ def test_serve_tool_mixes_a_coop_task_file_with_lora_and_vpt_coop(served, monkey
                 ref = model.predict(data['inputs'])[0]
             torch.testing.assert_close(torch.tensor(r['pred_score']), ref.pred_score,
                                        atol=ATOL, rtol=RTOL)
-    assert (out / 'lora_seg' / 'img1.png.png').exists()
+    for name in ('coop_seg', 'lora_seg'):
+        label = cv2.imread(str(out / name / 'img1.png.png'), cv2.IMREAD_UNCHANGED)
+        assert label.shape == (40, 56) and label.max() < 5  # 5 classes each

@@ -68,12 +68,6 @@ class TextClsHead(TextClassesMixin, BaseModule):
     def num_classes(self) -> int:
         return self._num_classes()
 
-    def class_embeddings(self) -> torch.Tensor:
-        """``(K, E)``: the classifier, ``exp(logit_scale) * normalize(g(t_i))`` (computed
-        once per step; cached by the text encoder where nothing needs a graph, e.g. in
-        serving)."""
-        return self.text_encoder()
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         text = self.class_embeddings()                                   # (K, E), scaled
         if x.shape[-1] != text.shape[-1]:

@@ -164,7 +164,7 @@ class MultiTaskViT(nn.Module):
         heads = text_heads(model)
         for head in heads:
             encoder = getattr(head, 'text_encoder', None)
-            if encoder is not None:
+            if isinstance(encoder, nn.Module):  # (an auxiliary head may use the main one's)
                 _tie_equal(encoder, self._frozen_pool['text'])
         with torch.no_grad():
             for head in heads:
@@ -314,8 +314,9 @@ def shared_backbone_cfg(backbone_cfg: dict, final_norm: bool,
     kind = 'PromptedTimmViT' if _is_timm(backbone_cfg) else 'PromptedVisionTransformer'
     if _is_timm(backbone_cfg):
         # CLIP's visual projection is applied on each task's side of the pass (a text
-        # head's); the shared tower has none (its width, num_classes, goes with it)
+        # head's, project_out's); the shared tower has none (nor its width, num_classes)
         cfg.pop('keep_projection', None)
+        cfg.pop('project_out', None)
         if isinstance(cfg.get('model_kwargs'), dict):
             cfg['model_kwargs'] = {k: v for k, v in cfg['model_kwargs'].items()
                                    if k != 'num_classes'}
