@@ -792,7 +792,7 @@ def format_table(report: dict) -> str:
             share = r['text_ms_per_step'] / r['ms_per_step'] if r['mode'] == 'train' else None
             lines.append(
                 f"| {r['model']} | {r['setup']} | {r['mode']} | {r['text_classes']} | "
-                f"{r['text_ms_per_step']:.4g} | {_fmt(share, '.2f')} | "
+                f"{r['text_ms_per_step']:.5g} | {_fmt(share, '.2f')} | "
                 f"{_fmt(r['text_peak_gib'], '.3g')} | {_fmt(r['text_saved_gib'], '.3g')} | "
                 f"{r['text_gflop']:.4g} |")
     return '\n'.join(lines)
