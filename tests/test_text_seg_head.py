@@ -233,6 +233,9 @@ def test_fixed_class_embeddings_are_the_text_heads_classifier(clip_file):
     (dict(keep_projection=False, model_kwargs=dict(embed_dim=WIDTH, depth=2, num_heads=2)),
      r"project_out=True maps the last layer's tokens into CLIP's joint space; it needs "
      r'keep_projection=True'),
+    (dict(final_norm=False, out_indices=(0, )),
+     r'it needs final_norm=True \(CLIP projects the final-normed tokens\), the last layer '
+     r'\(1\) in out_indices'),
     (dict(project_out=False), r'the backbone does not output them: leave the backbone'),
 ])
 def test_backbone_without_projection_refused(clip_file, backbone, match):
@@ -298,3 +301,38 @@ def test_demo_config_takes_a_training_step_on_the_tiny_clip(tmp_path, monkeypatc
     losses = model.train_step(data, optim)
     assert torch.isfinite(losses['loss'])
     assert not torch.equal(model.decode_head.text_encoder.ctx, ctx)
+
+
+def test_task_checkpoint_and_task_file_round_trip(clip_file, tmp_path):
+    """A CoOp segmentation task saves the context and the heads (the auxiliary head holds
+    no text tower); its checkpoint and its portable task file load to the same logits,
+    the frozen towers read again from the CLIP file."""
+    import shutil
+
+    from helpers import perturb_tuned
+    from mmengine.config import Config
+
+    from vpt_seg.formats.export import export_task
+    from vpt_seg.formats.loading import load_task_model
+    path, _ = clip_file
+    local = str(tmp_path / 'open_clip_model.safetensors')
+    shutil.copy(path, local)
+    cfg = seg_cfg(local, aux=[aux_head(0)], backbone=dict(num_prompts=2))
+    model = build(cfg)
+    perturb_tuned(model)
+    state = model.state_dict()
+    assert not [k for k in state if '.text.' in k or k.startswith('auxiliary_head.0.text')]
+    assert 'decode_head.text_encoder.prompt.ctx' in state
+    ckpt = str(tmp_path / 'task.pth')
+    torch.save(dict(state_dict=state, meta={}), ckpt)
+    x = images()
+    with torch.no_grad():
+        expected = model._forward(x)
+    config = Config(dict(model=cfg))
+    for source, conf in ((ckpt, config), (str(tmp_path / 'task.safetensors'), None)):
+        if conf is None:
+            export_task(config, ckpt, source)
+        loaded = load_task_model(conf, source).eval()
+        assert loaded.auxiliary_head[0].text_owner() is loaded.decode_head
+        with torch.no_grad():
+            torch.testing.assert_close(loaded._forward(x), expected)

@@ -102,9 +102,8 @@ class TextSegHead(TextClassesMixin, BaseDecodeHead):
                                                          embed_dims)
         if kernel_size not in (1, 3):
             raise ValueError(f'TextSegHead: kernel_size={kernel_size!r}: expected 1 or 3')
-        num_convs = int(num_convs)
-        if num_convs < 0:
-            raise ValueError(f'TextSegHead: num_convs={num_convs}: expected >= 0')
+        if num_convs != 0:
+            _positive_int(num_convs, 'num_convs')
         _positive_int(up_scale, 'up_scale')
         # BaseDecodeHead builds a conv_seg of num_classes; replaced below
         super().__init__(in_channels, channels, num_classes=num_classes or 2,
