@@ -208,3 +208,71 @@ def test_row_order_does_not_decide_a_ratio():
     a, _ = time_steps(first.step, 5, 1, cpu, clock=first)
     b, _ = time_steps(second.step, 5, 1, cpu, clock=second)
     assert a == b
+
+
+COOP = osp.join(ROOT, 'configs', 'demo', 'coop_cls_tiny.py')
+ADE_CLASSES = {'model.head.text_encoder.vocabulary': None,
+               'model.head.text_encoder.dataset_name': 'ade20k'}
+
+
+def test_coop_methods_measure_the_text_side_apart():
+    """--methods coop vpt-coop on the tiny CLIP classifier with ADE20k's 150 class names:
+    a row per method and mode, each with the text side's own figures (time, memory, kept
+    activations in training, FLOPs), and the mixed-task serving rows."""
+    from vpt_seg.experiments.benchmark import run_benchmark
+    report = run_benchmark(COOP, batch=2, amp=None, modes=('train', 'whole', 'serve'),
+                           steps=1, warmup=0, device='cpu', serve_batch=4, serve_tasks=2,
+                           methods=['coop', 'vpt-coop'], cfg_options=ADE_CLASSES,
+                           log=lambda msg: None)
+    rows = report['results']
+    assert [(r['model'], r['mode']) for r in rows] == [
+        (m, mode) for m in ('coop', 'vpt-coop') for mode in ('train', 'whole')] + [
+        ('serve', 'serve')] * 2
+    setups = {r['model']: r['setup'] for r in rows}
+    assert setups['coop'] == 'frozen, text context 16'  # CoOpTextEncoder's own default
+    assert setups['vpt-coop'] == 'frozen, 10 prompts + text context 16'
+    text_fields = {'text_classes', 'text_ms_per_step', 'text_peak_gib', 'text_saved_gib',
+                   'text_gflop'}
+    for r in rows[:4]:
+        assert (FIELDS - {'x_stock', 'mem_vs_stock'}) <= r.keys() and text_fields <= r.keys()
+        assert r['text_classes'] == 150 and r['text_ms_per_step'] > 0
+        assert r['text_gflop'] > 0 and r['text_peak_gib'] is not None
+        assert (r['text_saved_gib'] > 0) if r['mode'] == 'train' else r['text_saved_gib'] is None
+    train = {r['model']: r for r in rows if r['mode'] == 'train'}
+    # backward doubles the text side's work at least: more FLOPs than the pass alone
+    whole = {r['model']: r for r in rows if r['mode'] == 'whole'}
+    assert train['coop']['text_gflop'] > 2 * whole['coop']['text_gflop']
+    # tuned: the context (16 x 64) and, for VPT + CoOp, 10 deep prompts x 64 x 2 layers
+    assert train['coop']['tuned'] == 16 * 64
+    assert train['vpt-coop']['tuned'] - train['coop']['tuned'] == 10 * 64 * 2
+    assert not text_fields & rows[-1].keys()  # serving: cached, not measured per batch
+    table = format_table(report)
+    assert '| coop | frozen, text context 16 | train | 150 |' in table
+    assert '| vpt-coop | frozen, 10 prompts + text context 16 | whole | 150 |' in table
+
+
+def test_coop_methods_and_classification_modes_refused_where_they_cannot_run():
+    import pytest
+    from mmengine.config import Config
+
+    from vpt_seg.experiments.benchmark import run_benchmark
+    with pytest.raises(ValueError, match="method 'coop' learns a text context.*no text "
+                                         "encoder"):
+        model_setup(Config.fromfile(CONFIG), stock=False, method='coop')
+    with pytest.raises(ValueError, match='classification config.*slide'):
+        run_benchmark(COOP, modes=('slide', ), device='cpu')
+    with pytest.raises(ValueError, match='classification config.*--stock'):
+        run_benchmark(COOP, modes=('train', ), stock=True, device='cpu')
+
+
+def test_coop_method_on_a_clip_segmentation_config():
+    """The tiny CLIP segmentation demo (TextSegHead, ADE20k's 150 names): the coop row
+    measures the decode head's text side; the auxiliary head shares its text pass."""
+    from vpt_seg.experiments.benchmark import run_benchmark
+    config = osp.join(ROOT, 'configs', 'demo', 'coop_seg_tiny_ade20k.py')
+    report = run_benchmark(config, batch=1, amp=None, modes=('train', ), steps=1, warmup=0,
+                           device='cpu', methods=['coop'], log=lambda msg: None)
+    (row, ) = report['results']
+    assert (row['model'], row['setup']) == ('coop', 'frozen, text context 16')
+    assert row['text_classes'] == 150 and row['text_saved_gib'] > 0
+    assert row['text_gflop'] > 0 and row['text_ms_per_step'] > 0

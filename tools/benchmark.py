@@ -18,6 +18,11 @@ Examples:
     python tools/benchmark.py configs/setr_vpt_ade20k.py --methods vpt-deep lora adaptformer
     # multi-task serving: a batch of 32 from 4 tasks against a batch of one task
     python tools/benchmark.py configs/setr_vpt_ade20k.py --modes serve
+    # CoOp and VPT + CoOp on CLIP ViT-B/16 with ADE20k's 150 class names; the text side's
+    # time and memory per step in a table of their own
+    python tools/benchmark.py configs/coop_cls_imagefolder.py --methods coop vpt-coop \
+        --modes train whole --cfg-options model.head.text_encoder.vocabulary=None \
+        model.head.text_encoder.dataset_name=ade20k
 
 Weights are random (no pretrained file is read). See vpt_seg/experiments/benchmark.py for what each
 figure means.
@@ -36,7 +41,7 @@ def parse_args():
     parser = argparse.ArgumentParser(
         description='Measure img/s, peak memory and FLOPs of a config (ours vs stock MMSeg)',
         formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split('\n\n')[1])
-    parser.add_argument('config', help='segmentation config file')
+    parser.add_argument('config', help='segmentation or classification config file')
     parser.add_argument('--batch', type=int, default=8, help='training batch size (default 8)')
     parser.add_argument('--infer-batch', type=int, default=1,
                         help='images per inference step (default 1, as MMSeg tests)')
@@ -50,7 +55,8 @@ def parse_args():
                         help='what to measure (serve: MultiTaskViT, one task vs mixed tasks)')
     parser.add_argument('--methods', nargs='+', choices=list(METHODS), default=[],
                         help="rows of these methods on the config's backbone instead of the "
-                             "config's own row (settings of configs/setr_<method>_ade20k.py)")
+                             "config's own row (settings of configs/setr_<method>_ade20k.py; "
+                             "coop, vpt-coop: CoOpTextEncoder's defaults on a text head)")
     parser.add_argument('--serve-batch', type=int, default=32, help='serve: images per pass')
     parser.add_argument('--serve-tasks', type=int, default=4, help='serve: tasks mixed')
     parser.add_argument('--stock', action='store_true',

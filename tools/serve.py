@@ -4,9 +4,10 @@
         --images DIR --out-dir OUT [--size H W] [--batch-size 8] [--device cpu] [--verify]
 
 A task is its config and checkpoint, or a task file from tools/export_task.py (which
-carries its config), of any method: VPT, bias tuning, LoRA, AdaptFormer, or several at
-once; their prompts, low-rank and adapter terms are applied per sample, so tasks of
-different methods share a batch.
+carries its config), of any method: VPT, bias tuning, LoRA, AdaptFormer, CoOp (a text
+classifier on a CLIP file, whose class embeddings are computed once per task, not per
+batch), or several at once; their prompts, low-rank and adapter terms are applied per
+sample, so tasks of different methods share a batch.
 
 BACKBONE is the shared frozen ViT: a config (its ``model.backbone`` and pretrained file)
 or a pretrained weights file (the architecture then comes from the first task's config).

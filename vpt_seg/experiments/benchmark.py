@@ -12,6 +12,17 @@ file needed) and measures:
   against a batch that mixes ``serve_tasks`` tasks of the config (each with its own
   prompts, biases if tuned, and heads) in one pass.
 
+A classification config (``VPTClassifier``, e.g. CoOp's ``configs/coop_cls_imagefolder.py``)
+is measured the same way in ``train``, ``whole`` (``test_step`` on crop-sized images) and
+``serve``; ``slide`` and the stock model are segmentation's.
+
+**The text side.** For a model whose head classifies with text embeddings (CoOp's
+``TextClsHead``, ``TextSegHead``: a ``class_embeddings()`` method), each row also
+measures the head's class embeddings on their own (:func:`text_side`): in ``train``, one
+pass of the K class prompts through the text tower with its backward pass (what every
+training step pays, once, whatever the batch size); in ``whole``, the pass without
+gradients that evaluation and serving pay once per class list (then cached).
+
 For each: images per second (median of timed steps after warm-up), the bytes autograd
 keeps for the backward pass (training; exact and the same on any device), peak memory (CUDA:
 the allocator's peak, weights included; CPU: the process' resident set, sampled every
@@ -51,7 +62,7 @@ from mmengine.logging import print_log
 from mmengine.model import revert_sync_batchnorm
 from mmengine.optim import build_optim_wrapper
 from mmengine.registry import init_default_scope
-from mmengine.structures import PixelData
+from mmengine.structures import BaseDataElement, PixelData
 from mmseg.registry import MODELS
 from mmseg.structures import SegDataSample
 from torch.utils import flop_counter
@@ -61,12 +72,13 @@ from ..engine.logs import quiet_logger
 from ..formats.pretrained_key import set_pretrained
 from ..models.options import PROMPTED_ARGS
 from ..models.stock import TIMM_STOCK_KEYS
-from ..serving.multitask import MultiTaskViT, shared_backbone_cfg
+from ..serving.multitask import MultiTaskViT, shared_backbone_cfg, text_heads
 from ..tuners.adapter import check_adapter_options
 from ..tuners.lora import check_lora_options
 from ..tuners.tuning import count_parameters, format_count, freeze
 
-__all__ = ['run_benchmark', 'format_table', 'PEAK_TFLOPS', 'METHODS']
+__all__ = ['run_benchmark', 'format_table', 'PEAK_TFLOPS', 'METHODS', 'TEXT_METHODS',
+           'text_side']
 
 #: Dense tensor-core peak TFLOP/s by device name and dtype (vendor data sheets);
 #: ``--peak-tflops`` overrides. No entry: the fraction of peak is left out.
@@ -87,6 +99,23 @@ METHODS = OrderedDict([
     ('adaptformer', dict(num_prompts=0, tune_bias=False, lora=None,
                          adapter=check_adapter_options({}))),
 ])
+
+
+def _coop_defaults() -> dict:
+    """CoOp's context options as ``CoOpTextEncoder`` defaults them (16 tokens, unified,
+    at the end, random init), with no templates."""
+    import inspect
+
+    from ..models.text_encoder import CoOpTextEncoder
+    params = inspect.signature(CoOpTextEncoder.__init__).parameters
+    return dict({k: params[k].default for k in ('n_ctx', 'ctx_init', 'csc', 'class_position')},
+                templates=None)
+
+
+#: Methods that also set the head's text encoder (a text head's config): CoOp's learned
+#: context with the encoder's own defaults, on the image tower of ``METHODS[key]``.
+TEXT_METHODS = OrderedDict([('coop', 'head'), ('vpt-coop', 'vpt-deep')])
+METHODS.update((m, METHODS[image]) for m, image in TEXT_METHODS.items())
 
 
 # ------------------------------------------------------------------ the run
@@ -135,12 +164,16 @@ def run_benchmark(config: str, batch: int = 8, amp: Optional[str] = 'bf16',
         raise ValueError(f'unknown modes {sorted(bad)}; choose from train, whole, slide, serve')
     if amp not in (None, 'bf16'):
         raise ValueError(f"amp must be 'bf16' or None, got {amp!r}")
-    crop = tuple(cfg.model.data_preprocessor.get('size') or cfg.get('crop_size'))
+    seg = 'decode_head' in cfg.model
+    _check_kind(cfg, seg, modes, stock, reference)
+    crop = cfg.model.get('data_preprocessor', {}).get('size') or cfg.get('crop_size')
+    crop = (crop, crop) if isinstance(crop, int) else tuple(crop)
+    default_infer = (crop[0], int(round(crop[0] * 4 / 3))) if seg else crop
     run = _Run(cfg=cfg, dev=dev, amp=amp, batch=batch, infer_batch=infer_batch, crop=crop,
-               infer_size=tuple(infer_size or (crop[0], int(round(crop[0] * 4 / 3)))),
-               num_classes=cfg.model.decode_head.num_classes, serve_batch=serve_batch,
+               infer_size=tuple(infer_size or default_infer),
+               num_classes=config_num_classes(cfg.model), serve_batch=serve_batch,
                steps=steps, warmup=warmup, peak=_device_peak(dev, amp, peak_tflops),
-               methods=tuple(methods), log=log)
+               methods=tuple(methods), log=log, seg=seg)
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise ValueError(f'unknown methods {unknown}; choose from {list(METHODS)}')
@@ -176,12 +209,54 @@ class _Run:
     peak: Optional[float]
     methods: Tuple[str, ...]
     log: Callable[[str], None]
+    seg: bool = True
 
     def batch_for(self, mode: str) -> dict:
-        """Training crops, or ADE20k-shaped images for inference."""
+        """Training crops, or ADE20k-shaped images for inference (crop-sized ones for a
+        classifier)."""
+        make = make_batch if self.seg else make_cls_batch
         if mode == 'train':
-            return make_batch(self.batch, self.crop, self.num_classes)
-        return make_batch(self.infer_batch, self.infer_size, self.num_classes)
+            return make(self.batch, self.crop, self.num_classes)
+        return make(self.infer_batch, self.infer_size, self.num_classes)
+
+
+def _check_kind(cfg: Config, seg: bool, modes, stock: bool, reference: bool):
+    """Refuse what a classification config or a text head cannot be measured with."""
+    if not seg and ('slide' in modes or stock or reference):
+        raise ValueError(f'{cfg.filename}: a classification config ({cfg.model.get("type")}) '
+                         'is measured in the modes train, whole and serve, ours only: '
+                         'slide inference, --stock and --reference are segmentation\'s')
+    if stock and text_encoder_cfgs(cfg.model):
+        raise ValueError(f'{cfg.filename}: its head classifies with text embeddings (CoOp); '
+                         'stock MMSeg has no such head to compare with: leave out --stock')
+
+
+def text_encoder_cfgs(model_cfg) -> list:
+    """The text encoder configs of a model config's heads (``head``, ``decode_head``,
+    ``auxiliary_head``, a list of them included)."""
+    found = []
+    for key in ('head', 'decode_head', 'auxiliary_head'):
+        heads = model_cfg.get(key)
+        for head in heads if isinstance(heads, (list, tuple)) else [heads]:
+            if isinstance(head, dict) and isinstance(head.get('text_encoder'), dict):
+                found.append(head['text_encoder'])
+    return found
+
+
+def config_num_classes(model_cfg) -> int:
+    """The class count K of a model config: its head's ``num_classes``, else its text
+    encoder's class list (``vocabulary`` or MMSeg's ``dataset_name``)."""
+    head = model_cfg.get('decode_head') or model_cfg.get('head') or {}
+    if head.get('num_classes'):
+        return int(head['num_classes'])
+    for encoder in text_encoder_cfgs(model_cfg):
+        if encoder.get('vocabulary') is not None:
+            return len(encoder['vocabulary'])
+        if encoder.get('dataset_name'):
+            from mmseg.utils import get_classes
+            return len(get_classes(encoder['dataset_name']))
+    raise ValueError('cannot tell the class count: the head names no num_classes and no '
+                     'class list (text_encoder vocabulary / dataset_name)')
 
 
 def _plan(methods, stock: bool, reference: bool, modes, serve_tasks: int) -> list:
@@ -244,6 +319,8 @@ def _measure(run: _Run, k: int, rows: int, row, mode: str, start_all: float) -> 
     saved = saved_for_backward(step, model) if mode == 'train' else None
     sec = statistics.median(times)
     tflops = flops / sec / 1e12
+    text = text_side(model, mode, run.dev, run.amp, run.steps, run.warmup) \
+        if mode in ('train', 'whole') else None  # slide: whole's pass; serve: cached
     return dict(
         model=name, setup=setup, mode=mode, batch=n,
         size=list(run.crop if mode in ('train', 'serve') else run.infer_size),
@@ -252,7 +329,65 @@ def _measure(run: _Run, k: int, rows: int, row, mode: str, start_all: float) -> 
         saved_gib=None if saved is None else saved / 2**30,
         gflop_per_img=flops / n / 1e9, tflop_per_s=tflops,
         frac_peak=tflops / run.peak if run.peak else None,
-        tuned=count_parameters(model, tuned_only=True), total=count_parameters(model))
+        tuned=count_parameters(model, tuned_only=True), total=count_parameters(model),
+        **(text or {}))
+
+
+def text_side(model: torch.nn.Module, mode: str, device: torch.device, amp: Optional[str],
+              steps: int, warmup: int) -> Optional[dict]:
+    """The text side of a row on its own: the class embeddings of the model's first
+    text head (:func:`~vpt_seg.serving.multitask.text_heads`; None without one).
+
+    ``train``: one pass of the K class prompts through the text tower and its backward
+    pass to the context, as each training step runs it once. Other modes: one pass
+    without gradients, what evaluation and serving pay once per class list (the text
+    encoder caches it after). Time (median of ``steps`` after warm-up), peak memory above
+    what was held before (CPU: resident set, sampled; CUDA: allocator), bytes kept for
+    backward (train) and FLOPs, per pass.
+
+    Returns:
+        ``dict(text_classes, text_ms_per_step, text_peak_gib, text_saved_gib,
+        text_gflop)``, or None.
+    """
+    heads = text_heads(model)
+    if not heads:
+        return None
+    head = heads[0]
+    step = _text_step(head, mode, device, amp)
+    PeakMemory.release()
+    before = torch.cuda.memory_allocated(device) if device.type == 'cuda' else 0
+    with PeakMemory(device, PeakMemory.rss()) as mem:
+        times, _ = time_steps(step, steps, warmup, device)
+    peak = None if mem.peak is None else max(mem.peak - before, 0)
+    flops = count_flops(step)
+    saved = saved_for_backward(step, head) if mode == 'train' else None
+    head.train(mode == 'train')
+    return dict(text_classes=int(head.num_classes),
+                text_ms_per_step=statistics.median(times) * 1e3,
+                text_peak_gib=None if peak is None else peak / 2**30,
+                text_saved_gib=None if saved is None else saved / 2**30,
+                text_gflop=flops / 1e9)
+
+
+def _text_step(head: torch.nn.Module, mode: str, device, amp):
+    """One text pass of ``head`` (see :func:`text_side`)."""
+    if mode == 'train':
+        head.train()  # once, as a training loop does: fixed text (nothing tuned) stays cached
+
+        def step():
+            with _autocast(device, amp):
+                embeddings = head.class_embeddings()                     # (K, E)
+            if embeddings.requires_grad:
+                embeddings.float().sum().backward()
+            for p in head.parameters():
+                p.grad = None
+        return step
+
+    def step():
+        head.eval()  # drops the cached embeddings: the pass a new class list costs
+        with torch.no_grad(), _autocast(device, amp):
+            head.class_embeddings()
+    return step
 
 
 def _add_ratios(results: List[dict]):
@@ -281,6 +416,18 @@ def _tuner_words(bb) -> List[str]:
     return words
 
 
+def _text_words(encoders) -> List[str]:
+    """``['text context 16']``: the first text encoder's learned context (CoOp), as built;
+    ``['fixed text']`` for templates."""
+    if not encoders:
+        return []
+    encoder = encoders[0]
+    n_ctx = encoder.get('n_ctx', _coop_defaults()['n_ctx'])
+    if encoder.get('templates') is not None or not n_ctx:
+        return ['fixed text']
+    return [f'text context {n_ctx}' + (' (CSC)' if encoder.get('csc') else '')]
+
+
 def model_setup(cfg: Config, stock: bool, reference: bool = False,
                 method: Optional[str] = None):
     """The model and optimizer configs to measure, and a few words on what is tuned.
@@ -294,12 +441,24 @@ def model_setup(cfg: Config, stock: bool, reference: bool = False,
     """
     model = copy.deepcopy(cfg.model)
     bb = model.backbone
+    encoders = text_encoder_cfgs(model)
     if method is not None:
         if method not in METHODS:
             raise ValueError(f'unknown method {method!r}; choose from {list(METHODS)}')
         bb.update(copy.deepcopy(METHODS[method]))
+        if method in TEXT_METHODS:
+            if not encoders:
+                raise ValueError(
+                    f'method {method!r} learns a text context, and the config\'s head has no '
+                    'text encoder (model.head.text_encoder, model.decode_head.text_encoder): '
+                    'measure it on a CLIP config with a text head, e.g. '
+                    'configs/coop_cls_imagefolder.py')
+            for encoder in encoders:
+                encoder.update(_coop_defaults())
     set_pretrained(bb, None)  # random weights: measure without a pretrained file
     bb.init_cfg = None
+    for encoder in encoders:  # the text tower too
+        encoder['checkpoint'] = None
     timm_family = bb.get('type') == 'PromptedTimmViT'
     freeze = bb.get('freeze', True)
     tune_bias = bb.get('tune_bias', False)
@@ -327,7 +486,8 @@ def model_setup(cfg: Config, stock: bool, reference: bool = False,
         if reference:
             bb.fast_path = False
         parts = ([f'{prompts} prompts' + ('' if bb.get('deep', True) else ' (shallow)')]
-                 if prompts else []) + tuners + (['biases'] if tune_bias else [])
+                 if prompts else []) + tuners + (['biases'] if tune_bias else []) + \
+            _text_words(encoders)
         setup = ('full fine-tuning' if not freeze else
                  'frozen, ' + ' + '.join(parts or ['head only']))
         if bb.get('with_cp', False):
@@ -361,7 +521,7 @@ def build_serving(cfg: Config, device: torch.device, num_tasks: int) -> MultiTas
         models.append(build(cfg, False, device)[0].eval())
     frozen = {n: p for n, p in models[0].backbone.named_parameters() if not p.requires_grad}
     shared = MODELS.build(shared_backbone_cfg(
-        cfg.model.backbone, final_norm=cfg.model.backbone.get('final_norm', False))).to(device)
+        cfg.model.backbone, final_norm=models[0].backbone.final_norm)).to(device)
     with torch.no_grad():
         for n, p in shared.named_parameters():
             p.copy_(frozen[n])
@@ -369,10 +529,28 @@ def build_serving(cfg: Config, device: torch.device, num_tasks: int) -> MultiTas
             for n, p in m.backbone.named_parameters():
                 if n in frozen:
                     p.copy_(frozen[n])
+            for head, first in zip(text_heads(m), text_heads(models[0])):  # one CLIP file
+                frozen_text = {n: p for n, p in first.named_parameters() if not p.requires_grad}
+                for n, p in head.named_parameters():
+                    if n in frozen_text:
+                        p.copy_(frozen_text[n])
     mt = MultiTaskViT(shared)
     for t, m in enumerate(models):
         mt.add_task(f'task{t}', m)
     return mt.eval()
+
+
+def make_cls_batch(batch: int, size, num_classes: int, seed: int = 0) -> dict:
+    """Random uint8 images and class labels, as ``PackClsInputs`` gives them."""
+    g = torch.Generator().manual_seed(seed)
+    h, w = size
+    inputs, samples = [], []
+    for _ in range(batch):
+        inputs.append(torch.randint(0, 256, (3, h, w), generator=g, dtype=torch.uint8))
+        sample = BaseDataElement(metainfo=dict(img_shape=(h, w), ori_shape=(h, w)))
+        sample.gt_label = torch.randint(0, num_classes, (), generator=g)
+        samples.append(sample)
+    return dict(inputs=inputs, data_samples=samples)
 
 
 def make_batch(batch: int, size, num_classes: int, seed: int = 0) -> dict:
@@ -565,7 +743,8 @@ def _steps(model, optim_wrapper, mode: str, data: dict, device, amp):
             optim_wrapper.update_params(loss)
         return step
     model.eval()
-    model.test_cfg.mode = mode
+    if getattr(model, 'test_cfg', None) is not None:  # a segmentor: whole or slide
+        model.test_cfg.mode = mode
 
     def step():
         with torch.no_grad(), autocast():
@@ -600,6 +779,22 @@ def format_table(report: dict) -> str:
             f"{r['tflop_per_s']:.3g} | "
             f"{'-' if r['frac_peak'] is None else format(100 * r['frac_peak'], '.1f')} | "
             f"{format_count(r['tuned'])} |")
+    text = [r for r in report['results'] if r.get('text_ms_per_step') is not None]
+    if text:
+        lines += ['', 'The text side of these rows on its own (the class embeddings of K class '
+                  'prompts; train: forward and backward, once per step whatever the batch; '
+                  'whole: one pass without gradients, once per class list, then cached). '
+                  'share: of the training step\'s time.', '',
+                  '| model | setup | mode | K | text ms | share | text peak GiB | '
+                  'text kept GiB | text GFLOP |',
+                  '|---|---|---|--:|--:|--:|--:|--:|--:|']
+        for r in text:
+            share = r['text_ms_per_step'] / r['ms_per_step'] if r['mode'] == 'train' else None
+            lines.append(
+                f"| {r['model']} | {r['setup']} | {r['mode']} | {r['text_classes']} | "
+                f"{r['text_ms_per_step']:.5g} | {_fmt(share, '.2f')} | "
+                f"{_fmt(r['text_peak_gib'], '.3g')} | {_fmt(r['text_saved_gib'], '.3g')} | "
+                f"{r['text_gflop']:.4g} |")
     return '\n'.join(lines)
 
 

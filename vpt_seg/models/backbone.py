@@ -209,6 +209,17 @@ class PromptedBackbone(FrozenBackboneMixin):
             owner, _, attr = pname.rpartition('.')
             self.get_submodule(owner)._parameters[attr] = params[pname]  # tie, free the copy
 
+    def task_side_names(self) -> set:
+        """Names of the frozen parameters a task applies on its own side of a shared
+        pass, after it: CLIP's visual projection (``visual_projection``, read by a text
+        head). They need not be in the shared backbone; serving ties equal ones across
+        tasks."""
+        projection = getattr(self, 'visual_projection', None)
+        if projection is None:
+            return set()
+        ids = {id(p) for p in projection.parameters()}
+        return {n for n, p in self.named_parameters() if id(p) in ids}
+
     def _differences(self, shared: 'PromptedBackbone') -> List[str]:
         """What differs from ``shared`` beyond the tuned tensors: the structure and the
         frozen parameters' shapes (position embeddings for another ``img_size`` are
@@ -217,10 +228,11 @@ class PromptedBackbone(FrozenBackboneMixin):
         diff = [f'{k}: {theirs[k]} (task) vs {ours[k]} (shared)' for k in ours
                 if ours[k] != theirs[k]]
         params = dict(shared.named_parameters())
+        own_side = self.task_side_names()
         for pname, param in self.named_parameters():
-            if param.requires_grad or (pname.endswith('pos_embed') and
-                                       param.shape != params[pname].shape):
-                continue  # tuned, or position embeddings for another img_size (kept)
+            if param.requires_grad or pname in own_side or (
+                    pname.endswith('pos_embed') and param.shape != params[pname].shape):
+                continue  # tuned, applied after the pass, or another img_size's (kept)
             if pname not in params:
                 diff.append(f'{pname}: in the task, not in the shared backbone (build it '
                             'with final_norm=True / the same options)')

@@ -24,6 +24,14 @@ tasks in one pass through the shared weights:
   (:mod:`vpt_seg.models.vit_ops`), timm's blocks through forward hooks.
 * **Per-task backbone outputs.** ``out_indices``, ``final_norm``, ``output_cls_token``,
   ``out_origin`` and ``img_size`` (position embeddings) stay per task.
+* **Text classifiers (CoOp).** A head whose classifier is text embeddings (it has
+  ``class_embeddings()``: ``TextClsHead``, ``TextSegHead``) runs per task on its
+  samples, like any head, after the shared pass; CLIP's visual projection is applied on
+  the task's side of the pass. Each task's class embeddings are computed once, when the
+  task is added (the text encoder caches them until its context, class list or weights
+  change), not per batch: :meth:`MultiTaskViT.forward` runs without gradients, so the
+  cache holds. Frozen text towers and visual projections that are equal across tasks
+  (one CLIP file) are tied, as the image tower's frozen weights are.
 
 Outputs equal those of running each task model alone (up to float rounding, see
 ``tests/test_multitask.py``). Serving is inference only: the frozen ViT runs in eval
@@ -46,13 +54,13 @@ from torch import nn
 
 from ..formats.pretrained_key import FLAG_NAMES, pretrained_in, set_pretrained
 from ..formats.weights import load_vit_checkpoint, to_mmseg_state_dict
-from ..models.backbone import PromptedBackbone
 from ..models.classifier import VPTClassifier
 from ..models.options import PROMPTED_ARGS
 from ..tuners.terms import TaskBatch
 from ..tuners.tuning import bias_parameters
 
-__all__ = ['MultiTaskViT', 'task_kind', 'shared_backbone_cfg', 'build_shared_backbone']
+__all__ = ['MultiTaskViT', 'task_kind', 'text_heads', 'shared_backbone_cfg',
+           'build_shared_backbone']
 
 
 def task_kind(model: nn.Module) -> str:
@@ -64,6 +72,32 @@ def task_kind(model: nn.Module) -> str:
         return 'seg'
     raise TypeError(f'{type(model).__name__} is neither a VPTClassifier nor an MMSeg '
                     'encoder-decoder segmentor')
+
+
+def text_heads(model: nn.Module) -> List[nn.Module]:
+    """The heads of a task whose classifier is text embeddings: every module with a
+    ``class_embeddings()`` method (``(K, E)`` scaled, normalised class features)."""
+    return [m for m in model.modules() if callable(getattr(m, 'class_embeddings', None))]
+
+
+def _tie_equal(module: nn.Module, pool: List[nn.Module]) -> bool:
+    """Tie ``module``'s frozen parameters to those of the first module in ``pool`` whose
+    frozen parameters have the same names, shapes and values (its copies are freed);
+    else add ``module`` to ``pool``. Returns whether it was tied."""
+    mine = [(n, p) for n, p in module.named_parameters() if not p.requires_grad]
+    for other in pool:
+        theirs = {n: p for n, p in other.named_parameters() if not p.requires_grad}
+        if set(theirs) != {n for n, _ in mine} or any(
+                theirs[n].shape != p.shape or not torch.equal(theirs[n], p.detach().to(
+                    theirs[n].device)) for n, p in mine):
+            continue
+        for n, _ in mine:
+            owner, _, attr = n.rpartition('.')
+            module.get_submodule(owner)._parameters[attr] = theirs[n]
+        return True
+    if mine:
+        pool.append(module)
+    return False
 
 
 class MultiTaskViT(nn.Module):
@@ -79,7 +113,7 @@ class MultiTaskViT(nn.Module):
     and one task name per image.
     """
 
-    def __init__(self, backbone: PromptedBackbone):
+    def __init__(self, backbone: nn.Module):
         super().__init__()
         backbone.check_shareable('shared backbone')
         self.backbone = backbone.eval()
@@ -87,6 +121,8 @@ class MultiTaskViT(nn.Module):
             p.requires_grad_(False)
         self.tasks = nn.ModuleDict()
         self.kinds: Dict[str, str] = {}
+        # frozen text towers and visual projections seen so far (ties equal ones)
+        self._frozen_pool: Dict[str, List[nn.Module]] = dict(text=[], projection=[])
 
     # ------------------------------------------------------------------ tasks
     def add_task(self, name: str, model: nn.Module) -> nn.Module:
@@ -96,7 +132,9 @@ class MultiTaskViT(nn.Module):
             name: Task name (used in :meth:`forward`).
             model: A ``VPTClassifier`` or an MMSeg segmentor whose backbone is a frozen
                 :class:`~vpt_seg.models.backbone.PromptedBackbone` of the shared
-                backbone's kind, with its task checkpoint loaded.
+                backbone's kind, with its task checkpoint loaded. Its heads may classify
+                with text embeddings (CoOp): their class embeddings are computed here,
+                once (:func:`text_heads`).
 
         Raises:
             ValueError: The task's ViT differs from the shared one in architecture or
@@ -105,21 +143,46 @@ class MultiTaskViT(nn.Module):
         if name in self.tasks:
             raise ValueError(f'task {name!r} is already registered')
         kind = task_kind(model)
-        if not isinstance(model.backbone, PromptedBackbone):
+        if not callable(getattr(model.backbone, 'share_frozen', None)):
             raise ValueError(f'task {name!r}: only tasks on a frozen PromptedVisionTransformer '
                              'or PromptedTimmViT (freeze=True) can share a backbone; a fully '
                              'fine-tuned ViT is a model of its own')
         model.backbone.share_frozen(self.backbone, f'task {name!r}')
         model.eval()
+        self._share_text_side(model)
         self.tasks[name] = model
         self.kinds[name] = kind
         return model
 
+    def _share_text_side(self, model: nn.Module):
+        """Tie the task's frozen visual projection and text towers to equal ones of
+        tasks added before, then compute its class embeddings once (cached by the text
+        encoder until its context, class list or weights change)."""
+        projection = getattr(model.backbone, 'visual_projection', None)
+        if projection is not None:
+            _tie_equal(projection, self._frozen_pool['projection'])
+        heads = text_heads(model)
+        for head in heads:
+            encoder = getattr(head, 'text_encoder', None)
+            if isinstance(encoder, nn.Module):  # (an auxiliary head may use the main one's)
+                _tie_equal(encoder, self._frozen_pool['text'])
+        with torch.no_grad():
+            for head in heads:
+                head.class_embeddings()
+
     def train(self, mode: bool = True):
+        """Eval mode only. Tasks already in eval mode (as :meth:`add_task` leaves them)
+        are left as they are: a text encoder's ``train()`` drops its cached class
+        embeddings, which would then be computed again."""
         if mode:
             raise RuntimeError('MultiTaskViT serves trained tasks and runs in eval mode only; '
                                'train each task with tools/train.py')
-        return super().train(False)
+        self.training = self.tasks.training = False
+        self.backbone.train(False)
+        for model in self.tasks.values():
+            if any(m.training for m in model.modules()):
+                model.train(False)
+        return self
 
     # ---------------------------------------------------------------- helpers
     def preprocess(self, images: Sequence[torch.Tensor], tasks: Sequence[str]) -> torch.Tensor:
@@ -178,8 +241,10 @@ class MultiTaskViT(nn.Module):
         feats = self.backbone.forward_tasks(inputs, batch)
         return OrderedDict((n, (idx, f)) for n, idx, f in zip(groups, groups.values(), feats))
 
+    @torch.no_grad()
     def forward(self, inputs: torch.Tensor, tasks: Sequence[str]) -> List[torch.Tensor]:
-        """Run a mixed-task batch.
+        """Run a mixed-task batch (without gradients: serving is inference, and text
+        heads then reuse their cached class embeddings).
 
         Args:
             inputs: ``(B, 3, H, W)`` normalised images.
@@ -243,9 +308,18 @@ def _is_timm(backbone_cfg: dict) -> bool:
 def shared_backbone_cfg(backbone_cfg: dict, final_norm: bool,
                         init_cfg: Optional[dict] = None) -> dict:
     """The config of the frozen ViT that tasks of ``backbone_cfg`` share: the same
-    architecture, task-only options (prompts, bias tuning, outputs, dropout) dropped."""
+    architecture, task-only options (prompts, bias tuning, outputs, dropout, CLIP's visual
+    projection) dropped."""
     cfg = {k: v for k, v in copy.deepcopy(dict(backbone_cfg)).items() if k not in _TASK_ONLY}
     kind = 'PromptedTimmViT' if _is_timm(backbone_cfg) else 'PromptedVisionTransformer'
+    if _is_timm(backbone_cfg):
+        # CLIP's visual projection is applied on each task's side of the pass (a text
+        # head's, project_out's); the shared tower has none (nor its width, num_classes)
+        cfg.pop('keep_projection', None)
+        cfg.pop('project_out', None)
+        if isinstance(cfg.get('model_kwargs'), dict):
+            cfg['model_kwargs'] = {k: v for k, v in cfg['model_kwargs'].items()
+                                   if k != 'num_classes'}
     cfg.update(type=kind, num_prompts=0, freeze=True, final_norm=final_norm)
     set_pretrained(cfg, (init_cfg or {}).get('checkpoint'))
     return cfg
