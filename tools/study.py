@@ -12,10 +12,21 @@ miou_vs_params.png and predictions.png to --out. Every tool run uses --threads t
 threads (default 1: the documented numbers, and the documented time on a busy machine).
 """
 import argparse
+import os.path as osp
+import time
 
 import torch
 
+from vpt_seg.experiments.coop_study import (
+    DEFAULT_SHOTS,
+    FULL_SHOTS,
+    CoopSettings,
+    run_coop_study,
+)
 from vpt_seg.experiments.study import ROWS, StudySettings, run_study
+
+#: What each --suite runs: the Table 3 rows, the CoOp part (reduced in 'all'), or both.
+SUITES = ('all', 'table3', 'coop')
 
 
 def parse_args():
@@ -62,6 +73,14 @@ def parse_args():
                         help='backbone families run at once, each its own tool subprocess '
                              '(default %(default)s: the DINOv2-reg family beside the ViT '
                              'family; the results do not depend on it)')
+    parser.add_argument('--suite', choices=SUITES, default='all',
+                        help="'all' (default): the Table 3 rows and CoOp's part with shots "
+                             f"{' '.join(map(str, DEFAULT_SHOTS))}; 'table3': the rows only; "
+                             "'coop': CoOp's part alone, full curves (shots "
+                             f"{' '.join(map(str, FULL_SHOTS))}); its outputs go to OUT/coop")
+    parser.add_argument('--shots', type=int, nargs='+',
+                        help='shots per class of the CoOp few-shot curves (default: see '
+                             '--suite)')
     return parser.parse_args()
 
 
@@ -69,6 +88,17 @@ def main():
     args = parse_args()
     if args.threads >= 1:
         torch.set_num_threads(args.threads)  # this process too (run_study refuses < 1)
+    start = time.perf_counter()
+    if args.suite != 'coop':
+        run_table3(args)
+    if args.suite != 'table3':
+        shots = args.shots or (FULL_SHOTS if args.suite == 'coop' else DEFAULT_SHOTS)
+        run_coop_study(CoopSettings(out_dir=osp.join(args.out, 'coop'), shots=tuple(shots),
+                                    seed=args.seed, threads=args.threads, jobs=args.jobs))
+    print(f'study ({args.suite}): {time.perf_counter() - start:.0f} s in all')
+
+
+def run_table3(args):
     run_study(StudySettings(out_dir=args.out, rows=args.rows, iters=args.iters,
                             pretrain_iters=args.pretrain_iters, num_source=args.num_source,
                             num_target=args.num_target, num_val=args.num_val,

@@ -1,0 +1,5 @@
+# Linear probe: a linear classifier on the frozen image tower's final normed [CLS] (the CLIP
+# image embedding is a linear map of it); no text.
+_base_ = ['./_base_/tiny_clip.py']
+model = dict(head=dict(_delete_=True, type='LinearClsHead', in_channels=64, num_classes=10))
+optim_wrapper = dict(optimizer=dict(lr=1e-2, weight_decay=1e-4))
