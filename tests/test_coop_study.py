@@ -112,7 +112,7 @@ def test_base_to_novel_table_and_outputs(study):
         saved = json.load(f)
     assert saved['few_shot']['coop']['16'] == study['few_shot']['coop'][16]
     assert saved['machine']['threads'] == 1 and 'few-shot' in saved['timings']
-    assert study['tuned']['coop'] == 16 * CLIP_SHAPE['text_width']   # the context only
+    assert study['tuned']['coop'] == 4 * CLIP_SHAPE['text_width']   # the context only
     img = np.asarray(Image.open(files['figure']))
     assert img.ndim == 3 and min(img.shape[:2]) > 200 and img[..., :3].std() > 10
 

@@ -39,7 +39,7 @@ CLIP_SHAPE = dict(embed_dim=64, image_size=32, patch_size=8, vision_width=64,
                   vision_layers=4, vision_heads=4, text_width=64, text_layers=4,
                   text_heads=4, context_length=77, vocab_size=49408)
 #: Text positions trained (the longest caption or study prompt fits well inside).
-TRAIN_CONTEXT = 24
+TRAIN_CONTEXT = 16
 
 
 @dataclass

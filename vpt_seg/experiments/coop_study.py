@@ -201,9 +201,10 @@ def _pool(settings, runs: List[_Run], out: str, clip: str, zero_ckpt: str) -> Li
         return [f.result() for f in futures]
 
 
-def _make_data(settings: CoopSettings, out: str) -> Dict[str, str]:
+def _make_data(settings: CoopSettings, out: str, clip: str):
     """Target data: all ten classes (nested shot folders, validation), and the
-    base-to-novel halves. Returns their roots."""
+    base-to-novel halves; and the zero-shot checkpoint (the model as built: nothing tuned,
+    the towers come from the CLIP file). Returns ``({name: root}, checkpoint)``."""
     shots = sorted(set(settings.shots) | ({settings.b2n_shots} if settings.base_to_novel
                                           else set()))
     train = [(f'train_{s}shot', 'train', s) for s in shots]
@@ -216,7 +217,11 @@ def _make_data(settings: CoopSettings, out: str) -> Dict[str, str]:
                                            settings.seed)
         roots['novel'] = make_target_folder(osp.join(data, 'novel'), NOVEL, val,
                                             settings.seed)
-    return roots
+    zero = _Run('zero-shot', 'zero-shot', roots['target'], tuple(range(10)))
+    ckpt = save_untrained(osp.join(settings.config_dir, 'zero-shot.py'),
+                          _options(settings, zero, roots['target'], zero.classes, clip),
+                          osp.join(out, 'zero_shot.pth'), settings.seed)
+    return roots, ckpt
 
 
 def _few_shot_runs(settings: CoopSettings, roots) -> List[_Run]:
@@ -249,16 +254,38 @@ def _tuned_counts(settings: CoopSettings, methods, clip: str) -> Dict[str, int]:
     return counts
 
 
-def _clip(settings: CoopSettings, out: str, timings: Dict):
+def _clip(settings: CoopSettings, out: str):
     """The CLIP file: ``clip_file``, or the tiny CLIP pretrained into ``out/tiny_clip``."""
     if settings.clip_file:
         return osp.abspath(settings.clip_file), dict(file=settings.clip_file)
-    t = time.perf_counter()
     info = pretrain_tiny_clip(osp.join(out, 'tiny_clip'), settings.clip, _log)
-    timings['tiny CLIP'] = time.perf_counter() - t
     _log(f'tiny CLIP: contrastive loss {info["loss"]:.3f}, caption retrieval '
-         f'{info["retrieval"]:.1f}% ({timings["tiny CLIP"]:.1f} s)')
+         f'{info["retrieval"]:.1f}% ({info["seconds"]:.1f} s)')
     return osp.join(out, 'tiny_clip', 'open_clip_model.safetensors'), info
+
+
+def _cpu_seconds() -> float:
+    """CPU time (user + system) of this process and its finished tool runs so far."""
+    import resource
+    return sum(u.ru_utime + u.ru_stime for u in (resource.getrusage(resource.RUSAGE_SELF),
+                                                resource.getrusage(resource.RUSAGE_CHILDREN)))
+
+
+class _Stage:
+    """Times a stage: wall seconds into ``timings``, CPU seconds (this process and its
+    tool runs) into ``cpu`` (on a busy machine the CPU time is what an idle one takes,
+    divided by the runs at once)."""
+
+    def __init__(self, name: str, timings: Dict, cpu: Dict):
+        self.name, self.timings, self.cpu = name, timings, cpu
+
+    def __enter__(self):
+        self.t, self.c = time.perf_counter(), _cpu_seconds()
+        return self
+
+    def __exit__(self, *exc):
+        self.timings[self.name] = time.perf_counter() - self.t
+        self.cpu[self.name] = _cpu_seconds() - self.c
 
 
 def run_coop_study(settings: CoopSettings) -> Dict:
@@ -276,23 +303,18 @@ def run_coop_study(settings: CoopSettings) -> Dict:
     machine = dict(threads=settings.threads, jobs=settings.jobs, cpu_count=os.cpu_count(),
                    load_avg_1min_start=os.getloadavg()[0])
     torch.set_num_threads(settings.threads)
-    clip, clip_info = _clip(settings, out, timings)
-    t = time.perf_counter()
-    roots = _make_data(settings, out)
-    zero_run = _Run('zero-shot', 'zero-shot', roots['target'], tuple(range(10)))
-    zero_ckpt = save_untrained(osp.join(settings.config_dir, 'zero-shot.py'),
-                               _options(settings, zero_run, roots['target'],
-                                        zero_run.classes, clip),
-                               osp.join(out, 'zero_shot.pth'), settings.seed)
-    timings['data'] = time.perf_counter() - t
-    t = time.perf_counter()
-    few = _pool(settings, _few_shot_runs(settings, roots), out, clip, zero_ckpt)
-    timings['few-shot'] = time.perf_counter() - t
+    cpu = OrderedDict()
+    with _Stage('tiny CLIP', timings, cpu):
+        clip, clip_info = _clip(settings, out)
+    with _Stage('data', timings, cpu):
+        roots, zero_ckpt = _make_data(settings, out, clip)
+    with _Stage('few-shot', timings, cpu):
+        few = _pool(settings, _few_shot_runs(settings, roots), out, clip, zero_ckpt)
     b2n = []
     if settings.base_to_novel:
-        t = time.perf_counter()
-        b2n = _pool(settings, _b2n_runs(settings, roots), out, clip, zero_ckpt)
-        timings['base-to-novel'] = time.perf_counter() - t
+        with _Stage('base-to-novel', timings, cpu):
+            b2n = _pool(settings, _b2n_runs(settings, roots), out, clip, zero_ckpt)
+    machine['cpu_s'] = cpu
     return _finish(settings, out, few, b2n, clip_info, clip, timings, machine, t0)
 
 
@@ -391,6 +413,8 @@ def _print_summary(result: Dict):
     m = result['machine']
     print('CoOp stage timings: ' + ', '.join(f'{k} {v:.1f} s'
                                              for k, v in result['timings'].items()))
+    print('CPU seconds (this process and its tool runs): ' + ', '.join(
+        f'{k} {v:.1f}' for k, v in m['cpu_s'].items()))
     print(f'{m["threads"]} torch thread(s) per tool run, {m["jobs"]} runs at once; load '
           f'average (1 min) {m["load_avg_1min_start"]:.2f} at the start, '
           f'{m["load_avg_1min_end"]:.2f} at the end, {m["cpu_count"]} cores')

@@ -1,3 +1,3 @@
-# CoOp with class-specific context (CSC): 16 vectors of its own for every class.
+# CoOp with class-specific context (CSC): 4 vectors of its own for every class.
 _base_ = ['./_base_/tiny_clip.py']
-model = dict(head=dict(text_encoder=dict(n_ctx=16, csc=True, class_position='end')))
+model = dict(head=dict(text_encoder=dict(n_ctx=4, csc=True, class_position='end')))

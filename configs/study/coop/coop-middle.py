@@ -1,3 +1,3 @@
-# CoOp with the class name in the middle of the 16 context vectors.
+# CoOp with the class name in the middle of the 4 context vectors.
 _base_ = ['./_base_/tiny_clip.py']
-model = dict(head=dict(text_encoder=dict(n_ctx=16, csc=False, class_position='middle')))
+model = dict(head=dict(text_encoder=dict(n_ctx=4, csc=False, class_position='middle')))

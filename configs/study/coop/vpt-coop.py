@@ -1,5 +1,5 @@
 # VPT-deep + CoOp (both towers prompted, the IVLP setup; configs/vpt-coop_cls_imagefolder.py
-# at the study's scale): deep image prompts and a unified text context of 16.
+# at the study's scale): deep image prompts and a unified text context of 4.
 _base_ = ['./_base_/tiny_clip.py']
 model = dict(backbone=dict(num_prompts=4, deep=True),
-             head=dict(text_encoder=dict(n_ctx=16, csc=False, class_position='end')))
+             head=dict(text_encoder=dict(n_ctx=4, csc=False, class_position='end')))
