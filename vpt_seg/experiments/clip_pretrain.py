@@ -36,7 +36,7 @@ __all__ = ['CLIP_SHAPE', 'TRAIN_CONTEXT', 'ClipPretrainSettings', 'tokenize_capt
 #: The study CLIP's shape (:func:`vpt_seg.models.tiny_clip.tiny_clip_model_cfg` names):
 #: 32 px images in 16 patches, both towers 64 wide, joint embedding 64.
 CLIP_SHAPE = dict(embed_dim=64, image_size=32, patch_size=8, vision_width=64,
-                  vision_layers=4, vision_heads=4, text_width=64, text_layers=4,
+                  vision_layers=3, vision_heads=4, text_width=64, text_layers=2,
                   text_heads=4, context_length=77, vocab_size=49408)
 #: Text positions trained (the longest caption or study prompt fits well inside).
 TRAIN_CONTEXT = 16
@@ -55,9 +55,9 @@ class ClipPretrainSettings:
             embeddings' norms or the temperature).
         seed: Data and initialisation seed.
     """
-    num_pairs: int = 12000
-    iters: int = 1500
-    batch_size: int = 128
+    num_pairs: int = 8000
+    iters: int = 400
+    batch_size: int = 64
     lr: float = 2e-3
     weight_decay: float = 0.1
     seed: int = 0

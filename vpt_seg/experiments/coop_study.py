@@ -50,7 +50,8 @@ from .study import (
 )
 
 __all__ = ['METHODS', 'B2N_METHODS', 'FULL_SHOTS', 'DEFAULT_SHOTS', 'CoopSettings',
-           'run_coop_study', 'harmonic_mean', 'plot_few_shot']
+           'run_coop_study', 'harmonic_mean', 'format_few_shot', 'format_base_to_novel',
+           'plot_few_shot']
 
 #: Method key (config in configs/study/coop) -> its name in the tables and the figure.
 METHODS = OrderedDict([

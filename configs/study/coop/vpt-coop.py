@@ -2,4 +2,5 @@
 # at the study's scale): deep image prompts and a unified text context of 4.
 _base_ = ['./_base_/tiny_clip.py']
 model = dict(backbone=dict(num_prompts=4, deep=True),
-             head=dict(text_encoder=dict(n_ctx=4, csc=False, class_position='end')))
+             head=dict(text_encoder=dict(n_ctx=4, ctx_init='a photo of a', csc=False,
+                                         class_position='end')))

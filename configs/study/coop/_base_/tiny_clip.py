@@ -17,11 +17,13 @@ iters = 200
 
 model = dict(
     backbone=dict(checkpoint=clip, img_size=(crop_size, crop_size), patch_size=8,
-                  model_kwargs=dict(embed_dim=64, depth=4, num_heads=4, num_classes=64)),
+                  model_kwargs=dict(embed_dim=64, depth=3, num_heads=4, num_classes=64)),
     head=dict(text_encoder=dict(vocabulary=classes, checkpoint=clip, embed_dims=64,
-                                num_layers=4, num_heads=4, output_dims=64)))
+                                num_layers=2, num_heads=4, output_dims=64)))
+# InfiniteSampler: a few-shot set is smaller than a batch or two, and MMEngine pauses 2 s
+# each time it restarts an exhausted loader (DefaultSampler).
 train_dataloader = dict(
-    batch_size=16,
+    batch_size=16, sampler=dict(_delete_=True, type='InfiniteSampler', shuffle=True),
     dataset=dict(data_root=data_root, data_prefix=dict(img_path='train_16shot')))
 val_dataloader = dict(batch_size=100, dataset=dict(data_root=data_root))
 test_dataloader = val_dataloader
