@@ -18,8 +18,10 @@ import time
 import torch
 
 from vpt_seg.experiments.coop_study import (
+    DEFAULT_METHODS,
     DEFAULT_SHOTS,
     FULL_SHOTS,
+    METHODS,
     CoopSettings,
     run_coop_study,
 )
@@ -76,7 +78,7 @@ def parse_args():
     parser.add_argument('--suite', choices=SUITES, default='all',
                         help="'all' (default): the Table 3 rows and CoOp's part with shots "
                              f"{' '.join(map(str, DEFAULT_SHOTS))}; 'table3': the rows only; "
-                             "'coop': CoOp's part alone, full curves (shots "
+                             "'coop': CoOp's part alone, every method, full curves (shots "
                              f"{' '.join(map(str, FULL_SHOTS))}); its outputs go to OUT/coop")
     parser.add_argument('--shots', type=int, nargs='+',
                         help='shots per class of the CoOp few-shot curves (default: see '
@@ -92,8 +94,10 @@ def main():
     if args.suite != 'coop':
         run_table3(args)
     if args.suite != 'table3':
-        shots = args.shots or (FULL_SHOTS if args.suite == 'coop' else DEFAULT_SHOTS)
+        full = args.suite == 'coop'
+        shots = args.shots or (FULL_SHOTS if full else DEFAULT_SHOTS)
         run_coop_study(CoopSettings(out_dir=osp.join(args.out, 'coop'), shots=tuple(shots),
+                                    methods=tuple(METHODS) if full else DEFAULT_METHODS,
                                     seed=args.seed, threads=args.threads, jobs=args.jobs))
     print(f'study ({args.suite}): {time.perf_counter() - start:.0f} s in all')
 

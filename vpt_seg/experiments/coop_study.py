@@ -49,7 +49,8 @@ from .study import (
     save_untrained,
 )
 
-__all__ = ['METHODS', 'B2N_METHODS', 'FULL_SHOTS', 'DEFAULT_SHOTS', 'CoopSettings',
+__all__ = ['METHODS', 'B2N_METHODS', 'FULL_SHOTS', 'DEFAULT_SHOTS', 'DEFAULT_METHODS',
+           'CoopSettings',
            'run_coop_study', 'harmonic_mean', 'format_few_shot', 'format_base_to_novel',
            'plot_few_shot']
 
@@ -68,6 +69,9 @@ METHODS = OrderedDict([
 B2N_METHODS = ('zero-shot', 'coop', 'vpt-deep', 'vpt-coop')
 FULL_SHOTS = (1, 2, 4, 8, 16)
 DEFAULT_SHOTS = (1, 4, 16)
+#: The main job's few-shot rows (CoOp middle and VPT-deep + CoOp, level with their
+#: neighbours, only in ``--suite coop``; VPT-deep + CoOp stays in base-to-novel).
+DEFAULT_METHODS = ('zero-shot', 'linear-probe', 'coop', 'coop-csc', 'vpt-deep')
 #: Base and novel halves of the target classes (indices into TARGET_CLASSES).
 BASE, NOVEL = (0, 2, 4, 6, 8), (1, 3, 5, 7, 9)
 ACC = 'accuracy/top1'
@@ -101,7 +105,7 @@ class CoopSettings:
     """
     out_dir: str = 'work_dirs/study/coop'
     shots: Sequence[int] = DEFAULT_SHOTS
-    methods: Sequence[str] = tuple(METHODS)
+    methods: Sequence[str] = DEFAULT_METHODS
     base_to_novel: bool = True
     b2n_methods: Sequence[str] = B2N_METHODS
     b2n_shots: int = 16
