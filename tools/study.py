@@ -1,15 +1,18 @@
-"""The paper's Table 3 in miniature, on 2 CPU cores in 9 to 12 minutes (see docs/study.md).
+"""VPT's Table 3 and CoOp's findings in miniature, on 2 CPU cores (see docs/study.md).
 
     python tools/study.py [--out work_dirs/study] [--rows head vpt-deep ...]
         [--iters N] [--pretrain-iters N] [--num-source N] [--num-target N] [--num-val N]
-        [--lrs 5e-3 2e-2 5e-2] [--threads 1]
+        [--lrs 5e-3 2e-2 5e-2] [--threads 1] [--suite all|table3|coop] [--shots 1 4 16]
 
 Makes synthetic source/target data in the ADE20k layout, pretrains a tiny ViT for
 image-level recognition on the source task (multi-label tags), adapts it to the target
 task with every Table-3 row (configs/study/*.py,
 through tools/train.py and tools/test.py), and writes table.{md,csv,json},
-miou_vs_params.png and predictions.png to --out. Every tool run uses --threads torch
-threads (default 1: the documented numbers, and the documented time on a busy machine).
+miou_vs_params.png and predictions.png to --out. Then (--suite all, the default) CoOp's
+part: a tiny CLIP pretrained on generated captions, few-shot curves and base-to-novel
+(vpt_seg/experiments/coop_study.py), written to --out/coop. Every tool run uses --threads
+torch threads (default 1: the documented numbers, and the documented time on a busy
+machine).
 """
 import argparse
 import os.path as osp
@@ -41,6 +44,7 @@ def parse_args():
                'study, ~5 min on 2 cores\n'
                '  python tools/study.py --rows head vpt-deep --iters 200  # a quick look\n'
                '  python tools/study.py --lrs 5e-3 2e-2 5e-2              # learning-rate search\n'
+               '  python tools/study.py --suite coop                      # CoOp, full curves\n'
                'Progress lines ([study] ...) give each run\'s ETA and the whole study\'s.',
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--out', default=d.out_dir,
