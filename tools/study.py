@@ -1,21 +1,37 @@
-"""The paper's Table 3 in miniature, on 2 CPU cores in 9 to 12 minutes (see docs/study.md).
+"""VPT's Table 3 and CoOp's findings in miniature, on 2 CPU cores (see docs/study.md).
 
     python tools/study.py [--out work_dirs/study] [--rows head vpt-deep ...]
         [--iters N] [--pretrain-iters N] [--num-source N] [--num-target N] [--num-val N]
-        [--lrs 5e-3 2e-2 5e-2] [--threads 1]
+        [--lrs 5e-3 2e-2 5e-2] [--threads 1] [--suite all|table3|coop] [--shots 1 4 16]
 
 Makes synthetic source/target data in the ADE20k layout, pretrains a tiny ViT for
 image-level recognition on the source task (multi-label tags), adapts it to the target
 task with every Table-3 row (configs/study/*.py,
 through tools/train.py and tools/test.py), and writes table.{md,csv,json},
-miou_vs_params.png and predictions.png to --out. Every tool run uses --threads torch
-threads (default 1: the documented numbers, and the documented time on a busy machine).
+miou_vs_params.png and predictions.png to --out. Then (--suite all, the default) CoOp's
+part: a tiny CLIP pretrained on generated captions, few-shot curves and base-to-novel
+(vpt_seg/experiments/coop_study.py), written to --out/coop. Every tool run uses --threads
+torch threads (default 1: the documented numbers, and the documented time on a busy
+machine).
 """
 import argparse
+import os.path as osp
+import time
 
 import torch
 
+from vpt_seg.experiments.coop_study import (
+    DEFAULT_METHODS,
+    DEFAULT_SHOTS,
+    FULL_SHOTS,
+    METHODS,
+    CoopSettings,
+    run_coop_study,
+)
 from vpt_seg.experiments.study import ROWS, StudySettings, run_study
+
+#: What each --suite runs: the Table 3 rows, the CoOp part (reduced in 'all'), or both.
+SUITES = ('all', 'table3', 'coop')
 
 
 def parse_args():
@@ -24,10 +40,11 @@ def parse_args():
         description='VPT transfer study (Table 3 in miniature): pretrain a tiny ViT, adapt '
                     'it with every row, write the table and figures',
         epilog='examples:\n'
-               '  python tools/study.py                                  # the documented '
-               'study, ~5 min on 2 cores\n'
+               '  python tools/study.py                                  # Table 3 and '
+               'CoOp, ~10 min on 2 cores\n'
                '  python tools/study.py --rows head vpt-deep --iters 200  # a quick look\n'
                '  python tools/study.py --lrs 5e-3 2e-2 5e-2              # learning-rate search\n'
+               '  python tools/study.py --suite coop                      # CoOp, full curves\n'
                'Progress lines ([study] ...) give each run\'s ETA and the whole study\'s.',
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--out', default=d.out_dir,
@@ -62,6 +79,14 @@ def parse_args():
                         help='backbone families run at once, each its own tool subprocess '
                              '(default %(default)s: the DINOv2-reg family beside the ViT '
                              'family; the results do not depend on it)')
+    parser.add_argument('--suite', choices=SUITES, default='all',
+                        help="'all' (default): the Table 3 rows and CoOp's part with shots "
+                             f"{' '.join(map(str, DEFAULT_SHOTS))}; 'table3': the rows only; "
+                             "'coop': CoOp's part alone, every method, full curves (shots "
+                             f"{' '.join(map(str, FULL_SHOTS))}); its outputs go to OUT/coop")
+    parser.add_argument('--shots', type=int, nargs='+',
+                        help='shots per class of the CoOp few-shot curves (default: see '
+                             '--suite)')
     return parser.parse_args()
 
 
@@ -69,6 +94,19 @@ def main():
     args = parse_args()
     if args.threads >= 1:
         torch.set_num_threads(args.threads)  # this process too (run_study refuses < 1)
+    start = time.perf_counter()
+    if args.suite != 'coop':
+        run_table3(args)
+    if args.suite != 'table3':
+        full = args.suite == 'coop'
+        shots = args.shots or (FULL_SHOTS if full else DEFAULT_SHOTS)
+        run_coop_study(CoopSettings(out_dir=osp.join(args.out, 'coop'), shots=tuple(shots),
+                                    methods=tuple(METHODS) if full else DEFAULT_METHODS,
+                                    seed=args.seed, threads=args.threads, jobs=args.jobs))
+    print(f'study ({args.suite}): {time.perf_counter() - start:.0f} s in all')
+
+
+def run_table3(args):
     run_study(StudySettings(out_dir=args.out, rows=args.rows, iters=args.iters,
                             pretrain_iters=args.pretrain_iters, num_source=args.num_source,
                             num_target=args.num_target, num_val=args.num_val,
