@@ -11,13 +11,22 @@ projection (:class:`~vpt_seg.models.VPTClassifier` applies the backbone's
 (:class:`~vpt_seg.models.text_encoder.CoOpTextEncoder`). The head has no weights of its own:
 the classes are whatever the text encoder embeds, so a unified context classifies a new
 class list (:meth:`set_classes`).
+
+Folded (``tools/export_task.py --fold``, :meth:`fold_text`), the same head has a fixed
+classifier instead of the text encoder: ``classifier``, a plain ``nn.Linear(E, K,
+bias=False)`` whose rows are the class embeddings ``exp(logit_scale) * normalize(g(t_i))``
+computed once; its forward is the same ``normalize(f(x)) @ W.T``, so the logits are the
+task's, and no text tower is left (``text_encoder=None, class_names=[...]``).
 """
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from mmengine.model import BaseModule
 from mmseg.registry import MODELS
+from torch import nn
+
+from ..tuners.coop import check_class_names
 
 __all__ = ['TextClsHead']
 
@@ -30,49 +39,109 @@ class TextClsHead(BaseModule):
     Args:
         text_encoder: Config of the text encoder (``CoOpTextEncoder``, or any registered
             module whose ``forward()`` returns ``(K, E)`` scaled, normalised class
-            embeddings and that has ``output_dims``/``num_classes``).
+            embeddings and that has ``output_dims``/``num_classes``); None: a folded
+            head with a fixed classifier (``class_names`` and ``in_channels`` then).
         loss_weight: Multiplier of the loss.
         label_smoothing: Label smoothing of the cross-entropy (in [0, 1)).
+        class_names: A folded head's K class names (only with ``text_encoder=None``).
+        in_channels: A folded head's E (only with ``text_encoder=None``).
         init_cfg: MMEngine's.
 
     Attributes:
         needs_projection: True: the classifier feeds CLIP image embeddings ``f(x)``
             (``in_channels`` wide), not the backbone's [CLS] width.
+        classifier: A folded head's ``nn.Linear(E, K, bias=False)`` (None otherwise).
     """
 
     needs_projection = True
     multi_label = False
 
-    def __init__(self, text_encoder: dict, loss_weight: float = 1.0,
-                 label_smoothing: float = 0.0, init_cfg=None):
+    def __init__(self, text_encoder: Optional[dict] = None, loss_weight: float = 1.0,
+                 label_smoothing: float = 0.0, class_names: Optional[Sequence[str]] = None,
+                 in_channels: Optional[int] = None, init_cfg=None):
         super().__init__(init_cfg=init_cfg)
+        if not 0.0 <= label_smoothing < 1.0:
+            raise ValueError(f'label_smoothing must be in [0, 1), got {label_smoothing}')
+        self.loss_weight = loss_weight
+        self.label_smoothing = label_smoothing
+        self.text_encoder = self.classifier = None
+        if text_encoder is None:
+            self._init_fixed(class_names, in_channels)
+            return
         if not isinstance(text_encoder, dict) or 'type' not in text_encoder:
             raise ValueError("TextClsHead needs text_encoder=dict(type='CoOpTextEncoder', ...), "
                              f'got {text_encoder!r:.200}')
-        if not 0.0 <= label_smoothing < 1.0:
-            raise ValueError(f'label_smoothing must be in [0, 1), got {label_smoothing}')
+        if class_names is not None or in_channels is not None:
+            raise ValueError('TextClsHead: class_names and in_channels are a folded head\'s '
+                             '(text_encoder=None); with a text encoder its vocabulary names '
+                             'the classes')
         self.text_encoder = MODELS.build(text_encoder)
-        self.loss_weight = loss_weight
-        self.label_smoothing = label_smoothing
+
+    def _init_fixed(self, class_names, in_channels):
+        if not isinstance(in_channels, int) or in_channels < 1:
+            raise ValueError('TextClsHead without a text encoder (a folded head) needs '
+                             f'in_channels (the embedding width E), got {in_channels!r}; or '
+                             "give text_encoder=dict(type='CoOpTextEncoder', ...)")
+        self._names = tuple(check_class_names(class_names, 'TextClsHead class_names'))
+        self.classifier = nn.Linear(in_channels, len(self._names), bias=False)
 
     @property
     def in_channels(self) -> int:
         """Width E of the joint image-text embedding (the text encoder's output)."""
+        if self.text_encoder is None:
+            return self.classifier.in_features
         return int(self.text_encoder.output_dims)
 
     @property
     def num_classes(self) -> int:
-        return self.text_encoder.num_classes
+        return len(self.class_names)
 
     @property
     def class_names(self) -> List[str]:
+        if self.text_encoder is None:
+            return list(self._names)
         return self.text_encoder.class_names
 
     def set_classes(self, names: Sequence[str]):
-        """Classify ``names`` from now on (see ``CoOpTextEncoder.set_classes``)."""
+        """Classify ``names`` from now on (see ``CoOpTextEncoder.set_classes``).
+
+        Raises:
+            ValueError: see there; a folded head (no text tower is left to embed them).
+        """
+        if self.text_encoder is None:
+            raise ValueError(
+                f'this head is folded: its classifier holds the embeddings of its '
+                f'{self.num_classes} classes, computed once, and no text tower is left to '
+                'embed other names. Give the class list to the task before folding (its '
+                'task file or checkpoint), or fold again with the new list')
         self.text_encoder.set_classes(names)
 
+    def class_embeddings(self) -> torch.Tensor:
+        """``(K, E)``: the classifier's rows, ``exp(logit_scale) * normalize(g(t_i))``."""
+        if self.text_encoder is None:
+            return self.classifier.weight
+        return self.text_encoder()
+
+    @torch.no_grad()
+    def fold_text(self) -> dict:
+        """Become a folded head in place: the class embeddings computed once into
+        ``classifier``, the text encoder dropped. Returns the config that builds this
+        head as it is now (for the folded checkpoint's config)."""
+        if self.text_encoder is None:
+            raise ValueError('this head is already folded (no text encoder)')
+        text = self.class_embeddings().detach().clone()                  # (K, E)
+        names, width = self.class_names, self.in_channels
+        del self.text_encoder
+        self.text_encoder = None
+        self._init_fixed(names, width)
+        self.classifier.to(text.device).weight.copy_(text)
+        return dict(type=type(self).__name__, text_encoder=None, class_names=list(names),
+                    in_channels=width, loss_weight=self.loss_weight,
+                    label_smoothing=self.label_smoothing)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.text_encoder is None:
+            return self.classifier(F.normalize(x, dim=-1))               # (B, K)
         text = self.text_encoder()                                       # (K, E), scaled
         if x.shape[-1] != text.shape[-1]:
             raise ValueError(f'TextClsHead: image embeddings are {x.shape[-1]} wide, the text '

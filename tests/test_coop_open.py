@@ -1,0 +1,335 @@
+"""Open class lists and folding of CoOp tasks (vpt_seg/tuners/class_list.py,
+vpt_seg/engine/class_list.py, vpt_seg/formats/fold.py, TextClsHead's folded mode):
+a class list at test time through the Python API, tools/test.py --classes and
+tools/serve.py --classes, the refusals (linear head, class-specific context, bad files),
+the folded checkpoint against the task, and the class names of a task file."""
+import copy
+import json
+import os
+import os.path as osp
+import shutil
+import sys
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from helpers import ROOT, tool
+from mmengine.config import Config
+from test_text_cls_head import VISUAL, build, clip_cfg, clip_file, images  # noqa: F401
+from test_text_encoder import NAMES
+
+from vpt_seg.datasets.synthetic_cls import make_cls_folder
+from vpt_seg.formats.export import export_task
+from vpt_seg.formats.fold import fold_task
+from vpt_seg.formats.loading import load_task_model
+from vpt_seg.formats.task_file import read_task_metadata
+from vpt_seg.formats.weight_files import load_torch_file
+from vpt_seg.models.tiny_clip import write_tiny_clip
+from vpt_seg.tuners.class_list import read_class_file, set_task_classes, text_heads
+
+NEW = ['dog', 'red car']
+DEMO = osp.join(ROOT, 'configs', 'demo', 'coop_cls_tiny.py')
+DEMO_NAMES = ['red circle', 'green box', 'blue wedge', 'yellow hoop', 'magenta plus',
+              'cyan bars']
+
+
+def trained(path, **kw):
+    """A CoOp classifier whose context is not its initial one."""
+    model = build(clip_cfg(path, n_ctx=4, **kw))
+    with torch.no_grad():
+        model.head.text_encoder.ctx.normal_(std=0.3, generator=torch.Generator().manual_seed(1))
+    return model
+
+
+def write(tmp_path, text, name='names.txt'):
+    path = tmp_path / name
+    path.write_bytes(text.encode() if isinstance(text, str) else text)
+    return str(path)
+
+
+# ------------------------------------------------------------- the Python API
+def test_a_new_class_list_changes_the_names_and_the_logits_class_count(clip_file):
+    path, _ = clip_file
+    model = trained(path)
+    x = images()
+    with torch.no_grad():
+        before = model(x, mode='tensor')
+    assert before.shape == (3, len(NAMES))
+    assert set_task_classes(model, ['dog', 'red_car ']) == NEW     # cleaned as prompts are
+    assert model.head.class_names == NEW and model.dataset_meta == dict(classes=tuple(NEW))
+    with torch.no_grad():
+        after = model(x, mode='tensor')
+    assert after.shape == (3, 2)
+    # the same as a task built with that vocabulary and the same context
+    ref = build(clip_cfg(path, n_ctx=4, vocabulary=NEW))
+    ref.head.text_encoder.load_state_dict(model.head.text_encoder.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(after, ref(x, mode='tensor'), rtol=0, atol=1e-6)
+        # 'dog' is not a class of the trained list: its logit is new
+        assert not torch.allclose(after[:, 0], before[:, 0])
+    assert [n for n, _ in text_heads(model)] == ['head']
+
+
+def test_read_class_file(tmp_path):
+    assert read_class_file(write(tmp_path, 'cat\r\nsea_lion\n  traffic light \n')) == [
+        'cat', 'sea lion', 'traffic light']
+    assert read_class_file(write(tmp_path, '\ufeffcat\ndog')) == ['cat', 'dog']
+
+
+@pytest.mark.parametrize('text,match', [
+    ('cat\n\ndog\n', r"names\.txt: class name\(s\) at line\(s\) \[2\] are empty.*remove the "
+                     r'empty lines'),
+    ('cat\n  \ndog\n\n', r'at line\(s\) \[2, 4\] are empty'),
+    ('cat\ndog\ncat\nsea lion\nsea_lion\n',
+     r"names\.txt: duplicate class name\(s\) \['cat', 'sea lion'\] \('cat' at line\(s\) 1, 3; "
+     r"'sea lion' at line\(s\) 4, 5"),
+    ('', r'names\.txt: no class names'),
+    (b'cat\n\xff\xfe\n', r'names\.txt: not UTF-8 text'),
+])
+def test_a_bad_class_file_is_refused_naming_the_lines(tmp_path, text, match):
+    with pytest.raises(ValueError, match=match):
+        read_class_file(write(tmp_path, text))
+
+
+def test_a_name_too_long_for_the_context_is_named_with_its_line(clip_file, tmp_path):
+    path, _ = clip_file
+    model = trained(path)
+    long = ' '.join(['word'] * 72)
+    source = write(tmp_path, f'cat\n{long}\ndog\n')
+    with pytest.raises(ValueError, match=r"names\.txt: line 2: class 'word word .*': its prompt "
+                                         r'is 79 tokens \(72 for the name, 4 context.*context '
+                                         r'length 77'):
+        set_task_classes(model, read_class_file(source), source)
+    assert model.head.class_names == NAMES  # nothing changed
+
+
+def test_a_class_specific_context_refuses_another_list(clip_file):
+    path, _ = clip_file
+    model = trained(path, csc=True)
+    for names in (NEW, list(reversed(NAMES))):  # another count, or the same count
+        with pytest.raises(ValueError, match=r'names\.txt: this task has class-specific '
+                                             r'context \(csc=True\).*tied to those classes'):
+            set_task_classes(model, names, 'names.txt')
+    assert model.head.class_names == NAMES
+    assert set_task_classes(model, NAMES) == NAMES  # its own list is fine
+
+
+def linear_cfg(path):
+    """The same image tower with a linear head: its classes are learned weights."""
+    cfg = clip_cfg(path)
+    cfg['head'] = dict(type='LinearClsHead', in_channels=VISUAL['embed_dim'], num_classes=3)
+    return cfg
+
+
+def test_a_linear_head_refuses_a_class_list(clip_file):
+    path, _ = clip_file
+    model = build(linear_cfg(path))
+    with pytest.raises(ValueError, match=r"names\.txt: this task's head, head "
+                                         r'\(LinearClsHead\), has no text classifier: its '
+                                         r'classes are learned weights'):
+        set_task_classes(model, NEW, 'names.txt')
+
+
+# ------------------------------------------------------------- tools/test.py
+@pytest.fixture(scope='module')
+def demo(tmp_path_factory):
+    """The CoOp demo's config on a tiny CLIP and 6 x 1 validation images, a CoOp task
+    checkpoint and a linear-head one."""
+    tmp = tmp_path_factory.mktemp('demo')
+    write_tiny_clip(str(tmp / 'clip'))
+    clip = str(tmp / 'clip' / 'open_clip_model.safetensors')
+    data = make_cls_folder(str(tmp / 'data'), num_train=1, num_val=1, seed=0)
+    options = {'model.backbone.checkpoint': clip, 'model.head.text_encoder.checkpoint': clip,
+               **{f'{k}_dataloader.dataset.data_root': data for k in ('train', 'val', 'test')}}
+    from mmseg.registry import MODELS
+    cfg = Config.fromfile(DEMO)
+    cfg.merge_from_dict(options)
+    model = MODELS.build(cfg.model)
+    model.init_weights()
+    torch.save(dict(state_dict=model.state_dict(), meta={}), str(tmp / 'coop.pth'))
+    linear = tmp / 'linear.py'
+    linear.write_text(f'_base_ = [{DEMO!r}]\nmodel = dict(head=dict(_delete_=True, '
+                      "type='LinearClsHead', in_channels=64, num_classes=6))\n")
+    lin = Config.fromfile(str(linear))
+    lin.merge_from_dict({k: v for k, v in options.items() if 'text_encoder' not in k})
+    model = MODELS.build(lin.model)
+    model.init_weights()
+    torch.save(dict(state_dict=model.state_dict(), meta={}), str(tmp / 'linear.pth'))
+    return dict(tmp=tmp, clip=clip, options=options, linear=str(linear))
+
+
+def run_test_tool(monkeypatch, demo, config, ckpt, *args, options=None):
+    """tools/test.py's main() in this process; the SystemExit message, or None."""
+    opts = options if options is not None else demo['options']
+    argv = ['test.py', config, ckpt, *args, '--cfg-options',
+            *[f'{k}={v}' for k, v in opts.items()]]
+    monkeypatch.setattr(sys, 'argv', argv)
+    try:
+        tool('test').main()
+    except SystemExit as exit_:
+        return str(exit_.code)
+    return None
+
+
+def test_test_tool_classes_writes_the_names_beside_the_outputs(demo, monkeypatch, capsys):
+    tmp = demo['tmp']
+    names = write(tmp, ''.join(f'{n}\n' for n in DEMO_NAMES))
+    work, out = tmp / 'work', tmp / 'preds'
+    assert run_test_tool(monkeypatch, demo, DEMO, str(tmp / 'coop.pth'), '--classes', names,
+                         '--work-dir', str(work), '--out', str(out)) is None
+    assert 'accuracy/top1' in capsys.readouterr().out
+    (log_dir, ) = [d for d in work.iterdir() if d.is_dir()]
+    for folder in (log_dir, out):  # beside the metrics JSON, and in --out
+        assert (folder / 'classes.txt').read_text().splitlines() == DEMO_NAMES
+
+
+@pytest.mark.parametrize('case,match', [
+    ('empty', r"test\.py: --classes .*names\.txt: class name\(s\) at line\(s\) \[2\] are "
+              r'empty'),
+    ('count', r'test\.py: --classes .*names\.txt: 2 class names, but the test data '
+              r'\(ImageFolderDataset\) has 6 classes'),
+    ('linear', r"test\.py: --classes .*names\.txt: this task's head, head \(LinearClsHead\), "
+               r'has no text classifier'),
+])
+def test_test_tool_refuses_a_class_list_naming_why(demo, monkeypatch, case, match):
+    tmp = demo['tmp']
+    names = write(tmp, 'cat\n\ndog\n' if case == 'empty' else 'cat\ndog\n')
+    config, ckpt, options = DEMO, str(tmp / 'coop.pth'), demo['options']
+    if case == 'linear':
+        config, ckpt = demo['linear'], str(tmp / 'linear.pth')
+        options = {k: v for k, v in options.items() if 'text_encoder' not in k}
+    message = run_test_tool(monkeypatch, demo, config, ckpt, '--classes', names, '--work-dir',
+                            str(tmp / f'work_{case}'), options=options)
+    assert message is not None and __import__('re').search(match, message), message
+
+
+# ------------------------------------------------------------- tools/serve.py
+def test_serve_tool_classes(demo, monkeypatch, capsys):
+    tmp = demo['tmp']
+    pics = tmp / 'pics'
+    pics.mkdir(exist_ok=True)
+    cv2.imwrite(str(pics / 'a.png'), np.full((32, 32, 3), 80, np.uint8))
+    cfg = Config.fromfile(DEMO)
+    cfg.merge_from_dict(demo['options'])
+    task = str(tmp / 'coop.safetensors')
+    export_task(cfg, str(tmp / 'coop.pth'), task)
+    shutil.copy(demo['clip'], tmp / 'open_clip_model.safetensors')  # beside the task file
+    names = write(tmp, 'cat\ndog\nsea_lion\n', 'serve_names.txt')
+    out = tmp / 'served'
+    monkeypatch.setattr(sys, 'argv', ['serve.py', demo['clip'], f'coop={task}',
+                                      '--images', str(pics), '--out-dir', str(out),
+                                      '--classes', f'coop={names}'])
+    tool('serve').main()
+    (row, ) = json.loads((out / 'predictions.json').read_text())
+    assert len(row['pred_score']) == 3 and row['name'] in ('cat', 'dog', 'sea lion')
+    assert {n for n, _ in row['top5']} == {'cat', 'dog', 'sea lion'}
+    bad = write(tmp, 'cat\ncat\n', 'dup.txt')
+    monkeypatch.setattr(sys, 'argv', ['serve.py', demo['clip'], f'coop={task}', '--images',
+                                      str(pics), '--out-dir', str(out), '--classes', bad])
+    with pytest.raises(SystemExit):
+        tool('serve').main()
+    assert "duplicate class name(s) ['cat']" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------- folding
+def coop_task(path, tmp_path, **kw):
+    model = trained(path, **kw)
+    cfg = Config(dict(model=clip_cfg(path, n_ctx=4, **kw)))
+    ckpt = str(tmp_path / 'task.pth')
+    torch.save(dict(state_dict=model.state_dict(), meta={}), ckpt)
+    return model, cfg, ckpt
+
+
+def test_fold_a_coop_task_no_text_tower_left(clip_file, tmp_path):
+    path, _ = clip_file
+    local = str(tmp_path / 'clip' / 'open_clip_model.safetensors')
+    os.makedirs(osp.dirname(local))
+    shutil.copy(path, local)
+    model, cfg, ckpt = coop_task(local, tmp_path)
+    out = str(tmp_path / 'deploy' / 'coop.pth')
+    os.makedirs(osp.dirname(out))
+    done = fold_task(cfg, ckpt, out)
+    assert any('text classifier of head (5 class embeddings' in f for f in done['folded'])
+    os.rename(osp.dirname(local), str(tmp_path / 'moved'))  # no CLIP file anywhere now
+
+    saved = load_torch_file(out, what='folded checkpoint')
+    state = saved['state_dict']
+    assert not any('text_encoder' in k or 'logit_scale' in k for k in state)
+    assert state['head.classifier.weight'].shape == (5, 32)
+    assert saved['meta']['dataset_meta']['classes'] == NAMES
+    text = open(done['config']).read()
+    assert 'CoOpTextEncoder' not in text and 'open_clip_model' not in text
+    folded_cfg = Config.fromfile(done['config'])
+    assert folded_cfg.model.head == dict(type='TextClsHead', text_encoder=None,
+                                         class_names=NAMES, in_channels=32, loss_weight=1.0,
+                                         label_smoothing=0.0)
+    from mmseg.registry import MODELS
+    folded = MODELS.build(folded_cfg.model)
+    folded.load_state_dict(state, strict=True)
+    folded.eval()
+    assert folded.head.text_encoder is None  # no text tower in the model either
+    x = images()
+    with torch.no_grad():
+        torch.testing.assert_close(folded(x, mode='tensor'), model(x, mode='tensor'),
+                                   rtol=1e-5, atol=1e-5)
+        assert torch.equal(folded.predict(x)[0].pred_label, model.predict(x)[0].pred_label)
+    # A folded head holds its classes' embeddings: another list is refused, naming why.
+    with pytest.raises(ValueError, match=r'names\.txt: this head is folded: its classifier '
+                                         r'holds the embeddings of its 5 classes'):
+        set_task_classes(folded, NEW, 'names.txt')
+
+
+def test_fold_with_a_new_class_list_and_a_failed_check_writes_nothing(clip_file, tmp_path,
+                                                                      monkeypatch):
+    path, _ = clip_file
+    model, cfg, ckpt = coop_task(path, tmp_path)
+    cfg.model.head.text_encoder.vocabulary = NEW  # the list to deploy with
+    out = str(tmp_path / 'coop.pth')
+    fold_task(cfg, ckpt, out)
+    assert load_torch_file(out)['state_dict']['head.classifier.weight'].shape == (2, 32)
+    before = open(out, 'rb').read()
+
+    from vpt_seg.models.text_cls_head import TextClsHead
+    fold_text = TextClsHead.fold_text
+
+    def wrong(head):  # a fold that changes the classifier: the check must catch it
+        folded = fold_text(head)
+        head.classifier.weight.data.mul_(1.01)
+        return folded
+    monkeypatch.setattr(TextClsHead, 'fold_text', wrong)
+    with pytest.raises(ValueError, match=r'coop\.pth: the folded model differs from the task '
+                                         r'by .* nothing was written'):
+        fold_task(cfg, ckpt, out)
+    assert open(out, 'rb').read() == before  # the earlier fold's pair stays
+    assert sorted(os.listdir(tmp_path)) == ['coop.pth', 'coop.py', 'task.pth']
+
+
+# ------------------------------------------------------------- task files
+def test_task_file_round_trips_the_class_names(clip_file, tmp_path):
+    path, _ = clip_file
+    local = str(tmp_path / 'open_clip_model.safetensors')
+    shutil.copy(path, local)
+    _, cfg, ckpt = coop_task(local, tmp_path)
+    cfg.model.head.text_encoder.vocabulary = ['dog', 'red_car']
+    task = str(tmp_path / 'coop.safetensors')
+    export_task(cfg, ckpt, task)
+    meta = read_task_metadata(task)
+    assert json.loads(meta['dataset_meta'])['classes'] == NEW
+    stored = json.loads(meta['config_json'])['model']['head']
+    assert stored['text_encoder']['vocabulary'] == ['dog', 'red_car']
+    loaded = load_task_model(None, task)
+    assert loaded.head.class_names == NEW and list(loaded.dataset_meta['classes']) == NEW
+    assert loaded(images(), mode='tensor').shape == (3, 2)
+
+    # Named on another CLIP file (other text-tower weights): refused by sha256.
+    other = tmp_path / 'other'
+    other.mkdir()
+    weights = dict(__import__('safetensors.torch', fromlist=['load_file']).load_file(local))
+    weights['ln_final.weight'] = weights['ln_final.weight'] * 1.5
+    from safetensors.torch import save_file
+    save_file(weights, str(other / 'open_clip_model.safetensors'))
+    named = copy.deepcopy(cfg)
+    named.model.head.text_encoder.checkpoint = str(other / 'open_clip_model.safetensors')
+    with pytest.raises(ValueError, match=r'sha256.*model\.head\.text_encoder\.checkpoint'):
+        load_task_model(named, task)
