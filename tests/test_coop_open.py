@@ -3,21 +3,20 @@ vpt_seg/engine/class_list.py, vpt_seg/formats/fold.py, TextClsHead's folded mode
 a class list at test time through the Python API, tools/test.py --classes and
 tools/serve.py --classes, the refusals (linear head, class-specific context, bad files),
 the folded checkpoint against the task, and the class names of a task file."""
-import copy
 import json
 import os
 import os.path as osp
+import re
 import shutil
 import sys
 
-import cv2
-import numpy as np
 import pytest
 import torch
 from helpers import ROOT, tool
 from mmengine.config import Config
-from test_text_cls_head import VISUAL, build, clip_cfg, clip_file, images  # noqa: F401
-from test_text_encoder import NAMES
+from safetensors.torch import save_file
+from test_text_cls_head import VISUAL, build, clip_cfg, images
+from test_text_encoder import NAMES, tiny_clip
 
 from vpt_seg.datasets.synthetic_cls import make_cls_folder
 from vpt_seg.formats.export import export_task
@@ -32,6 +31,14 @@ NEW = ['dog', 'red car']
 DEMO = osp.join(ROOT, 'configs', 'demo', 'coop_cls_tiny.py')
 DEMO_NAMES = ['red circle', 'green box', 'blue wedge', 'yellow hoop', 'magenta plus',
               'cyan bars']
+
+
+@pytest.fixture(scope='module')
+def clip_file(tmp_path_factory):
+    model = tiny_clip()
+    path = tmp_path_factory.mktemp('clip') / 'open_clip_model.safetensors'
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    return str(path), model
 
 
 def trained(path, **kw):
@@ -118,6 +125,7 @@ def test_a_class_specific_context_refuses_another_list(clip_file):
 def linear_cfg(path):
     """The same image tower with a linear head: its classes are learned weights."""
     cfg = clip_cfg(path)
+    cfg['backbone']['model_kwargs'].pop('num_classes')  # the projection's width: none kept
     cfg['head'] = dict(type='LinearClsHead', in_channels=VISUAL['embed_dim'], num_classes=3)
     return cfg
 
@@ -149,8 +157,9 @@ def demo(tmp_path_factory):
     model.init_weights()
     torch.save(dict(state_dict=model.state_dict(), meta={}), str(tmp / 'coop.pth'))
     linear = tmp / 'linear.py'
-    linear.write_text(f'_base_ = [{DEMO!r}]\nmodel = dict(head=dict(_delete_=True, '
-                      "type='LinearClsHead', in_channels=64, num_classes=6))\n")
+    linear.write_text(f'_base_ = [{DEMO!r}]\nmodel = dict(backbone=dict(model_kwargs=dict('
+                      '_delete_=True, embed_dim=64, depth=2, num_heads=2)), head=dict('
+                      "_delete_=True, type='LinearClsHead', in_channels=64, num_classes=6))\n")
     lin = Config.fromfile(str(linear))
     lin.merge_from_dict({k: v for k, v in options.items() if 'text_encoder' not in k})
     model = MODELS.build(lin.model)
@@ -175,13 +184,15 @@ def run_test_tool(monkeypatch, demo, config, ckpt, *args, options=None):
 def test_test_tool_classes_writes_the_names_beside_the_outputs(demo, monkeypatch, capsys):
     tmp = demo['tmp']
     names = write(tmp, ''.join(f'{n}\n' for n in DEMO_NAMES))
-    work, out = tmp / 'work', tmp / 'preds'
+    work = tmp / 'work'
     assert run_test_tool(monkeypatch, demo, DEMO, str(tmp / 'coop.pth'), '--classes', names,
-                         '--work-dir', str(work), '--out', str(out)) is None
+                         '--work-dir', str(work)) is None
     assert 'accuracy/top1' in capsys.readouterr().out
     (log_dir, ) = [d for d in work.iterdir() if d.is_dir()]
-    for folder in (log_dir, out):  # beside the metrics JSON, and in --out
-        assert (folder / 'classes.txt').read_text().splitlines() == DEMO_NAMES
+    assert sorted(p.suffix for p in log_dir.iterdir() if p.is_file()) == ['.json', '.log',
+                                                                           '.txt']
+    # beside the metrics JSON: line i + 1 is label i
+    assert (log_dir / 'classes.txt').read_text().splitlines() == DEMO_NAMES
 
 
 @pytest.mark.parametrize('case,match', [
@@ -201,35 +212,34 @@ def test_test_tool_refuses_a_class_list_naming_why(demo, monkeypatch, case, matc
         options = {k: v for k, v in options.items() if 'text_encoder' not in k}
     message = run_test_tool(monkeypatch, demo, config, ckpt, '--classes', names, '--work-dir',
                             str(tmp / f'work_{case}'), options=options)
-    assert message is not None and __import__('re').search(match, message), message
+    assert message is not None and re.search(match, message), message
 
 
 # ------------------------------------------------------------- tools/serve.py
-def test_serve_tool_classes(demo, monkeypatch, capsys):
-    tmp = demo['tmp']
-    pics = tmp / 'pics'
-    pics.mkdir(exist_ok=True)
-    cv2.imwrite(str(pics / 'a.png'), np.full((32, 32, 3), 80, np.uint8))
-    cfg = Config.fromfile(DEMO)
-    cfg.merge_from_dict(demo['options'])
-    task = str(tmp / 'coop.safetensors')
-    export_task(cfg, str(tmp / 'coop.pth'), task)
-    shutil.copy(demo['clip'], tmp / 'open_clip_model.safetensors')  # beside the task file
-    names = write(tmp, 'cat\ndog\nsea_lion\n', 'serve_names.txt')
-    out = tmp / 'served'
-    monkeypatch.setattr(sys, 'argv', ['serve.py', demo['clip'], f'coop={task}',
-                                      '--images', str(pics), '--out-dir', str(out),
-                                      '--classes', f'coop={names}'])
-    tool('serve').main()
-    (row, ) = json.loads((out / 'predictions.json').read_text())
-    assert len(row['pred_score']) == 3 and row['name'] in ('cat', 'dog', 'sea lion')
-    assert {n for n, _ in row['top5']} == {'cat', 'dog', 'sea lion'}
-    bad = write(tmp, 'cat\ncat\n', 'dup.txt')
-    monkeypatch.setattr(sys, 'argv', ['serve.py', demo['clip'], f'coop={task}', '--images',
-                                      str(pics), '--out-dir', str(out), '--classes', bad])
+def test_serve_tool_classes_options(tmp_path, monkeypatch, capsys):
+    """``--classes [TASK=]FILE``: a file for one task or every task, read and checked
+    before anything is built (serving CoOp tasks end to end is tests/test_serve.py's)."""
+    serve = tool('serve')
+    names = write(tmp_path, 'cat\ndog\nsea_lion\n')
+    other = write(tmp_path, 'red car\n', 'other.txt')
+    lists = serve.class_lists([f'a={names}', other], ['a', 'b'])
+    assert lists == {'a': (['cat', 'dog', 'sea lion'], names), 'b': (['red car'], other)}
+    assert serve.class_lists([names], ['a', 'b'])['b'] == (['cat', 'dog', 'sea lion'], names)
+    with pytest.raises(ValueError, match=r"other\.txt: task 'a' already has a class list"):
+        serve.class_lists([f'a={names}', f'a={other}'], ['a'])
+    with pytest.raises(ValueError, match=r"other\.txt: .*names\.txt is already every task's "
+                                         r'class list; name the task'):
+        serve.class_lists([names, other], ['a'])
+    bad = write(tmp_path, 'cat\ncat\n', 'dup.txt')
+    pics = tmp_path / 'pics'
+    pics.mkdir()
+    monkeypatch.setattr(sys, 'argv', ['serve.py', 'clip.safetensors', 'a=task.safetensors',
+                                      '--images', str(pics), '--out-dir', str(tmp_path / 'o'),
+                                      '--classes', f'a={bad}'])
     with pytest.raises(SystemExit):
-        tool('serve').main()
-    assert "duplicate class name(s) ['cat']" in capsys.readouterr().err
+        serve.main()
+    assert re.search(r"--classes .*dup\.txt: duplicate class name\(s\) \['cat'\] \('cat' at "
+                     r'line\(s\) 1, 2', capsys.readouterr().err)
 
 
 # ------------------------------------------------------------- folding
@@ -322,14 +332,16 @@ def test_task_file_round_trips_the_class_names(clip_file, tmp_path):
     assert loaded.head.class_names == NEW and list(loaded.dataset_meta['classes']) == NEW
     assert loaded(images(), mode='tensor').shape == (3, 2)
 
-    # Named on another CLIP file (other text-tower weights): refused by sha256.
+    # On another CLIP file (other text-tower weights, the same image tower) beside it,
+    # the one it was made with gone: refused by the text tower's sha256.
     other = tmp_path / 'other'
     other.mkdir()
-    weights = dict(__import__('safetensors.torch', fromlist=['load_file']).load_file(local))
+    from safetensors.torch import load_file
+    weights = load_file(local)
     weights['ln_final.weight'] = weights['ln_final.weight'] * 1.5
-    from safetensors.torch import save_file
     save_file(weights, str(other / 'open_clip_model.safetensors'))
-    named = copy.deepcopy(cfg)
-    named.model.head.text_encoder.checkpoint = str(other / 'open_clip_model.safetensors')
-    with pytest.raises(ValueError, match=r'sha256.*model\.head\.text_encoder\.checkpoint'):
-        load_task_model(named, task)
+    shutil.copy(task, other / 'coop.safetensors')
+    os.remove(local)
+    with pytest.raises(ValueError, match=r'none of the candidates holds the frozen weights.*'
+                                         r'sha256.*model\.head\.text_encoder\.checkpoint'):
+        load_task_model(None, str(other / 'coop.safetensors'))

@@ -77,12 +77,6 @@ from vpt_seg.formats.tables import csv_text, joined
 from vpt_seg.formats.task_file import read_task_config
 from vpt_seg.formats.weight_files import reading_once
 from vpt_seg.serving.multitask import MultiTaskViT, build_shared_backbone
-from vpt_seg.tuners.class_list import (
-    class_names_text,
-    has_text_classifier,
-    read_class_file,
-    set_task_classes,
-)
 from vpt_seg.serving.serve import (
     OutputDir,
     check_task_name,
@@ -95,6 +89,12 @@ from vpt_seg.serving.serve import (
     task_input,
     verify_batch,
     worse,
+)
+from vpt_seg.tuners.class_list import (
+    class_names_text,
+    has_text_classifier,
+    read_class_file,
+    set_task_classes,
 )
 
 #: --verify: the largest difference (logits) still taken for float rounding.
@@ -218,20 +218,26 @@ def parse_task(spec: str):
 
 
 def class_lists(specs, tasks):
-    """``{task: (names, file)}`` of ``--classes [TASK=]FILE`` options; a file without
-    ``TASK=`` is every task's (a task named twice is refused)."""
-    lists = {}
+    """``{task: (names, file)}`` of ``--classes [TASK=]FILE`` options: a file with
+    ``TASK=`` is that task's, one without it every other task's (a task named twice, or
+    two files without ``TASK=``, is refused)."""
+    named, every = {}, None
     for spec in specs:
         task, sep, path = spec.partition('=')
         if not (sep and task in tasks):
             task, path = None, spec
-        names = read_class_file(path)
-        for name in [task] if task else tasks:
-            if name in lists:
-                raise ValueError(f'{path}: task {name!r} already has a class list '
-                                 f'({lists[name][1]})')
-            lists[name] = (names, path)
-    return lists
+        entry = (read_class_file(path), path)
+        if task is None and every is not None:
+            raise ValueError(f'{path}: {every[1]} is already every task\'s class list; name '
+                             'the task: --classes TASK=FILE')
+        if task in named:
+            raise ValueError(f'{path}: task {task!r} already has a class list '
+                             f'({named[task][1]})')
+        if task is None:
+            every = entry
+        else:
+            named[task] = entry
+    return {t: named.get(t, every) for t in tasks if t in named or every is not None}
 
 
 def task_config(cfg_path, ckpt) -> Config:

@@ -109,11 +109,19 @@ def standalone_config(cfg: Config) -> Config:
     return cfg
 
 
+def _tensors(out) -> tuple:
+    """The tensors of nested lists and tuples (a classifier's backbone gives
+    ``[patch map, cls]`` per layer), in order."""
+    if isinstance(out, (tuple, list)):
+        return tuple(t for item in out for t in _tensors(item))
+    return (out, )
+
+
 def _features(model, x, logits: bool = False):
-    """The backbone's outputs on ``x``, and with ``logits`` the model's (``mode='tensor'``)."""
+    """The backbone's outputs on ``x`` (flat), and with ``logits`` the model's
+    (``mode='tensor'``) last."""
     with torch.no_grad():
-        out = model.backbone(x)
-        out = tuple(out) if isinstance(out, (tuple, list)) else (out, )
+        out = _tensors(model.backbone(x))
         return out + (model(x, mode='tensor'), ) if logits else out
 
 
