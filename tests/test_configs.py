@@ -180,3 +180,47 @@ def test_count_params_tool_prints_the_timm_rows():
     assert rows['prompts'][:2] == ['2.46M', '2.46M']
     assert rows['backbone biases'][:2] == ['0.27M', '0.27M']
     assert rows['heads'][0] == '13.14M' and rows['total'][0] == '15.87M'
+
+
+#: The CLIP segmentation rows (docs/coop.md#segmentation): what each changes from the
+#: CoOp row of its size, the rest shared through configs/_base_/clip_seg_*.py.
+CLIP_ROWS = {'coop': (16, None, 0, 'TextSegHead'), 'text': (0, 'vild', 0, 'TextSegHead'),
+             'vpt-coop': (16, None, 10, 'TextSegHead'), 'linear': (None, None, 0, 'LeanSETRUPHead'),
+             'vpt-linear': (None, None, 10, 'LeanSETRUPHead')}
+CLIP_SIZES = {'b16': ('vit_base_patch16_clip_quickgelu_224', 'clip_vit_b16', 512, (3, 7, 11), None),
+              'l14': ('vit_large_patch14_clip_quickgelu_224', 'clip_vit_l14', 768, (7, 15, 23),
+                      16)}
+
+
+# Both sizes, both head kinds, templates and prompts (tests/test_docs.py builds all ten).
+@pytest.mark.parametrize('row,size', [('coop', 'b16'), ('linear', 'b16'), ('text', 'l14'),
+                                      ('vpt-linear', 'l14')])
+def test_clip_segmentation_configs_are_one_recipe(row, size):
+    """Both towers from one open_clip file, the pixel path in CLIP's joint space, CLIP's
+    normalisation, DenseCLIP's optimizer and schedule; only the row's own change differs."""
+    cfg = Config.fromfile(osp.join(ROOT, 'configs', f'clip_{row}_vit-{size}_ade20k.py'))
+    n_ctx, templates, prompts, head_type = CLIP_ROWS[row]
+    model_name, folder, dims, out_indices, patch = CLIP_SIZES[size]
+    backbone, head = cfg.model.backbone, cfg.model.decode_head
+    clip = f'pretrain/{folder}/open_clip_model.safetensors'
+    assert (backbone.model_name, backbone.checkpoint, backbone.out_indices,
+            backbone.get('patch_size'), backbone.num_prompts) == (
+                model_name, clip, out_indices, patch, prompts)
+    assert backbone.keep_projection and backbone.final_norm and backbone.project_out
+    assert cfg.crop_size == (512, 512) and backbone.img_size == (512, 512)
+    assert (head.type, head.in_channels, head.in_index) == (head_type, dims, -1)
+    assert [a.type for a in cfg.model.auxiliary_head] == [head_type] * 2
+    if head_type == 'TextSegHead':
+        text = head.text_encoder
+        assert (text.checkpoint, text.dataset_name, text.n_ctx, text.get('templates'),
+                text.get('output_dims', 512)) == (clip, 'ade20k', n_ctx, templates, dims)
+        assert all(a.text_encoder == 'shared' for a in cfg.model.auxiliary_head)
+    assert cfg.model.data_preprocessor.mean == pytest.approx([m * 255 for m in OPENAI_MEAN])
+    optim = cfg.optim_wrapper
+    assert (optim.optimizer.type, optim.optimizer.lr, optim.optimizer.weight_decay,
+            optim.constructor) == ('AdamW', 1e-4, 1e-4, 'TunedOptimWrapperConstructor')
+    assert [(s.type, s.begin, s.end) for s in cfg.param_scheduler] == [
+        ('LinearLR', 0, 1500), ('PolyLR', 1500, 80000)]
+    assert (cfg.train_cfg.max_iters, cfg.train_dataloader.batch_size) == (80000, 4)
+    assert (cfg.model.type, cfg.tta_model.type) == ('BoundedEncoderDecoder',
+                                                    'BoundedSegTTAModel')

@@ -272,8 +272,7 @@ def test_fold_a_coop_task_no_text_tower_left(clip_file, tmp_path):
     assert 'CoOpTextEncoder' not in text and 'open_clip_model' not in text
     folded_cfg = Config.fromfile(done['config'])
     assert folded_cfg.model.head == dict(type='TextClsHead', text_encoder=None,
-                                         class_names=NAMES, in_channels=32, loss_weight=1.0,
-                                         label_smoothing=0.0)
+                                         class_names=NAMES, in_channels=32)
     from mmseg.registry import MODELS
     folded = MODELS.build(folded_cfg.model)
     folded.load_state_dict(state, strict=True)

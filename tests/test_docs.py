@@ -4,6 +4,7 @@ import functools
 import glob
 import os.path as osp
 import re
+from unittest import mock
 
 import pytest
 import torch
@@ -85,9 +86,12 @@ def test_every_tool_and_config_in_the_readme_commands_exists():
     assert sorted(p for p in named if not osp.isfile(osp.join(ROOT, p))) == []
 
 
+CONFIG_CELL = re.compile(r'`((?:setr|clip)_[\w-]+\.py)`.*')
+
+
 def config_rows(path):
     """``{config: {column: cell}}`` for the rows of a page's tables that name a
-    ``setr_*.py`` config in backticks."""
+    ``setr_*.py`` or ``clip_*.py`` config in backticks."""
     rows, header = {}, None
     for line in read(path).splitlines():
         if not line.startswith('|'):
@@ -98,15 +102,17 @@ def config_rows(path):
             header = cells
         elif not set(line) <= set('|-: '):
             name = next((m.group(1) for c in cells
-                         for m in [re.fullmatch(r'`(setr_[\w-]+\.py)`.*', c)] if m), None)
+                         for m in [re.fullmatch(CONFIG_CELL, c)] if m), None)
             if name:
                 rows[name] = dict(zip(header, cells))
     return rows
 
 
 TABLE3 = config_rows(README)
-#: Every table row that gives a config's counts: the README's Table 3, docs/configs.md.
-COUNTED = [(page, name) for page in (README, osp.join(ROOT, 'docs', 'configs.md'))
+#: Every table row that gives a config's counts: the README's Table 3 and CLIP rows,
+#: docs/configs.md, docs/coop.md's segmentation rows.
+COUNTED = [(page, name) for page in (README, osp.join(ROOT, 'docs', 'configs.md'),
+                                     osp.join(ROOT, 'docs', 'coop.md'))
            for name in sorted(config_rows(page))]
 
 
@@ -117,29 +123,42 @@ def test_readme_table3_lists_the_paper_rows():
     assert len(COUNTED) >= len(TABLE3) + 6  # + MLA, naive, DINOv2 and EVA02 rows
 
 
-def build_on_meta(name, monkeypatch):
-    """The config's model on the meta device: shapes only, no memory, no init."""
+def test_every_clip_segmentation_config_has_its_counts_in_the_readme_and_docs():
+    configs = {osp.basename(p) for p in glob.glob(osp.join(ROOT, 'configs', 'clip_*.py'))}
+    assert len(configs) == 10  # five rows on ViT-B/16 and on ViT-L/14
+    assert set(config_rows(osp.join(ROOT, 'docs', 'coop.md'))) == configs
+    assert {n for n in TABLE3 if n.startswith('clip_')} == {
+        n for n in configs if 'vit-b16' in n}
+
+
+@functools.lru_cache(maxsize=None)
+def counts_on_meta(name):
+    """``(tuned, total, task MiB)`` of the config's model built on the meta device (shapes
+    only, no memory, no init), once per config for every page that gives its counts."""
     # MMSeg's ViT reads drop-path rates with .item() from a linspace: make that one on CPU
-    monkeypatch.setattr(torch, 'linspace', functools.partial(torch.linspace, device='cpu'))
-    cfg = Config.fromfile(osp.join(ROOT, 'configs', name))
-    init_default_scope(cfg.get('default_scope', 'mmseg'))
-    with torch.device('meta'):
-        return MODELS.build(cfg.model)
+    cpu_linspace = functools.partial(torch.linspace, device='cpu')
+    with mock.patch.object(torch, 'linspace', cpu_linspace):
+        cfg = Config.fromfile(osp.join(ROOT, 'configs', name))
+        init_default_scope(cfg.get('default_scope', 'mmseg'))
+        with torch.device('meta'):
+            model = MODELS.build(cfg.model)
+    raw = sum(t.numel() * t.element_size() for t in model.state_dict().values()) / 2**20
+    return (format_count(count_parameters(model, tuned_only=True)),
+            format_count(count_parameters(model)), raw)
 
 
 @pytest.mark.parametrize('page,name', COUNTED, ids=lambda x: osp.basename(x))
-def test_documented_counts_are_the_configs(page, name, monkeypatch):
+def test_documented_counts_are_the_configs(page, name):
     """Tuned and total counts as tools/count_params.py prints them, and the task file's
     size (``model.state_dict()``) up to its pickle overhead."""
     row = {}  # 'tuned (ours)' -> 'tuned'; the paper's column comes after and is left out
     for column, cell in config_rows(page)[name].items():
         row.setdefault(column.split(' ')[0], cell)
-    model = build_on_meta(name, monkeypatch)
-    assert format_count(count_parameters(model, tuned_only=True)) == row['tuned'], name
+    tuned, total, raw = counts_on_meta(name)
+    assert tuned == row['tuned'], name
     if 'total' in row:
-        assert format_count(count_parameters(model)) == row['total'], name
+        assert total == row['total'], name
     if 'task' in row:
-        raw = sum(t.numel() * t.element_size() for t in model.state_dict().values()) / 2**20
         assert 0 <= float(row['task'].split()[0]) - raw <= 0.15, (name, row['task'], raw)
 
 

@@ -1,14 +1,16 @@
 """The embedded default: SETR + VPT-deep on generated ADE20k-layout data, on CPU, in minutes.
 
-    python tools/demo.py [--iters 200] [--work-dir work_dirs/demo] [--backbone dinov2]
+    python tools/demo.py [--iters 200] [--work-dir work_dirs/demo] [--backbone dinov2|clip]
 
 1. writes a small dataset in the real ADE20k layout to data/ade_tiny (150 classes, 0 = ignore);
 2. writes a tiny randomly initialised ViT to pretrain/tiny_vit.pth, standing in for the
    pretrained backbone (no weights can be downloaded here; tools/study.py pretrains one);
    with ``--backbone dinov2``, a tiny timm DINOv2-with-registers as a hub folder
-   (pretrain/tiny_dinov2_reg4/model.safetensors + config.json);
-3. prompt-tunes configs/demo/setr_vpt_tiny_ade20k.py (setr_vpt_tiny_dinov2_ade20k.py)
-   with tools/train.py;
+   (pretrain/tiny_dinov2_reg4/model.safetensors + config.json); with ``--backbone clip``,
+   a tiny random CLIP in open_clip's layout (pretrain/tiny_clip), both towers;
+3. prompt-tunes configs/demo/setr_vpt_tiny_ade20k.py (setr_vpt_tiny_dinov2_ade20k.py;
+   with ``clip``, CoOp's text context and a TextSegHead, coop_seg_tiny_ade20k.py) with
+   tools/train.py;
 4. evaluates the task checkpoint with tools/test.py, which prints the mIoU table.
 """
 import argparse
@@ -27,7 +29,8 @@ from vpt_seg.experiments.demo import write_backbone
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 CONFIGS = dict(vit=osp.join(ROOT, 'configs', 'demo', 'setr_vpt_tiny_ade20k.py'),
-               dinov2=osp.join(ROOT, 'configs', 'demo', 'setr_vpt_tiny_dinov2_ade20k.py'))
+               dinov2=osp.join(ROOT, 'configs', 'demo', 'setr_vpt_tiny_dinov2_ade20k.py'),
+               clip=osp.join(ROOT, 'configs', 'demo', 'coop_seg_tiny_ade20k.py'))
 
 
 def main():
@@ -42,7 +45,7 @@ def main():
                         help='where the task checkpoint and logs go (default: %(default)s)')
     parser.add_argument('--backbone', choices=sorted(CONFIGS), default='vit',
                         help="vit: MMSeg's ViT layout; dinov2: a timm DINOv2 with registers "
-                        '(PromptedTimmViT)')
+                        '(PromptedTimmViT); clip: a tiny CLIP, CoOp on a text head')
     args = parser.parse_args()
     config = CONFIGS[args.backbone]
 

@@ -6,6 +6,8 @@ import torch
 from mmseg.registry import MODELS
 
 from ..formats.pretrained_key import pretrained_in, set_pretrained
+from ..models.timm_vit import is_clip_model
+from ..models.tiny_clip import write_tiny_clip
 
 __all__ = ['write_backbone']
 
@@ -19,6 +21,12 @@ def write_backbone(cfg) -> str:
     """
     backbone = cfg.model.backbone
     torch.manual_seed(0)
+    if backbone.type == 'PromptedTimmViT' and is_clip_model(backbone.model_name):
+        # both towers in one file, as open_clip publishes CLIPs (the config's shapes are
+        # the tiny CLIP's)
+        folder = os.path.dirname(pretrained_in(backbone))
+        write_tiny_clip(folder)
+        return folder
     if backbone.type == 'PromptedTimmViT':  # timm's own model, saved as the hub does
         import timm
 

@@ -36,7 +36,7 @@ import torch
 from mmengine.config import Config
 from mmengine.logging import print_log
 
-from ..tuners.class_list import text_heads
+from ..tuners.class_list import owns_classes, text_heads
 from .config_data import literal_config_text
 from .export import export_inputs
 from .loading import load_task_model
@@ -136,21 +136,25 @@ def _config_at(model_cfg, name: str):
 
 
 def fold_text_heads(model, cfg: Config) -> List[str]:
-    """Fold every text head of ``model`` in place (``head.fold_text()``: its class
-    embeddings computed once into a fixed classifier, its text encoder dropped) and put
-    each one's folded config into ``cfg.model``; what was folded.
+    """Fold every text head of ``model`` that embeds its classes in place
+    (``head.fold_text()``: its class embeddings computed once into a fixed classifier, its
+    text encoder dropped) and put what changes in each one's config into ``cfg.model``;
+    what was folded. Auxiliary heads with ``text_encoder='shared'`` stay: they use the
+    folded decode head's embeddings.
 
     Raises:
         ValueError: a text head that cannot be folded (no ``fold_text``), naming it.
     """
     folded = []
     for name, head in text_heads(model):
+        if not owns_classes(head):  # 'shared': uses the folded decode head's embeddings
+            continue
         if not callable(getattr(head, 'fold_text', None)):
             raise ValueError(f'{name} ({type(head).__name__}) classifies by text embeddings '
                              'but has no fold_text(): it cannot be folded')
         names = list(head.class_names)
         parent, key = _config_at(cfg.model, name)
-        parent[key] = head.fold_text()
+        parent[key] = dict(parent[key], **head.fold_text())
         folded.append(f'the text classifier of {name} ({len(names)} class embeddings, '
                       'computed once)')
     return folded

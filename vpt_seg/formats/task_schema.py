@@ -393,7 +393,7 @@ register('backbone', 'PromptedTimmViT', dict(
     model_kwargs=Opt(Struct(TIMM_KWARGS)), img_size=Opt(_IMG_SIZE),
     patch_size=Opt(Int(1, 1024)), dynamic_img_size=Bool(), out_indices=_INDICES,
     final_norm=Bool(), with_cp=Bool(), output_cls_token=Bool(), keep_projection=Bool(),
-    init_cfg=_NONE),
+    project_out=Bool(), init_cfg=_NONE),
     required=('model_name', ))
 
 register('loss', 'CrossEntropyLoss', dict(
@@ -470,6 +470,11 @@ register('text_encoder', 'CoOpTextEncoder', dict(
 register('cls_head', 'TextClsHead', dict(
     text_encoder=Module('text_encoder'), loss_weight=Float(0.0, 1e6),
     label_smoothing=Float(0.0, 0.999), init_cfg=_NONE), ('text_encoder', ))
+register('decode_head', 'TextSegHead', dict(
+    DECODE_HEAD_FIELDS, num_classes=Opt(_CLASSES), embed_dims=Opt(Int(1, 8192)),
+    text_encoder=OneOf(Module('text_encoder'), Choice('shared', None)),
+    num_convs=Int(0, 16), up_scale=Int(1, 16), kernel_size=Choice(1, 3), residual=Bool(),
+    class_names=Opt(Seq(Name(), 1, 100_000))), ('in_channels', 'channels'))
 
 _SEG_PRE_TEST = Struct(dict(size=Opt(_PAIR), size_divisor=Opt(_SIZE)))
 register('data_preprocessor', 'SegDataPreProcessor', dict(

@@ -12,8 +12,9 @@ from .segmentor import BoundedEncoderDecoder, BoundedSegTTAModel  # noqa: E402
 __all__ += ['BoundedEncoderDecoder', 'BoundedSegTTAModel']
 from .text_cls_head import TextClsHead  # noqa: E402
 from .text_encoder import CoOpTextEncoder  # noqa: E402
+from .text_seg_head import TextSegHead  # noqa: E402
 
-__all__ += ['CoOpTextEncoder', 'TextClsHead']
+__all__ += ['CoOpTextEncoder', 'TextClsHead', 'TextSegHead']
 from .stock import StockTimmViT  # noqa: E402
 
 __all__ += ['StockTimmViT']

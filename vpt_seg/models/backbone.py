@@ -148,8 +148,15 @@ class PromptedBackbone(FrozenBackboneMixin):
         for task, idx, f in zip(batch.tasks, batch.index, feats):
             origin = [task.to_map(x if idx is None else x[idx], hw_shape)] \
                 if task.out_origin else []
-            outs.append(tuple(origin + [task.to_map(f[i], hw_shape) for i in sorted(f)]))
+            outs.append(tuple(origin + [task.to_map(task.project_tokens(f[i], i), hw_shape)
+                                        for i in sorted(f)]))
         return outs
+
+    def project_tokens(self, x: torch.Tensor, layer: int) -> torch.Tensor:
+        """Layer ``layer``'s output tokens as they go out, ``(B, K + HW, C)``: unchanged
+        here; a CLIP image tower maps its last layer into CLIP's joint space
+        (``PromptedTimmViT(project_out=True)``)."""
+        return x
 
     @staticmethod
     def _prefixed(patches: torch.Tensor, hw_shape, batch: TaskBatch) -> torch.Tensor:

@@ -15,6 +15,8 @@ from mmengine.model import BaseModel
 from mmengine.structures import BaseDataElement
 from mmseg.registry import MODELS
 
+from .text_classes import is_text_head, require_projection
+
 __all__ = ['VPTClassifier', 'default_data_preprocessor']
 
 #: ImageNet's mean and std in MMSeg's convention (0-255 pixels, RGB).
@@ -35,24 +37,6 @@ def default_data_preprocessor(backbone: dict) -> dict:
         norm = pretrained_normalization(backbone['model_name'])
     return dict(type='ImgDataPreprocessor', **(norm or IMAGENET_NORMALIZATION),
                 bgr_to_rgb=True)
-
-
-def _registered(cfg: dict):
-    kind = cfg.get('type') if isinstance(cfg, dict) else None
-    return MODELS.get(kind) if isinstance(kind, str) else kind
-
-
-def _require_projection(backbone: dict, head: dict):
-    """Refuse a backbone kind that cannot keep CLIP's visual projection."""
-    import inspect
-    cls = _registered(backbone)
-    if cls is None or 'keep_projection' not in inspect.signature(cls.__init__).parameters:
-        raise ValueError(
-            f'{head.get("type")} compares CLIP image embeddings with text embeddings: f(x) is '
-            'the final [CLS] through CLIP\'s visual projection, and the backbone '
-            f'{backbone.get("type")} has none (MMSeg\'s ViT layout keeps no projection). '
-            "Use type='PromptedTimmViT' with a CLIP model, e.g. "
-            "model_name='vit_base_patch16_clip_quickgelu_224' and the open_clip file")
 
 
 @MODELS.register_module()
@@ -103,9 +87,9 @@ class VPTClassifier(BaseModel):
         if not backbone['output_cls_token']:
             raise ValueError('VPTClassifier classifies from the [CLS] embedding; the backbone '
                              'needs output_cls_token=True (and with_cls_token=True).')
-        self.project = bool(getattr(_registered(head), 'needs_projection', False))
+        self.project = is_text_head(head)
         if self.project:
-            _require_projection(backbone, head)
+            require_projection(backbone, head)
             backbone.setdefault('keep_projection', True)
         self.backbone = MODELS.build(backbone)
         # Both prompted backbones record (embed_dims, num_layers, ...) in `signature`.

@@ -8,6 +8,13 @@ computes the same bilinear resize one band of output rows at a time, so memory i
 and :class:`BoundedSegTTAModel` use it above a byte budget and are MMSeg's own below it,
 and ``tools/serve.py`` uses it for its label maps.
 
+Text-classifier heads (:class:`~vpt_seg.models.TextSegHead`): the segmentor gives the
+backbone what they read (CLIP's visual projection; for a text decode head the last map in
+CLIP's joint space, ``project_out``), links auxiliary heads with
+``text_encoder='shared'`` to the decode head's text encoder, and runs each step (a
+training step's losses, a prediction) inside the decode head's ``text_step``: the K class
+prompts go through the text tower once per step, whatever the number of heads.
+
 Policy for ``seg_logits`` in the data samples: while the full-resolution logits of an
 image fit in ``logits_budget`` bytes, everything is MMSeg's (``seg_logits`` at the original
 size, ``pred_sem_seg`` to the pixel). Above it, ``pred_sem_seg`` is computed in bands and
@@ -16,7 +23,9 @@ with ``seg_logits_resized=False`` in the sample's metainfo; ``resize(seg_logits,
 ori_shape, mode='bilinear')`` gives MMSeg's. Metrics, ``--out`` and ``--show-dir`` read
 ``pred_sem_seg`` only.
 """
+import copy
 import math
+from contextlib import nullcontext
 from typing import List, Sequence, Tuple
 
 import torch
@@ -25,6 +34,8 @@ from mmengine.structures import PixelData
 from mmseg.models.segmentors import EncoderDecoder, SegTTAModel
 from mmseg.registry import MODELS
 from torch import Tensor
+
+from .text_classes import is_text_head, require_projection
 
 __all__ = ['DEFAULT_LOGITS_BUDGET', 'band_rows', 'resize_rows', 'resized_labels',
            'BoundedEncoderDecoder', 'BoundedSegTTAModel']
@@ -134,10 +145,34 @@ def _unpad_unflip(logits: Tensor, meta: dict) -> Tensor:
     return logits
 
 
+def _text_backbone(backbone: dict, decode_head: dict, auxiliary_head) -> dict:
+    """The backbone's config with what text heads read set by default (see
+    :class:`BoundedEncoderDecoder`); refuses a backbone that cannot keep CLIP's visual
+    projection."""
+    aux = auxiliary_head if isinstance(auxiliary_head, list) else \
+        [auxiliary_head] if auxiliary_head is not None else []
+    text = [h for h in [decode_head] + aux if is_text_head(h)]
+    if not text:
+        return backbone
+    require_projection(backbone, text[0])
+    backbone = copy.copy(backbone)
+    backbone.setdefault('keep_projection', True)
+    if is_text_head(decode_head):
+        backbone.setdefault('final_norm', True)
+        backbone.setdefault('project_out', True)
+    return backbone
+
+
 @MODELS.register_module()
 class BoundedEncoderDecoder(EncoderDecoder):
     """MMSeg's ``EncoderDecoder`` whose label maps at the original size are computed in
     bounded memory (see the module docstring for ``seg_logits``).
+
+    Text-classifier heads (see the module docstring): with a ``TextSegHead`` the
+    backbone's ``keep_projection`` defaults to True, and with a text decode head also
+    ``final_norm`` and ``project_out``; a backbone without CLIP's visual projection is
+    refused. ``num_classes`` and ``out_channels`` are the decode head's (a text head's
+    class list can change).
 
     Args:
         logits_budget: Bytes of full-resolution logits an image may build at once; below
@@ -147,11 +182,92 @@ class BoundedEncoderDecoder(EncoderDecoder):
     """
 
     def __init__(self, logits_budget: int = DEFAULT_LOGITS_BUDGET, **kwargs):
+        if 'backbone' in kwargs and 'decode_head' in kwargs:
+            kwargs['backbone'] = _text_backbone(kwargs['backbone'], kwargs['decode_head'],
+                                                kwargs.get('auxiliary_head'))
         super().__init__(**kwargs)
         if int(logits_budget) <= 0:
             raise ValueError(f'logits_budget must be a positive number of bytes, got '
                              f'{logits_budget!r}')
         self.logits_budget = int(logits_budget)
+        if getattr(self.decode_head, 'needs_projection', False):
+            self._check_text_backbone()
+
+    # ------------------------------------------------------------ text heads
+    def _check_text_backbone(self):
+        """A text decode head reads the backbone's last map in CLIP's joint space."""
+        head = self.decode_head
+        if not getattr(self.backbone, 'project_out', False):
+            raise ValueError(
+                f'the decode head {type(head).__name__} classifies CLIP\'s per-pixel '
+                'embeddings, and the backbone does not output them: leave the backbone\'s '
+                'keep_projection, final_norm and project_out at their defaults (True with a '
+                'text decode head)')
+        width = self.backbone.visual_projection.out_features
+        if width != head.embed_dims:
+            raise ValueError(
+                f'the text tower embeds into {head.embed_dims} dimensions (text_encoder '
+                f'output_dims), the image tower\'s projection into {width}: both towers must '
+                'come from one CLIP model (set output_dims, and the backbone\'s model_name / '
+                'model_kwargs, to the CLIP file\'s)')
+
+    def _init_auxiliary_head(self, auxiliary_head) -> None:
+        """MMSeg's, and auxiliary heads with ``text_encoder='shared'`` get the decode
+        head's width E and are linked to its text encoder."""
+        if auxiliary_head is None:
+            return super()._init_auxiliary_head(auxiliary_head)
+        many = isinstance(auxiliary_head, list)
+        cfgs = [dict(c) for c in (auxiliary_head if many else [auxiliary_head])]
+        for cfg in cfgs:
+            if cfg.get('text_encoder') == 'shared' and is_text_head(cfg):
+                if getattr(self.decode_head, 'text_mode', 'shared') == 'shared':
+                    raise ValueError(
+                        "an auxiliary TextSegHead(text_encoder='shared') uses the decode "
+                        f"head's text encoder, and the decode head "
+                        f'({type(self.decode_head).__name__}) has none: make the decode head '
+                        'a TextSegHead with a text encoder')
+                cfg.setdefault('embed_dims', self.decode_head.embed_dims)
+        super()._init_auxiliary_head(cfgs if many else cfgs[0])
+        heads = self.auxiliary_head if many else [self.auxiliary_head]
+        for head in heads:
+            if getattr(head, 'text_mode', None) == 'shared':
+                head.link_text(self.decode_head)
+
+    @property
+    def num_classes(self) -> int:
+        """The decode head's class count (a text head's follows its class list)."""
+        return self.decode_head.num_classes
+
+    @num_classes.setter
+    def num_classes(self, value):
+        if value != self.decode_head.num_classes:  # EncoderDecoder sets it from the head
+            raise AttributeError('num_classes is the decode head\'s')
+
+    @property
+    def out_channels(self) -> int:
+        return self.decode_head.out_channels
+
+    @out_channels.setter
+    def out_channels(self, value):
+        if value != self.decode_head.out_channels:
+            raise AttributeError('out_channels is the decode head\'s')
+
+    def text_step(self):
+        """The decode head's ``text_step`` (one text pass for every head), or nothing."""
+        step = getattr(self.decode_head, 'text_step', None)
+        return step() if step is not None else nullcontext()
+
+    def loss(self, inputs: Tensor, data_samples) -> dict:
+        with self.text_step():
+            return super().loss(inputs, data_samples)
+
+    def predict(self, inputs: Tensor, data_samples=None):
+        with self.text_step():
+            return super().predict(inputs, data_samples)
+
+    def _forward(self, inputs: Tensor, data_samples=None) -> Tensor:
+        with self.text_step():
+            return super()._forward(inputs, data_samples)
 
     def postprocess_result(self, seg_logits: Tensor, data_samples=None):
         if data_samples is None:  # no resize: MMSeg's

@@ -10,7 +10,9 @@ projection (:class:`~vpt_seg.models.VPTClassifier` applies the backbone's
 ``exp(logit_scale) * normalize(g(t_i))`` comes from the text encoder
 (:class:`~vpt_seg.models.text_encoder.CoOpTextEncoder`). The head has no weights of its own:
 the classes are whatever the text encoder embeds, so a unified context classifies a new
-class list (:meth:`set_classes`).
+class list (:meth:`set_classes`). The class list and the cosine are
+:class:`~vpt_seg.models.text_classes.TextClassesMixin`'s, shared with
+:class:`~vpt_seg.models.TextSegHead`.
 
 Folded (``tools/export_task.py --fold``, :meth:`fold_text`), the same head has a fixed
 classifier instead of the text encoder: ``classifier``, a plain ``nn.Linear(E, K,
@@ -27,12 +29,13 @@ from mmseg.registry import MODELS
 from torch import nn
 
 from ..tuners.coop import check_class_names
+from .text_classes import TextClassesMixin, normalize_embeddings
 
 __all__ = ['TextClsHead']
 
 
 @MODELS.register_module()
-class TextClsHead(BaseModule):
+class TextClsHead(TextClassesMixin, BaseModule):
     """``(B, E) -> (B, K)``: ``exp(logit_scale) * cos(f(x), t_i)`` over the text encoder's
     K class embeddings; softmax cross-entropy.
 
@@ -53,7 +56,6 @@ class TextClsHead(BaseModule):
         classifier: A folded head's ``nn.Linear(E, K, bias=False)`` (None otherwise).
     """
 
-    needs_projection = True
     multi_label = False
 
     def __init__(self, text_encoder: Optional[dict] = None, loss_weight: float = 1.0,
@@ -65,6 +67,7 @@ class TextClsHead(BaseModule):
         self.loss_weight = loss_weight
         self.label_smoothing = label_smoothing
         self.text_encoder = self.classifier = None
+        self.init_text_classes()
         if text_encoder is None:
             self._init_fixed(class_names, in_channels)
             return
@@ -90,17 +93,17 @@ class TextClsHead(BaseModule):
         """Width E of the joint image-text embedding (the text encoder's output)."""
         if self.text_encoder is None:
             return self.classifier.in_features
-        return int(self.text_encoder.output_dims)
+        return self.embed_dims
 
     @property
     def num_classes(self) -> int:
-        return len(self.class_names)
+        return len(self._names) if self.text_encoder is None else self._num_classes()
 
     @property
     def class_names(self) -> List[str]:
         if self.text_encoder is None:
             return list(self._names)
-        return self.text_encoder.class_names
+        return super().class_names
 
     def set_classes(self, names: Sequence[str]):
         """Classify ``names`` from now on (see ``CoOpTextEncoder.set_classes``).
@@ -114,19 +117,17 @@ class TextClsHead(BaseModule):
                 f'{self.num_classes} classes, computed once, and no text tower is left to '
                 'embed other names. Give the class list to the task before folding (its '
                 'task file or checkpoint), or fold again with the new list')
-        self.text_encoder.set_classes(names)
+        super().set_classes(names)
 
-    def class_embeddings(self) -> torch.Tensor:
-        """``(K, E)``: the classifier's rows, ``exp(logit_scale) * normalize(g(t_i))``."""
-        if self.text_encoder is None:
-            return self.classifier.weight
-        return self.text_encoder()
+    def fixed_class_embeddings(self) -> Optional[torch.Tensor]:
+        """A folded head's ``(K, E)`` class embeddings (``classifier.weight``)."""
+        return None if self.classifier is None else self.classifier.weight
 
     @torch.no_grad()
     def fold_text(self) -> dict:
         """Become a folded head in place: the class embeddings computed once into
-        ``classifier``, the text encoder dropped. Returns the config that builds this
-        head as it is now (for the folded checkpoint's config)."""
+        ``classifier``, the text encoder dropped. Returns what changes in the head's
+        config (for the folded checkpoint's config)."""
         if self.text_encoder is None:
             raise ValueError('this head is already folded (no text encoder)')
         text = self.class_embeddings().detach().clone()                  # (K, E)
@@ -135,18 +136,16 @@ class TextClsHead(BaseModule):
         self.text_encoder = None
         self._init_fixed(names, width)
         self.classifier.to(text.device).weight.copy_(text)
-        return dict(type=type(self).__name__, text_encoder=None, class_names=list(names),
-                    in_channels=width, loss_weight=self.loss_weight,
-                    label_smoothing=self.label_smoothing)
+        return dict(text_encoder=None, class_names=list(names), in_channels=width)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.text_encoder is None:
-            return self.classifier(F.normalize(x, dim=-1))               # (B, K)
-        text = self.text_encoder()                                       # (K, E), scaled
+        if self.classifier is not None:  # folded: the same product, a plain linear layer
+            return self.classifier(normalize_embeddings(x, dim=-1))     # (B, K)
+        text = self.class_embeddings()                                   # (K, E), scaled
         if x.shape[-1] != text.shape[-1]:
             raise ValueError(f'TextClsHead: image embeddings are {x.shape[-1]} wide, the text '
                              f'embeddings {text.shape[-1]}; they must share CLIP\'s joint space')
-        return F.normalize(x, dim=-1) @ text.to(x.dtype).t()             # (B, K)
+        return normalize_embeddings(x, dim=-1) @ text.to(x.dtype).t()    # (B, K)
 
     def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> Dict[str, torch.Tensor]:
         """``{'loss_cls': scalar}``: cross-entropy of ``(B, K)`` logits, ``(B,)`` labels."""

@@ -159,6 +159,13 @@ class PromptedTimmViT(PromptedBackbone, BaseModule):
             ``vit_base_patch16_clip_quickgelu_224``, 768 for ViT-L/14).
             :class:`~vpt_seg.models.VPTClassifier` sets it for a text head. A model that
             is not a CLIP image tower, or a tag fine-tuned into a classifier, is refused.
+        project_out: The last layer's map goes out in CLIP's joint space: its tokens
+            through the final norm and :attr:`visual_projection`, ``(B, E, H/p, W/p)``
+            (the per-pixel embeddings DenseCLIP and MaskCLIP take; with
+            ``output_cls_token`` its [CLS] is ``f(x)``). Needs ``keep_projection``,
+            ``final_norm`` and the last layer in ``out_indices``;
+            :class:`~vpt_seg.models.BoundedEncoderDecoder` sets all three for a text
+            decode head (:class:`~vpt_seg.models.TextSegHead`).
         prefer_configured: When a task checkpoint is loaded, take its frozen weights from
             ``checkpoint`` only, not from the file the checkpoint records: the user named
             it (the tools set this when ``--cfg-options`` names
@@ -197,6 +204,7 @@ class PromptedTimmViT(PromptedBackbone, BaseModule):
                  with_cp: bool = False,
                  output_cls_token: bool = False,
                  keep_projection: bool = False,
+                 project_out: bool = False,
                  prefer_configured: bool = False,
                  init_cfg: Optional[dict] = None):
         if isinstance(init_cfg, dict) and init_cfg.get('type') == 'Pretrained':
@@ -231,6 +239,7 @@ class PromptedTimmViT(PromptedBackbone, BaseModule):
         depth = len(vit.blocks)
         self.out_indices = self._out_indices(out_indices, depth)
 
+        self.project_out = self._project_out(project_out, keep_projection, final_norm, depth)
         self._norm_attr = final_norm_attr(vit)
         self._ignored = self._drop_unused(vit, model_name, final_norm, keep_projection)
         self.vit = vit
@@ -342,6 +351,21 @@ class PromptedTimmViT(PromptedBackbone, BaseModule):
                 'and position grid are resampled once at load) or img_size to a multiple '
                 f'of {p}.')
 
+    def _project_out(self, project_out: bool, keep_projection: bool, final_norm: bool,
+                     depth: int) -> bool:
+        """``project_out``, its requirements, each refused naming the option to set."""
+        if not project_out:
+            return False
+        missing = [what for what, ok in (
+            ('keep_projection=True (the visual projection to map with)', keep_projection),
+            ('final_norm=True (CLIP projects the final-normed tokens)', final_norm),
+            (f'the last layer ({depth - 1}) in out_indices', depth - 1 in self.out_indices))
+            if not ok]
+        if missing:
+            raise ValueError('project_out=True maps the last layer\'s tokens into CLIP\'s joint '
+                             'space; it needs ' + ', '.join(missing))
+        return True
+
     @staticmethod
     def _projection_dims(model_name: str, width: Optional[int]) -> int:
         """The kept projection's width: ``width`` (``model_kwargs['num_classes']``) or
@@ -391,6 +415,14 @@ class PromptedTimmViT(PromptedBackbone, BaseModule):
                   f'{", ".join(names)}' + (f'; layers without a bias (nothing to tune): '
                                            f'{", ".join(none)}' if none else ''),
                   logger='current')
+
+    def project_tokens(self, x: torch.Tensor, layer: int) -> torch.Tensor:
+        """With ``project_out``, the last layer's (final-normed) tokens through CLIP's
+        visual projection: ``(B, K + HW, C) -> (B, K + HW, E)``, OpenAI's ``ln_post(x) @
+        proj`` on every token; other layers unchanged."""
+        if self.project_out and layer == len(self.vit.blocks) - 1:
+            return self.visual_projection(x)
+        return x
 
     # ------------------------------------------------------------ layout steps
     # PromptedBackbone's steps over timm's modules (the forward is the base's). timm's

@@ -26,8 +26,8 @@ from torch import nn
 
 from .coop import PromptTooLongError, check_class_names
 
-__all__ = ['CLASS_FILE_MAX_BYTES', 'read_class_file', 'text_heads', 'has_text_classifier',
-           'task_class_names', 'set_task_classes', 'class_names_text']
+__all__ = ['CLASS_FILE_MAX_BYTES', 'read_class_file', 'text_heads', 'owns_classes',
+           'has_text_classifier', 'task_class_names', 'set_task_classes', 'class_names_text']
 
 #: The largest class-name file read (16 MiB: 100,000 names of 160 characters).
 CLASS_FILE_MAX_BYTES = 16 * 2**20
@@ -78,6 +78,19 @@ def text_heads(model: nn.Module) -> List[Tuple[str, nn.Module]]:
     return found
 
 
+def owns_classes(head: nn.Module) -> bool:
+    """Whether a text head embeds its classes itself (not an auxiliary head that uses the
+    decode head's text encoder, ``text_encoder='shared'``: its ``text_owner()`` is
+    another head): the heads a class list is given to, and the ones folded."""
+    owner = getattr(head, 'text_owner', None)
+    if not callable(owner):
+        return True
+    try:
+        return owner() is head
+    except ValueError:  # 'shared' and not linked: not an owner
+        return False
+
+
 def has_text_classifier(model: nn.Module) -> bool:
     """Whether ``model`` has a head that classifies by text embeddings."""
     return bool(text_heads(model))
@@ -123,7 +136,7 @@ def set_task_classes(model: nn.Module, names: Sequence[str],
             duplicates, a prompt longer than the context), naming them. Nothing is
             changed then.
     """
-    heads = text_heads(model)
+    heads = [(n, h) for n, h in text_heads(model) if owns_classes(h)]
     if not heads:
         raise ValueError(
             f'{source + ": " if source else ""}this task\'s head, {_head_kinds(model)}, has '
