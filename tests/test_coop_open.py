@@ -344,3 +344,80 @@ def test_task_file_round_trips_the_class_names(clip_file, tmp_path):
     with pytest.raises(ValueError, match=r'none of the candidates holds the frozen weights.*'
                                          r'sha256.*model\.head\.text_encoder\.checkpoint'):
         load_task_model(None, str(other / 'coop.safetensors'))
+
+
+# ------------------------------------------------------------- segmentation
+SEG_DEMO = osp.join(ROOT, 'configs', 'demo', 'coop_seg_tiny_ade20k.py')
+
+
+@pytest.fixture(scope='module')
+def seg(tmp_path_factory):
+    """The CoOp segmentation demo's config on the tiny CLIP and two generated ADE20k-layout
+    images, and a task checkpoint of it (a context that is not its initial one)."""
+    from mmseg.registry import MODELS
+
+    from vpt_seg.datasets.synthetic import make_ade20k
+    tmp = tmp_path_factory.mktemp('seg')
+    write_tiny_clip(str(tmp / 'clip'))
+    clip = str(tmp / 'clip' / 'open_clip_model.safetensors')
+    data = make_ade20k(str(tmp / 'ade'), num_train=1, num_val=2, size=(48, 48))
+    cfg = Config.fromfile(SEG_DEMO)
+    cfg.merge_from_dict({'model.backbone.checkpoint': clip,
+                         'model.decode_head.text_encoder.checkpoint': clip,
+                         **{f'{k}_dataloader.dataset.data_root': data
+                            for k in ('train', 'val', 'test')}})
+    model = MODELS.build(cfg.model)
+    model.init_weights()
+    with torch.no_grad():
+        model.decode_head.text_encoder.ctx.normal_(
+            std=0.3, generator=torch.Generator().manual_seed(2))
+    ckpt = str(tmp / 'task.pth')
+    torch.save(dict(state_dict=model.state_dict(), meta={}), ckpt)
+    image = osp.join(data, 'images', 'validation', sorted(
+        os.listdir(osp.join(data, 'images', 'validation')))[0])
+    return dict(tmp=tmp, cfg=cfg, ckpt=ckpt, clip=clip, image=image)
+
+
+def test_seg_a_new_class_list_changes_the_names_and_the_logits_class_count(seg):
+    model = load_task_model(seg['cfg'], seg['ckpt'])
+    x = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert model(x, mode='tensor').shape[1] == 150
+    assert [n for n, _ in text_heads(model)] == ['decode_head', 'auxiliary_head.0']
+    set_task_classes(model, ['wall', 'sky', 'red_car'])
+    assert model.decode_head.class_names == ['wall', 'sky', 'red car']
+    assert model.num_classes == model.auxiliary_head[0].num_classes == 3  # shared encoder
+    assert model.dataset_meta == dict(classes=('wall', 'sky', 'red car'))
+    with torch.no_grad():
+        assert model(x, mode='tensor').shape[1] == 3
+
+
+def test_seg_fold_equals_the_task_through_init_model_with_no_text_tower(seg):
+    from mmseg.apis import inference_model, init_model
+    task = init_model(seg['cfg'], seg['ckpt'], device='cpu')
+    expected = inference_model(task, seg['image'])
+    out = str(seg['tmp'] / 'deploy' / 'seg.pth')
+    os.makedirs(osp.dirname(out))
+    done = fold_task(seg['cfg'], seg['ckpt'], out)
+    assert done['folded'] == ['the text classifier of decode_head (150 class embeddings, '
+                              'computed once)']
+    folded_cfg = Config.fromfile(done['config'])
+    head = folded_cfg.model.decode_head
+    assert head.text_encoder is None and head.num_classes == 150 and head.embed_dims == 32
+    assert head.class_names[7] == 'bed'
+    assert folded_cfg.model.auxiliary_head[0].text_encoder == 'shared'
+    state = load_torch_file(out)['state_dict']
+    assert not any('text_encoder' in k for k in state)
+    assert state['decode_head.conv_seg.weight'].shape == (150, 32, 1, 1)
+    moved = str(seg['tmp'] / 'moved')
+    os.rename(osp.dirname(seg['clip']), moved)  # no CLIP file anywhere
+    try:
+        folded = init_model(done['config'], out, device='cpu')
+        assert folded.decode_head.text_encoder is None
+        assert folded.dataset_meta['classes'][7] == 'bed'
+        got = inference_model(folded, seg['image'])
+    finally:
+        os.rename(moved, osp.dirname(seg['clip']))
+    torch.testing.assert_close(got.seg_logits.data, expected.seg_logits.data, rtol=1e-5,
+                               atol=1e-4)
+    assert torch.equal(got.pred_sem_seg.data, expected.pred_sem_seg.data)
