@@ -29,8 +29,6 @@ from vpt_seg.tuners.class_list import read_class_file, set_task_classes, text_he
 
 NEW = ['dog', 'red car']
 DEMO = osp.join(ROOT, 'configs', 'demo', 'coop_cls_tiny.py')
-DEMO_NAMES = ['red circle', 'green box', 'blue wedge', 'yellow hoop', 'magenta plus',
-              'cyan bars']
 
 
 @pytest.fixture(scope='module')
@@ -179,20 +177,6 @@ def run_test_tool(monkeypatch, demo, config, ckpt, *args, options=None):
     except SystemExit as exit_:
         return str(exit_.code)
     return None
-
-
-def test_test_tool_classes_writes_the_names_beside_the_outputs(demo, monkeypatch, capsys):
-    tmp = demo['tmp']
-    names = write(tmp, ''.join(f'{n}\n' for n in DEMO_NAMES))
-    work = tmp / 'work'
-    assert run_test_tool(monkeypatch, demo, DEMO, str(tmp / 'coop.pth'), '--classes', names,
-                         '--work-dir', str(work)) is None
-    assert 'accuracy/top1' in capsys.readouterr().out
-    (log_dir, ) = [d for d in work.iterdir() if d.is_dir()]
-    assert sorted(p.suffix for p in log_dir.iterdir() if p.is_file()) == ['.json', '.log',
-                                                                           '.txt']
-    # beside the metrics JSON: line i + 1 is label i
-    assert (log_dir / 'classes.txt').read_text().splitlines() == DEMO_NAMES
 
 
 @pytest.mark.parametrize('case,match', [
@@ -421,3 +405,23 @@ def test_seg_fold_equals_the_task_through_init_model_with_no_text_tower(seg):
     torch.testing.assert_close(got.seg_logits.data, expected.seg_logits.data, rtol=1e-5,
                                atol=1e-4)
     assert torch.equal(got.pred_sem_seg.data, expected.pred_sem_seg.data)
+
+
+def test_seg_test_tool_classes_beside_the_label_maps(seg, monkeypatch):
+    """tools/test.py --classes on a segmentation task: 150 other words for the data's
+    classes; classes.txt in --out beside the label maps and in the log folder."""
+    from mmseg.utils import get_classes
+    tmp, cfg = seg['tmp'], seg['cfg']
+    words = [f'a {name.strip()}' for name in get_classes('ade20k')]
+    names = write(tmp, ''.join(f'{w}\n' for w in words), 'seg_names.txt')
+    options = {'model.backbone.checkpoint': seg['clip'],
+               'model.decode_head.text_encoder.checkpoint': seg['clip'],
+               **{f'{k}_dataloader.dataset.data_root': cfg.test_dataloader.dataset.data_root
+                  for k in ('train', 'val', 'test')}}
+    work, out = tmp / 'seg_work', tmp / 'seg_preds'
+    assert run_test_tool(monkeypatch, None, SEG_DEMO, seg['ckpt'], '--classes', names,
+                         '--work-dir', str(work), '--out', str(out), options=options) is None
+    (log_dir, ) = [d for d in work.iterdir() if d.is_dir()]
+    assert len(list(out.glob('*.png'))) == 2  # the label maps
+    for folder in (log_dir, out):
+        assert (folder / 'classes.txt').read_text().splitlines() == words
