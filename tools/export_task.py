@@ -24,7 +24,10 @@ with lora=None, save_frozen=True and no pretrained file:
     python tools/test.py OUT.py OUT.pth     # or mmseg.apis.init_model('OUT.py', 'OUT.pth')
 
 A task with nothing to fold (no LoRA, no tuned biases) is written all the same, as a
-standalone checkpoint (the log says so).
+standalone checkpoint (the log says so). A CoOp task's text heads are folded too: the
+class embeddings computed once into a plain classifier (linear; a 1x1 convolution for
+pixels), no text tower or CLIP file left, the logits checked against the task's
+(docs/coop.md#folding).
 
 Outputs never replace inputs: OUT (and, with --fold, OUT.py) may not be the config, the
 checkpoint or the pretrained file; an existing OUT.py that an earlier --fold did not write
@@ -67,8 +70,10 @@ def main():
                         'model.backbone.init_cfg.checkpoint=/path/to/vit.pth')
     parser.add_argument('--fold', action='store_true',
                         help='write a standalone MMSeg checkpoint instead: LoRA and tuned '
-                        'biases merged into the weights, frozen weights included, and its '
-                        'config beside it (OUT.py); loads with no pretrained file')
+                        'biases merged into the weights, a CoOp text head\'s class '
+                        'embeddings computed once into a plain classifier, frozen weights '
+                        'included, and its config beside it (OUT.py); loads with no '
+                        'pretrained file')
     parser.add_argument('--force', action='store_true',
                         help='replace an existing OUT.py (with --fold) or OUT.safetensors '
                         'that this tool did not write; an input is never replaced')

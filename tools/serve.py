@@ -38,6 +38,12 @@ goes is refused, nothing is written outside OUT, each file is replaced atomicall
                               spreadsheet would run as a formula (=, +, -, @) gets a
                               leading '
 
+``--classes [TASK=]FILE`` (one class name per line) gives a task whose head classifies by
+CLIP text embeddings with a unified context (CoOp) another class list: TASK's, or every
+task's without ``TASK=``; a linear head or a class-specific context is refused, naming
+why. A segmentation task with a text head gets ``<task>/classes.txt`` beside its label
+maps (line i + 1 is label i); class predictions name the classes in predictions.json.
+
 ``--verify`` also runs each task's own model alone on every image, prepared on its own
 at the task's input size, prints the largest difference per task and exits 1 above
 1e-3 (float32 rounding is about 1e-6).
@@ -86,6 +92,12 @@ from vpt_seg.serving.serve import (
     verify_batch,
     worse,
 )
+from vpt_seg.tuners.class_list import (
+    class_names_text,
+    has_text_classifier,
+    read_class_file,
+    set_task_classes,
+)
 
 #: --verify: the largest difference (logits) still taken for float rounding.
 VERIFY_ATOL = 1e-3
@@ -124,11 +136,19 @@ def parse_args():
                         % (MAX_PIXELS_ENV, DEFAULT_MAX_PIXELS))
     parser.add_argument('--verify', action='store_true',
                         help='also run each task alone and report the largest difference')
+    parser.add_argument('--classes', action='append', default=[], metavar='[TASK=]FILE',
+                        help='a text file of class names, one per line, for TASK (every '
+                        'task without TASK=) whose head classifies by CLIP text embeddings '
+                        '(CoOp, unified context); repeat for other tasks')
     args = parser.parse_args()
     names = [n for n, _, _ in args.tasks]
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
         parser.error(f'task names must be unique: {", ".join(dup)} given more than once')
+    try:
+        args.classes = class_lists(args.classes, names)
+    except (ValueError, FileNotFoundError) as err:
+        parser.error(f'--classes {err}')
     try:
         args.max_pixels = pixel_limit(args.max_pixels)
     except ValueError as err:  # a bad $VPT_SEG_MAX_PIXELS
@@ -195,6 +215,29 @@ def parse_task(spec: str):
         return name, resolve_config(cfg + '.py'), ckpt
     except FileNotFoundError as err:
         raise argparse.ArgumentTypeError(f'task {name!r}: {err}') from None
+
+
+def class_lists(specs, tasks):
+    """``{task: (names, file)}`` of ``--classes [TASK=]FILE`` options: a file with
+    ``TASK=`` is that task's, one without it every other task's (a task named twice, or
+    two files without ``TASK=``, is refused)."""
+    named, every = {}, None
+    for spec in specs:
+        task, sep, path = spec.partition('=')
+        if not (sep and task in tasks):
+            task, path = None, spec
+        entry = (read_class_file(path), path)
+        if task is None and every is not None:
+            raise ValueError(f'{path}: {every[1]} is already every task\'s class list; name '
+                             'the task: --classes TASK=FILE')
+        if task in named:
+            raise ValueError(f'{path}: task {task!r} already has a class list '
+                             f'({named[task][1]})')
+        if task is None:
+            every = entry
+        else:
+            named[task] = entry
+    return {t: named.get(t, every) for t in tasks if t in named or every is not None}
 
 
 def task_config(cfg_path, ckpt) -> Config:
@@ -283,7 +326,7 @@ def main():
     out_names = output_names(files)
     out.check(None, ['predictions.json', 'predictions.csv'])
     for name, _, _ in specs:
-        out.check(name, [n for pair in out_names.values() for n in pair])
+        out.check(name, [n for pair in out_names.values() for n in pair] + ['classes.txt'])
 
     with reading_once():  # the pretrained file: read once for the backbone and every task
         if args.backbone.endswith('.py'):
@@ -299,10 +342,18 @@ def main():
         metas = {}
         for name, cfg_path, ckpt in specs:
             cfg = task_config(cfg_path, ckpt)
-            model = mt.add_task(name, load_task_model(cfg, ckpt, pretrained=pretrained))
+            task = load_task_model(cfg, ckpt, pretrained=pretrained)
+            if name in args.classes:
+                try:
+                    set_task_classes(task, *args.classes[name])
+                except ValueError as err:
+                    raise SystemExit(f'serve.py: task {name!r}: --classes {err}') from None
+            model = mt.add_task(name, task)
             num_classes = model.num_classes if mt.kinds[name] == 'cls' else \
                 model.decode_head.out_channels
             metas[name] = task_meta(model, cfg, num_classes)
+            if mt.kinds[name] == 'seg' and has_text_classifier(model):  # label maps' key
+                out.write(name, 'classes.txt', class_names_text(metas[name][0]).encode())
     mt.to(args.device).eval()
     sizes = {name: input_size(mt.tasks[name], args.size) for name in mt.tasks}
     seg = sorted(n for n in mt.kinds if mt.kinds[n] == 'seg')

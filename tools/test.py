@@ -3,9 +3,17 @@
     python tools/test.py configs/setr_vpt_ade20k.py work_dirs/setr_vpt_ade20k/iter_160000.pth
     python tools/test.py ... --tta          # multi-scale (0.5-1.75) + flip
     python tools/test.py ... --show-dir vis # write prediction overlays to <work-dir>/vis
+    python tools/test.py ... --classes names.txt  # a CoOp task: another class list
 
 A task checkpoint holds only tuned weights; the frozen backbone is loaded from the
 pretrained file named in the config's ``model.backbone.init_cfg``.
+
+``--classes FILE`` (one class name per line) gives a task whose head classifies by CLIP
+text embeddings with a unified context (CoOp) another class list
+(vpt_seg/tuners/class_list.py); a linear head, a class-specific context (csc=True) or a
+folded head is refused, naming why, and so is a list whose length differs from the test
+data's classes (its labels index those). A task with a text head gets ``classes.txt``
+(line i + 1 is label i) in the run's log folder, beside the metrics, and in ``--out``.
 """
 import argparse
 import os
@@ -20,8 +28,10 @@ from mmengine.runner import Runner
 
 from vpt_seg.datasets.checks import head_classes, use_checked_loaders
 from vpt_seg.datasets.config_checks import prepare_cfg
+from vpt_seg.engine.class_list import ClassListError, ClassListHook
 from vpt_seg.engine.distributed import setup_distributed
 from vpt_seg.tool_config import load_cfg
+from vpt_seg.tuners.class_list import read_class_file
 
 
 def parse_args():
@@ -55,6 +65,11 @@ def parse_args():
     parser.add_argument('--tta', action='store_true',
                         help='multi-scale + flip test-time augmentation '
                              '(the config\'s tta_pipeline)')
+    parser.add_argument('--classes', metavar='FILE',
+                        help='a text file of class names, one per line: a task whose head '
+                        'classifies by CLIP text embeddings (CoOp, unified context) '
+                        'classifies these instead (as many as the test data has); '
+                        'classes.txt beside the outputs lists the names')
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
     args = parser.parse_args()
     os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
@@ -94,6 +109,12 @@ def main():
     args = parse_args()
     if '://' not in args.checkpoint and not osp.isfile(args.checkpoint):  # URLs: downloaded
         raise FileNotFoundError(f'checkpoint not found: {args.checkpoint!r}')
+    names = None
+    if args.classes:
+        try:
+            names = read_class_file(args.classes)
+        except (ValueError, FileNotFoundError) as err:
+            raise SystemExit(f'test.py: --classes {err}') from None
     cfg = load_cfg(args)
     cfg.load_from = args.checkpoint
     show_dir = None
@@ -115,7 +136,11 @@ def main():
     setup_distributed(cfg)
 
     runner = Runner.from_cfg(cfg)
-    runner.test()
+    runner.register_hook(ClassListHook(names, source=args.classes, out_dir=args.out))
+    try:
+        runner.test()
+    except ClassListError as err:  # a class list the task or the data cannot take
+        raise SystemExit(f'test.py: --classes {err}') from None
     if show_dir is not None:
         # SegLocalVisualizer -> LocalVisBackend: <save_dir>/vis_data/vis_image/*.png
         print(f'Painted images are in {osp.join(show_dir, "vis_data", "vis_image")}')

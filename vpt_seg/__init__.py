@@ -23,5 +23,6 @@ from .formats.weights import load_vit_checkpoint  # noqa: F401
 from .models import *  # noqa: F401,F403
 from .serving.multitask import MultiTaskViT, build_shared_backbone  # noqa: F401
 from .tuners import Adapter, LoRA, VisualPrompt  # noqa: F401
+from .tuners.class_list import read_class_file, set_task_classes  # noqa: F401
 
 __version__ = '0.1.0'

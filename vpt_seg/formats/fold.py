@@ -20,6 +20,13 @@ files side by side:
 
 MMSeg's ``init_model('OUT.py', 'OUT.pth')`` and ``inference_model``, and
 ``tools/test.py OUT.py OUT.pth``, load it with no pretrained file anywhere.
+
+A CoOp task's text heads (``TextClsHead``, ``TextSegHead``: heads with ``fold_text()``)
+are folded too (:func:`fold_text_heads`): the class embeddings ``exp(logit_scale) *
+normalize(g(t_i))`` are computed once into the head's fixed classifier (a plain linear
+layer, or a 1x1 convolution for pixels), the text tower and the CLIP file are gone, and
+the head's config in ``OUT.py`` is its folded one (``text_encoder=None``, the class
+names). The written pair's logits are then compared with the task's as well.
 """
 import copy
 import os.path as osp
@@ -29,6 +36,7 @@ import torch
 from mmengine.config import Config
 from mmengine.logging import print_log
 
+from ..tuners.class_list import owns_classes, text_heads
 from .config_data import literal_config_text
 from .export import export_inputs
 from .loading import load_task_model
@@ -37,7 +45,7 @@ from .pretrained_key import FLAG_NAMES, rule_of
 from .task_file import read_task_config
 from .weight_files import load_torch_file
 
-__all__ = ['standalone_config', 'fold_task', 'folded_config_path']
+__all__ = ['standalone_config', 'fold_task', 'fold_text_heads', 'folded_config_path']
 
 #: The largest difference of the folded backbone's features to the task's, on a random
 #: input, that :func:`fold_task` takes for float32 rounding.
@@ -101,10 +109,55 @@ def standalone_config(cfg: Config) -> Config:
     return cfg
 
 
-def _features(model, x):
+def _tensors(out) -> tuple:
+    """The tensors of nested lists and tuples (a classifier's backbone gives
+    ``[patch map, cls]`` per layer), in order."""
+    if isinstance(out, (tuple, list)):
+        return tuple(t for item in out for t in _tensors(item))
+    return (out, )
+
+
+def _features(model, x, logits: bool = False):
+    """The backbone's outputs on ``x`` (flat), and with ``logits`` the model's
+    (``mode='tensor'``) last."""
     with torch.no_grad():
-        out = model.backbone(x)
-    return out if isinstance(out, (tuple, list)) else (out, )
+        out = _tensors(model.backbone(x))
+        return out + (model(x, mode='tensor'), ) if logits else out
+
+
+def _config_at(model_cfg, name: str):
+    """The config of the module ``name`` (``head``, ``decode_head``,
+    ``auxiliary_head.1``) inside ``model_cfg``, as ``(parent, key)``."""
+    parent, parts = model_cfg, name.split('.')
+    for part in parts[:-1]:
+        parent = parent[int(part)] if isinstance(parent, (list, tuple)) else parent[part]
+    last = parts[-1]
+    return parent, (int(last) if isinstance(parent, (list, tuple)) else last)
+
+
+def fold_text_heads(model, cfg: Config) -> List[str]:
+    """Fold every text head of ``model`` that embeds its classes in place
+    (``head.fold_text()``: its class embeddings computed once into a fixed classifier, its
+    text encoder dropped) and put what changes in each one's config into ``cfg.model``;
+    what was folded. Auxiliary heads with ``text_encoder='shared'`` stay: they use the
+    folded decode head's embeddings.
+
+    Raises:
+        ValueError: a text head that cannot be folded (no ``fold_text``), naming it.
+    """
+    folded = []
+    for name, head in text_heads(model):
+        if not owns_classes(head):  # 'shared': uses the folded decode head's embeddings
+            continue
+        if not callable(getattr(head, 'fold_text', None)):
+            raise ValueError(f'{name} ({type(head).__name__}) classifies by text embeddings '
+                             'but has no fold_text(): it cannot be folded')
+        names = list(head.class_names)
+        parent, key = _config_at(cfg.model, name)
+        parent[key] = dict(parent[key], **head.fold_text())
+        folded.append(f'the text classifier of {name} ({len(names)} class embeddings, '
+                      'computed once)')
+    return folded
 
 
 def fold_task(config, checkpoint: str, out: str, force: bool = False) -> Dict[str, object]:
@@ -151,11 +204,14 @@ def fold_task(config, checkpoint: str, out: str, force: bool = False) -> Dict[st
     cfg = config if config is not None else read_task_config(checkpoint)
     _check_fold_outputs(out, cfg_path, export_inputs(config, checkpoint, model), True)
     x = _probe(model.backbone)
-    expected = _features(model, x)
+    text = bool(text_heads(model))  # CoOp: the logits are compared too
+    expected = _features(model, x, logits=text)
     folded = _fold_in_place(model.backbone)
     standalone = standalone_config(cfg)
+    folded += fold_text_heads(model, standalone)
     meta = _fold_meta(model, standalone, checkpoint, folded)
-    worst = _write_checked(model, standalone, meta, checkpoint, out, cfg_path, x, expected)
+    worst = _write_checked(model, standalone, meta, checkpoint, out, cfg_path, x, expected,
+                           logits=text)
     _say_folded(out, folded)
     return dict(checkpoint=out, config=cfg_path, folded=folded, largest_difference=worst)
 
@@ -196,16 +252,17 @@ def _fold_meta(model, standalone: Config, checkpoint: str, folded: List[str]) ->
 
 
 def _write_checked(model, standalone: Config, meta: dict, checkpoint: str, out: str,
-                   cfg_path: str, x: torch.Tensor, expected) -> float:
+                   cfg_path: str, x: torch.Tensor, expected, logits: bool = False) -> float:
     """Write the checkpoint and its config, read them back as a user would and compare
-    the backbone's features on ``x``; the largest difference.
+    the backbone's features on ``x`` (with ``logits``, the model's logits too); the
+    largest difference.
 
     Both files go to temporary names beside the outputs, are read back and compared
     there, and replace the outputs only then: a kill or a failure leaves what was there
     before.
 
     Raises:
-        ValueError: the folded backbone differs from the task (nothing is written).
+        ValueError: the folded model differs from the task (nothing is written).
     """
     from mmseg.registry import MODELS
     with atomic_write(out) as tmp_out, atomic_write(cfg_path, suffix='.py') as tmp_cfg:
@@ -215,17 +272,31 @@ def _write_checked(model, standalone: Config, meta: dict, checkpoint: str, out: 
             f.write(literal_config_text(standalone, header=(
                 f'{FOLD_MARK[2:]} from {osp.basename(checkpoint)!r}:\n'
                 f'the config of {osp.basename(out)}, a standalone checkpoint (LoRA and tuned '
-                'biases merged;\nlora=None, save_frozen=True, no pretrained file).')))
+                'biases merged;\nlora=None, save_frozen=True, no pretrained file; text heads '
+                'with their class embeddings fixed).')))
         # Read back as a user would: the written config, the file through the safe reader.
         check = MODELS.build(Config.fromfile(tmp_cfg).model)
         state = load_torch_file(tmp_out, what='folded checkpoint')['state_dict']
         check.load_state_dict(state, strict=True)
-        worst = max(float((a - b).abs().max()) for a, b in zip(_features(check.eval(), x),
-                                                               expected))
+        worst = _largest_difference(_features(check.eval(), x, logits), expected, logits)
         if not worst <= FOLD_ATOL:
-            raise ValueError(f'{out}: the folded backbone differs from the task by '
+            raise ValueError(f'{out}: the folded model differs from the task by '
                              f'{worst:.3g} (> {FOLD_ATOL:g}) on a random input; nothing was '
                              'written; please report this')
+    return worst
+
+
+def _largest_difference(got, expected, logits: bool) -> float:
+    """The largest difference of ``got`` to ``expected`` (NaN if any is NaN); with
+    ``logits`` the last pair, ``exp(logit_scale)`` (100 for CLIP) times a cosine, is
+    compared relative to its largest value."""
+    worst = 0.0
+    for i, (a, b) in enumerate(zip(got, expected)):
+        scale = max(1.0, float(b.abs().max())) if logits and i == len(got) - 1 else 1.0
+        diff = float((a - b).abs().max()) / scale
+        if diff != diff:  # NaN
+            return diff
+        worst = max(worst, diff)
     return worst
 
 

@@ -9,6 +9,7 @@ from typing import Optional, Tuple, Union
 from mmengine.logging import print_log
 from torch import nn
 
+from ..tuners.class_list import text_heads
 from .frozen_weights import check_task_checkpoint
 from .pretrained_key import pretrained_in, set_pretrained
 from .task_file import check_class_count, load_from_safetensors, read_task_config
@@ -88,9 +89,10 @@ def load_task_model(config, checkpoint: str, pretrained: Optional[str] = None) -
         if str(checkpoint).endswith('.safetensors'):
             check_class_count(checkpoint, meta['dataset_meta'], model_cfg)
         model.dataset_meta = meta['dataset_meta']
-    names = getattr(getattr(model, 'head', None), 'class_names', None)
-    if names is not None:  # a text head classifies what it embeds (maybe a new list)
+    heads = text_heads(model)
+    if heads:  # a text head classifies what it embeds (maybe a new list)
+        names = list(heads[0][1].class_names)
         stored = list((getattr(model, 'dataset_meta', None) or {}).get('classes') or [])
-        if [str(c).replace('_', ' ').strip() for c in stored] != list(names):
+        if [str(c).replace('_', ' ').strip() for c in stored] != names:
             model.dataset_meta = dict(classes=tuple(names))
     return model.eval()

@@ -274,6 +274,33 @@ class TextSegHead(TextClassesMixin, BaseDecodeHead):
     def fixed_class_embeddings(self) -> Optional[torch.Tensor]:
         return self.conv_seg.weight[:, :, 0, 0] if self.text_mode == 'fixed' else None
 
+    @torch.no_grad()
+    def fold_text(self) -> dict:
+        """Become a folded head in place: the class embeddings computed once into
+        ``conv_seg`` (a frozen, bias-free 1x1 convolution, ``(K, E, 1, 1)``), the text
+        encoder dropped (``tools/export_task.py --fold``). Returns what changes in the
+        head's config. Auxiliary heads with ``text_encoder='shared'`` then use these
+        fixed embeddings and stay as they are.
+
+        Raises:
+            ValueError: a head without its own text encoder (fixed, or ``'shared'``).
+        """
+        if self.text_mode != 'text':
+            raise ValueError(f'TextSegHead: only a head with its own text encoder folds; this '
+                             f'one\'s is {self.text_mode!r}')
+        weight = self.class_embeddings().detach().clone()                # (K, E)
+        names = self.class_names
+        del self.text_encoder
+        self.text_encoder = None
+        self.text_mode = 'fixed'
+        self.fixed_names = tuple(names)
+        self.conv_seg = nn.Conv2d(weight.shape[1], weight.shape[0], kernel_size=1,
+                                  bias=False).to(weight.device)
+        self.conv_seg.weight.copy_(weight[:, :, None, None])
+        self.conv_seg.requires_grad_(False)
+        return dict(text_encoder=None, num_classes=int(weight.shape[0]),
+                    embed_dims=int(weight.shape[1]), class_names=list(names))
+
     # -------------------------------------------------------------- forward
     def pixel_embeddings(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, in_channels, h, w) -> (B, E, H, W)``: the decoder's refinement (plus the

@@ -27,8 +27,8 @@ import torch.nn.functional as F
 from torch import nn
 
 __all__ = ['CLASS_POSITIONS', 'clip_tokenizer', 'PromptTokens', 'class_prompt_tokens',
-           'template_tokens', 'check_class_names', 'CoOpContext', 'encode_prompts',
-           'normalized_features']
+           'template_tokens', 'check_class_names', 'PromptTooLongError', 'CoOpContext',
+           'encode_prompts', 'normalized_features']
 
 CLASS_POSITIONS = ('end', 'middle', 'front')
 #: Placeholder word where the context goes (the official code's "X"); its embedding is
@@ -44,13 +44,20 @@ def clip_tokenizer():
     return SimpleTokenizer()
 
 
-def check_class_names(names: Sequence[str], where: str = 'class names') -> List[str]:
+def check_class_names(names: Sequence[str], where: str = 'class names',
+                      lines: bool = False) -> List[str]:
     """Class names as prompts use them: underscores -> spaces, outer spaces stripped
     (MMSeg's ADE20k names have ``'bed '``).
 
+    Args:
+        names: The class names.
+        where: What they are, for the messages (an option, a file).
+        lines: The names are the lines of a file: messages name 1-based line numbers
+            instead of 0-based positions.
+
     Raises:
         ValueError: not a list of strings, an empty name, fewer than one name, or a
-            name twice (after cleaning), naming them.
+            name twice (after cleaning), naming them (and where they are).
     """
     if isinstance(names, str) or not isinstance(names, Sequence) or not names:
         raise ValueError(f'{where}: expected a non-empty list of class names, got {names!r:.200}')
@@ -58,19 +65,32 @@ def check_class_names(names: Sequence[str], where: str = 'class names') -> List[
     if bad:
         raise ValueError(f'{where}: class names must be strings, got {bad[:5]!r}')
     clean = [n.replace('_', ' ').strip() for n in names]
-    empty = [i for i, n in enumerate(clean) if not n]
+    at = 'line(s)' if lines else 'position(s)'
+    first = 1 if lines else 0
+    empty = [i + first for i, n in enumerate(clean) if not n]
     if empty:
-        raise ValueError(f'{where}: class name(s) at position(s) {empty} are empty; every '
-                         'class needs a name to put into its prompt')
-    seen, twice = set(), []
-    for name in clean:
-        if name in seen and name not in twice:
-            twice.append(name)
-        seen.add(name)
+        raise ValueError(f'{where}: class name(s) at {at} {empty} are empty; every '
+                         'class needs a name to put into its prompt' +
+                         ('; remove the empty lines' if lines else ''))
+    seen, twice = {}, {}
+    for i, name in enumerate(clean):
+        if name in seen:
+            twice.setdefault(name, [seen[name] + first]).append(i + first)
+        seen.setdefault(name, i)
     if twice:
-        raise ValueError(f'{where}: duplicate class name(s) {twice} (after underscores -> '
-                         'spaces); two classes with one prompt cannot be told apart')
+        found = '; '.join(f'{n!r} at {at} {", ".join(map(str, i))}' for n, i in twice.items())
+        raise ValueError(f'{where}: duplicate class name(s) {list(twice)} ({found}; after '
+                         'underscores -> spaces); two classes with one prompt cannot be '
+                         'told apart')
     return clean
+
+
+class PromptTooLongError(ValueError):
+    """A class's prompt does not fit the text tower's context (``name``: the class)."""
+
+    def __init__(self, message: str, name: str):
+        super().__init__(message)
+        self.name = name
 
 
 class PromptTokens(NamedTuple):
@@ -111,8 +131,8 @@ def class_prompt_tokens(names: Sequence[str], n_ctx: int, context_length: int,
         position: Where the class name goes: ``'end'``, ``'middle'``, ``'front'``.
 
     Raises:
-        ValueError: a prompt longer than ``context_length``, naming the class and its
-            token count.
+        PromptTooLongError: a prompt longer than ``context_length``, naming the class and
+            its token count.
     """
     tok = clip_tokenizer()
     ctx_ids = tok.encode(ctx_words) if ctx_words else tok.encode(_PLACEHOLDER) * n_ctx
@@ -124,7 +144,8 @@ def class_prompt_tokens(names: Sequence[str], n_ctx: int, context_length: int,
         name_ids = tok.encode(name)
         row = [tok.sot_token_id] + ctx_ids + name_ids + dot + [tok.eot_token_id]
         if len(row) > context_length:
-            raise ValueError(_too_long(name, len(row), len(name_ids), n_ctx, context_length))
+            raise PromptTooLongError(
+                _too_long(name, len(row), len(name_ids), n_ctx, context_length), name)
         rows.append(row)
         name_lens.append(len(name_ids))
     length = max(len(r) for r in rows)  # causal mask: nothing after an end token matters
@@ -148,7 +169,8 @@ def template_tokens(names: Sequence[str], templates: Sequence[str], context_leng
     ``(T, K, L)`` ids and ``(T, K)`` end positions, L the longest prompt.
 
     Raises:
-        ValueError: a prompt longer than ``context_length`` (naming class and template).
+        PromptTooLongError: a prompt longer than ``context_length`` (naming class and
+            template).
     """
     tok = clip_tokenizer()
     rows = []
@@ -156,10 +178,11 @@ def template_tokens(names: Sequence[str], templates: Sequence[str], context_leng
         for name in names:
             row = [tok.sot_token_id] + tok.encode(template.format(name)) + [tok.eot_token_id]
             if len(row) > context_length:
-                raise ValueError(f'class {name!r}: its prompt {template.format(name)!r} is '
-                                 f'{len(row)} tokens, more than the text tower\'s context '
-                                 f'length {context_length} (the tokenizer would silently '
-                                 'cut it); shorten the name or the template')
+                raise PromptTooLongError(
+                    f'class {name!r}: its prompt {template.format(name)!r} is {len(row)} '
+                    f'tokens, more than the text tower\'s context length {context_length} '
+                    '(the tokenizer would silently cut it); shorten the name or the '
+                    'template', name)
             rows.append(row)
     length = max(len(r) for r in rows)
     ids = torch.zeros(len(rows), length, dtype=torch.long)
