@@ -21,8 +21,9 @@ from mmengine.registry import init_default_scope
 from vpt_seg.formats.export import export_task
 from vpt_seg.formats.loading import load_task_model
 from vpt_seg.models.tiny_clip import write_tiny_clip
-from vpt_seg.serving.multitask import MultiTaskViT, build_shared_backbone, text_heads
+from vpt_seg.serving.multitask import MultiTaskViT, build_shared_backbone
 from vpt_seg.serving.serve import task_input
+from vpt_seg.tuners.class_list import text_heads
 
 init_default_scope('mmseg')
 
@@ -102,7 +103,7 @@ TEXT_TASKS = ('coop', 'vpt_coop', 'zero_shot', 'coop_seg', 'vpt_coop_seg')
 
 def _count_text_passes(model, name, calls: Counter):
     """Count the text tower passes of a task's text heads (``CoOpTextEncoder._features``)."""
-    for head in text_heads(model):
+    for _, head in text_heads(model):
         encoder = head.text_encoder
         if encoder is None:  # an auxiliary head that uses the decode head's
             continue

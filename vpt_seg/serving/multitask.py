@@ -56,10 +56,11 @@ from ..formats.pretrained_key import FLAG_NAMES, pretrained_in, set_pretrained
 from ..formats.weights import load_vit_checkpoint, to_mmseg_state_dict
 from ..models.classifier import VPTClassifier
 from ..models.options import PROMPTED_ARGS
+from ..tuners.class_list import text_heads
 from ..tuners.terms import TaskBatch
 from ..tuners.tuning import bias_parameters
 
-__all__ = ['MultiTaskViT', 'task_kind', 'text_heads', 'shared_backbone_cfg',
+__all__ = ['MultiTaskViT', 'task_kind', 'shared_backbone_cfg',
            'build_shared_backbone']
 
 
@@ -72,12 +73,6 @@ def task_kind(model: nn.Module) -> str:
         return 'seg'
     raise TypeError(f'{type(model).__name__} is neither a VPTClassifier nor an MMSeg '
                     'encoder-decoder segmentor')
-
-
-def text_heads(model: nn.Module) -> List[nn.Module]:
-    """The heads of a task whose classifier is text embeddings: every module with a
-    ``class_embeddings()`` method (``(K, E)`` scaled, normalised class features)."""
-    return [m for m in model.modules() if callable(getattr(m, 'class_embeddings', None))]
 
 
 def _tie_equal(module: nn.Module, pool: List[nn.Module]) -> bool:
@@ -134,7 +129,7 @@ class MultiTaskViT(nn.Module):
                 :class:`~vpt_seg.models.backbone.PromptedBackbone` of the shared
                 backbone's kind, with its task checkpoint loaded. Its heads may classify
                 with text embeddings (CoOp): their class embeddings are computed here,
-                once (:func:`text_heads`).
+                once (:func:`~vpt_seg.tuners.class_list.text_heads`).
 
         Raises:
             ValueError: The task's ViT differs from the shared one in architecture or
@@ -161,7 +156,7 @@ class MultiTaskViT(nn.Module):
         projection = getattr(model.backbone, 'visual_projection', None)
         if projection is not None:
             _tie_equal(projection, self._frozen_pool['projection'])
-        heads = text_heads(model)
+        heads = [head for _, head in text_heads(model)]
         for head in heads:
             encoder = getattr(head, 'text_encoder', None)
             if isinstance(encoder, nn.Module):  # (an auxiliary head may use the main one's)
