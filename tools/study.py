@@ -2,7 +2,7 @@
 
     python tools/study.py [--out work_dirs/study] [--rows head vpt-deep ...]
         [--iters N] [--pretrain-iters N] [--num-source N] [--num-target N] [--num-val N]
-        [--lrs 5e-3 2e-2 5e-2] [--threads 1]
+        [--lrs 5e-3 2e-2 5e-2] [--seeds 3] [--threads 1]
 
 Makes synthetic source/target data in the ADE20k layout, pretrains a tiny ViT for
 image-level recognition on the source task (multi-label tags), adapts it to the target
@@ -10,6 +10,8 @@ task with every Table-3 row (configs/study/*.py,
 through tools/train.py and tools/test.py), and writes table.{md,csv,json},
 miou_vs_params.png and predictions.png to --out. Every tool run uses --threads torch
 threads (default 1: the documented numbers, and the documented time on a busy machine).
+--seeds N repeats every row's training over N seeds and reports each row's mean and spread;
+table.json records the machine (CPU model and flags, torch, MKL and oneDNN versions).
 """
 import argparse
 
@@ -54,6 +56,10 @@ def parse_args():
                              "(default: each row config's own rate)")
     parser.add_argument('--seed', type=int, default=d.seed,
                         help='seed for the data and every run (default: %(default)s)')
+    parser.add_argument('--seeds', type=int, default=d.seeds,
+                        help='training runs per row, seeded SEED, SEED+1, ... on the same data '
+                             'and pretrained backbone; above 1 the table gives each row\'s '
+                             'mean mIoU, its std and min-max (default: %(default)s)')
     parser.add_argument('--threads', type=int, default=d.threads,
                         help='torch threads per tool run (default %(default)s). The result '
                              'depends on it (float order of reductions): the documented '
@@ -73,7 +79,7 @@ def main():
                             pretrain_iters=args.pretrain_iters, num_source=args.num_source,
                             num_target=args.num_target, num_val=args.num_val,
                             num_show=args.num_show, lrs=args.lrs, seed=args.seed,
-                            threads=args.threads, jobs=args.jobs))
+                            seeds=args.seeds, threads=args.threads, jobs=args.jobs))
 
 
 if __name__ == '__main__':
