@@ -4,7 +4,7 @@ import os.path as osp
 import subprocess
 import sys
 
-from helpers import ROOT
+from helpers import ROOT, run_tool
 
 from vpt_seg.experiments.benchmark import format_table, model_setup
 
@@ -102,11 +102,10 @@ def test_stock_timm_model_is_timms_own_forward_of_the_same_model():
 
 def test_benchmark_tool_runs_a_timm_config_against_stock(tmp_path):
     out = tmp_path / 'bench.json'
-    proc = subprocess.run(
-        [sys.executable, osp.join(ROOT, 'tools', 'benchmark.py'), DINOV2, '--stock',
-         '--modes', 'train', 'whole', '--batch', '2', '--amp', 'none', '--steps', '1',
-         '--warmup', '0', '--device', 'cpu', '--infer-size', '32', '40', '--json', str(out)],
-        capture_output=True, text=True, cwd=str(tmp_path))
+    proc = run_tool(  # in a forked child (tests/helpers.py)
+        'benchmark.py', DINOV2, '--stock', '--modes', 'train', 'whole', '--batch', '2', '--amp',
+        'none', '--steps', '1', '--warmup', '0', '--device', 'cpu', '--infer-size', '32',
+        '40', '--json', str(out), cwd=str(tmp_path))
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = json.loads(out.read_text())['results']
     assert [(r['model'], r['setup'], r['mode']) for r in rows] == [
@@ -120,11 +119,10 @@ def test_methods_are_measured_side_by_side(tmp_path):
     """--methods: VPT-deep, LoRA and AdaptFormer on the config's backbone, head and data,
     one row each with every figure, in one run."""
     out = tmp_path / 'methods.json'
-    proc = subprocess.run(
-        [sys.executable, osp.join(ROOT, 'tools', 'benchmark.py'), CONFIG, '--methods',
-         'vpt-deep', 'lora', 'adaptformer', '--modes', 'train', 'whole', '--batch', '1',
-         '--amp', 'none', '--steps', '1', '--warmup', '0', '--json', str(out)],
-        capture_output=True, text=True, cwd=str(tmp_path))
+    proc = run_tool(  # in a forked child (tests/helpers.py)
+        'benchmark.py', CONFIG, '--methods', 'vpt-deep', 'lora', 'adaptformer', '--modes',
+        'train', 'whole', '--batch', '1', '--amp', 'none', '--steps', '1', '--warmup', '0',
+        '--json', str(out), cwd=str(tmp_path))
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = json.loads(out.read_text())['results']
     assert [(r['model'], r['mode']) for r in rows] == [

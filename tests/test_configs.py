@@ -5,7 +5,7 @@ import subprocess
 import sys
 
 import pytest
-from helpers import ROOT
+from helpers import ROOT, run_tool
 from mmengine.config import Config
 from mmengine.optim import build_optim_wrapper
 from mmseg.registry import MODELS
@@ -171,10 +171,10 @@ def test_count_params_tool_prints_parts_and_task_file_size():
 
 
 def test_count_params_tool_prints_the_timm_rows():
-    out = subprocess.run(
-        [sys.executable, osp.join(ROOT, 'tools', 'count_params.py'),
-         osp.join(ROOT, 'configs', 'setr_vpt-bias_dinov2_ade20k.py')],
-        capture_output=True, text=True, check=True).stdout
+    proc = run_tool('count_params.py',  # in a forked child (tests/helpers.py)
+                    osp.join(ROOT, 'configs', 'setr_vpt-bias_dinov2_ade20k.py'))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout
     rows = {' '.join(line.split()[:-3]): line.split()[-3:] for line in out.splitlines()
             if line.strip()}
     assert rows['prompts'][:2] == ['2.46M', '2.46M']

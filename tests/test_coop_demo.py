@@ -3,11 +3,9 @@ tools/train.py, a task file written and loaded back, tools/test.py on it, and a 
 list at test time (configs/demo/coop_cls_tiny.py, docs/coop.md)."""
 import os.path as osp
 import re
-import subprocess
-import sys
 
 import torch
-from helpers import ROOT
+from helpers import ROOT, run_tool
 from mmengine.config import Config
 
 from vpt_seg.datasets.synthetic_cls import make_cls_folder
@@ -20,9 +18,8 @@ LOADERS = ('train_dataloader', 'val_dataloader', 'test_dataloader')
 NEW = ['red circle', 'green box', 'blue wedge', 'yellow hoop', 'magenta plus', 'cyan bars']
 
 
-def run(tool, *args):
-    proc = subprocess.run([sys.executable, osp.join(ROOT, 'tools', tool), *args],
-                          capture_output=True, text=True, cwd=ROOT)
+def run(tool, *args):  # the command, in a forked child (tests/helpers.py)
+    proc = run_tool(tool, *args)
     assert proc.returncode == 0, f'{tool}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}'
     return proc.stdout + proc.stderr
 

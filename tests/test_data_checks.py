@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import cv2
 import numpy as np
 import pytest
-from helpers import ROOT
+from helpers import ROOT, run_tool
 from mmengine.config import Config
 from mmseg.registry import DATASETS, TRANSFORMS
 
@@ -159,11 +159,12 @@ def test_check_data_tool_reports_and_exits_non_zero(data):
 
 
 def check_data_tool(cfg_path, data, *splits):
-    return subprocess.run(
-        [sys.executable, osp.join(ROOT, 'tools', 'check_data.py'), cfg_path, '--cfg-options',
-         f'train_dataloader.dataset.data_root={data}',
-         f'val_dataloader.dataset.data_root={data}', *(['--splits', *splits] if splits else [])],
-        capture_output=True, text=True, cwd=ROOT)
+    """tools/check_data.py in a forked child (tests/helpers.py; the test above starts a
+    new interpreter)."""
+    return run_tool('check_data.py', cfg_path, '--cfg-options',
+                    f'train_dataloader.dataset.data_root={data}',
+                    f'val_dataloader.dataset.data_root={data}',
+                    *(['--splits', *splits] if splits else []))
 
 
 def test_split_without_a_valid_label_is_refused_at_start_up_and_by_the_scans(data):

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from helpers import ROOT
+from helpers import run_tool as run_forked
 from mmengine.config import Config
 from mmseg.registry import MODELS
 from PIL import Image
@@ -19,9 +20,16 @@ from vpt_seg.datasets.synthetic import make_ade20k
 CONFIG = osp.join(ROOT, 'configs', 'demo', 'setr_vpt_tiny_ade20k.py')
 
 
-def run_tool(tool, *args, check=True):
-    proc = subprocess.run([sys.executable, osp.join(ROOT, 'tools', tool), *args],
-                          capture_output=True, text=True, cwd=ROOT)
+def run_tool(tool, *args, check=True, fork=True):
+    """``python tools/TOOL ARGS``: in a forked child of this process (no start-up time,
+    :func:`helpers.run_tool`), or with ``fork=False`` in a new interpreter (the first
+    training run, the first test run and the export, so each command is run as users run it
+    too)."""
+    if fork:
+        proc = run_forked(tool, *args)
+    else:
+        proc = subprocess.run([sys.executable, osp.join(ROOT, 'tools', tool), *args],
+                              capture_output=True, text=True, cwd=ROOT)
     if check and proc.returncode != 0:
         raise AssertionError(f'{tool} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}')
     return proc
@@ -47,7 +55,7 @@ def setup(tmp_path_factory):
         for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader')]
     work = tmp / 'work'
     train = run_tool('train.py', CONFIG, '--work-dir', str(work), *options,
-                     'train_cfg.max_iters=20', 'train_cfg.val_interval=20')
+                     'train_cfg.max_iters=20', 'train_cfg.val_interval=20', fork=False)
     return dict(tmp=tmp, data=data, options=options, work=work, train_log=train.stdout,
                 vit=vit)
 
@@ -66,7 +74,7 @@ def test_train_writes_a_task_checkpoint_of_tuned_weights_only(setup):
 def test_test_tool_reports_miou_single_scale_and_tta(setup):
     ckpt = str(setup['work'] / 'iter_20.pth')
     single = run_tool('test.py', CONFIG, ckpt, '--work-dir', str(setup['tmp'] / 't1'),
-                      *setup['options']).stdout
+                      *setup['options'], fork=False).stdout
     assert 'loading the frozen backbone' in single
     assert 0 < miou(single) <= 100
     assert miou(single) == miou(setup['train_log'])  # same weights, same numbers
@@ -149,7 +157,8 @@ def test_a_named_pretrained_file_with_other_weights_is_refused(setup, impostor):
 def task_file(setup):
     out = str(setup['tmp'] / 'published' / 'seg.safetensors')  # the tool makes the folder
     run_tool('export_task.py', CONFIG, str(setup['work'] / 'iter_20.pth'), out,
-             '--cfg-options', f'model.backbone.init_cfg.checkpoint={setup["tmp"] / "vit.pth"}')
+             '--cfg-options', f'model.backbone.init_cfg.checkpoint={setup["tmp"] / "vit.pth"}',
+             fork=False)
     shutil.copy(setup['tmp'] / 'vit.pth', osp.join(osp.dirname(out), 'vit.pth'))
     return out
 

@@ -3,7 +3,10 @@ iteration k, wrong and unreadable checkpoint files. Each case asserts the files 
 the exit code and the error text (vpt_seg/engine/hooks.py, vpt_seg/formats/weights.py).
 
 The faults come from tests/fault_hooks.py, added to a run by a small config that
-inherits configs/demo/setr_vpt_tiny_ade20k.py.
+inherits configs/demo/setr_vpt_tiny_ade20k.py. The tools run as commands in forked children of
+this process (:func:`helpers.run_tool`: exit code, stdout, stderr; SIGKILL kills the child);
+the reference run, the first of two runs at once and one tools/test.py refusal start a
+new interpreter.
 """
 import os
 import os.path as osp
@@ -18,7 +21,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 from fault_hooks import finite
-from helpers import ROOT
+from helpers import ROOT, run_tool
 from mmengine.config import Config
 from mmengine.logging import MessageHub, MMLogger
 from mmseg.registry import MODELS
@@ -39,11 +42,18 @@ CONFIG = osp.join(ROOT, 'configs', 'demo', 'setr_vpt_tiny_ade20k.py')
 ITERS, INTERVAL = 30, 10
 
 
-def run_tool(tool, *args):
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+def subprocess_env():
+    """This environment with the repository and tests/ (fault_hooks) on PYTHONPATH."""
+    return dict(os.environ, PYTHONPATH=os.pathsep.join(
         [ROOT, TESTS] + [p for p in os.environ.get('PYTHONPATH', '').split(os.pathsep) if p]))
+
+
+def run_subprocess(tool, *args):
+    """``python tools/TOOL ARGS`` in a new interpreter (what a user runs). Most cases use
+    :func:`helpers.run_tool` instead: the same command in a forked child of this process,
+    without the start-up time; a few keep the real process, so the two stay one."""
     return subprocess.run([sys.executable, osp.join(ROOT, 'tools', tool), *args],
-                          capture_output=True, text=True, cwd=ROOT, env=env)
+                          capture_output=True, text=True, cwd=ROOT, env=subprocess_env())
 
 
 def losses(path):
@@ -82,7 +92,7 @@ def setup(tmp_path_factory):
         return str(path)
 
     work = tmp / 'reference'
-    proc = run_tool('train.py', config('reference'), '--work-dir', str(work), *options)
+    proc = run_subprocess('train.py', config('reference'), '--work-dir', str(work), *options)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return dict(tmp=tmp, options=options, config=config, reference=losses(tmp / 'reference.txt'),
                 reference_work=work, vit=str(tmp / 'vit.pth'), data=data)
@@ -147,8 +157,7 @@ def test_kill_while_saving_keeps_the_previous_checkpoint_and_resume_skips_a_brok
 def test_a_second_run_into_a_busy_work_dir_refuses_and_the_first_is_unharmed(setup):
     work, tmp = setup['tmp'] / 'busy', setup['tmp']
     marker = tmp / 'busy.paused'
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-        [ROOT, TESTS] + [p for p in os.environ.get('PYTHONPATH', '').split(os.pathsep) if p]))
+    env = subprocess_env()
     first = subprocess.Popen(
         [sys.executable, osp.join(ROOT, 'tools', 'train.py'),
          setup['config']('busy', 'pause', at=5, marker=str(marker)), '--work-dir', str(work),
@@ -303,7 +312,7 @@ def test_a_new_best_checkpoint_is_complete_before_the_old_one_goes(tmp_path):
 
 
 def test_test_tool_refuses_a_pretrained_backbone_and_a_truncated_file(setup):
-    proc = run_tool('test.py', CONFIG, setup['vit'], '--work-dir',
+    proc = run_subprocess('test.py', CONFIG, setup['vit'], '--work-dir',
                     str(setup['tmp'] / 't1'), *setup['options'])
     assert proc.returncode == 1
     assert (f'{setup["vit"]} lacks tuned weights this model needs: backbone.prompt '

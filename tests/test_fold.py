@@ -6,8 +6,6 @@ import os
 import os.path as osp
 import re
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -16,7 +14,7 @@ import torch
 import vpt_seg  # noqa: F401  (before mmseg: compat fixes, registration)
 
 # isort: split
-from helpers import ROOT, trained_like
+from helpers import ROOT, run_tool, trained_like
 from mmengine.config import Config
 from mmengine.registry import init_default_scope
 from mmseg.apis import inference_model, init_model
@@ -196,12 +194,8 @@ def test_the_tool_folds_and_tools_test_gives_the_tasks_miou(families):
     cfg.test_dataloader.dataset.data_root = data
     cfg_file = str(families['tmp'] / 'lora_task.py')
     cfg.dump(cfg_file)
-    tools = osp.join(ROOT, 'tools')
     out = str(families['tmp'] / 'tool' / 'seg.pth')
-
-    def run(tool, *args):
-        return subprocess.run([sys.executable, osp.join(tools, tool), *args],
-                              capture_output=True, text=True, cwd=ROOT)
+    run = run_tool  # the commands, in forked children (tests/helpers.py)
     proc = run('export_task.py', cfg_file, ckpt, out, '--fold')
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert 'folded LoRA (rank 2, alpha 4' in proc.stdout and 'tuned biases' in proc.stdout

@@ -5,8 +5,6 @@ import os
 import os.path as osp
 import re
 import shutil
-import subprocess
-import sys
 
 import cv2
 import numpy as np
@@ -19,7 +17,7 @@ import vpt_seg  # noqa: F401  (before mmseg)
 
 # isort: split
 import helpers
-from helpers import ROOT
+from helpers import ROOT, run_tool
 from mmengine.registry import init_default_scope
 from mmseg.datasets.transforms import LoadAnnotations
 from mmseg.registry import MODELS
@@ -291,12 +289,10 @@ def test_train_tool_runs_tags_config_and_logs_map(data_root, tmp_path):
     work = tmp_path / 'work'
     options = [f'{loader}.dataset.data_root={data_root}'
                for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader')]
-    proc = subprocess.run(
-        [sys.executable, osp.join(ROOT, 'tools', 'train.py'), DEMO_CONFIG,
-         '--work-dir', str(work), '--cfg-options', *options, 'train_dataloader.batch_size=4',
-         'train_cfg.max_iters=10', 'train_cfg.val_interval=10',
-         'default_hooks.checkpoint.interval=10', 'param_scheduler.0.end=10'],
-        capture_output=True, text=True, cwd=ROOT)
+    proc = run_tool(  # the command, in a forked child (tests/helpers.py)
+        'train.py', DEMO_CONFIG, '--work-dir', str(work), '--cfg-options', *options,
+        'train_dataloader.batch_size=4', 'train_cfg.max_iters=10', 'train_cfg.val_interval=10',
+        'default_hooks.checkpoint.interval=10', 'param_scheduler.0.end=10')
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     log = proc.stdout
     assert 'ADE20KTagsDataset: 6 images' in log and 'ADE20KTagsDataset: 2 images' in log

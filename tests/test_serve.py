@@ -22,7 +22,7 @@ import torch
 import vpt_seg  # noqa: F401  (before mmseg)
 
 # isort: split
-from helpers import ARCH, ROOT, tiny_pretrained, tool, trained_like
+from helpers import ARCH, ROOT, run_tool, tiny_pretrained, tool, trained_like
 from mmengine.registry import init_default_scope
 from mmseg.structures import SegDataSample
 
@@ -102,12 +102,11 @@ def served(tmp_path_factory):
 
 
 def _serve(backbone, specs, images, out, *args):
-    """tools/serve.py with ``specs`` {name: (config, checkpoint)} in their dict order."""
-    return subprocess.run(
-        [sys.executable, osp.join(ROOT, 'tools', 'serve.py'), str(backbone),
-         *[f'{n}={c}:{k}' for n, (c, k) in specs.items()], '--images', str(images),
-         '--out-dir', str(out), *args],
-        capture_output=True, text=True, cwd=ROOT)
+    """tools/serve.py with ``specs`` {name: (config, checkpoint)} in their dict order, in a
+    forked child (tests/helpers.py; the --help and memory-limit cases start new
+    interpreters)."""
+    return run_tool('serve.py', str(backbone), *[f'{n}={c}:{k}' for n, (c, k) in specs.items()],
+                    '--images', str(images), '--out-dir', str(out), *args)
 
 
 def _predict(served, name, image, images=None):
@@ -315,10 +314,8 @@ def test_bad_arguments_are_argparse_errors(served, args, message):
     if args[0] == '--task':
         tasks.append(f'{args[1]}={cfg}:{ckpt}')
         args = []
-    proc = subprocess.run(
-        [sys.executable, osp.join(ROOT, 'tools', 'serve.py'), served['pretrained'], *tasks,
-         '--images', str(served['images']), '--out-dir', str(served['tmp'] / 'bad'), *args],
-        capture_output=True, text=True, cwd=ROOT)
+    proc = run_tool('serve.py', served['pretrained'], *tasks, '--images', str(served['images']),
+                    '--out-dir', str(served['tmp'] / 'bad'), *args)
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert message in proc.stderr and 'Traceback' not in proc.stderr
     assert 'argument' in proc.stderr or 'unique' in proc.stderr
@@ -431,11 +428,10 @@ def test_lora_adapter_and_vpt_tasks_serve_in_one_batch(served):
     for i in range(2):
         cv2.imwrite(str(images / f'img{i}.png'), rng.integers(0, 256, (32, 32, 3), np.uint8))
     out = tmp / 'out'
-    proc = subprocess.run(
-        [sys.executable, osp.join(ROOT, 'tools', 'serve.py'), served['pretrained'],
-         *[f'{n}={c}:{k}' if c else f'{n}={k}' for n, (c, k) in specs.items()],
-         '--images', str(images), '--out-dir', str(out), '--batch-size', '8', '--verify'],
-        capture_output=True, text=True, cwd=ROOT)
+    proc = run_tool('serve.py', served['pretrained'],
+                    *[f'{n}={c}:{k}' if c else f'{n}={k}' for n, (c, k) in specs.items()],
+                    '--images', str(images), '--out-dir', str(out), '--batch-size', '8',
+                    '--verify')
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     lines = [ln for ln in proc.stdout.splitlines() if 'largest difference' in ln]
     assert sorted(ln.split(':')[0] for ln in lines) == sorted(TUNER_TASKS)

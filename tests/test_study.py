@@ -2,16 +2,25 @@
 tools/test.py: pretraining must learn the source tags, VPT-deep must beat head-only by a
 clear margin (what the method claims), every tuned row must beat a head that was never
 trained, and the table and figures must be complete and readable; tool runs get the
-study's thread count. 5.6 to 7.5 minutes on 2 CPU cores beside other jobs (load 2 to 3),
-5 minutes of CPU time (one torch thread per tool run, tests/conftest.py)."""
+study's thread count; --seeds gives each row's mean and spread, and table.json names the
+machine. The study's tool runs are forked children of this process (tests/helpers.py
+``ForkedPopen``: the same commands without each one's start-up), except where the
+subprocess itself is tested (its thread count, its progress lines). One torch thread per
+tool run (tests/conftest.py)."""
 import csv
 import json
+import os
 import os.path as osp
+import subprocess
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import torch
+from helpers import ForkedPopen
 from PIL import Image
 
+from vpt_seg.experiments import study as study_module
 from vpt_seg.experiments.study import (
     ROWS,
     RowResult,
@@ -19,7 +28,10 @@ from vpt_seg.experiments.study import (
     _count,
     _load_cfg,
     _run_tool,
+    aggregate_seeds,
     format_table,
+    machine_info,
+    machine_line,
     plot_tradeoff,
     run_study,
 )
@@ -27,12 +39,22 @@ from vpt_seg.experiments.study import (
 ROWS_RUN = ('head', 'vpt-deep', 'full', 'dinov2/head', 'dinov2/vpt-deep')
 
 
+def fork_tool_runs(monkeypatch):
+    """The study's tool runs (`python tools/train.py ...`) in forked children of this
+    process (tests/helpers.py: the same runs without the start-up time of each). The
+    tests of the subprocess itself (its thread count, its progress lines) start real ones."""
+    monkeypatch.setattr(study_module, 'subprocess', SimpleNamespace(
+        Popen=ForkedPopen, STDOUT=subprocess.STDOUT, TimeoutExpired=subprocess.TimeoutExpired))
+
+
 @pytest.fixture(scope='module')
 def study(tmp_path_factory):
     out = tmp_path_factory.mktemp('study')
-    return run_study(StudySettings(out_dir=str(out), rows=ROWS_RUN, num_source=1000,
-                                   num_target=200, num_val=32, pretrain_iters=1000,
-                                   iters=400, num_show=2))
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        fork_tool_runs(monkeypatch)
+        return run_study(StudySettings(out_dir=str(out), rows=ROWS_RUN, num_source=1000,
+                                       num_target=200, num_val=32, pretrain_iters=1000,
+                                       iters=400, num_show=2))
 
 
 def test_pretraining_learns_the_source_tags(study):
@@ -96,7 +118,11 @@ def test_outputs_are_complete(study):
         summary = json.load(f)
     assert [r['method'] for r in summary['rows']] == [ROWS[k] for k in ROWS_RUN]
     assert summary['timings_s']['total'] > 0
-    assert summary['machine']['threads'] == 1 and summary['machine']['cpu_count'] >= 1
+    machine = summary['machine']
+    assert machine['threads'] == 1 and machine['cpu_count'] >= 1 and machine['seeds'] == 1
+    info = machine_info()  # the CPU and the torch build the digits came from
+    for key in ('cpu_model', 'cpu_flags', 'cpu_capability', 'torch', 'mkl', 'onednn'):
+        assert machine[key] == info[key], key
     table = open(files['md']).read()
     for key in ROWS_RUN:
         assert f'| {ROWS[key]} |' in table
@@ -139,21 +165,95 @@ def test_lora_and_adaptformer_rows(tmp_path):
     assert img[..., :3].std() > 10
 
 
-def test_learning_rate_search_keeps_each_rows_best_run(tmp_path):
+def test_learning_rate_search_over_seeds_keeps_each_rows_best_mean(tmp_path, monkeypatch):
+    """Every row runs once per rate and seed; a rate's result is the mean over its seeds
+    (with their spread), and the row keeps its best rate's."""
+    fork_tool_runs(monkeypatch)
     lrs = (1e-4, 5e-2)
     result = run_study(StudySettings(out_dir=str(tmp_path), rows=('head', ), num_source=64,
                                      num_target=32, num_val=8, pretrain_iters=60, iters=60,
-                                     lrs=lrs, num_show=1))
+                                     lrs=lrs, seeds=2, num_show=1))
     searched = result['lr_search']['head']
     assert set(searched) == {f'{lr:g}' for lr in lrs}
     (row, ) = result['rows']
     assert searched[f'{row.lr:g}'] == row.miou == max(searched.values())
     assert row.lr == 5e-2  # 60 steps at 1e-4 barely move the head
     for lr in lrs:
-        assert osp.isfile(tmp_path / 'rows' / 'head' / f'lr{lr:g}' / 'test.log')
+        for seed in (0, 1):
+            assert osp.isfile(tmp_path / 'rows' / 'head' / f'lr{lr:g}' / f'seed{seed}' /
+                              'test.log')
+    # the row's mIoU is the mean of its two seeds' runs, as each run's test logged it
+    runs = [study_module._test_metrics(str(tmp_path / 'rows' / 'head' / 'lr0.05' /
+                                           f'seed{seed}' / 'test'))['mIoU'] for seed in (0, 1)]
+    assert row.extra['seeds'] == [0, 1] and row.extra['miou_runs'] == runs
+    assert row.miou == pytest.approx(np.mean(runs))
+    heads = [torch.load(study_module._last_checkpoint(
+        str(tmp_path / 'rows' / 'head' / 'lr0.05' / f'seed{seed}')), weights_only=True)
+        ['state_dict']['decode_head.conv_seg.weight'] for seed in (0, 1)]
+    assert not torch.equal(*heads)  # the seeds train differently
     with open(result['files']['json']) as f:
-        assert json.load(f)['lr_search'] == result['lr_search']
-    assert '| 0.05 |' in open(result['files']['md']).read()
+        summary = json.load(f)
+    assert summary['lr_search'] == result['lr_search']
+    assert summary['rows'][0]['extra']['miou_std'] == row.extra['miou_std']
+    assert summary['machine']['seeds'] == 2
+    table = open(result['files']['md']).read()
+    assert '| 0.05 |' in table and f'| {row.miou:.2f} ± ' in table and '2 seeds' in table
+    with open(result['files']['csv']) as f:
+        (csv_row, reference) = list(csv.DictReader(f))
+    assert float(csv_row['miou_min']) == min(runs) and csv_row['seeds'] == '2'
+    assert reference['seeds'] == '1' and reference['miou_std'] == ''
+
+
+def test_seeds_aggregate_to_the_mean_and_the_spread():
+    """:func:`aggregate_seeds` on made-up runs: means, sample std, min-max, each run's seed
+    and mIoU; one run stays as it is; runs of different rows are refused."""
+    def run(seed, miou, key='vpt-deep'):
+        return RowResult(key=key, method=ROWS[key], tuned=41300, total=358000,
+                         file_bytes=283000, miou=miou, aacc=miou + 20, lr=0.02,
+                         train_s=30.0 + seed, test_s=5.0, pred_dir=f'seed{seed}',
+                         extra=dict(seed=seed))
+    row = aggregate_seeds([run(0, 75.5), run(1, 73.0), run(2, 77.0)])
+    assert row.miou == pytest.approx(75.1666667) and row.aacc == pytest.approx(95.1666667)
+    assert row.train_s == 31.0 and row.test_s == 5.0 and row.pred_dir == 'seed0'
+    assert row.extra == dict(seeds=[0, 1, 2], miou_runs=[75.5, 73.0, 77.0],
+                             miou_std=pytest.approx(2.0207259), miou_min=73.0, miou_max=77.0)
+    table = format_table([row])
+    assert 'mIoU (mean ± std (min-max), 3 seeds)' in table
+    assert '| VPT-deep | 41.3K | 11.54% | 276 KiB | 75.17 ± 2.02 (73.00-77.00) | 95.17 |' in table
+    single = run(0, 75.5)
+    assert aggregate_seeds([single]) is single
+    assert '| 75.50 |' in format_table([single]) and 'seeds' not in format_table([single])
+    with pytest.raises(ValueError, match='different rows or rates'):
+        aggregate_seeds([run(0, 75.5), run(1, 60.0, key='head')])
+
+
+def test_machine_info_names_the_cpu_its_flags_and_the_libraries(tmp_path):
+    """table.json's ``machine``: what the digits depend on besides code, seeds and threads."""
+    cpuinfo = tmp_path / 'cpuinfo'
+    cpuinfo.write_text('processor\t: 0\nmodel name\t: Example CPU @ 2.10GHz\n'
+                       'flags\t\t: fpu sse2 sse4_2 avx avx2 fma avx512f avx512_vnni amx_tile\n'
+                       '\nprocessor\t: 1\nmodel name\t: Example CPU @ 2.10GHz\n'
+                       'flags\t\t: fpu sse2\n')
+    info = machine_info(str(cpuinfo))
+    assert info['cpu_model'] == 'Example CPU @ 2.10GHz'
+    assert info['cpu_flags'] == ['amx_tile', 'avx', 'avx2', 'avx512_vnni', 'avx512f', 'fma',
+                                 'sse4_2']
+    assert info['torch'] == torch.__version__ and info['cpu_count'] == os.cpu_count()
+    assert info['cpu_capability'] == torch.backends.cpu.get_cpu_capability()
+    config = torch.__config__.show()
+    for key, available in (('mkl', torch.backends.mkl.is_available()),
+                           ('onednn', torch.backends.mkldnn.is_available())):
+        if available:  # the version torch was built with, as its build report names it
+            assert info[key] and info[key][0].isdigit() and info[key] in config, (key, info)
+        else:
+            assert info[key] is None
+    line = machine_line(dict(info, threads=1))
+    assert line.startswith('Example CPU @ 2.10GHz (') and 'flags: amx_tile avx' in line
+    assert f'torch {torch.__version__}, MKL {info["mkl"]}' in line and '1 torch thread' in line
+    missing = machine_info(str(tmp_path / 'no_cpuinfo'))
+    assert missing['cpu_flags'] == [] and missing['torch'] == torch.__version__
+    if osp.isfile('/proc/cpuinfo'):  # this machine's own
+        assert machine_info()['cpu_model']
 
 
 def test_rejects_unknown_rows_and_too_short_schedules(tmp_path):
@@ -163,6 +263,8 @@ def test_rejects_unknown_rows_and_too_short_schedules(tmp_path):
         run_study(StudySettings(out_dir=str(tmp_path), iters=20))
     with pytest.raises(ValueError, match='threads=0: give a whole number'):
         run_study(StudySettings(out_dir=str(tmp_path), threads=0))
+    with pytest.raises(ValueError, match='seeds=0: give a whole number of training runs'):
+        run_study(StudySettings(out_dir=str(tmp_path), seeds=0))
     assert not osp.exists(tmp_path / 'data')
 
 

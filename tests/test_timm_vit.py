@@ -7,18 +7,15 @@ import copy
 import glob
 import json
 import logging
-import os
 import os.path as osp
 import re
 import shutil
-import subprocess
-import sys
 
 import pytest
 import timm
 import torch
 import torch.nn.functional as F
-from helpers import ROOT
+from helpers import ROOT, run_tool
 from mmengine.logging import MMLogger
 from mmseg.registry import MODELS
 from safetensors.torch import save_file
@@ -558,9 +555,8 @@ def test_demo_dinov2_task_trains_and_tests(tmp_path):
         f'{loader}.dataset.data_root={data}'
         for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader')]
 
-    def run(tool, *args):
-        proc = subprocess.run([sys.executable, osp.join(ROOT, 'tools', tool), *args],
-                              capture_output=True, text=True, cwd=ROOT, env=dict(os.environ))
+    def run(tool, *args):  # the command, in a forked child (tests/helpers.py)
+        proc = run_tool(tool, *args)
         assert proc.returncode == 0, f'{tool}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}'
         return proc.stdout + proc.stderr
 
@@ -607,11 +603,9 @@ def test_demo_dinov2_task_trains_and_tests(tmp_path):
     assert miou(moved) == miou(train)
     # A named --cfg-options model.backbone.checkpoint is the user's word, as init_cfg is
     # for the MMSeg layout: the file must exist, the neighbour does not stand in for it.
-    named = subprocess.run(
-        [sys.executable, osp.join(ROOT, 'tools', 'test.py'), DEMO,
-         str(shared / 'task.safetensors'), '--work-dir', str(tmp_path / 't3'),
-         '--cfg-options', 'model.backbone.checkpoint=/nowhere', *options[2:]],
-        capture_output=True, text=True, cwd=str(tmp_path))
+    named = run_tool('test.py', DEMO, str(shared / 'task.safetensors'), '--work-dir',
+                     str(tmp_path / 't3'), '--cfg-options',
+                     'model.backbone.checkpoint=/nowhere', *options[2:], cwd=str(tmp_path))
     assert named.returncode != 0 and '/nowhere' in named.stdout + named.stderr
 
     # ... and serves in one batch with a bias-tuned task on the same frozen DINOv2

@@ -2,7 +2,8 @@
 
     python tools/study.py [--out work_dirs/study] [--rows head vpt-deep ...]
         [--iters N] [--pretrain-iters N] [--num-source N] [--num-target N] [--num-val N]
-        [--lrs 5e-3 2e-2 5e-2] [--threads 1] [--suite all|table3|coop] [--shots 1 4 16]
+        [--lrs 5e-3 2e-2 5e-2] [--seeds 3] [--threads 1] [--suite all|table3|coop]
+        [--shots 1 4 16]
 
 Makes synthetic source/target data in the ADE20k layout, pretrains a tiny ViT for
 image-level recognition on the source task (multi-label tags), adapts it to the target
@@ -12,7 +13,9 @@ miou_vs_params.png and predictions.png to --out. Then (--suite all, the default)
 part: a tiny CLIP pretrained on generated captions, few-shot curves and base-to-novel
 (vpt_seg/experiments/coop_study.py), written to --out/coop. Every tool run uses --threads
 torch threads (default 1: the documented numbers, and the documented time on a busy
-machine).
+machine). --seeds N repeats every Table 3 row's training over N seeds and reports each
+row's mean and spread; table.json records the machine (CPU model and flags, torch, MKL
+and oneDNN versions).
 """
 import argparse
 import os.path as osp
@@ -71,6 +74,10 @@ def parse_args():
                              "(default: each row config's own rate)")
     parser.add_argument('--seed', type=int, default=d.seed,
                         help='seed for the data and every run (default: %(default)s)')
+    parser.add_argument('--seeds', type=int, default=d.seeds,
+                        help='training runs per row, seeded SEED, SEED+1, ... on the same data '
+                             'and pretrained backbone; above 1 the table gives each row\'s '
+                             'mean mIoU, its std and min-max (default: %(default)s)')
     parser.add_argument('--threads', type=int, default=d.threads,
                         help='torch threads per tool run (default %(default)s). The result '
                              'depends on it (float order of reductions): the documented '
@@ -111,7 +118,7 @@ def run_table3(args):
                             pretrain_iters=args.pretrain_iters, num_source=args.num_source,
                             num_target=args.num_target, num_val=args.num_val,
                             num_show=args.num_show, lrs=args.lrs, seed=args.seed,
-                            threads=args.threads, jobs=args.jobs))
+                            seeds=args.seeds, threads=args.threads, jobs=args.jobs))
 
 
 if __name__ == '__main__':

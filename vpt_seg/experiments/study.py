@@ -121,6 +121,10 @@ class StudySettings:
             rate in each row's config, which is what this search found; see
             docs/study.md).
         seed: Data and training seed.
+        seeds: Training runs per row (and learning rate), with the row seeds ``seed``,
+            ``seed + 1``, ...; data and pretraining keep ``seed``. Above 1, each row
+            reports the mean over its runs and their spread (std, min-max:
+            :func:`aggregate_seeds`); 1 (default) is the single run of before.
         threads: Torch threads per tool subprocess. The published numbers are for 1
             (the default); another count gives other digits (docs/study.md).
         jobs: Families run at once (each family's runs stay in order: pretraining, then
@@ -140,6 +144,7 @@ class StudySettings:
     iters: Optional[int] = None
     lrs: Optional[Sequence[float]] = None
     seed: int = 0
+    seeds: int = 1
     threads: int = 1
     jobs: int = 2
     num_show: int = 4
@@ -166,6 +171,36 @@ class RowResult:
     @property
     def tuned_pct(self) -> float:
         return 100.0 * self.tuned / self.total
+
+
+def aggregate_seeds(runs: Sequence[RowResult]) -> RowResult:
+    """One table row from a row's runs over seeds (the same row and learning rate).
+
+    mIoU, aAcc and the times are the means over the runs; ``extra`` gains ``seeds`` (each
+    run's seed, from its ``extra['seed']``), ``miou_runs`` (each run's mIoU), and
+    ``miou_std`` (sample standard deviation), ``miou_min`` and ``miou_max``. Parameters
+    and the file size are the first run's (the same for every seed), and so are the
+    checkpoint and predictions the figures show. A single run is returned as it is.
+    """
+    from dataclasses import replace
+    runs = list(runs)
+    if not runs:
+        raise ValueError('aggregate_seeds: no runs to aggregate')
+    if len(runs) == 1:
+        return runs[0]
+    if len({(r.key, r.lr) for r in runs}) != 1:
+        raise ValueError(f'aggregate_seeds: runs of different rows or rates '
+                         f'{sorted({(r.key, r.lr) for r in runs})}; give one row\'s runs')
+    mious = np.array([r.miou for r in runs], np.float64)
+    first = runs[0]
+    extra = dict(first.extra, seeds=[r.extra.get('seed') for r in runs],
+                 miou_runs=mious.tolist(), miou_std=float(mious.std(ddof=1)),
+                 miou_min=float(mious.min()), miou_max=float(mious.max()))
+    extra.pop('seed', None)
+    return replace(first, miou=float(mious.mean()),
+                   aacc=float(np.mean([r.aacc for r in runs])),
+                   train_s=float(np.mean([r.train_s for r in runs])),
+                   test_s=float(np.mean([r.test_s for r in runs])), extra=extra)
 
 
 # ------------------------------------------------------------------ running tools
@@ -247,6 +282,59 @@ def tool_env(threads: int) -> Dict[str, str]:
     env.setdefault('PYTHONWARNINGS', 'ignore')
     env.update({var: str(threads) for var in THREAD_VARS})
     return env
+
+
+#: /proc/cpuinfo flags MKL and oneDNN choose their kernels by (besides every avx512* and
+#: amx* flag, which :func:`machine_info` keeps too).
+ISA_FLAGS = ('sse4_2', 'avx', 'avx2', 'fma', 'f16c', 'avx_vnni')
+
+
+def machine_info(cpuinfo: str = '/proc/cpuinfo') -> Dict[str, object]:
+    """What a study's digits depend on besides the code, the seeds and the thread count:
+    the CPU model and the instruction-set extensions that MKL and oneDNN pick their kernels
+    by, torch's CPU capability level, and the torch, MKL and oneDNN versions.
+
+    Args:
+        cpuinfo: Linux's CPU description (elsewhere: the model from ``platform``, no
+            flags).
+
+    Returns:
+        ``{'cpu_model', 'cpu_flags', 'cpu_capability', 'torch', 'mkl', 'onednn',
+        'cpu_count'}``; what this machine does not tell is None (``cpu_flags``: []).
+    """
+    import platform
+    model, flags = None, []
+    try:
+        with open(cpuinfo) as f:
+            lines = f.read().splitlines()
+    except OSError:
+        lines = []
+    for line in lines:
+        key, _, value = (part.strip() for part in line.partition(':'))
+        if key == 'model name' and model is None:
+            model = value
+        elif key == 'flags' and not flags:
+            flags = sorted(f for f in set(value.split())
+                           if f in ISA_FLAGS or f.startswith(('avx512', 'amx')))
+    config = torch.__config__.show()
+    mkl = re.search(r'Math Kernel Library Version ([\d.]+)', config)
+    onednn = re.search(r'(?:oneDNN|MKL-DNN) v([\d.]+)', config)
+    return dict(cpu_model=model or platform.processor() or None, cpu_flags=flags,
+                cpu_capability=torch.backends.cpu.get_cpu_capability(),
+                torch=torch.__version__,
+                mkl=mkl.group(1) if mkl and torch.backends.mkl.is_available() else None,
+                onednn=onednn.group(1) if onednn and torch.backends.mkldnn.is_available()
+                else None,
+                cpu_count=os.cpu_count())
+
+
+def machine_line(machine: Dict) -> str:
+    """One line naming what :func:`machine_info` found and the thread count."""
+    flags = ' '.join(machine.get('cpu_flags') or []) or 'unknown'
+    return (f'{machine.get("cpu_model") or "unknown CPU"} ({machine.get("cpu_count")} '
+            f'cores; flags: {flags}; torch CPU capability {machine.get("cpu_capability")}); '
+            f'torch {machine.get("torch")}, MKL {machine.get("mkl")}, oneDNN '
+            f'{machine.get("onednn")}; {machine.get("threads")} torch thread(s) per tool run')
 
 
 def _run_tool(settings: StudySettings, tool: str, args: List[str], log_path: str,
@@ -386,13 +474,29 @@ def _fmt_bytes(n: int) -> str:
     return f'{n / 2**20:.2f} MiB' if n >= 2**20 else f'{n / 2**10:.0f} KiB'
 
 
+def _seeds_of(results: Sequence[RowResult]) -> int:
+    """How many seeds the rows were run with (1: single runs)."""
+    return max([len(r.extra.get('seeds', ())) for r in results] + [1])
+
+
+def _miou_cell(r: RowResult) -> str:
+    if 'miou_std' not in r.extra:
+        return f'{r.miou:.2f}'
+    return (f'{r.miou:.2f} ± {r.extra["miou_std"]:.2f} '
+            f'({r.extra["miou_min"]:.2f}-{r.extra["miou_max"]:.2f})')
+
+
 def format_table(results: Sequence[RowResult], reference: Optional[RowResult] = None) -> str:
-    """The study table in Markdown."""
-    lines = ['| Method | Tuned params | % of model | Task file | mIoU | aAcc | LR | Train time |',
+    """The study table in Markdown. Rows run over several seeds (:func:`aggregate_seeds`)
+    show the mean mIoU ± its standard deviation and (min-max) over the runs."""
+    seeds = _seeds_of(results)
+    miou = 'mIoU' if seeds == 1 else f'mIoU (mean ± std (min-max), {seeds} seeds)'
+    lines = [f'| Method | Tuned params | % of model | Task file | {miou} | aAcc | LR | '
+             'Train time |',
              '|---|--:|--:|--:|--:|--:|--:|--:|']
     for r in results:
         lines.append(f'| {r.method} | {format_count(r.tuned)} | {r.tuned_pct:.2f}% | '
-                     f'{_fmt_bytes(r.file_bytes)} | {r.miou:.2f} | {r.aacc:.2f} | '
+                     f'{_fmt_bytes(r.file_bytes)} | {_miou_cell(r)} | {r.aacc:.2f} | '
                      f'{r.lr:g} | {r.train_s:.0f} s |')
     if reference is not None:
         lines.append(f'| *{reference.method}* | - | - | {_fmt_bytes(reference.file_bytes)} | '
@@ -406,8 +510,12 @@ def _write_tables(out_dir: str, results, reference, timings) -> Dict[str, str]:
         f.write(format_table(results, reference) + '\n')
     fields = ['key', 'method', 'tuned', 'total', 'tuned_pct', 'file_bytes', 'miou', 'aacc',
               'lr', 'train_s', 'test_s']
+    spread = [] if _seeds_of(results) == 1 else ['miou_std', 'miou_min', 'miou_max', 'seeds']
     rows = [[getattr(r, k) if k != 'tuned_pct' else round(r.tuned_pct, 4) for k in fields]
+            + [len(r.extra.get(k, [None])) if k == 'seeds' else r.extra.get(k, '')
+               for k in spread]
             for r in list(results) + ([reference] if reference else [])]
+    fields = fields + spread
     with open(paths['csv'], 'w', newline='') as f:
         f.write(csv_text([fields] + rows))
     with open(paths['json'], 'w') as f:
@@ -535,8 +643,8 @@ def run_study(settings: StudySettings) -> Dict:
                            for d in done.values() if k in d['searched'])
     source_maps = OrderedDict((f, d['source_map']) for f, d in done.items())
     reference = _run_reference(settings, out, done, timings)
-    machine = dict(threads=settings.threads, jobs=settings.jobs, cpu_count=os.cpu_count(),
-                   load_avg_1min_start=load_start)
+    machine = dict(machine_info(), threads=settings.threads, jobs=settings.jobs,
+                   seeds=settings.seeds, load_avg_1min_start=load_start)
     files = _write_outputs(settings, out, results, reference, target_root, timings, t_start,
                            dict(source_map=next(iter(source_maps.values())),
                                 source_maps=source_maps, lr_search=searched), machine)
@@ -558,6 +666,9 @@ def _check_settings(settings: StudySettings):
     if not isinstance(settings.jobs, int) or settings.jobs < 1:
         raise ValueError(f'jobs={settings.jobs!r}: give a whole number of families to run at '
                          'once, at least 1')
+    if not isinstance(settings.seeds, int) or settings.seeds < 1:
+        raise ValueError(f'seeds={settings.seeds!r}: give a whole number of training runs per '
+                         'row, at least 1 (1: one run, the default)')
     for name, iters, cfg_name in (('pretrain_iters', settings.pretrain_iters, 'pretrain_source'),
                                   ('iters', settings.iters, 'head')):
         warmup = _load_cfg(osp.join(settings.config_dir, f'{cfg_name}.py'),
@@ -613,7 +724,7 @@ def _run_reference(settings: StudySettings, out: str, done: Dict[str, Dict],
 def _write_outputs(settings: StudySettings, out: str, results, reference, target_root: str,
                    timings: Dict, t_start: float, extra: Dict, machine: Dict) -> Dict[str, str]:
     """table.{md,csv,json} and the two figures; the JSON gains the timings, ``extra`` and
-    ``machine`` (which gains the end load average and torch's version). Returns the files."""
+    ``machine`` (which gains the end load average). Returns the files."""
     t = time.perf_counter()
     files = _write_tables(out, results, reference, timings)
     files['tradeoff'] = plot_tradeoff(results, reference, osp.join(out, 'miou_vs_params.png'))
@@ -623,7 +734,7 @@ def _write_outputs(settings: StudySettings, out: str, results, reference, target
     timings['total'] = time.perf_counter() - t_start
     with open(files['json']) as f:
         summary = json.load(f)
-    machine.update(load_avg_1min_end=os.getloadavg()[0], torch=torch.__version__)
+    machine.update(load_avg_1min_end=os.getloadavg()[0])
     summary.update(timings_s=timings, **extra, machine=machine)
     with open(files['json'], 'w') as f:
         json.dump(summary, f, indent=2)
@@ -638,12 +749,22 @@ def _print_summary(results, reference, files: Dict[str, str], timings: Dict, mac
     print(f'{machine["threads"]} torch thread(s) per tool run; load average (1 min) '
           f'{machine["load_avg_1min_start"]:.2f} at the start, '
           f'{machine["load_avg_1min_end"]:.2f} at the end, {machine["cpu_count"]} cores')
+    print(f'machine: {machine_line(machine)}')
     for name, path in files.items():
         print(f'{name}: {path}')
 
 
-def _stage_name(key: str, lr: Optional[float]) -> str:
-    return ROWS[key] + ('' if lr is None else f' (lr {lr:g})')
+def _stage_name(key: str, lr: Optional[float], seed: Optional[int] = None) -> str:
+    return (ROWS[key] + ('' if lr is None else f' (lr {lr:g})')
+            + ('' if seed is None else f' (seed {seed})'))
+
+
+def _row_seeds(settings: StudySettings) -> List[Optional[int]]:
+    """The seeds of each row's runs: [None] for one run at the study's seed (the
+    default), else ``seed``, ``seed + 1``, ... (``seeds`` of them)."""
+    if settings.seeds == 1:
+        return [None]
+    return list(range(settings.seed, settings.seed + settings.seeds))
 
 
 def _pretrain_stage(family: str) -> str:
@@ -668,7 +789,8 @@ def _planned_iterations(settings: StudySettings) -> Dict[str, int]:
                                                  settings.pretrain_iters)
     for key in settings.rows:
         for lr in settings.lrs or [None]:
-            planned[_stage_name(key, lr)] = iters(key, settings.iters)
+            for seed in _row_seeds(settings):
+                planned[_stage_name(key, lr, seed)] = iters(key, settings.iters)
     return planned
 
 
@@ -705,21 +827,33 @@ def _run_family(settings: StudySettings, family: str, out: str, source_root: str
         cfg_path = osp.join(settings.config_dir, f'{key}.py')
         runs = []
         for lr in settings.lrs or [None]:
-            work = osp.join(out, 'rows', key if lr is None else f'{key}/lr{lr:g}')
-            os.makedirs(work, exist_ok=True)
             lr_opt = [] if lr is None else [f'optim_wrapper.optimizer.lr={lr}']
-            train_s = _run_tool(settings, 'train.py',
-                                [cfg_path, '--work-dir', work, '--cfg-options']
-                                + common + _schedule_options(settings.iters) + lr_opt,
-                                osp.join(work, 'train.log'), progress,
-                                _stage_name(key, lr))
-            runs.append(_evaluate(settings, key, ROWS[key], cfg_path, _last_checkpoint(work),
-                                  work, common + lr_opt, train_s))
-            r = runs[-1]
-            timings[key] = timings.get(key, 0.0) + r.train_s + r.test_s
-            _log(f'{r.method:<12} mIoU {r.miou:6.2f}  tuned {format_count(r.tuned):>7} '
-                 f'({r.tuned_pct:5.2f}%)  file {_fmt_bytes(r.file_bytes):>9}  lr {r.lr:g}  '
-                 f'train {r.train_s:5.1f} s  test {r.test_s:4.1f} s')
+            seeded = []
+            for seed in _row_seeds(settings):
+                work = osp.join(out, 'rows', key, *([] if lr is None else [f'lr{lr:g}']),
+                                *([] if seed is None else [f'seed{seed}']))
+                os.makedirs(work, exist_ok=True)
+                seed_row = [] if seed is None else [f'randomness.seed={seed}']
+                train_s = _run_tool(settings, 'train.py',
+                                    [cfg_path, '--work-dir', work, '--cfg-options']
+                                    + common + _schedule_options(settings.iters) + lr_opt
+                                    + seed_row,
+                                    osp.join(work, 'train.log'), progress,
+                                    _stage_name(key, lr, seed))
+                r = _evaluate(settings, key, ROWS[key], cfg_path, _last_checkpoint(work),
+                              work, common + lr_opt + seed_row, train_s)
+                if seed is not None:
+                    r.extra['seed'] = seed
+                seeded.append(r)
+                timings[key] = timings.get(key, 0.0) + r.train_s + r.test_s
+                _log(f'{r.method:<12} mIoU {r.miou:6.2f}  tuned {format_count(r.tuned):>7} '
+                     f'({r.tuned_pct:5.2f}%)  file {_fmt_bytes(r.file_bytes):>9}  lr {r.lr:g}  '
+                     f'train {r.train_s:5.1f} s  test {r.test_s:4.1f} s'
+                     + ('' if seed is None else f'  seed {seed}'))
+            runs.append(aggregate_seeds(seeded))
+            if len(seeded) > 1:
+                _log(f'{_stage_name(key, lr)}: mIoU {_miou_cell(runs[-1])} over '
+                     f'{len(seeded)} seeds')
         results[key] = max(runs, key=lambda r: r.miou)
         if settings.lrs:
             searched[key] = {f'{r.lr:g}': r.miou for r in runs}
