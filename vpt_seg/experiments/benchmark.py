@@ -72,8 +72,9 @@ from ..engine.logs import quiet_logger
 from ..formats.pretrained_key import set_pretrained
 from ..models.options import PROMPTED_ARGS
 from ..models.stock import TIMM_STOCK_KEYS
-from ..serving.multitask import MultiTaskViT, shared_backbone_cfg, text_heads
+from ..serving.multitask import MultiTaskViT, shared_backbone_cfg
 from ..tuners.adapter import check_adapter_options
+from ..tuners.class_list import text_heads
 from ..tuners.lora import check_lora_options
 from ..tuners.tuning import count_parameters, format_count, freeze
 
@@ -336,7 +337,7 @@ def _measure(run: _Run, k: int, rows: int, row, mode: str, start_all: float) -> 
 def text_side(model: torch.nn.Module, mode: str, device: torch.device, amp: Optional[str],
               steps: int, warmup: int) -> Optional[dict]:
     """The text side of a row on its own: the class embeddings of the model's first
-    text head (:func:`~vpt_seg.serving.multitask.text_heads`; None without one).
+    text head (:func:`~vpt_seg.tuners.class_list.text_heads`; None without one).
 
     ``train``: one pass of the K class prompts through the text tower and its backward
     pass to the context, as each training step runs it once. Other modes: one pass
@@ -352,7 +353,7 @@ def text_side(model: torch.nn.Module, mode: str, device: torch.device, amp: Opti
     heads = text_heads(model)
     if not heads:
         return None
-    head = heads[0]
+    head = heads[0][1]
     step = _text_step(head, mode, device, amp)
     PeakMemory.release()
     before = torch.cuda.memory_allocated(device) if device.type == 'cuda' else 0
@@ -529,7 +530,7 @@ def build_serving(cfg: Config, device: torch.device, num_tasks: int) -> MultiTas
             for n, p in m.backbone.named_parameters():
                 if n in frozen:
                     p.copy_(frozen[n])
-            for head, first in zip(text_heads(m), text_heads(models[0])):  # one CLIP file
+            for (_, head), (_, first) in zip(text_heads(m), text_heads(models[0])):  # one CLIP
                 frozen_text = {n: p for n, p in first.named_parameters() if not p.requires_grad}
                 for n, p in head.named_parameters():
                     if n in frozen_text:
