@@ -44,7 +44,7 @@ def parse_args():
                     'it with every row, write the table and figures',
         epilog='examples:\n'
                '  python tools/study.py                                  # Table 3 and '
-               'CoOp, ~10 min on 2 cores\n'
+               'CoOp, ~16 min on 2 cores\n'
                '  python tools/study.py --rows head vpt-deep --iters 200  # a quick look\n'
                '  python tools/study.py --lrs 5e-3 2e-2 5e-2              # learning-rate search\n'
                '  python tools/study.py --suite coop                      # CoOp, full curves\n'
