@@ -3,21 +3,17 @@ tools/test.py: pretraining must learn the source tags, VPT-deep must beat head-o
 clear margin (what the method claims), every tuned row must beat a head that was never
 trained, and the table and figures must be complete and readable; tool runs get the
 study's thread count; --seeds gives each row's mean and spread, and table.json names the
-machine. The study's tool runs are forked children of this process (tests/helpers.py
-``ForkedPopen``: the same commands without each one's start-up), except where the
-subprocess itself is tested (its thread count, its progress lines). One torch thread per
-tool run (tests/conftest.py)."""
+machine. The study runs its tools as forked children of itself
+(``vpt_seg.engine.forked.ForkedPopen``: the same commands without each one's start-up).
+One torch thread per tool run (tests/conftest.py)."""
 import csv
 import json
 import os
 import os.path as osp
-import subprocess
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
-from helpers import ForkedPopen
 from PIL import Image
 
 from vpt_seg.experiments import study as study_module
@@ -39,22 +35,12 @@ from vpt_seg.experiments.study import (
 ROWS_RUN = ('head', 'vpt-deep', 'full', 'dinov2/head', 'dinov2/vpt-deep')
 
 
-def fork_tool_runs(monkeypatch):
-    """The study's tool runs (`python tools/train.py ...`) in forked children of this
-    process (tests/helpers.py: the same runs without the start-up time of each). The
-    tests of the subprocess itself (its thread count, its progress lines) start real ones."""
-    monkeypatch.setattr(study_module, 'subprocess', SimpleNamespace(
-        Popen=ForkedPopen, STDOUT=subprocess.STDOUT, TimeoutExpired=subprocess.TimeoutExpired))
-
-
 @pytest.fixture(scope='module')
 def study(tmp_path_factory):
     out = tmp_path_factory.mktemp('study')
-    with pytest.MonkeyPatch.context() as monkeypatch:
-        fork_tool_runs(monkeypatch)
-        return run_study(StudySettings(out_dir=str(out), rows=ROWS_RUN, num_source=1000,
-                                       num_target=200, num_val=32, pretrain_iters=1000,
-                                       iters=400, num_show=2))
+    return run_study(StudySettings(out_dir=str(out), rows=ROWS_RUN, num_source=1000,
+                                   num_target=200, num_val=32, pretrain_iters=1000,
+                                   iters=400, num_show=2))
 
 
 def test_pretraining_learns_the_source_tags(study):
@@ -165,10 +151,9 @@ def test_lora_and_adaptformer_rows(tmp_path):
     assert img[..., :3].std() > 10
 
 
-def test_learning_rate_search_over_seeds_keeps_each_rows_best_mean(tmp_path, monkeypatch):
+def test_learning_rate_search_over_seeds_keeps_each_rows_best_mean(tmp_path):
     """Every row runs once per rate and seed; a rate's result is the mean over its seeds
     (with their spread), and the row keeps its best rate's."""
-    fork_tool_runs(monkeypatch)
     lrs = (1e-4, 5e-2)
     result = run_study(StudySettings(out_dir=str(tmp_path), rows=('head', ), num_source=64,
                                      num_target=32, num_val=8, pretrain_iters=60, iters=60,

@@ -18,6 +18,8 @@ other row (tokens no caption uses, positions past the longest caption) at open_c
 random initialisation (N(0, 0.02) and N(0, 0.01)). Words the captions never use therefore
 mean nothing to this CLIP, as rare words mean little to a real one.
 """
+import os.path as osp
+import threading
 import time
 from dataclasses import dataclass
 from typing import Dict, List
@@ -26,12 +28,13 @@ import numpy as np
 import torch
 
 from ..datasets.synthetic_captions import make_caption_pairs
+from ..engine.forked import fork_call
 from ..formats.timm_files import write_open_clip_folder
 from ..models.tiny_clip import build_tiny_clip, tiny_clip_model_cfg
 from ..tuners.coop import clip_tokenizer
 
 __all__ = ['CLIP_SHAPE', 'TRAIN_CONTEXT', 'ClipPretrainSettings', 'tokenize_captions',
-           'pretrain_tiny_clip']
+           'pretrain_tiny_clip', 'pretrain_tiny_clip_once']
 
 #: The study CLIP's shape (:func:`vpt_seg.models.tiny_clip.tiny_clip_model_cfg` names):
 #: 32 px images in 16 patches, both towers 64 wide, joint embedding 64.
@@ -177,3 +180,36 @@ def pretrain_tiny_clip(folder: str, settings: ClipPretrainSettings = ClipPretrai
                                 interpolation='bicubic', resize_mode='shortest'))
     return dict(loss=float(np.mean(losses[-50:])), retrieval=100.0 * float(np.mean(hits)),
                 tokens=len(used), seconds=time.perf_counter() - start)
+
+
+#: folder -> [lock, settings, figures]: what :func:`pretrain_tiny_clip_once` made.
+_MADE: Dict[str, list] = {}
+_MADE_LOCK = threading.Lock()
+
+
+def pretrain_tiny_clip_once(folder: str, settings: ClipPretrainSettings = ClipPretrainSettings(),
+                            log=print, slots=None) -> Dict:
+    """:func:`pretrain_tiny_clip` into ``folder`` once per process: the study's two parts
+    (the CLIP segmentation rows of Table 3 and CoOp's part) ask for the same CLIP from two
+    threads; the first pretrains it, the other waits for it and gets the same figures.
+
+    The pretraining runs in a forked child (:func:`~vpt_seg.engine.forked.fork_call`), in
+    one of ``slots`` (the study's :class:`~vpt_seg.experiments.study.Slots`) when given.
+
+    Raises:
+        ValueError: ``folder`` was already asked for with other settings.
+    """
+    key = osp.abspath(folder)
+    with _MADE_LOCK:
+        entry = _MADE.setdefault(key, [threading.Lock(), settings, None])
+    if entry[1] != settings:
+        raise ValueError(f'{folder}: the tiny CLIP there was asked for with {entry[1]}, now '
+                         f'with {settings}; give each its own folder')
+    with entry[0]:
+        if entry[2] is None or not osp.isfile(osp.join(key, 'open_clip_model.safetensors')):
+            if slots is None:
+                entry[2] = fork_call(pretrain_tiny_clip, key, settings, log)
+            else:
+                with slots.hold(0):
+                    entry[2] = fork_call(pretrain_tiny_clip, key, settings, log)
+        return entry[2]

@@ -21,8 +21,11 @@ The second part of ``tools/study.py`` (docs/study.md#coop-in-miniature). Its sta
    ``coop_few_shot.png`` (accuracy against shots, one line per method).
 
 The tool runs follow the study's thread policy (``threads`` torch threads each, set in
-their environment) and run ``jobs`` at a time; the results do not depend on ``jobs``.
-The tiny CLIP is pretrained in this process with ``torch.set_num_threads(threads)``.
+their environment) and run ``jobs`` at a time, in the study's slots
+(:func:`~vpt_seg.experiments.study.tool_slots`, shared with the Table 3 part when
+``tools/study.py`` runs both side by side); the results do not depend on ``jobs``. The
+tiny CLIP is pretrained in a forked child of this process with ``threads`` torch threads,
+once for both parts.
 """
 import json
 import os
@@ -38,8 +41,9 @@ import torch
 from .. import config_paths
 from ..datasets.synthetic_captions import TARGET_CLASSES, folder_name, make_target_folder
 from ..tuners.tuning import format_count
-from .clip_pretrain import ClipPretrainSettings, pretrain_tiny_clip
+from .clip_pretrain import ClipPretrainSettings, pretrain_tiny_clip_once
 from .study import (
+    PRIORITY_SHORT,
     _count,
     _last_checkpoint,
     _load_cfg,
@@ -47,6 +51,7 @@ from .study import (
     _test_metrics,
     _val_metrics,
     save_untrained,
+    tool_slots,
 )
 
 __all__ = ['METHODS', 'B2N_METHODS', 'FULL_SHOTS', 'DEFAULT_SHOTS', 'DEFAULT_METHODS',
@@ -185,14 +190,14 @@ def _execute(settings: CoopSettings, run: _Run, out: str, clip: str, zero_ckpt: 
     else:
         _run_tool(settings, 'train.py', [cfg, '--work-dir', work, '--cfg-options']
                   + _options(settings, run, run.data_root, run.classes, clip),
-                  osp.join(work, 'train.log'))
+                  osp.join(work, 'train.log'), priority=PRIORITY_SHORT)
         ckpt = _last_checkpoint(work)
         run.acc['val'] = float(_val_metrics(work, ACC)[ACC])
     for label, (root, classes) in run.tests.items():
         test_dir = osp.join(work, f'test_{label}')
         _run_tool(settings, 'test.py', [cfg, ckpt, '--work-dir', test_dir, '--cfg-options']
                   + _options(settings, run, root, classes, clip),
-                  osp.join(work, f'test_{label}.log'))
+                  osp.join(work, f'test_{label}.log'), priority=PRIORITY_SHORT)
         run.acc[label] = float(_test_metrics(test_dir)[ACC])
     run.seconds = time.perf_counter() - start
     _log(f'{run.name}: ' + ', '.join(f'{k} {v:.2f}' for k, v in run.acc.items())
@@ -201,7 +206,9 @@ def _execute(settings: CoopSettings, run: _Run, out: str, clip: str, zero_ckpt: 
 
 
 def _pool(settings, runs: List[_Run], out: str, clip: str, zero_ckpt: str) -> List[_Run]:
-    with ThreadPoolExecutor(max_workers=settings.jobs) as pool:
+    """Every run, ``jobs`` tool runs at once (the study's slots, shared with the Table 3
+    part when both run)."""
+    with ThreadPoolExecutor(max_workers=max(1, len(runs))) as pool:
         futures = [pool.submit(_execute, settings, r, out, clip, zero_ckpt) for r in runs]
         return [f.result() for f in futures]
 
@@ -263,7 +270,8 @@ def _clip(settings: CoopSettings, out: str):
     """The CLIP file: ``clip_file``, or the tiny CLIP pretrained into ``out/tiny_clip``."""
     if settings.clip_file:
         return osp.abspath(settings.clip_file), dict(file=settings.clip_file)
-    info = pretrain_tiny_clip(osp.join(out, 'tiny_clip'), settings.clip, _log)
+    info = pretrain_tiny_clip_once(osp.join(out, 'tiny_clip'), settings.clip, _log,
+                                   slots=tool_slots(settings.jobs))
     _log(f'tiny CLIP: contrastive loss {info["loss"]:.3f}, caption retrieval '
          f'{info["retrieval"]:.1f}% ({info["seconds"]:.1f} s)')
     return osp.join(out, 'tiny_clip', 'open_clip_model.safetensors'), info

@@ -27,14 +27,18 @@ trained weights and every mIoU, depend on the thread count (docs/study.md).
 """
 import argparse
 import glob
+import heapq
+import itertools
 import json
 import os
 import os.path as osp
 import re
 import subprocess
 import sys
+import threading
 import time
 from collections import OrderedDict
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -43,6 +47,7 @@ import torch
 
 from .. import config_paths
 from ..datasets.synthetic import TASK_CLASSES, make_ade20k
+from ..engine.forked import ForkedPopen, torch_in_this_process, warm_tool_imports
 from ..engine.logs import quiet_logger
 from ..formats.tables import csv_text
 from ..tuners.tuning import format_count
@@ -65,6 +70,10 @@ ROWS = OrderedDict([
     ('full', 'Full'),
     ('dinov2/head', 'Head only (DINOv2-reg)'),
     ('dinov2/vpt-deep', 'VPT-deep (DINOv2-reg)'),
+    ('clip/linear', 'Linear head (tiny CLIP)'),
+    ('clip/text', 'Hand-prompt text head (tiny CLIP)'),
+    ('clip/coop', 'CoOp text head (tiny CLIP)'),
+    ('clip/vpt-coop', 'VPT-deep + CoOp (tiny CLIP)'),
 ])
 UNTRAINED = 'untrained-head'
 
@@ -75,28 +84,36 @@ class Family:
 
     Attributes:
         label: Its name in stage names and logs.
-        pretrain_config: The pretraining config, relative to ``config_dir``, no ``.py``.
+        pretrain_config: The pretraining config, relative to ``config_dir``, no ``.py``;
+            None: the tiny CLIP of CoOp's part, pretrained contrastively on generated
+            captions (:func:`~vpt_seg.experiments.clip_pretrain.pretrain_tiny_clip`).
         work: Pretraining work dir (under ``out_dir``).
         backbone_file: Where the pretrained backbone is saved (under ``out_dir``).
-        checkpoint_option: The config key the target rows read it from.
+        checkpoint_options: The config keys the target rows read it from; each row gets
+            those its config has (a linear head has no text tower to load).
         timm: Saved in timm's layout (``model.safetensors`` of the timm state dict, with
             a hub ``config.json``), else in MMSeg's (``{'state_dict': ...}``).
     """
     label: str
-    pretrain_config: str
+    pretrain_config: Optional[str]
     work: str
     backbone_file: str
-    checkpoint_option: str
+    checkpoint_options: Tuple[str, ...]
     timm: bool
 
 
 #: Row key prefix (``dinov2/head``: family ``dinov2``; no prefix: ``vit``) -> family.
 FAMILIES = OrderedDict([
     ('vit', Family('ViT', 'pretrain_source', 'pretrain', 'pretrain/vit-tiny_source.pth',
-                   'model.backbone.init_cfg.checkpoint', False)),
+                   ('model.backbone.init_cfg.checkpoint', ), False)),
     ('dinov2', Family('DINOv2-reg', 'dinov2/pretrain_source', 'pretrain/dinov2',
-                      'pretrain/dinov2/model.safetensors', 'model.backbone.checkpoint',
+                      'pretrain/dinov2/model.safetensors', ('model.backbone.checkpoint', ),
                       True)),
+    # the CoOp part's CLIP (the same file, pretrained once when both parts run)
+    ('clip', Family('tiny CLIP', None, 'coop/tiny_clip',
+                    'coop/tiny_clip/open_clip_model.safetensors',
+                    ('model.backbone.checkpoint', 'model.decode_head.text_encoder.checkpoint'),
+                    False)),
 ])
 
 
@@ -127,10 +144,10 @@ class StudySettings:
             :func:`aggregate_seeds`); 1 (default) is the single run of before.
         threads: Torch threads per tool subprocess. The published numbers are for 1
             (the default); another count gives other digits (docs/study.md).
-        jobs: Families run at once (each family's runs stay in order: pretraining, then
-            its rows). 2 (default) runs the DINOv2-reg family beside the ViT family, one
-            tool subprocess each, which fits 2 cores at 1 thread each; 1 runs them one
-            after the other. The results do not depend on it.
+        jobs: Tool runs at once (:class:`Slots`, shared with CoOp's part when both run):
+            2 (default) fits 2 cores at 1 thread each; a family's rows start when its
+            pretraining is done, pretraining first, then the rows. The results do not
+            depend on it.
         num_show: Validation images in the predictions figure.
         config_dir: The study configs.
         tools_dir: Where ``train.py`` and ``test.py`` live.
@@ -337,36 +354,90 @@ def machine_line(machine: Dict) -> str:
             f'{machine.get("onednn")}; {machine.get("threads")} torch thread(s) per tool run')
 
 
-def _run_tool(settings: StudySettings, tool: str, args: List[str], log_path: str,
-              progress: Optional[Progress] = None, stage: str = '') -> float:
-    """Run ``tools/<tool>`` in a subprocess (output to ``log_path``); returns seconds.
+class Slots:
+    """At most ``n`` tool runs at once, in the study's order: a waiting run starts when a
+    slot is free, the lowest ``priority`` first (pretraining before rows, rows before
+    CoOp's short runs, so that the long ones do not end the study alone), then in the
+    order they asked.
 
+    Args:
+        n: Runs at once (the study's ``jobs``).
+    """
+
+    def __init__(self, n: int):
+        self.n, self.busy, self.waiting = n, 0, []
+        self.cond = threading.Condition()
+        self.tickets = itertools.count()
+
+    @contextmanager
+    def hold(self, priority: int = 1):
+        with self.cond:
+            ticket = (priority, next(self.tickets))
+            heapq.heappush(self.waiting, ticket)
+            while self.busy >= self.n or self.waiting[0] != ticket:
+                self.cond.wait()
+            heapq.heappop(self.waiting)
+            self.busy += 1
+        try:
+            yield
+        finally:
+            with self.cond:
+                self.busy -= 1
+                self.cond.notify_all()
+
+
+_SLOTS: Dict[int, Slots] = {}
+_SLOTS_LOCK = threading.Lock()
+
+
+def tool_slots(jobs: int) -> Slots:
+    """This process's :class:`Slots` for ``jobs`` runs at once: the Table 3 part and CoOp's
+    part share them when they run side by side."""
+    with _SLOTS_LOCK:
+        return _SLOTS.setdefault(jobs, Slots(jobs))
+
+
+#: When a run asks for a slot: pretraining, Table 3 rows and their tests, CoOp's runs.
+PRIORITY_PRETRAIN, PRIORITY_ROW, PRIORITY_SHORT = 0, 1, 2
+
+
+def _run_tool(settings: StudySettings, tool: str, args: List[str], log_path: str,
+              progress: Optional[Progress] = None, stage: str = '',
+              priority: int = PRIORITY_ROW) -> float:
+    """Run ``tools/<tool>`` as a command (output to ``log_path``), in one of the study's
+    slots (:func:`tool_slots`); returns its seconds from start to exit.
+
+    The command runs in a forked child of this process
+    (:class:`~vpt_seg.engine.forked.ForkedPopen`): the same run as ``python tools/<tool>``
+    without each run's start-up (about 10 s of CPU: Python, torch, MMEngine, MMSeg).
     With ``progress``, the log is watched and a progress line printed for every
     iteration line MMEngine writes (``default_hooks.logger.interval``)."""
     env = tool_env(settings.threads)
-    cmd = [sys.executable, osp.join(settings.tools_dir, tool)] + args
-    start = time.perf_counter()
-    seen = 0
-    with open(log_path, 'w') as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                cwd=osp.dirname(osp.abspath(log_path)))
-        while True:
-            try:
-                proc.wait(timeout=1.0)
-                finished = True
-            except subprocess.TimeoutExpired:
-                finished = False
-            if progress is not None:
-                with open(log_path) as f:
-                    found = _ITER_LINE.findall(f.read())
-                for it, total, days, h, m, sec in found[seen:]:
-                    eta = int(days or 0) * 86400 + int(h) * 3600 + int(m) * 60 + int(sec)
-                    progress.update(stage, int(it), int(total), eta,
-                                    time.perf_counter() - start)
-                seen = len(found)
-            if finished:
-                break
-    seconds = time.perf_counter() - start
+    script = osp.join(settings.tools_dir, tool)
+    cmd = [sys.executable, script] + args
+    with tool_slots(settings.jobs).hold(priority):
+        seen = 0
+        with open(log_path, 'w') as log:
+            start = time.perf_counter()
+            proc = ForkedPopen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
+                               cwd=osp.dirname(osp.abspath(log_path)))
+            while True:
+                try:
+                    proc.wait(timeout=1.0)
+                    finished = True
+                except subprocess.TimeoutExpired:
+                    finished = False
+                if progress is not None:
+                    with open(log_path) as f:
+                        found = _ITER_LINE.findall(f.read())
+                    for it, total, days, h, m, sec in found[seen:]:
+                        eta = int(days or 0) * 86400 + int(h) * 3600 + int(m) * 60 + int(sec)
+                        progress.update(stage, int(it), int(total), eta,
+                                        time.perf_counter() - start)
+                    seen = len(found)
+                if finished:
+                    break
+        seconds = time.perf_counter() - start
     if proc.returncode != 0:
         with open(log_path) as log:
             tail = log.read()[-LOG_TAIL_CHARS:]
@@ -421,8 +492,9 @@ def _build_model(cfg):
 
 def _count(cfg):
     from ..tuners.tuning import count_parameters
-    model = _build_model(cfg)
-    return count_parameters(model, tuned_only=True), count_parameters(model)
+    with torch_in_this_process():
+        model = _build_model(cfg)
+        return count_parameters(model, tuned_only=True), count_parameters(model)
 
 
 # ---------------------------------------------------------------------- stages
@@ -462,11 +534,11 @@ def export_timm_backbone(checkpoint: str, out_path: str, model_name: str) -> str
 def save_untrained(cfg_path: str, options: List[str], out_path: str, seed: int) -> str:
     """A task checkpoint of ``cfg_path``'s model straight after initialisation: the
     pretrained frozen backbone and a head that was never trained."""
-    with quiet_logger():  # MMEngine's init report is long: keep it out
+    with torch_in_this_process(), quiet_logger():  # MMEngine's init report is long
         torch.manual_seed(seed)
         model = _build_model(_load_cfg(cfg_path, options))
         model.init_weights()
-    torch.save({'meta': {}, 'state_dict': model.state_dict()}, out_path)
+        torch.save({'meta': {}, 'state_dict': model.state_dict()}, out_path)
     return out_path
 
 
@@ -635,22 +707,25 @@ def run_study(settings: StudySettings) -> Dict:
     _log(f'{settings.threads} torch thread(s) per tool run; load average {load_start:.2f} '
          f'on {os.cpu_count()} cores')
     t_start = time.perf_counter()
+    warm_tool_imports(*(osp.join(settings.tools_dir, t) for t in ('train.py', 'test.py')))
     source_root, target_root = _make_data(settings, out, timings)
     done = _run_families(settings, out, source_root, target_root, progress, timings)
     found = {k: r for d in done.values() for k, r in d['results'].items()}
     results = [found[k] for k in settings.rows]
     searched = OrderedDict((k, d['searched'][k]) for k in settings.rows
                            for d in done.values() if k in d['searched'])
-    source_maps = OrderedDict((f, d['source_map']) for f, d in done.items())
-    reference = _run_reference(settings, out, done, timings)
+    source_maps = OrderedDict((f, d['source_map']) for f, d in done.items() if f != 'clip')
+    clip = done['clip']['clip'] if 'clip' in done else None
+    reference = _run_reference(settings, out, target_root, done, timings)
     machine = dict(machine_info(), threads=settings.threads, jobs=settings.jobs,
                    seeds=settings.seeds, load_avg_1min_start=load_start)
     files = _write_outputs(settings, out, results, reference, target_root, timings, t_start,
-                           dict(source_map=next(iter(source_maps.values())),
-                                source_maps=source_maps, lr_search=searched), machine)
+                           dict(source_map=next(iter(source_maps.values()), None),
+                                source_maps=source_maps, lr_search=searched, tiny_clip=clip),
+                           machine)
     _print_summary(results, reference, files, timings, machine)
     return dict(rows=results, reference=reference, files=files, timings=timings,
-                source_map=next(iter(source_maps.values())), source_maps=source_maps,
+                source_map=next(iter(source_maps.values()), None), source_maps=source_maps,
                 lr_search=searched, machine=machine)
 
 
@@ -693,26 +768,55 @@ def _make_data(settings: StudySettings, out: str, timings: Dict) -> Tuple[str, s
 
 def _run_families(settings: StudySettings, out: str, source_root: str, target_root: str,
                   progress: Progress, timings: Dict) -> Dict[str, Dict]:
-    """Every family's runs (:func:`_run_family`), ``jobs`` families at once:
-    ``{family: its results}`` in the order of :data:`FAMILIES`."""
+    """Every family's pretraining (:func:`_pretrain_family`) and every row
+    (:func:`_run_row`), ``jobs`` tool runs at once (:func:`tool_slots`): each row starts
+    when its family's backbone is saved. Returns ``{family: {'results', 'searched',
+    'source_map', 'pretrained'}}`` in the order of :data:`FAMILIES`."""
     from concurrent.futures import ThreadPoolExecutor
     families = _families(settings.rows)
-    with ThreadPoolExecutor(max_workers=min(settings.jobs, len(families))) as pool:
-        futures = OrderedDict((f, pool.submit(_run_family, settings, f, out, source_root,
-                                              target_root, progress, timings))
-                              for f in families)
-        return OrderedDict((f, fut.result()) for f, fut in futures.items())
+    with ThreadPoolExecutor(max_workers=len(families) + len(settings.rows)) as pool:
+        pretrained = OrderedDict((f, pool.submit(_pretrain_family, settings, f, out,
+                                                 source_root, progress, timings))
+                                 for f in families)
+        rows = OrderedDict((k, pool.submit(_run_row, settings, k, pretrained[family_of(k)],
+                                           out, target_root, progress, timings))
+                           for k in settings.rows)
+        done = OrderedDict((f, dict(fut.result(), results=OrderedDict(), searched=OrderedDict()))
+                           for f, fut in pretrained.items())
+        for key, fut in rows.items():
+            result, searched = fut.result()
+            done[family_of(key)]['results'][key] = result
+            if searched:
+                done[family_of(key)]['searched'][key] = searched
+    return done
 
 
-def _run_reference(settings: StudySettings, out: str, done: Dict[str, Dict],
-                   timings: Dict) -> RowResult:
-    """The reference row: the head-only model of the first family run, its head at
-    initialisation."""
+def _checkpoint_options(family: str, cfg_path: str, pretrained: str) -> List[str]:
+    """``KEY=FILE`` for each of the family's checkpoint keys that the row's config has."""
+    cfg = _load_cfg(cfg_path, [])
+    found = []
+    for key in FAMILIES[family].checkpoint_options:
+        node = cfg
+        for part in key.split('.'):
+            node = node.get(part) if hasattr(node, 'get') else None
+        if node is not None:
+            found.append(f'{key}={pretrained}')
+    if not found:
+        raise ValueError(f'{cfg_path} has none of {list(FAMILIES[family].checkpoint_options)}, '
+                         f'where the study puts the {FAMILIES[family].label} backbone')
+    return found
+
+
+def _run_reference(settings: StudySettings, out: str, target_root: str,
+                   done: Dict[str, Dict], timings: Dict) -> RowResult:
+    """The reference row: the head-only model of the first family run (the linear head
+    for the tiny CLIP), its head at initialisation."""
     first = next(iter(done))
     work = osp.join(out, 'rows', UNTRAINED)
     os.makedirs(work, exist_ok=True)
-    head_cfg = osp.join(settings.config_dir, ('' if first == 'vit' else f'{first}/') + 'head.py')
-    common = done[first]['common']
+    head_cfg = osp.join(settings.config_dir, ('' if first == 'vit' else f'{first}/')
+                        + ('head.py' if first != 'clip' else 'linear.py'))
+    common = _row_common(settings, target_root, first, head_cfg, done[first]['pretrained'])
     ckpt = save_untrained(head_cfg, common, osp.join(work, 'untrained.pth'), settings.seed)
     reference = _evaluate(settings, UNTRAINED, 'Untrained head', head_cfg, ckpt, work,
                           common, 0.0)
@@ -785,8 +889,9 @@ def _planned_iterations(settings: StudySettings) -> Dict[str, int]:
 
     planned = OrderedDict()
     for family in _families(settings.rows):
-        planned[_pretrain_stage(family)] = iters(FAMILIES[family].pretrain_config,
-                                                 settings.pretrain_iters)
+        if FAMILIES[family].pretrain_config is not None:  # the CLIP's logs no MMEngine lines
+            planned[_pretrain_stage(family)] = iters(FAMILIES[family].pretrain_config,
+                                                     settings.pretrain_iters)
     for key in settings.rows:
         for lr in settings.lrs or [None]:
             for seed in _row_seeds(settings):
@@ -794,72 +899,101 @@ def _planned_iterations(settings: StudySettings) -> Dict[str, int]:
     return planned
 
 
-def _run_family(settings: StudySettings, family: str, out: str, source_root: str,
-                target_root: str, progress: Progress, timings: Dict) -> Dict:
-    """One family's runs, in order: pretraining on the source tags, the backbone saved
-    (MMSeg or timm layout), then each of its rows at every learning rate."""
+def _pretrain_family(settings: StudySettings, family: str, out: str, source_root: str,
+                     progress: Progress, timings: Dict) -> Dict:
+    """Pretrain a family's backbone and save it where its rows load it (MMSeg or timm
+    layout); the tiny CLIP is pretrained on generated captions instead, once for both
+    parts of the study (:func:`~vpt_seg.experiments.clip_pretrain.pretrain_tiny_clip_once`).
+
+    Returns:
+        ``{'pretrained': file, 'source_map': source-tag mAP (NaN for the CLIP),
+        'clip': the CLIP's pretraining figures (the CLIP only)}``.
+    """
     fam = FAMILIES[family]
-    pre_cfg = osp.join(settings.config_dir, f'{fam.pretrain_config}.py')
     stage = _pretrain_stage(family)
+    if fam.pretrain_config is None:
+        from .clip_pretrain import pretrain_tiny_clip_once
+        start = time.perf_counter()
+        info = pretrain_tiny_clip_once(osp.join(out, fam.work), slots=tool_slots(settings.jobs),
+                                       log=_log)
+        timings[stage] = time.perf_counter() - start
+        return dict(pretrained=osp.join(out, fam.backbone_file), source_map=float('nan'),
+                    clip=info)
+    pre_cfg = osp.join(settings.config_dir, f'{fam.pretrain_config}.py')
     pre_dir = osp.join(out, fam.work)
     os.makedirs(pre_dir, exist_ok=True)
-    seed_opt = [f'randomness.seed={settings.seed}']
     timings[stage] = _run_tool(
         settings, 'train.py',
         [pre_cfg, '--work-dir', pre_dir, '--cfg-options'] + _data_options(source_root)
-        + _schedule_options(settings.pretrain_iters) + seed_opt,
-        osp.join(out, f'{fam.work.replace("/", "_")}.log'), progress, stage)
+        + _schedule_options(settings.pretrain_iters) + [f'randomness.seed={settings.seed}'],
+        osp.join(out, f'{fam.work.replace("/", "_")}.log'), progress, stage,
+        PRIORITY_PRETRAIN)
     target = osp.join(out, fam.backbone_file)
-    if fam.timm:
-        model_name = _load_cfg(pre_cfg, []).model.backbone.model_name
-        pretrained = export_timm_backbone(_last_checkpoint(pre_dir), target, model_name)
-    else:
-        pretrained = export_backbone(_last_checkpoint(pre_dir), target)
+    with torch_in_this_process():
+        if fam.timm:
+            model_name = _load_cfg(pre_cfg, []).model.backbone.model_name
+            pretrained = export_timm_backbone(_last_checkpoint(pre_dir), target, model_name)
+        else:
+            pretrained = export_backbone(_last_checkpoint(pre_dir), target)
     source_map = _val_metrics(pre_dir, 'multi-label/mAP').get('multi-label/mAP',
                                                               float('nan'))
     pre_iters = settings.pretrain_iters or _load_cfg(pre_cfg, []).train_cfg.max_iters
     _log(f'{stage}: source tags mAP {source_map:.2f}, backbone saved to {pretrained} '
          f'({timings[stage]:.1f} s, {timings[stage] / pre_iters:.3f} s/iter with start-up)')
+    return dict(pretrained=pretrained, source_map=source_map)
 
-    common = _data_options(target_root) + [f'{fam.checkpoint_option}={pretrained}'] + seed_opt
-    results, searched = OrderedDict(), OrderedDict()
-    for key in [r for r in settings.rows if family_of(r) == family]:
-        cfg_path = osp.join(settings.config_dir, f'{key}.py')
-        runs = []
-        for lr in settings.lrs or [None]:
-            lr_opt = [] if lr is None else [f'optim_wrapper.optimizer.lr={lr}']
-            seeded = []
-            for seed in _row_seeds(settings):
-                work = osp.join(out, 'rows', key, *([] if lr is None else [f'lr{lr:g}']),
-                                *([] if seed is None else [f'seed{seed}']))
-                os.makedirs(work, exist_ok=True)
-                seed_row = [] if seed is None else [f'randomness.seed={seed}']
-                train_s = _run_tool(settings, 'train.py',
-                                    [cfg_path, '--work-dir', work, '--cfg-options']
-                                    + common + _schedule_options(settings.iters) + lr_opt
-                                    + seed_row,
-                                    osp.join(work, 'train.log'), progress,
-                                    _stage_name(key, lr, seed))
-                r = _evaluate(settings, key, ROWS[key], cfg_path, _last_checkpoint(work),
-                              work, common + lr_opt + seed_row, train_s)
-                if seed is not None:
-                    r.extra['seed'] = seed
-                seeded.append(r)
-                timings[key] = timings.get(key, 0.0) + r.train_s + r.test_s
-                _log(f'{r.method:<12} mIoU {r.miou:6.2f}  tuned {format_count(r.tuned):>7} '
-                     f'({r.tuned_pct:5.2f}%)  file {_fmt_bytes(r.file_bytes):>9}  lr {r.lr:g}  '
-                     f'train {r.train_s:5.1f} s  test {r.test_s:4.1f} s'
-                     + ('' if seed is None else f'  seed {seed}'))
-            runs.append(aggregate_seeds(seeded))
-            if len(seeded) > 1:
-                _log(f'{_stage_name(key, lr)}: mIoU {_miou_cell(runs[-1])} over '
-                     f'{len(seeded)} seeds')
-        results[key] = max(runs, key=lambda r: r.miou)
-        if settings.lrs:
-            searched[key] = {f'{r.lr:g}': r.miou for r in runs}
-            _log(f'{ROWS[key]}: best lr {results[key].lr:g} of ' + ', '.join(
-                f'{lr}: {m:.2f}' for lr, m in searched[key].items()))
-    return dict(results=results, searched=searched, source_map=source_map, common=common)
+
+def _row_common(settings: StudySettings, target_root: str, family: str, cfg_path: str,
+                pretrained: str) -> List[str]:
+    """A row's --cfg-options: the target data, its family's backbone file, the seed."""
+    return (_data_options(target_root) + _checkpoint_options(family, cfg_path, pretrained)
+            + [f'randomness.seed={settings.seed}'])
+
+
+def _run_row(settings: StudySettings, key: str, pretrained, out: str, target_root: str,
+             progress: Progress, timings: Dict) -> Tuple[RowResult, Dict[str, float]]:
+    """One row at every learning rate and seed, once its family's backbone is saved
+    (``pretrained``: the future of :func:`_pretrain_family`). Returns the row's best run
+    (over seeds: their mean and spread) and ``{lr: mIoU}`` when rates were searched."""
+    cfg_path = osp.join(settings.config_dir, f'{key}.py')
+    common = _row_common(settings, target_root, family_of(key), cfg_path,
+                         pretrained.result()['pretrained'])
+    runs = []
+    for lr in settings.lrs or [None]:
+        lr_opt = [] if lr is None else [f'optim_wrapper.optimizer.lr={lr}']
+        seeded = []
+        for seed in _row_seeds(settings):
+            work = osp.join(out, 'rows', key, *([] if lr is None else [f'lr{lr:g}']),
+                            *([] if seed is None else [f'seed{seed}']))
+            os.makedirs(work, exist_ok=True)
+            seed_row = [] if seed is None else [f'randomness.seed={seed}']
+            train_s = _run_tool(settings, 'train.py',
+                                [cfg_path, '--work-dir', work, '--cfg-options']
+                                + common + _schedule_options(settings.iters) + lr_opt
+                                + seed_row,
+                                osp.join(work, 'train.log'), progress,
+                                _stage_name(key, lr, seed))
+            r = _evaluate(settings, key, ROWS[key], cfg_path, _last_checkpoint(work),
+                          work, common + lr_opt + seed_row, train_s)
+            if seed is not None:
+                r.extra['seed'] = seed
+            seeded.append(r)
+            timings[key] = timings.get(key, 0.0) + r.train_s + r.test_s
+            _log(f'{r.method:<12} mIoU {r.miou:6.2f}  tuned {format_count(r.tuned):>7} '
+                 f'({r.tuned_pct:5.2f}%)  file {_fmt_bytes(r.file_bytes):>9}  lr {r.lr:g}  '
+                 f'train {r.train_s:5.1f} s  test {r.test_s:4.1f} s'
+                 + ('' if seed is None else f'  seed {seed}'))
+        runs.append(aggregate_seeds(seeded))
+        if len(seeded) > 1:
+            _log(f'{_stage_name(key, lr)}: mIoU {_miou_cell(runs[-1])} over '
+                 f'{len(seeded)} seeds')
+    best = max(runs, key=lambda r: r.miou)
+    searched = {}
+    if settings.lrs:
+        searched = {f'{r.lr:g}': r.miou for r in runs}
+        _log(f'{ROWS[key]}: best lr {best.lr:g} of ' + ', '.join(
+            f'{lr}: {m:.2f}' for lr, m in searched.items()))
+    return best, searched
 
 
 def _evaluate(settings, key, method, cfg_path, ckpt, work, options, train_s) -> RowResult:
