@@ -84,7 +84,7 @@ def study(clip, tmp_path_factory):
     out = str(tmp_path_factory.mktemp('coop_study'))
     return run_coop_study(CoopSettings(
         out_dir=out, clip_file=clip[0], shots=(16,), methods=('zero-shot', 'linear-probe'),
-        b2n_methods=('coop',), iters=100, num_val=10, jobs=2))
+        b2n_methods=('coop',), iters=100, num_val=10, jobs=2, seeds=2))
 
 
 def test_few_shot_rows_beat_chance_and_the_probe_beats_the_hand_prompt(study):
@@ -119,8 +119,35 @@ def test_base_to_novel_table_and_outputs(study):
     assert img.ndim == 3 and min(img.shape[:2]) > 200 and img[..., :3].std() > 10
 
 
+def test_seeds_give_each_trained_cell_its_runs_mean_and_spread(study):
+    """Two seeds: every trained cell is the mean of its two runs (each in its own work
+    dir), with their spread in the JSON and the tables; zero-shot trains nothing and runs
+    once."""
+    out = study['settings']['out_dir']
+    probe = study['few_shot_spread']['linear-probe'][16]
+    assert len(probe['runs']) == 2
+    assert study['few_shot']['linear-probe'][16] == pytest.approx(np.mean(probe['runs']))
+    assert probe['min'] == min(probe['runs']) and probe['max'] == max(probe['runs'])
+    assert probe['std'] == pytest.approx(np.std(probe['runs'], ddof=1))
+    for seed in (0, 1):
+        assert osp.isfile(osp.join(out, 'runs', 'linear-probe', '16shot', f'seed{seed}',
+                                   'train.log'))
+        assert osp.isfile(osp.join(out, 'runs', 'b2n', 'coop', f'seed{seed}',
+                                   'test_novel.log'))
+    assert study['few_shot_spread']['zero-shot'][16]['runs'] == [study['few_shot']
+                                                                 ['zero-shot'][16]]
+    hm = study['base_to_novel_spread']['coop']['hm']
+    assert len(hm['runs']) == 2 and study['base_to_novel']['coop']['hm'] == \
+        pytest.approx(np.mean(hm['runs']))
+    few = open(study['files']['few_shot_md']).read()
+    assert f"{study['few_shot']['linear-probe'][16]:.2f} ± {probe['std']:.2f}" in few
+    assert ' ± ' in open(study['files']['base_to_novel_md']).read()
+
+
 def test_unknown_methods_and_shots_are_refused(tmp_path):
     with pytest.raises(ValueError, match='unknown CoOp methods'):
         run_coop_study(CoopSettings(out_dir=str(tmp_path), methods=('cocoop',)))
     with pytest.raises(ValueError, match='shot counts from 1 to 16'):
         run_coop_study(CoopSettings(out_dir=str(tmp_path), shots=(32,)))
+    with pytest.raises(ValueError, match='seeds=0: give a whole number'):
+        run_coop_study(CoopSettings(out_dir=str(tmp_path), seeds=0))

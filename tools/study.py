@@ -13,9 +13,9 @@ miou_vs_params.png and predictions.png to --out. Then (--suite all, the default)
 part: a tiny CLIP pretrained on generated captions, few-shot curves and base-to-novel
 (vpt_seg/experiments/coop_study.py), written to --out/coop. Every tool run uses --threads
 torch threads (default 1: the documented numbers, and the documented time on a busy
-machine). --seeds N repeats every Table 3 row's training over N seeds and reports each
-row's mean and spread; table.json records the machine (CPU model and flags, torch, MKL
-and oneDNN versions).
+machine). --seeds N repeats every Table 3 row's training (and every trained CoOp run)
+over N seeds and reports each mean and spread; table.json records the machine (CPU
+model and flags, torch, MKL and oneDNN versions).
 """
 import argparse
 import os.path as osp
@@ -76,9 +76,10 @@ def parse_args():
     parser.add_argument('--seed', type=int, default=d.seed,
                         help='seed for the data and every run (default: %(default)s)')
     parser.add_argument('--seeds', type=int, default=d.seeds,
-                        help='training runs per row, seeded SEED, SEED+1, ... on the same data '
-                             'and pretrained backbone; above 1 the table gives each row\'s '
-                             'mean mIoU, its std and min-max (default: %(default)s)')
+                        help='training runs per Table 3 row and per CoOp method and shot '
+                             'count, seeded SEED, SEED+1, ... on the same data and pretrained '
+                             'backbone; above 1 the tables give each mean, its std and '
+                             'min-max (default: %(default)s)')
     parser.add_argument('--threads', type=int, default=d.threads,
                         help='torch threads per tool run (default %(default)s). The result '
                              'depends on it (float order of reductions): the documented '
@@ -109,7 +110,8 @@ def main():
         shots = args.shots or (FULL_SHOTS if full else DEFAULT_SHOTS)
         coop = CoopSettings(out_dir=osp.join(args.out, 'coop'), shots=tuple(shots),
                             methods=tuple(METHODS) if full else DEFAULT_METHODS,
-                            seed=args.seed, threads=args.threads, jobs=args.jobs)
+                            seed=args.seed, seeds=args.seeds, threads=args.threads,
+                            jobs=args.jobs)
         parts.append(lambda: run_coop_study(coop))
     if args.suite != 'coop':
         parts.insert(0, lambda: run_table3(args))

@@ -33,9 +33,10 @@ import os.path as osp
 import time
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Dict, List, Optional, Sequence
 
+import numpy as np
 import torch
 
 from .. import config_paths
@@ -103,6 +104,9 @@ class CoopSettings:
         clip_file: A CLIP file to use instead of pretraining one (open_clip's layout, the
             shape of :data:`~vpt_seg.experiments.clip_pretrain.CLIP_SHAPE`).
         seed: Data and training seed.
+        seeds: Training runs per method and shot count, seeded ``seed``, ``seed + 1``, ...
+            on the same data and CLIP; above 1 the tables give the mean and the spread
+            (std, min-max). Zero-shot trains nothing and runs once.
         threads: Torch threads per tool run (and for the pretraining here).
         jobs: Tool runs at once.
         config_dir: The CoOp study configs.
@@ -119,6 +123,7 @@ class CoopSettings:
     clip: ClipPretrainSettings = field(default_factory=ClipPretrainSettings)
     clip_file: Optional[str] = None
     seed: int = 0
+    seeds: int = 1
     threads: int = 1
     jobs: int = 2
     config_dir: str = osp.join(config_paths.config_dirs(), 'study', 'coop')
@@ -133,6 +138,7 @@ class _Run:
     data_root: str
     classes: Sequence[int]
     shots: int = 0
+    seed: int = 0
     tests: Dict[str, tuple] = field(default_factory=dict)   # label -> (root, classes)
     acc: Dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
@@ -154,6 +160,9 @@ def _check(settings: CoopSettings):
                          '(the target task draws 16 training images per class)')
     if settings.iters is not None and settings.iters < 1:
         raise ValueError(f'iters={settings.iters}: give at least 1 iteration per run')
+    if not isinstance(settings.seeds, int) or settings.seeds < 1:
+        raise ValueError(f'seeds={settings.seeds!r}: give a whole number of training runs per '
+                         'method and shot count, at least 1')
 
 
 def _vocabulary(classes: Sequence[int]) -> str:
@@ -165,7 +174,7 @@ def _options(settings: CoopSettings, run: _Run, root: str, classes, clip: str) -
     """--cfg-options of a run's config: data, CLIP file, seed, schedule, class names."""
     opts = [f'{loader}.dataset.data_root={root}'
             for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader')]
-    opts += [f'model.backbone.checkpoint={clip}', f'randomness.seed={settings.seed}']
+    opts += [f'model.backbone.checkpoint={clip}', f'randomness.seed={run.seed}']
     if run.method != 'linear-probe':
         opts += [f'model.head.text_encoder.checkpoint={clip}', _vocabulary(classes)]
     else:
@@ -236,24 +245,42 @@ def _make_data(settings: CoopSettings, out: str, clip: str):
     return roots, ckpt
 
 
+def _seeded(settings: CoopSettings, run: _Run) -> List[_Run]:
+    """``run`` once per seed (named ``.../seedN`` when there are several); zero-shot,
+    which trains nothing, once."""
+    if settings.seeds == 1 or run.method == 'zero-shot':
+        return [replace(run, seed=settings.seed)]
+    return [replace(run, name=f'{run.name}/seed{seed}', seed=seed, tests=dict(run.tests))
+            for seed in range(settings.seed, settings.seed + settings.seeds)]
+
+
 def _few_shot_runs(settings: CoopSettings, roots) -> List[_Run]:
     runs = []
     everything = tuple(range(10))
     for method in settings.methods:
         if method == 'zero-shot':
-            runs.append(_Run('zero-shot', method, roots['target'], everything,
-                             tests=dict(val=(roots['target'], everything))))
+            runs += _seeded(settings, _Run('zero-shot', method, roots['target'], everything,
+                                           tests=dict(val=(roots['target'], everything))))
             continue
         for s in settings.shots:
-            runs.append(_Run(f'{method}/{s}shot', method, roots['target'], everything, s))
+            runs += _seeded(settings, _Run(f'{method}/{s}shot', method, roots['target'],
+                                           everything, s))
     return runs
 
 
 def _b2n_runs(settings: CoopSettings, roots) -> List[_Run]:
     tests = dict(base=(roots['base'], BASE), novel=(roots['novel'], NOVEL))
-    return [_Run(f'b2n/{m}', m, roots['base'], BASE,
-                 0 if m == 'zero-shot' else settings.b2n_shots, tests=dict(tests))
-            for m in settings.b2n_methods]
+    return [r for m in settings.b2n_methods for r in _seeded(settings, _Run(
+        f'b2n/{m}', m, roots['base'], BASE, 0 if m == 'zero-shot' else settings.b2n_shots,
+        tests=dict(tests)))]
+
+
+def spread(values: Sequence[float]) -> Dict[str, float]:
+    """``{'mean', 'std' (sample; 0 for one value), 'min', 'max', 'runs'}`` of the runs of
+    one cell."""
+    v = np.asarray(values, np.float64)
+    return dict(mean=float(v.mean()), std=float(v.std(ddof=1)) if len(v) > 1 else 0.0,
+                min=float(v.min()), max=float(v.max()), runs=v.tolist())
 
 
 def _tuned_counts(settings: CoopSettings, methods, clip: str) -> Dict[str, int]:
@@ -334,13 +361,23 @@ def run_coop_study(settings: CoopSettings) -> Dict:
 def _finish(settings, out, few, b2n, clip_info, clip, timings, machine, t0) -> Dict:
     """Tables, figure and JSON from the runs."""
     t = time.perf_counter()
-    few_shot = OrderedDict((m, OrderedDict()) for m in settings.methods)
+    cells = OrderedDict((m, OrderedDict()) for m in settings.methods)
     for r in few:
         for s in (settings.shots if r.method == 'zero-shot' else [r.shots]):
-            few_shot[r.method][s] = r.acc['val']
-    base_to_novel = OrderedDict(
-        (r.method, dict(base=r.acc['base'], novel=r.acc['novel'],
-                        hm=harmonic_mean(r.acc['base'], r.acc['novel']))) for r in b2n)
+            cells[r.method].setdefault(s, []).append(r.acc['val'])
+    spreads = OrderedDict((m, OrderedDict((s, spread(v)) for s, v in c.items()))
+                          for m, c in cells.items())
+    few_shot = OrderedDict((m, OrderedDict((s, c['mean']) for s, c in row.items()))
+                           for m, row in spreads.items())
+    b2n_cells = OrderedDict()
+    for r in b2n:
+        b2n_cells.setdefault(r.method, []).append(
+            (r.acc['base'], r.acc['novel'], harmonic_mean(r.acc['base'], r.acc['novel'])))
+    b2n_spreads = OrderedDict((m, {k: spread([run[i] for run in v]) for i, k in
+                                   enumerate(('base', 'novel', 'hm'))})
+                              for m, v in b2n_cells.items())
+    base_to_novel = OrderedDict((m, {k: c['mean'] for k, c in v.items()})
+                                for m, v in b2n_spreads.items())
     tuned = _tuned_counts(settings, list(dict.fromkeys(list(settings.methods) +
                                                         [r.method for r in b2n])), clip)
     files = dict(few_shot_md=osp.join(out, 'coop_few_shot.md'),
@@ -348,17 +385,18 @@ def _finish(settings, out, few, b2n, clip_info, clip, timings, machine, t0) -> D
                  json=osp.join(out, 'coop.json'),
                  figure=osp.join(out, 'coop_few_shot.png'))
     with open(files['few_shot_md'], 'w') as f:
-        f.write(format_few_shot(few_shot, settings.shots, tuned) + '\n')
+        f.write(format_few_shot(few_shot, settings.shots, tuned, spreads) + '\n')
     if base_to_novel:
         with open(files['base_to_novel_md'], 'w') as f:
-            f.write(format_base_to_novel(base_to_novel, tuned) + '\n')
+            f.write(format_base_to_novel(base_to_novel, tuned, b2n_spreads) + '\n')
     else:
         files.pop('base_to_novel_md')
-    plot_few_shot(few_shot, settings.shots, files['figure'])
+    plot_few_shot(few_shot, settings.shots, files['figure'], spreads)
     timings['tables and figure'] = time.perf_counter() - t
     timings['total'] = time.perf_counter() - t0
     machine.update(load_avg_1min_end=os.getloadavg()[0], torch=torch.__version__)
-    result = dict(few_shot=few_shot, base_to_novel=base_to_novel, clip=clip_info,
+    result = dict(few_shot=few_shot, base_to_novel=base_to_novel, few_shot_spread=spreads,
+                  base_to_novel_spread=b2n_spreads, clip=clip_info,
                   tuned=tuned, timings=timings, machine=machine, files=files,
                   settings=dict(asdict(settings), clip=asdict(settings.clip)))
     with open(files['json'], 'w') as f:
@@ -367,29 +405,46 @@ def _finish(settings, out, few, b2n, clip_info, clip, timings, machine, t0) -> D
     return result
 
 
-def format_few_shot(few_shot: Dict, shots: Sequence[int], tuned: Dict[str, int]) -> str:
-    """Top-1 (%) of every method at every shot count, Markdown."""
+def _cell(value: float, cell: Optional[Dict]) -> str:
+    """``mean`` or, over several runs, ``mean ± std (min-max)``."""
+    if not cell or len(cell['runs']) == 1:
+        return f'{value:.2f}'
+    return f'{value:.2f} ± {cell["std"]:.2f} ({cell["min"]:.1f}-{cell["max"]:.1f})'
+
+
+def format_few_shot(few_shot: Dict, shots: Sequence[int], tuned: Dict[str, int],
+                    spreads: Optional[Dict] = None) -> str:
+    """Top-1 (%) of every method at every shot count, Markdown; with ``spreads``
+    (:func:`spread` per cell), runs over seeds show mean ± std (min-max)."""
+    spreads = spreads or {}
     lines = ['| Method | Tuned params | ' + ' | '.join(f'{s} shot' + ('s' if s > 1 else '')
                                                      for s in shots) + ' |',
              '|---|--:|' + '--:|' * len(shots)]
     for m, accs in few_shot.items():
         lines.append(f'| {METHODS[m]} | {format_count(tuned[m]) if tuned[m] else "0"} | '
-                     + ' | '.join(f'{accs[s]:.2f}' for s in shots) + ' |')
+                     + ' | '.join(_cell(accs[s], spreads.get(m, {}).get(s)) for s in shots)
+                     + ' |')
     return '\n'.join(lines)
 
 
-def format_base_to_novel(rows: Dict, tuned: Dict[str, int]) -> str:
-    """Base, novel and harmonic mean (%), Markdown."""
+def format_base_to_novel(rows: Dict, tuned: Dict[str, int],
+                         spreads: Optional[Dict] = None) -> str:
+    """Base, novel and harmonic mean (%), Markdown (over seeds: mean ± std (min-max); the
+    harmonic mean is each run's, averaged)."""
+    spreads = spreads or {}
     lines = ['| Method | Tuned params | Base | Novel | HM |', '|---|--:|--:|--:|--:|']
     for m, r in rows.items():
         lines.append(f'| {METHODS[m]} | {format_count(tuned[m]) if tuned[m] else "0"} | '
-                     f'{r["base"]:.2f} | {r["novel"]:.2f} | {r["hm"]:.2f} |')
+                     + ' | '.join(_cell(r[k], spreads.get(m, {}).get(k))
+                                  for k in ('base', 'novel', 'hm')) + ' |')
     return '\n'.join(lines)
 
 
-def plot_few_shot(few_shot: Dict, shots: Sequence[int], path: str) -> str:
+def plot_few_shot(few_shot: Dict, shots: Sequence[int], path: str,
+                  spreads: Optional[Dict] = None) -> str:
     """Top-1 against shots per class (log 2 axis), one line per method; zero-shot, which
-    uses no shot, as a dashed line (CoOp's Figure 3 in miniature)."""
+    uses no shot, as a dashed line (CoOp's Figure 3 in miniature). With ``spreads`` over
+    seeds, a band from each cell's lowest to its highest run."""
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
@@ -401,6 +456,10 @@ def plot_few_shot(few_shot: Dict, shots: Sequence[int], path: str) -> str:
             ax.plot(shots, ys, '--', color='black', label=METHODS[m])
         else:
             ax.plot(shots, ys, '-o', color=colours(i), label=METHODS[m], markersize=5)
+            cells = [(spreads or {}).get(m, {}).get(s) for s in shots]
+            if all(c and len(c['runs']) > 1 for c in cells):
+                ax.fill_between(shots, [c['min'] for c in cells], [c['max'] for c in cells],
+                                color=colours(i), alpha=0.15, linewidth=0)
     ax.set_xscale('log', base=2)
     ax.set_xticks(list(shots))
     ax.set_xticklabels([str(s) for s in shots])
@@ -418,10 +477,12 @@ def plot_few_shot(few_shot: Dict, shots: Sequence[int], path: str) -> str:
 
 def _print_summary(result: Dict):
     print()
-    print(format_few_shot(result['few_shot'], result['settings']['shots'], result['tuned']))
+    print(format_few_shot(result['few_shot'], result['settings']['shots'], result['tuned'],
+                          result['few_shot_spread']))
     if result['base_to_novel']:
         print()
-        print(format_base_to_novel(result['base_to_novel'], result['tuned']))
+        print(format_base_to_novel(result['base_to_novel'], result['tuned'],
+                                   result['base_to_novel_spread']))
     print()
     m = result['machine']
     print('CoOp stage timings: ' + ', '.join(f'{k} {v:.1f} s'

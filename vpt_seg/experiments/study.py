@@ -255,14 +255,17 @@ class Progress:
 
     Every training run's log is watched for MMEngine's ``Iter(train) [i/n] ... eta:``
     lines; each new one prints the stage, its iteration and ETA, and an ETA for the whole
-    study: the stage's own, plus the iterations still planned at the rate measured so far.
+    study (the Table 3 part): the stage's own, plus the iterations still planned at the
+    rate measured so far, shared by ``jobs`` runs at once.
 
     Args:
         planned: ``{stage: iterations}`` of every training run, in order.
+        jobs: Runs at once.
     """
 
-    def __init__(self, planned: Dict[str, int]):
+    def __init__(self, planned: Dict[str, int], jobs: int = 1):
         self.planned = OrderedDict(planned)
+        self.jobs = jobs
         self.done: set = set()
         self.seconds = 0.0   # training time of finished stages
         self.iters = 0       # and their iterations
@@ -272,8 +275,8 @@ class Progress:
 
     def remaining_after(self, stage: str, stage_rate: Optional[float]) -> float:
         rate = self.rate() or stage_rate or 0.0
-        return rate * sum(n for s, n in self.planned.items()
-                          if s != stage and s not in self.done)
+        return rate / self.jobs * sum(n for s, n in self.planned.items()
+                                      if s != stage and s not in self.done)
 
     def update(self, stage: str, it: int, total: int, eta_s: float, elapsed: float):
         stage_rate = elapsed / it if it else None
@@ -701,7 +704,7 @@ def run_study(settings: StudySettings) -> Dict:
     _check_settings(settings)
     out = osp.abspath(settings.out_dir)
     os.makedirs(out, exist_ok=True)
-    progress = Progress(_planned_iterations(settings))
+    progress = Progress(_planned_iterations(settings), settings.jobs)
     timings = OrderedDict()
     load_start = os.getloadavg()[0]
     _log(f'{settings.threads} torch thread(s) per tool run; load average {load_start:.2f} '
