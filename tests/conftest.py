@@ -35,6 +35,14 @@ def device():
     return DEVICE
 
 
+@pytest.fixture(scope='module')
+def clip_file(tmp_path_factory):
+    """``(path, model)``: :func:`helpers.tiny_clip_file` in a folder of its own, one per
+    test module."""
+    from helpers import tiny_clip_file
+    return tiny_clip_file(tmp_path_factory.mktemp('clip'))
+
+
 class FileServer:
     """Files of a folder over http on 127.0.0.1 (a port of its own), in a thread; every
     request path is recorded in ``requests``."""

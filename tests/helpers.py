@@ -1,7 +1,7 @@
 """What many test modules share: the repository root, a tiny MMSeg-layout ViT, tiny
-pretrained files, trained-like tasks (built, initialised, then moved as training
-would move them, without training) and tools run as commands without the start-up cost
-(:func:`run_tool`)."""
+pretrained files (a ViT's, a CLIP's), trained-like tasks (built, initialised, then moved
+as training would move them, without training) and tools run as commands without the
+start-up cost (:func:`run_tool`)."""
 import os.path as osp
 
 import torch
@@ -51,6 +51,32 @@ def trained_like(model_cfg, seed=None, scale: float = 0.1, batchnorm: bool = Fal
     model.init_weights()
     perturb_tuned(model, scale, batchnorm)
     return model
+
+
+def tiny_clip():
+    """A tiny CLIP as open_clip builds it (real tokenizer vocabulary, OpenAI's keys)."""
+    import open_clip
+    torch.manual_seed(7)
+    model = open_clip.create_model(
+        'ViT-B-16', pretrained=None, quick_gelu=True, embed_dim=32,
+        vision_cfg=dict(image_size=32, layers=1, width=64, patch_size=16),
+        text_cfg=dict(context_length=77, vocab_size=49408, width=64, heads=1, layers=1))
+    with torch.no_grad():  # non-trivial norms, biases and temperature
+        for name, p in model.named_parameters():
+            if name.endswith('bias') or 'ln' in name:
+                p.add_(0.1 * torch.randn_like(p))
+        model.logit_scale.fill_(2.5)
+    return model.eval()
+
+
+def tiny_clip_file(folder: str):
+    """:func:`tiny_clip` saved as ``folder/open_clip_model.safetensors`` (open_clip's
+    keys, as a published CLIP file); returns ``(path, model)``."""
+    from safetensors.torch import save_file
+    model = tiny_clip()
+    path = osp.join(str(folder), 'open_clip_model.safetensors')
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, path)
+    return path, model
 
 
 def tool(name: str):

@@ -16,7 +16,7 @@ from helpers import ROOT, tool
 from mmengine.config import Config
 from safetensors.torch import save_file
 from test_text_cls_head import VISUAL, build, clip_cfg, images
-from test_text_encoder import NAMES, tiny_clip
+from test_text_encoder import NAMES
 
 from vpt_seg.datasets.synthetic_cls import make_cls_folder
 from vpt_seg.formats.export import export_task
@@ -29,14 +29,6 @@ from vpt_seg.tuners.class_list import read_class_file, set_task_classes, text_he
 
 NEW = ['dog', 'red car']
 DEMO = osp.join(ROOT, 'configs', 'demo', 'coop_cls_tiny.py')
-
-
-@pytest.fixture(scope='module')
-def clip_file(tmp_path_factory):
-    model = tiny_clip()
-    path = tmp_path_factory.mktemp('clip') / 'open_clip_model.safetensors'
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
-    return str(path), model
 
 
 def trained(path, **kw):

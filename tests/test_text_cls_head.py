@@ -17,7 +17,7 @@ import vpt_seg  # noqa: F401  (before mmseg)
 from mmengine.registry import init_default_scope
 from mmengine.structures import BaseDataElement
 from mmseg.registry import MODELS
-from test_text_encoder import CLASSES, NAMES, TOWER, official, tiny_clip
+from test_text_encoder import CLASSES, NAMES, TOWER, official
 
 from vpt_seg.engine.optim import tuned_summary
 from vpt_seg.formats.export import export_task
@@ -45,15 +45,6 @@ def build(cfg):
     model = MODELS.build(cfg)
     model.init_weights()
     return model.eval()
-
-
-@pytest.fixture(scope='module')
-def clip_file(tmp_path_factory):
-    model = tiny_clip()
-    folder = tmp_path_factory.mktemp('clip')
-    path = folder / 'open_clip_model.safetensors'
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
-    return str(path), model
 
 
 def images(n=3):

@@ -21,29 +21,6 @@ NAMES = ['cat', 'traffic light', 'bed', 'fire hydrant', 'person']
 TOWER = dict(embed_dims=64, num_layers=1, num_heads=1, output_dims=32)
 
 
-def tiny_clip():
-    """A tiny CLIP as open_clip builds it (real tokenizer vocabulary, OpenAI's keys)."""
-    torch.manual_seed(7)
-    model = open_clip.create_model(
-        'ViT-B-16', pretrained=None, quick_gelu=True, embed_dim=32,
-        vision_cfg=dict(image_size=32, layers=1, width=64, patch_size=16),
-        text_cfg=dict(context_length=77, vocab_size=49408, width=64, heads=1, layers=1))
-    with torch.no_grad():  # non-trivial norms, biases and temperature
-        for name, p in model.named_parameters():
-            if name.endswith('bias') or 'ln' in name:
-                p.add_(0.1 * torch.randn_like(p))
-        model.logit_scale.fill_(2.5)
-    return model.eval()
-
-
-@pytest.fixture(scope='module')
-def clip_file(tmp_path_factory):
-    model = tiny_clip()
-    path = tmp_path_factory.mktemp('clip') / 'open_clip_model.safetensors'
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
-    return str(path), model
-
-
 def encoder(path, **kw):
     cfg = dict(type='CoOpTextEncoder', vocabulary=CLASSES, checkpoint=path, **TOWER)
     cfg.update(kw)

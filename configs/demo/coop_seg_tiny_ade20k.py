@@ -5,7 +5,7 @@
 # which writes data/ade_tiny and pretrain/tiny_clip (open_clip's layout), trains and tests
 # on CPU in about a minute. The 150 class names go through the text tower once per step.
 # The CLIP is random: the run shows that the pipeline learns, not what CLIP knows.
-_base_ = ['../clip_coop_vit-b16_ade20k.py']
+_base_ = ['../clip_coop_vit-b16_ade20k.py', '../_base_/ade_tiny_data.py']
 clip = 'pretrain/tiny_clip/open_clip_model.safetensors'
 crop_size = (32, 32)
 norm_cfg = dict(type='BN', requires_grad=True)
@@ -20,26 +20,11 @@ model = dict(
                          loss_decode=dict(type='CrossEntropyLoss', loss_weight=0.4))],
     test_cfg=dict(mode='slide', crop_size=crop_size, stride=(24, 24)))
 
-train_pipeline = [
-    dict(type='CheckedLoadImageFromFile'),
-    dict(type='CheckedLoadAnnotations', reduce_zero_label=True, num_classes=150),
-    dict(type='RandomResize', scale=(128, 32), ratio_range=(0.75, 1.5), keep_ratio=True),
-    dict(type='RandomCrop', crop_size=crop_size, cat_max_ratio=0.75),
-    dict(type='RandomFlip', prob=0.5),
-    dict(type='PackSegInputs')
-]
-test_pipeline = [
-    dict(type='CheckedLoadImageFromFile'),
-    dict(type='Resize', scale=(128, 48), keep_ratio=True),
-    dict(type='CheckedLoadAnnotations', reduce_zero_label=True, num_classes=150),
-    dict(type='PackSegInputs')
-]
-train_dataloader = dict(batch_size=4, num_workers=0, persistent_workers=False,
-                        dataset=dict(data_root='data/ade_tiny/ADEChallengeData2016',
-                                     pipeline=train_pipeline))
-val_dataloader = dict(batch_size=1, num_workers=0, persistent_workers=False,
-                      dataset=dict(data_root='data/ade_tiny/ADEChallengeData2016',
-                                   pipeline=test_pipeline))
+# The generated data at 32x32 crops (configs/_base_/ade_tiny_data.py).
+train_pipeline = {{_base_.tiny_train_pipeline}}
+test_pipeline = {{_base_.tiny_test_pipeline}}
+train_dataloader = {{_base_.tiny_train_dataloader}}
+val_dataloader = {{_base_.tiny_val_dataloader}}
 test_dataloader = val_dataloader
 
 # A random CLIP and 200 steps: a larger step than DenseCLIP's 1e-4, no warm-up.

@@ -1,7 +1,7 @@
 # The main config (configs/setr_vpt_ade20k.py: SETR-PUP + VPT-deep) shrunk to a tiny ViT
 # and 32x32 crops, for tools/demo.py and the end-to-end tests on CPU. tools/demo.py
 # generates data/ade_tiny and pretrain/tiny_vit.pth.
-_base_ = ['../setr_vpt_ade20k.py']
+_base_ = ['../setr_vpt_ade20k.py', '../_base_/ade_tiny_data.py']
 crop_size = (32, 32)
 norm_cfg = dict(type='BN', requires_grad=True)
 width = 32
@@ -23,21 +23,9 @@ model = dict(
     auxiliary_head=[_aux(0), _aux(1), _aux(2)],
     test_cfg=dict(mode='slide', crop_size=crop_size, stride=(24, 24)))
 
-# The Checked* loaders refuse bad files by name (vpt_seg/datasets/checks.py).
-train_pipeline = [
-    dict(type='CheckedLoadImageFromFile'),
-    dict(type='CheckedLoadAnnotations', reduce_zero_label=True, num_classes=150),
-    dict(type='RandomResize', scale=(128, 32), ratio_range=(0.75, 1.5), keep_ratio=True),
-    dict(type='RandomCrop', crop_size=crop_size, cat_max_ratio=0.75),
-    dict(type='RandomFlip', prob=0.5),
-    dict(type='PackSegInputs')
-]
-test_pipeline = [
-    dict(type='CheckedLoadImageFromFile'),
-    dict(type='Resize', scale=(128, 48), keep_ratio=True),
-    dict(type='CheckedLoadAnnotations', reduce_zero_label=True, num_classes=150),
-    dict(type='PackSegInputs')
-]
+# The generated data at 32x32 crops (configs/_base_/ade_tiny_data.py).
+train_pipeline = {{_base_.tiny_train_pipeline}}
+test_pipeline = {{_base_.tiny_test_pipeline}}
 img_ratios = [0.75, 1.0, 1.25]
 tta_pipeline = [
     dict(type='CheckedLoadImageFromFile', backend_args=None),
@@ -48,12 +36,8 @@ tta_pipeline = [
         [dict(type='CheckedLoadAnnotations', reduce_zero_label=True, num_classes=150)],
         [dict(type='PackSegInputs')]])
 ]
-train_dataloader = dict(batch_size=4, num_workers=0, persistent_workers=False,
-                        dataset=dict(data_root='data/ade_tiny/ADEChallengeData2016',
-                                     pipeline=train_pipeline))
-val_dataloader = dict(batch_size=1, num_workers=0, persistent_workers=False,
-                      dataset=dict(data_root='data/ade_tiny/ADEChallengeData2016',
-                                   pipeline=test_pipeline))
+train_dataloader = {{_base_.tiny_train_dataloader}}
+val_dataloader = {{_base_.tiny_val_dataloader}}
 test_dataloader = val_dataloader
 
 optimizer = dict(type='SGD', lr=0.01, momentum=0.9, weight_decay=0.0)

@@ -24,6 +24,8 @@ from typing import List, Sequence, Tuple
 import cv2
 import numpy as np
 
+from .synthetic_cls import shape_mask
+
 __all__ = ['COLOURS', 'SHAPES', 'TEXTURES', 'TARGET_CLASSES', 'CAPTION_TEMPLATES',
            'render_scene', 'make_caption_pairs', 'make_target_folder', 'folder_name']
 
@@ -56,25 +58,11 @@ def folder_name(colour: str, shape: str) -> str:
     return f'{colour}_{shape}'
 
 
-def _shape_mask(shape: str, cy: float, cx: float, r: float, size: int) -> np.ndarray:
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
-    dy, dx = yy - cy, xx - cx
-    if shape == 'circle':
-        return dx ** 2 + dy ** 2 <= r ** 2
-    if shape == 'square':
-        return (np.abs(dx) <= r * 0.85) & (np.abs(dy) <= r * 0.85)
-    if shape == 'triangle':  # apex up
-        return (dy <= r) & (dy >= -r) & (np.abs(dx) <= (dy + r) * 0.6)
-    if shape == 'ring':
-        d2 = dx ** 2 + dy ** 2
-        return (d2 <= r ** 2) & (d2 >= (0.55 * r) ** 2)
-    if shape == 'cross':
-        arm = 0.32 * r
-        box = (np.abs(dx) <= r) & (np.abs(dy) <= r)
-        return box & ((np.abs(dx) <= arm) | (np.abs(dy) <= arm))
-    if shape == 'diamond':
-        return np.abs(dx) + np.abs(dy) <= r * 1.1
-    raise ValueError(f'unknown shape {shape!r}')
+#: Caption shape words that :func:`~vpt_seg.datasets.synthetic_cls.shape_mask` names
+#: otherwise.
+_MASK_NAMES = {'circle': 'disc'}
+#: The crosses here have slightly wider arms than the classification dataset's.
+_CROSS_ARM = 0.32
 
 
 def _texture(texture: str, size: int) -> np.ndarray:
@@ -118,7 +106,8 @@ def render_scene(colour: str, shape: str, texture: str, rng: np.random.Generator
             if all((cy - y) ** 2 + (cx - x) ** 2 > (2.1 * r) ** 2 for y, x in centres):
                 break
         centres.append((cy, cx))
-        mask = _shape_mask(shape, cy, cx, r, size)
+        mask = shape_mask(_MASK_NAMES.get(shape, shape), cy, cx, r, (size, size),
+                          cross_arm=_CROSS_ARM)
         img[mask & pattern] = colour_rgb
         img[mask & ~pattern] = colour_rgb * 0.45
     img = img * light + rng.normal(0, 4, (size, size, 3))

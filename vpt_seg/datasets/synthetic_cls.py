@@ -18,7 +18,7 @@ from typing import Sequence, Tuple
 import cv2
 import numpy as np
 
-__all__ = ['CLS_CLASSES', 'make_cls_folder', 'render_cls_sample']
+__all__ = ['CLS_CLASSES', 'make_cls_folder', 'render_cls_sample', 'shape_mask']
 
 #: (class name, RGB colour, shape)
 CLS_CLASSES: Tuple[Tuple[str, Tuple[int, int, int], str], ...] = (
@@ -31,11 +31,24 @@ CLS_CLASSES: Tuple[Tuple[str, Tuple[int, int, int], str], ...] = (
 )
 
 
-def _shape_mask(shape: str, size: Tuple[int, int], rng: np.random.Generator) -> np.ndarray:
+def shape_mask(shape: str, cy: float, cx: float, r: float, size: Tuple[int, int],
+               cross_arm: float = 0.3) -> np.ndarray:
+    """Where one shape covers an image: a ``(H, W)`` bool mask.
+
+    The one drawing of the synthetic shapes (this dataset and
+    :mod:`~vpt_seg.datasets.synthetic_captions` both call it).
+
+    Args:
+        shape: ``'disc'``, ``'square'``, ``'triangle'`` (apex up), ``'ring'``,
+            ``'cross'``, ``'stripes'`` or ``'diamond'``.
+        cy: Centre row, in pixels.
+        cx: Centre column, in pixels.
+        r: Half the shape's extent, in pixels.
+        size: Image size ``(H, W)``.
+        cross_arm: Half the width of a cross's arm, as a fraction of ``r``.
+    """
     h, w = size
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-    r = rng.uniform(0.22, 0.36) * min(h, w)
-    cy, cx = rng.uniform(r, h - r), rng.uniform(r, w - r)
     dy, dx = yy - cy, xx - cx
     if shape == 'disc':
         return dx ** 2 + dy ** 2 <= r ** 2
@@ -47,13 +60,25 @@ def _shape_mask(shape: str, size: Tuple[int, int], rng: np.random.Generator) -> 
         d2 = dx ** 2 + dy ** 2
         return (d2 <= r ** 2) & (d2 >= (0.55 * r) ** 2)
     if shape == 'cross':
-        arm = 0.3 * r
+        arm = cross_arm * r
         box = (np.abs(dx) <= r) & (np.abs(dy) <= r)
         return box & ((np.abs(dx) <= arm) | (np.abs(dy) <= arm))
     if shape == 'stripes':
         box = (np.abs(dx) <= r) & (np.abs(dy) <= r)
         return box & ((xx // max(2, int(r / 3))) % 2 == 0)
-    raise ValueError(f'unknown shape {shape!r}')
+    if shape == 'diamond':
+        return np.abs(dx) + np.abs(dy) <= r * 1.1
+    raise ValueError(f'unknown shape {shape!r}; expected one of disc, square, triangle, '
+                     'ring, cross, stripes, diamond')
+
+
+def _random_shape_mask(shape: str, size: Tuple[int, int],
+                       rng: np.random.Generator) -> np.ndarray:
+    """:func:`shape_mask` at a random size and position that keep it inside the image."""
+    h, w = size
+    r = rng.uniform(0.22, 0.36) * min(h, w)
+    cy, cx = rng.uniform(r, h - r), rng.uniform(r, w - r)
+    return shape_mask(shape, cy, cx, r, size)
 
 
 def render_cls_sample(label: int, rng: np.random.Generator,
@@ -64,7 +89,7 @@ def render_cls_sample(label: int, rng: np.random.Generator,
     h, w = size
     grey = rng.uniform(60, 190)
     img = grey + rng.normal(0, 12, (h, w, 1)) + rng.normal(0, 6, (h, w, 3))
-    mask = _shape_mask(shape, size, rng)
+    mask = _random_shape_mask(shape, size, rng)
     jitter = rng.uniform(-25, 25, 3)
     img[mask] = np.asarray(colour, np.float32) + jitter + rng.normal(0, 8, (mask.sum(), 3))
     return np.clip(img, 0, 255).astype(np.uint8)

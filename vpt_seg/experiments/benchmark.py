@@ -541,33 +541,39 @@ def build_serving(cfg: Config, device: torch.device, num_tasks: int) -> MultiTas
     return mt.eval()
 
 
-def make_cls_batch(batch: int, size, num_classes: int, seed: int = 0) -> dict:
-    """Random uint8 images and class labels, as ``PackClsInputs`` gives them."""
+def _random_batch(batch: int, size, seed: int, sample) -> dict:
+    """``batch`` random uint8 ``(3, H, W)`` images, each followed by its data sample
+    ``sample(generator, h, w)`` drawn from the same generator."""
     g = torch.Generator().manual_seed(seed)
     h, w = size
     inputs, samples = [], []
     for _ in range(batch):
         inputs.append(torch.randint(0, 256, (3, h, w), generator=g, dtype=torch.uint8))
-        sample = BaseDataElement(metainfo=dict(img_shape=(h, w), ori_shape=(h, w)))
-        sample.gt_label = torch.randint(0, num_classes, (), generator=g)
-        samples.append(sample)
+        samples.append(sample(g, h, w))
     return dict(inputs=inputs, data_samples=samples)
+
+
+def make_cls_batch(batch: int, size, num_classes: int, seed: int = 0) -> dict:
+    """Random uint8 images and class labels, as ``PackClsInputs`` gives them."""
+    def sample(g, h, w):
+        data = BaseDataElement(metainfo=dict(img_shape=(h, w), ori_shape=(h, w)))
+        data.gt_label = torch.randint(0, num_classes, (), generator=g)
+        return data
+
+    return _random_batch(batch, size, seed, sample)
 
 
 def make_batch(batch: int, size, num_classes: int, seed: int = 0) -> dict:
     """Random uint8 images and label maps, as the data loader gives them."""
-    g = torch.Generator().manual_seed(seed)
-    h, w = size
-    inputs, samples = [], []
-    for _ in range(batch):
-        inputs.append(torch.randint(0, 256, (3, h, w), generator=g, dtype=torch.uint8))
-        sample = SegDataSample(metainfo=dict(img_shape=(h, w), ori_shape=(h, w),
-                                             pad_shape=(h, w), padding_size=[0, 0, 0, 0]))
+    def sample(g, h, w):
+        data = SegDataSample(metainfo=dict(img_shape=(h, w), ori_shape=(h, w),
+                                           pad_shape=(h, w), padding_size=[0, 0, 0, 0]))
         labels = torch.randint(0, num_classes, (1, h, w), generator=g)
         labels[:, :, : w // 10] = 255  # some ignored pixels, as in ADE20k
-        sample.gt_sem_seg = PixelData(data=labels)
-        samples.append(sample)
-    return dict(inputs=inputs, data_samples=samples)
+        data.gt_sem_seg = PixelData(data=labels)
+        return data
+
+    return _random_batch(batch, size, seed, sample)
 
 
 # ------------------------------------------------------------------ measuring

@@ -51,6 +51,7 @@ from ..engine.forked import ForkedPopen, torch_in_this_process, warm_tool_import
 from ..engine.logs import quiet_logger
 from ..formats.tables import csv_text
 from ..tuners.tuning import format_count
+from .clip_pretrain import ClipPretrainSettings, pretrain_tiny_clip_once
 
 __all__ = ['ROWS', 'StudySettings', 'run_study', 'format_table']
 
@@ -149,6 +150,8 @@ class StudySettings:
             pretraining is done, pretraining first, then the rows. The results do not
             depend on it.
         num_show: Validation images in the predictions figure.
+        clip: The tiny CLIP's pretraining, for the ``clip/*`` rows (CoOp's part, when it
+            runs beside, must ask for the same).
         config_dir: The study configs.
         tools_dir: Where ``train.py`` and ``test.py`` live.
     """
@@ -165,6 +168,7 @@ class StudySettings:
     threads: int = 1
     jobs: int = 2
     num_show: int = 4
+    clip: ClipPretrainSettings = field(default_factory=ClipPretrainSettings)
     config_dir: str = osp.join(config_paths.config_dirs(), 'study')
     tools_dir: str = config_paths.tools_dir()
 
@@ -915,10 +919,11 @@ def _pretrain_family(settings: StudySettings, family: str, out: str, source_root
     fam = FAMILIES[family]
     stage = _pretrain_stage(family)
     if fam.pretrain_config is None:
-        from .clip_pretrain import pretrain_tiny_clip_once
         start = time.perf_counter()
-        info = pretrain_tiny_clip_once(osp.join(out, fam.work), slots=tool_slots(settings.jobs),
-                                       log=_log)
+        info = pretrain_tiny_clip_once(osp.join(out, fam.work), settings.clip, _log,
+                                       slots=tool_slots(settings.jobs))
+        _log(f'{stage}: contrastive loss {info["loss"]:.3f}, caption retrieval '
+             f'{info["retrieval"]:.1f}%, saved to {osp.join(out, fam.backbone_file)}')
         timings[stage] = time.perf_counter() - start
         return dict(pretrained=osp.join(out, fam.backbone_file), source_map=float('nan'),
                     clip=info)

@@ -373,10 +373,11 @@ def read_task_file(path: str) -> Tuple['OrderedDict[str, torch.Tensor]', Dict[st
         _dataset_meta(path, meta)  # parses, or names the key
         check_task_tensors(path, state)
         state._metadata[prefix[:-1]] = {'pretrained': pretrained_candidates(path, meta)}
-        kind = _backbone_type(meta)
+        backbone = _stored_backbone(meta)
+        kind = _backbone_type(backbone)
         if kind:
             state._metadata[prefix[:-1]]['backbone_type'] = kind
-        tuners = _tuner_options(meta)
+        tuners = _tuner_options(backbone)
         if tuners is not None:
             state._metadata[prefix[:-1]]['tuners'] = tuners
         if digest:
@@ -416,13 +417,21 @@ def _frozen_modules(path: str, meta: Dict[str, str]) -> Dict[str, dict]:
     return out
 
 
-def _backbone_type(meta: Dict[str, str]) -> Optional[str]:
-    """``model.backbone.type`` of the stored config (a version-2 file), for messages
-    only; None where it cannot be read."""
+def _stored_backbone(meta: Dict[str, str]) -> Optional[dict]:
+    """``model.backbone`` of the stored config (a version-2 file) as its JSON reads, for
+    :func:`_backbone_type` and :func:`_tuner_options`; None where it cannot be read (the
+    header schema names what is wrong with it when the config is loaded)."""
     try:
-        kind = json.loads(meta.get('config_json') or '{}')['model']['backbone']['type']
+        backbone = json.loads(meta.get('config_json') or '{}')['model']['backbone']
     except (ValueError, KeyError, TypeError, RecursionError):
         return None
+    return backbone if isinstance(backbone, dict) else None
+
+
+def _backbone_type(backbone: Optional[dict]) -> Optional[str]:
+    """``type`` of the stored backbone (:func:`_stored_backbone`), for messages only;
+    None where there is none fit to show."""
+    kind = (backbone or {}).get('type')
     return kind if isinstance(kind, str) and re.fullmatch(r'\w{1,80}', kind) else None
 
 
@@ -432,19 +441,16 @@ def _untag(obj):
     return obj
 
 
-def _tuner_options(meta: Dict[str, str]) -> Optional[Dict[str, Optional[dict]]]:
-    """The LoRA and adapter options of the stored config (``model.backbone.lora`` and
-    ``.adapter``, validated as the backbone validates them), which the loader compares
-    with the backbone's (:func:`vpt_seg.formats.frozen_weights.check_tuner_options`); None
-    where they cannot be read (the config's own checks then name the key), and a tuner
-    whose options do not validate is left out."""
+def _tuner_options(backbone: Optional[dict]) -> Optional[Dict[str, Optional[dict]]]:
+    """The LoRA and adapter options of the stored backbone (:func:`_stored_backbone`:
+    ``model.backbone.lora`` and ``.adapter``, validated as the backbone validates them),
+    which the loader compares with the backbone's
+    (:func:`vpt_seg.formats.frozen_weights.check_tuner_options`); None where it could not
+    be read (the config's own checks then name the key), and a tuner whose options do not
+    validate is left out."""
     from ..tuners.adapter import check_adapter_options
     from ..tuners.lora import check_lora_options
-    try:
-        backbone = json.loads(meta.get('config_json') or '{}')['model']['backbone']
-    except (ValueError, KeyError, TypeError, RecursionError):
-        return None  # the header schema names what is wrong with it
-    if not isinstance(backbone, dict):
+    if backbone is None:
         return None
     out = {}
     for part, check in (('lora', check_lora_options), ('adapter', check_adapter_options)):
