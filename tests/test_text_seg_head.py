@@ -336,3 +336,13 @@ def test_task_checkpoint_and_task_file_round_trip(clip_file, tmp_path):
         assert loaded.auxiliary_head[0].text_owner() is loaded.decode_head
         with torch.no_grad():
             torch.testing.assert_close(loaded._forward(x), expected)
+
+    # Other text-tower weights in the file: refused by sha256, naming the key a
+    # segmentation config sets (not the classification head's).
+    from safetensors.torch import load_file, save_file
+    weights = load_file(local)
+    weights['token_embedding.weight'] = weights['token_embedding.weight'] + 0.01
+    save_file(weights, local)
+    with pytest.raises(ValueError, match=r'none of the candidates holds the frozen weights.*'
+                                         r'model\.decode_head\.text_encoder\.checkpoint'):
+        load_task_model(config, ckpt)

@@ -159,6 +159,8 @@ class TextSegHead(TextClassesMixin, BaseDecodeHead):
             raise ValueError("TextSegHead: text_encoder must be dict(type='CoOpTextEncoder', "
                              f"...), 'shared' or None; got {text_encoder!r:.200}")
         encoder = MODELS.build(text_encoder)
+        # where a segmentation config names its CLIP file (messages of file checks)
+        encoder.pretrained_option = 'model.decode_head.text_encoder.checkpoint'
         for key, given, theirs in (('num_classes', num_classes, encoder.num_classes),
                                    ('embed_dims', embed_dims, int(encoder.output_dims))):
             if given is not None and given != theirs:
