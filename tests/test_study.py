@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 
 from vpt_seg.experiments import study as study_module
+from vpt_seg.experiments.clip_pretrain import ClipPretrainSettings
 from vpt_seg.experiments.study import (
     ROWS,
     RowResult,
@@ -32,7 +33,9 @@ from vpt_seg.experiments.study import (
     run_study,
 )
 
-ROWS_RUN = ('head', 'vpt-deep', 'full', 'dinov2/head', 'dinov2/vpt-deep')
+ROWS_RUN = ('head', 'vpt-deep', 'full', 'dinov2/head', 'dinov2/vpt-deep', 'clip/coop')
+#: Enough CLIP pretraining for the tests (the study's is longer).
+QUICK_CLIP = ClipPretrainSettings(num_pairs=3000, iters=150, batch_size=64, lr=3e-3)
 
 
 @pytest.fixture(scope='module')
@@ -40,7 +43,7 @@ def study(tmp_path_factory):
     out = tmp_path_factory.mktemp('study')
     return run_study(StudySettings(out_dir=str(out), rows=ROWS_RUN, num_source=1000,
                                    num_target=200, num_val=32, pretrain_iters=1000,
-                                   iters=400, num_show=2))
+                                   iters=400, num_show=2, clip=QUICK_CLIP))
 
 
 def test_pretraining_learns_the_source_tags(study):
@@ -74,6 +77,32 @@ def test_second_family_dinov2_with_registers(study):
     from vpt_seg.models.timm_vit import read_timm_state_dict
     state = read_timm_state_dict(osp.join(saved, 'model.safetensors'))
     assert state['reg_token'].shape == (1, 4, 64) and 'blocks.5.ls1.gamma' in state
+
+
+def test_clip_family_rows_share_the_table(study):
+    """The tiny CLIP of CoOp's part (pretrained on captions, in open_clip's layout) is a
+    third family: its CoOp text-head row runs on the same target task, in the same table,
+    loading the CLIP file through both keys of its config; a config without a text tower
+    (the linear row) gets the backbone key alone, and a config with none of a family's
+    keys is refused by name."""
+    rows = {r.key: r for r in study['rows']}
+    assert rows['clip/coop'].method == 'CoOp text head (tiny CLIP)'
+    out = osp.dirname(study['files']['md'])
+    clip = osp.join(out, 'coop', 'tiny_clip', 'open_clip_model.safetensors')
+    assert osp.isfile(clip)
+    with open(study['files']['json']) as f:
+        summary = json.load(f)
+    assert summary['tiny_clip']['retrieval'] > 20   # the captions were learned
+    assert 'clip' not in summary['source_maps']      # no source tags for the CLIP
+    cfg_dir = StudySettings().config_dir
+    options = study_module._checkpoint_options
+    assert options('clip', osp.join(cfg_dir, 'clip', 'coop.py'), clip) == [
+        f'model.backbone.checkpoint={clip}', f'model.decode_head.text_encoder.checkpoint={clip}']
+    assert options('clip', osp.join(cfg_dir, 'clip', 'linear.py'), clip) == [
+        f'model.backbone.checkpoint={clip}']
+    with pytest.raises(ValueError, match=r'head\.py has none of \[.model\.backbone\.checkpoint.'
+                                         r'\], where the study puts the DINOv2-reg backbone'):
+        options('dinov2', osp.join(cfg_dir, 'head.py'), clip)
 
 
 def test_every_tuned_row_beats_the_untrained_head(study):

@@ -625,11 +625,12 @@ def plot_tradeoff(results: Sequence[RowResult], reference: Optional[RowResult],
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(8.4, 4.0), dpi=110)
-    colours = plt.get_cmap('tab10')
+    fig, ax = plt.subplots(figsize=(8.4, 4.0 if len(results) <= 10 else 4.8), dpi=110)
+    colours = plt.get_cmap('tab10' if len(results) <= 10 else 'tab20')
     for i, r in enumerate(results):
-        marker = ('*' if r.key.startswith('vpt') else
-                  's' if r.key.split('/')[-1] in ('lora', 'adaptformer') else 'o')
+        kind = r.key.split('/')[-1]
+        marker = ('*' if kind.startswith('vpt') else 's' if kind in ('lora', 'adaptformer')
+                  else 'D' if kind in ('text', 'coop') else 'o')
         ax.scatter(r.tuned, r.miou, s=180 if marker == '*' else 80, marker=marker,
                    color=colours(i), edgecolor='black', linewidth=0.5, zorder=3,
                    label=f'{r.method}: {r.miou:.1f} ({r.tuned_pct:.1f}% tuned)')
@@ -638,8 +639,11 @@ def plot_tradeoff(results: Sequence[RowResult], reference: Optional[RowResult],
     ax.set_xscale('log')
     ax.set_xlabel('tuned parameters (log scale)')
     ax.set_ylabel('target mIoU (%)')
-    ax.set_title('Tiny ViT pretrained on source tags, adapted to target segmentation '
-                 '(SETR-PUP)', fontsize=10)
+    families = {FAMILIES[family_of(r.key)].label for r in results}
+    ax.set_title(('Tiny ViT pretrained on source tags' if families == {'ViT'} else
+                  'Tiny backbones (' + ', '.join(f for f in (fam.label for fam in
+                                                            FAMILIES.values()) if f in families)
+                  + ')') + ', adapted to target segmentation', fontsize=10)
     ax.grid(True, which='both', alpha=0.3)
     ax.legend(fontsize=8, loc='center left', bbox_to_anchor=(1.02, 0.5), frameon=False)
     fig.tight_layout()
@@ -662,9 +666,10 @@ def plot_predictions(results: Sequence[RowResult], data_root: str, path: str,
     for new_id, ade_id in enumerate(TASK_CLASSES[task]):
         lut[ade_id] = new_id
     names = sorted(glob.glob(osp.join(data_root, 'images', 'validation', '*.jpg')))[:num_show]
-    cols = ['image', 'ground truth'] + [r.method for r in results]
+    import textwrap
+    cols = ['image', 'ground truth'] + [textwrap.fill(r.method, 15) for r in results]
     fig, axes = plt.subplots(len(names), len(cols), squeeze=False,
-                             figsize=(1.35 * len(cols), 1.4 * len(names) + 0.7), dpi=110)
+                             figsize=(1.2 * len(cols), 1.3 * len(names) + 1.0), dpi=110)
     for i, img_path in enumerate(names):
         base = osp.splitext(osp.basename(img_path))[0]
         gt = np.asarray(Image.open(osp.join(data_root, 'annotations', 'validation',
@@ -680,7 +685,7 @@ def plot_predictions(results: Sequence[RowResult], data_root: str, path: str,
             ax.set_xticks([])
             ax.set_yticks([])
             if i == 0:
-                ax.set_title(cols[j], fontsize=8)
+                ax.set_title(cols[j], fontsize=7)
     handles = [Patch(color=palette[k] / 255, label=n) for k, n in enumerate(_class_names(task))]
     handles.append(Patch(color='black', label='ignored'))
     fig.legend(handles=handles, loc='lower center', ncol=len(handles), fontsize=7,
