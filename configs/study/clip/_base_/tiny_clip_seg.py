@@ -47,9 +47,10 @@ model = dict(
         loss_decode=dict(type='CrossEntropyLoss', use_sigmoid=False, loss_weight=1.0)))
 
 # The linear row's head (linear.py): setr_tiny.py's LeanSETRUPHead with the text head's
-# widths on the same projected map; a learned 1x1 classifier instead of the text.
+# widths on the same projected map; a learned 1x1 classifier instead of the text. (8: the
+# target task's classes; a base variable cannot be counted here, tools/train.py checks it.)
 linear_decode_head = dict(
     _delete_=True, type='LeanSETRUPHead', in_channels=embed_dims, channels=32, in_index=-1,
-    num_classes=len({{_base_.classes}}), num_convs=3, up_scale=2, kernel_size=3,
+    num_classes=8, num_convs=3, up_scale=2, kernel_size=3,
     dropout_ratio=0, norm_cfg={{_base_.norm_cfg}}, align_corners=False,
     loss_decode=dict(type='CrossEntropyLoss', use_sigmoid=False, loss_weight=1.0))
