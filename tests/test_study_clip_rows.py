@@ -75,9 +75,15 @@ def test_clip_rows_are_table3_target_task(row, clip_file):
         assert cfg[key] == table3[key], key
     assert cfg.optim_wrapper.optimizer.type == 'AdamW'
     head = cfg.model.decode_head
-    assert (head.channels, head.num_convs, head.up_scale, head.kernel_size) == (
-        table3.model.decode_head.channels, table3.model.decode_head.num_convs,
-        table3.model.decode_head.up_scale, table3.model.decode_head.kernel_size)
+    # the linear row's decoder is the text rows' (only the classifier differs), at the
+    # Table 3 head's width and up-sampling; one stage fewer (the base config says why)
+    text_head = _cfg('text', clip_file).model.decode_head
+    decoder = ('in_channels', 'channels', 'in_index', 'num_convs', 'up_scale', 'kernel_size',
+               'norm_cfg', 'align_corners')
+    assert [head[k] for k in decoder] == [text_head[k] for k in decoder]
+    assert (head.channels, head.up_scale, head.kernel_size, head.num_convs + 1) == (
+        table3.model.decode_head.channels, table3.model.decode_head.up_scale,
+        table3.model.decode_head.kernel_size, table3.model.decode_head.num_convs)
     assert ('text_encoder' in head) == (row != 'linear')
     if row == 'linear':
         assert head.num_classes == len(table3.classes)
@@ -95,6 +101,7 @@ def test_clip_rows_tune_what_they_claim_and_one_step_reaches_exactly_that(row, c
     assert model.backbone.vit.pos_embed.shape[1] == 1 + 8 * 8
     feats = model.extract_feat(torch.randn(1, 3, 64, 64))
     assert feats[-1].shape == (1, CLIP_SHAPE['embed_dim'], 8, 8)
+    assert model.decode_head(feats).shape == (1, 8, 32, 32)  # resized to the labels by MMSeg
 
     tuned = {id(p) for p in model.parameters() if p.requires_grad}
     expected = _expected(row, model)
