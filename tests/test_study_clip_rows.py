@@ -74,6 +74,7 @@ def test_clip_rows_are_table3_target_task(row, clip_file):
                 'param_scheduler', 'train_cfg', 'crop_size', 'classes'):
         assert cfg[key] == table3[key], key
     assert cfg.optim_wrapper.optimizer.type == 'AdamW'
+    assert cfg.model.type == table3.model.type == 'BoundedEncoderDecoder'
     head = cfg.model.decode_head
     # the linear row's decoder is the text rows' (only the classifier differs), at the
     # Table 3 head's width and up-sampling; one stage fewer (the base config says why)
