@@ -7,8 +7,9 @@
 # projection (project_out) gives per-pixel embeddings (B, 64, 8, 8); the 4x4 position grid
 # of the 32 px CLIP is resampled to 8x8 once, at load. One decode head, no auxiliary heads.
 # The model here is the CoOp row's (coop.py); each row file beside this one changes what
-# differs. The study passes the data root, the seed and the CLIP file (model.backbone.
-# checkpoint, model.decode_head.text_encoder.checkpoint) through --cfg-options.
+# differs and sets its AdamW rate (the search is in each file). The study passes the data
+# root, the seed and the CLIP file (model.backbone.checkpoint, and model.decode_head.
+# text_encoder.checkpoint where there is a text encoder) through --cfg-options.
 #
 # The class names are the target task's ADE names, but the tiny CLIP's token table was
 # trained only on the ~45 tokens of its captions (colours, shapes, "a photo of", ...):
