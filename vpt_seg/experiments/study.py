@@ -14,16 +14,21 @@ No pretrained weights or datasets can be downloaded, so the study makes both:
    ``lrs``, every row is trained once per learning rate and its best run is kept.
 
 It then writes a table (Markdown, CSV, JSON), mIoU against tuned parameters, and the
-predictions of every row on a few validation images. Every training and test run is a
-subprocess of the normal tools with the normal configs; this module only passes data
-and checkpoint paths (and, for short runs, iteration counts) through ``--cfg-options``.
+predictions of every row on a few validation images. Every training and test run is the
+normal tool (``python tools/train.py CONFIG ...``) with the normal configs, run as a
+forked child of the study (:class:`~vpt_seg.engine.forked.ForkedPopen`: the same command
+without its 10 s of start-up), ``jobs`` at a time (:class:`Slots`); this module only
+passes data and checkpoint paths (and, for short runs, iteration counts) through
+``--cfg-options``. Three backbone families: a tiny ViT and a tiny DINOv2-reg pretrained on
+the source tags, and the tiny CLIP of CoOp's part (its segmentation rows).
 
-Thread policy: every tool subprocess runs torch with ``threads`` intra-op threads (1 by
+Thread policy: every tool run runs torch with ``threads`` intra-op threads (1 by
 default), set through ``OMP_NUM_THREADS`` / ``MKL_NUM_THREADS`` in its environment, which
-torch reads when it starts. One thread keeps the study's time when something else uses
-the CPU (torch's default, one thread per core, oversubscribes a busy machine and slows
-down many times over), and it pins the result: the float order of reductions, and so the
-trained weights and every mIoU, depend on the thread count (docs/study.md).
+torch reads when it starts (a forked run sets it from there). One thread keeps the
+study's time when something else uses the CPU (torch's default, one thread per core,
+oversubscribes a busy machine and slows down many times over), and it pins the result:
+the float order of reductions, and so the trained weights and every mIoU, depend on the
+thread count (docs/study.md).
 """
 import argparse
 import glob
