@@ -129,11 +129,14 @@ def test_seeds_give_each_trained_cell_its_runs_mean_and_spread(study):
     assert study['few_shot']['linear-probe'][16] == pytest.approx(np.mean(probe['runs']))
     assert probe['min'] == min(probe['runs']) and probe['max'] == max(probe['runs'])
     assert probe['std'] == pytest.approx(np.std(probe['runs'], ddof=1))
-    for seed in (0, 1):
-        assert osp.isfile(osp.join(out, 'runs', 'linear-probe', '16shot', f'seed{seed}',
-                                   'train.log'))
-        assert osp.isfile(osp.join(out, 'runs', 'b2n', 'coop', f'seed{seed}',
-                                   'test_novel.log'))
+    from vpt_seg.experiments.study import _test_metrics, _val_metrics
+    runs = osp.join(out, 'runs')
+    # each seed's own run, as its work dir logged it
+    assert probe['runs'] == [_val_metrics(osp.join(runs, 'linear-probe', '16shot', f'seed{s}'),
+                                          'accuracy/top1')['accuracy/top1'] for s in (0, 1)]
+    novel = study['base_to_novel_spread']['coop']['novel']['runs']
+    assert novel == [_test_metrics(osp.join(runs, 'b2n', 'coop', f'seed{s}', 'test_novel'))
+                     ['accuracy/top1'] for s in (0, 1)]
     assert study['few_shot_spread']['zero-shot'][16]['runs'] == [study['few_shot']
                                                                  ['zero-shot'][16]]
     hm = study['base_to_novel_spread']['coop']['hm']

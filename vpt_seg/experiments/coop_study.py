@@ -252,8 +252,9 @@ def _seeded(settings: CoopSettings, run: _Run) -> List[_Run]:
     which trains nothing, once."""
     if settings.seeds == 1 or run.method == 'zero-shot':
         return [replace(run, seed=settings.seed)]
-    return [replace(run, name=f'{run.name}/seed{seed}', seed=seed, tests=dict(run.tests))
-            for seed in range(settings.seed, settings.seed + settings.seeds)]
+    # each its own tests and accuracies (replace() would share the dicts)
+    return [replace(run, name=f'{run.name}/seed{seed}', seed=seed, tests=dict(run.tests),
+                    acc={}) for seed in range(settings.seed, settings.seed + settings.seeds)]
 
 
 def _few_shot_runs(settings: CoopSettings, roots) -> List[_Run]:
