@@ -468,8 +468,11 @@ def plot_few_shot(few_shot: Dict, shots: Sequence[int], path: str,
     ax.set_xticklabels([str(s) for s in shots])
     ax.set_xlabel('training shots per class')
     ax.set_ylabel('top-1 accuracy (%)')
+    seeds = max((len(c['runs']) for row in (spreads or {}).values() for c in row.values()),
+                default=1)
     ax.set_title('Tiny CLIP pretrained on generated captions: 10 unseen colour-shape '
-                 'classes', fontsize=9)
+                 'classes' + (f'\n(mean of {seeds} seeds; bands: lowest to highest run)'
+                              if seeds > 1 else ''), fontsize=9)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8, loc='lower right')
     fig.tight_layout()
