@@ -88,9 +88,11 @@ def study(clip, tmp_path_factory):
 
 
 def test_few_shot_rows_beat_chance_and_the_probe_beats_the_hand_prompt(study):
-    """At 16 shots a linear probe beats the hand-crafted prompt (measured: 56.0 against
-    38.0 here, 63.5 against 49.5 in the study); CoOp does NOT beat it in this miniature
-    (31.0 here, docs/study.md), so that is not asserted."""
+    """At 16 shots a linear probe beats the hand-crafted prompt (measured: 47.5 against
+    38.0 here over two seeds, 65.7 against 49.5 in the study over three). CoOp beats it
+    in the study by 4 to 6 points from 2 shots on (docs/study.md), a margin this reduced
+    run (a CLIP pretrained for 150 steps, 100 iterations) does not resolve, so it is not
+    asserted here."""
     few = study['few_shot']
     print('reduced CoOp study:', json.dumps(few), json.dumps(study['base_to_novel']))
     assert few['linear-probe'][16] > few['zero-shot'][16] + 5, few
