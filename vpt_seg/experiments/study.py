@@ -642,13 +642,19 @@ def plot_tradeoff(results: Sequence[RowResult], reference: Optional[RowResult],
     if reference is not None:  # far below; named in the legend, not drawn to scale
         ax.plot([], [], ' ', label=f'{reference.method}: {reference.miou:.1f}')
     ax.set_xscale('log')
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: format_count(int(round(x)))))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    low, high = ax.get_xlim()
+    ax.set_xticks([t for t in (1e3, 3e3, 1e4, 2e4, 3e4, 5e4, 1e5, 2e5, 5e5, 1e6, 1e7, 1e8)
+                   if low <= t <= high] or ax.get_xticks())
     ax.set_xlabel('tuned parameters (log scale)')
     ax.set_ylabel('target mIoU (%)')
-    families = {FAMILIES[family_of(r.key)].label for r in results}
-    ax.set_title(('Tiny ViT pretrained on source tags' if families == {'ViT'} else
-                  'Tiny backbones (' + ', '.join(f for f in (fam.label for fam in
-                                                            FAMILIES.values()) if f in families)
-                  + ')') + ', adapted to target segmentation', fontsize=10)
+    families = [f.label for f in FAMILIES.values()
+                if any(FAMILIES[family_of(r.key)] is f for r in results)]
+    ax.set_title('Tiny ViT pretrained on source tags, adapted to target segmentation'
+                 if families == ['ViT'] else 'Adapted to target segmentation:\n'
+                 + ', '.join(families) + ' backbones', fontsize=10)
     ax.grid(True, which='both', alpha=0.3)
     ax.legend(fontsize=8, loc='center left', bbox_to_anchor=(1.02, 0.5), frameon=False)
     fig.tight_layout()
