@@ -84,7 +84,8 @@ ACC = 'accuracy/top1'
 
 
 def _log(msg: str):
-    print(f'[study coop] {msg}', flush=True)
+    # one write per line: the two parts log from threads side by side
+    print(f'[study coop] {msg}\n', end='', flush=True)
 
 
 @dataclass

@@ -231,7 +231,8 @@ def aggregate_seeds(runs: Sequence[RowResult]) -> RowResult:
 
 # ------------------------------------------------------------------ running tools
 def _log(msg: str):
-    print(f'[study] {msg}', flush=True)
+    # one write per line: the two parts log from threads side by side
+    print(f'[study] {msg}\n', end='', flush=True)
 
 
 def _schedule_options(iters: Optional[int]) -> List[str]:
