@@ -41,11 +41,12 @@ SUITES = ('all', 'table3', 'coop')
 def parse_args():
     d = StudySettings()
     parser = argparse.ArgumentParser(
-        description='VPT transfer study (Table 3 in miniature): pretrain a tiny ViT, adapt '
-                    'it with every row, write the table and figures',
+        description='VPT transfer study (Table 3 in miniature) and CoOp in miniature: '
+                    'pretrain tiny backbones, adapt them with every row, write the tables '
+                    'and figures',
         epilog='examples:\n'
                '  python tools/study.py                                  # Table 3 and '
-               'CoOp, ~16 min on 2 cores\n'
+               'CoOp, ~11 min on 2 cores\n'
                '  python tools/study.py --rows head vpt-deep --iters 200  # a quick look\n'
                '  python tools/study.py --lrs 5e-3 2e-2 5e-2              # learning-rate search\n'
                '  python tools/study.py --suite coop                      # CoOp, full curves\n'

@@ -130,7 +130,8 @@ def family_of(key: str) -> str:
 
 @dataclass
 class StudySettings:
-    """What a study run does. Defaults are the documented study (9 to 12 min on 2 cores).
+    """What a study run does. Defaults are the documented study (about 11 min on 2 cores
+    with CoOp's part beside it).
 
     Attributes:
         out_dir: Where data, runs, tables and figures go.
